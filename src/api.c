@@ -1,0 +1,451 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * HTTP API policy: which path and method does what, what a request must look like, and
+ * what comes back. Every error answers with the documented JSON body and changes nothing.
+ * The bytes on the wire are server.c's business.
+ */
+#include "api.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "topic.h"
+
+int hd_http_resp_header(struct hd_http_resp *resp, const char *name, const char *fmt, ...)
+{
+    if (resp->n_headers >= HD_HTTP_MAX_HEADERS)
+        return -ENOSPC;
+    va_list ap;
+    va_start(ap, fmt);
+    resp->headers[resp->n_headers].name = name;
+    vsnprintf(resp->headers[resp->n_headers].value, sizeof(resp->headers[0].value), fmt, ap);
+    va_end(ap);
+    resp->n_headers++;
+    return 0;
+}
+
+void hd_http_resp_clear(struct hd_http_resp *resp)
+{
+    free(resp->body);
+    memset(resp, 0, sizeof(*resp));
+}
+
+static void set_body(struct hd_http_resp *resp, int status, const char *ctype, char *body,
+                     size_t len)
+{
+    free(resp->body);
+    resp->status = status;
+    resp->content_type = ctype;
+    resp->body = body;
+    resp->body_len = body ? len : 0;
+    if (!body) { /* out of memory: an empty 500 is still an answer */
+        resp->status = 500;
+        resp->content_type = "application/json";
+    }
+}
+
+void hd_api_error(struct hd_http_resp *resp, enum hd_err code, const char *message)
+{
+    size_t len = 0;
+    char *body = hd_encode_error(false, false, 0, code, message, &len);
+    set_body(resp, hd_err_http(code), "application/json", body, len);
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int hd_url_decode(const char *src, size_t len, char *dst, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = src[i];
+        if (c == '%') {
+            if (i + 2 >= len)
+                return -EINVAL;
+            int a = hexval(src[i + 1]), b = hexval(src[i + 2]);
+            if (a < 0 || b < 0)
+                return -EINVAL;
+            c = (char)(a * 16 + b);
+            if (!c)
+                return -EINVAL;
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        if (o + 1 >= cap)
+            return -EINVAL;
+        dst[o++] = c;
+    }
+    if (!cap)
+        return -EINVAL;
+    dst[o] = '\0';
+    return 0;
+}
+
+int hd_query_get(const char *query, const char *name, char *out, size_t cap)
+{
+    if (!query)
+        return -1;
+    size_t nlen = strlen(name);
+    const char *p = query;
+    while (*p) {
+        const char *end = strchr(p, '&');
+        size_t seglen = end ? (size_t)(end - p) : strlen(p);
+        if (seglen >= nlen && strncmp(p, name, nlen) == 0 && (seglen == nlen || p[nlen] == '=')) {
+            const char *v = seglen == nlen ? p + nlen : p + nlen + 1;
+            size_t vlen = seglen == nlen ? 0 : seglen - nlen - 1;
+            if (hd_url_decode(v, vlen, out, cap))
+                return -1;
+            return (int)strlen(out);
+        }
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    return -1;
+}
+
+bool hd_api_origin_allowed(const struct hd_broker *b, const char *origin)
+{
+    const struct hd_strlist *o = &hd_broker_config(b)->cors_origins;
+    if (!origin)
+        return true; /* CLI tools and servers send none: not an outside origin */
+    for (size_t i = 0; i < o->n; i++)
+        if (strcmp(o->v[i], "*") == 0 || strcasecmp(o->v[i], origin) == 0)
+            return true;
+    return false;
+}
+
+void hd_api_cors(const struct hd_broker *b, const struct hd_http_req *req,
+                 struct hd_http_resp *resp)
+{
+    const struct hd_strlist *o = &hd_broker_config(b)->cors_origins;
+    bool star = false;
+    for (size_t i = 0; i < o->n; i++)
+        star |= strcmp(o->v[i], "*") == 0;
+    if (star) {
+        hd_http_resp_header(resp, "access-control-allow-origin:", "*");
+    } else if (req->origin && hd_api_origin_allowed(b, req->origin)) {
+        hd_http_resp_header(resp, "access-control-allow-origin:", "%s", req->origin);
+        hd_http_resp_header(resp, "vary:", "Origin");
+    }
+    hd_http_resp_header(resp, "access-control-expose-headers:", "Retry-After");
+}
+
+size_t hd_api_body_limit(const struct hd_broker *b)
+{
+    /* The same slack WebSocket frames get: JSON whitespace and escapes around the data. */
+    return (size_t)hd_broker_config(b)->limits.max_event_bytes + 16384;
+}
+
+/* Routes: each path shape lists the methods it answers, for 405 Allow and preflights. */
+enum route { R_NONE, R_HEALTH, R_METRICS, R_WS, R_PUBLISH, R_POLL, R_SSE, R_STATUS };
+
+static const char *const route_allow[] = {
+    [R_HEALTH] = "GET, HEAD, OPTIONS",  [R_METRICS] = "GET, HEAD, OPTIONS",
+    [R_WS] = "GET, OPTIONS",            [R_PUBLISH] = "POST, OPTIONS",
+    [R_POLL] = "GET, OPTIONS",          [R_SSE] = "GET, OPTIONS",
+    [R_STATUS] = "GET, OPTIONS",
+};
+
+/* Splits the path into a route and its one variable part (topic, pattern or id). */
+static enum route match_route(const char *path, char *var, size_t cap)
+{
+    if (strcmp(path, "/healthz") == 0)
+        return R_HEALTH;
+    if (strcmp(path, "/metrics") == 0)
+        return R_METRICS;
+    if (strcmp(path, "/v1/ws") == 0)
+        return R_WS;
+    const char *rest;
+    enum route r = R_NONE;
+    if (strncmp(path, "/v1/topics/", 11) == 0) {
+        rest = path + 11;
+        const char *slash = strchr(rest, '/');
+        size_t vlen = slash ? (size_t)(slash - rest) : strlen(rest);
+        if (!slash)
+            r = R_PUBLISH;
+        else if (strcmp(slash, "/events") == 0)
+            r = R_POLL;
+        else if (strcmp(slash, "/sse") == 0)
+            r = R_SSE;
+        else
+            return R_NONE;
+        if (vlen == 0)
+            return R_NONE;
+        if (vlen >= cap) { /* too long: leave it empty so the grammar check refuses it */
+            var[0] = '\0';
+            return r;
+        }
+        memcpy(var, rest, vlen);
+        var[vlen] = '\0';
+        return r;
+    }
+    if (strncmp(path, "/v1/events/", 11) == 0) {
+        rest = path + 11;
+        size_t vlen = strlen(rest);
+        if (!vlen || strchr(rest, '/'))
+            return R_NONE;
+        if (vlen >= cap) {
+            var[0] = '\0';
+            return R_STATUS;
+        }
+        memcpy(var, rest, vlen + 1);
+        return R_STATUS;
+    }
+    return R_NONE;
+}
+
+static bool method_ok(enum route r, enum hd_method m)
+{
+    switch (r) {
+    case R_HEALTH:
+    case R_METRICS:
+        return m == HD_M_GET || m == HD_M_HEAD;
+    case R_PUBLISH:
+        return m == HD_M_POST;
+    case R_WS:
+    case R_POLL:
+    case R_SSE:
+    case R_STATUS:
+        return m == HD_M_GET;
+    case R_NONE:
+        break;
+    }
+    return false;
+}
+
+static void respond_text(struct hd_http_resp *resp, int status, const char *ctype, const char *s)
+{
+    size_t len = strlen(s);
+    char *body = malloc(len + 1);
+    if (body)
+        memcpy(body, s, len + 1);
+    set_body(resp, status, ctype, body, len);
+}
+
+static enum hd_http_next publish_route(struct hd_broker *b, const struct hd_http_req *req,
+                                       const char *topic, struct hd_http_resp *resp)
+{
+    int t = hd_topic_check(topic, strlen(topic));
+    if (t == -EPERM) {
+        hd_api_error(resp, HD_ERR_FORBIDDEN, "topics starting with $ are reserved for the server");
+        return HD_HTTP_RESPOND;
+    }
+    if (t) {
+        hd_api_error(resp, HD_ERR_INVALID_TOPIC,
+                     "a topic is 1-255 bytes of dot-separated segments of A-Z a-z 0-9 _ - : @");
+        return HD_HTTP_RESPOND;
+    }
+    char ev[HD_EVENT_KIND_MAX + 2];
+    int n = hd_query_get(req->query, "event", ev, sizeof(ev));
+    if (n >= 0 && !hd_event_kind_valid(ev, (size_t)n)) {
+        hd_api_error(resp, HD_ERR_BAD_REQUEST,
+                     "event must be 1-64 bytes of A-Z a-z 0-9 _ - . :");
+        return HD_HTTP_RESPOND;
+    }
+    if (req->content_length >= 0 && (uint64_t)req->content_length > hd_api_body_limit(b)) {
+        hd_api_error(resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
+        return HD_HTTP_RESPOND;
+    }
+    if (hd_broker_draining(b)) {
+        hd_api_error(resp, HD_ERR_UNAVAILABLE, "the server is shutting down");
+        return HD_HTTP_RESPOND;
+    }
+    return HD_HTTP_READ_BODY;
+}
+
+enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *req,
+                               struct hd_http_resp *resp)
+{
+    char var[HD_TOPIC_MAX + 2];
+    enum route r = match_route(req->path, var, sizeof(var));
+    hd_broker_metrics(b)->http_requests++;
+    if (r == R_NONE) {
+        hd_api_error(resp, HD_ERR_NOT_FOUND, "no such endpoint");
+        return HD_HTTP_RESPOND;
+    }
+    if (req->method == HD_M_OPTIONS) {
+        /* A CORS preflight or a plain OPTIONS: both get the methods this path answers. */
+        free(resp->body);
+        resp->body = NULL;
+        resp->body_len = 0;
+        resp->status = 204;
+        resp->content_type = NULL;
+        hd_http_resp_header(resp, "allow:", "%s", route_allow[r]);
+        hd_http_resp_header(resp, "access-control-allow-methods:", "%s", route_allow[r]);
+        hd_http_resp_header(resp, "access-control-allow-headers:",
+                            "Authorization, Content-Type, Last-Event-ID");
+        hd_http_resp_header(resp, "access-control-max-age:", "86400");
+        return HD_HTTP_RESPOND;
+    }
+    if (!method_ok(r, req->method)) {
+        hd_api_error(resp, HD_ERR_METHOD_NOT_ALLOWED, "method not allowed on this path");
+        hd_http_resp_header(resp, "allow:", "%s", route_allow[r]);
+        return HD_HTTP_RESPOND;
+    }
+    switch (r) {
+    case R_HEALTH:
+        if (hd_broker_draining(b))
+            respond_text(resp, 503, "text/plain; charset=utf-8", "draining\n");
+        else
+            respond_text(resp, 200, "text/plain; charset=utf-8", "ok\n");
+        return HD_HTTP_RESPOND;
+    case R_METRICS: {
+        size_t len;
+        char *text = hd_metrics_render(hd_broker_metrics(b), &len);
+        set_body(resp, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+        return HD_HTTP_RESPOND;
+    }
+    case R_WS:
+        hd_api_error(resp, HD_ERR_BAD_REQUEST,
+                     "this endpoint speaks WebSocket (subprotocol herald.v1)");
+        hd_http_resp_header(resp, "upgrade:", "websocket");
+        resp->status = 426;
+        return HD_HTTP_RESPOND;
+    case R_PUBLISH:
+        return publish_route(b, req, var, resp);
+    case R_POLL:
+    case R_SSE:
+    case R_STATUS:
+    case R_NONE:
+        break;
+    }
+    hd_api_error(resp, HD_ERR_NOT_FOUND, "no such endpoint");
+    return HD_HTTP_RESPOND;
+}
+
+struct pub_ctx {
+    bool in_call;
+    bool completed;
+    struct hd_http_resp *sync_resp;
+    hd_api_done_fn done;
+    void *arg;
+    char topic[HD_TOPIC_MAX + 1];
+};
+
+static void fill_publish_reply(struct hd_http_resp *resp, const char *topic, int err,
+                               struct hd_msg *msg)
+{
+    if (err) {
+        hd_api_error(resp, err == -ESHUTDOWN ? HD_ERR_UNAVAILABLE : HD_ERR_UNAVAILABLE,
+                     err == -ESHUTDOWN ? "the server is shutting down"
+                                       : "the event could not be stored");
+        if (err != -ESHUTDOWN)
+            hd_http_resp_header(resp, "retry-after:", "1");
+        return;
+    }
+    char id[HD_EVENT_ID_LEN + 1];
+    hd_event_id_format(msg->seq, id);
+    size_t len = 0;
+    char *body = hd_encode_publish_reply(id, topic, msg->time_ms, msg->queued, &len);
+    set_body(resp, 202, "application/json", body, len);
+}
+
+static void http_publish_done(void *arg, int err, struct hd_msg *msg)
+{
+    struct pub_ctx *ctx = arg;
+    ctx->completed = true;
+    if (ctx->in_call) {
+        fill_publish_reply(ctx->sync_resp, ctx->topic, err, msg);
+        return;
+    }
+    struct hd_http_resp *resp = calloc(1, sizeof(*resp));
+    if (resp)
+        fill_publish_reply(resp, ctx->topic, err, msg);
+    ctx->done(ctx->arg, resp);
+    free(ctx);
+}
+
+static bool is_json(const char *ctype)
+{
+    if (!ctype)
+        return false;
+    size_t n = strlen("application/json");
+    return strncasecmp(ctype, "application/json", n) == 0 &&
+           (ctype[n] == '\0' || ctype[n] == ';' || ctype[n] == ' ');
+}
+
+int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body,
+                   size_t len, struct hd_http_resp *resp, hd_api_done_fn done, void *arg)
+{
+    char topic[HD_TOPIC_MAX + 2];
+    if (match_route(req->path, topic, sizeof(topic)) != R_PUBLISH) {
+        hd_api_error(resp, HD_ERR_NOT_FOUND, "no such endpoint");
+        return HD_HTTP_RESPOND;
+    }
+    char ev[HD_EVENT_KIND_MAX + 2];
+    if (hd_query_get(req->query, "event", ev, sizeof(ev)) < 0)
+        strcpy(ev, HD_DEFAULT_EVENT);
+    json_t *data;
+    if (is_json(req->content_type)) {
+        json_error_t jerr;
+        data = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+        if (!data) {
+            char msg[256];
+            snprintf(msg, sizeof(msg), "the body is not valid JSON: %.100s (line %d, column %d)",
+                     jerr.text, jerr.line, jerr.column);
+            hd_api_error(resp, HD_ERR_BAD_REQUEST, msg);
+            return HD_HTTP_RESPOND;
+        }
+    } else {
+        data = json_stringn(body, len);
+        if (!data) {
+            hd_api_error(resp, HD_ERR_BAD_REQUEST, "the body is not valid UTF-8");
+            return HD_HTTP_RESPOND;
+        }
+    }
+    size_t dlen;
+    char *dump = hd_json_dump_compact(data, &dlen);
+    json_decref(data);
+    if (!dump) {
+        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+        return HD_HTTP_RESPOND;
+    }
+    const struct hd_config *cfg = hd_broker_config(b);
+    if (dlen > cfg->limits.max_event_bytes) {
+        char msg[120];
+        snprintf(msg, sizeof(msg), "data is %zu bytes, the limit is %u", dlen,
+                 cfg->limits.max_event_bytes);
+        free(dump);
+        hd_api_error(resp, HD_ERR_TOO_LARGE, msg);
+        return HD_HTTP_RESPOND;
+    }
+    struct pub_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        free(dump);
+        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+        return HD_HTTP_RESPOND;
+    }
+    *ctx = (struct pub_ctx){.in_call = true, .sync_resp = resp, .done = done, .arg = arg};
+    snprintf(ctx->topic, sizeof(ctx->topic), "%.*s", HD_TOPIC_MAX, topic);
+    struct hd_pub pub = {.topic = topic, .event = ev, .data_json = dump, .data_len = dlen};
+    struct hd_error err = {0};
+    int r = hd_broker_publish(b, &pub, http_publish_done, ctx, &err);
+    free(dump);
+    if (r) {
+        free(ctx);
+        hd_api_error(resp, err.code ? err.code : HD_ERR_INTERNAL, err.message);
+        return HD_HTTP_RESPOND;
+    }
+    if (ctx->completed) {
+        free(ctx);
+        return HD_HTTP_RESPOND;
+    }
+    ctx->in_call = false;
+    return -1;
+}

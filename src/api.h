@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The HTTP API's policy (PROTOCOL.md sections 3-6 and 9): routing, methods, CORS, request
+ * validation and response bodies. Transport-neutral: server.c copies what lws parsed into a
+ * struct hd_http_req and writes back the struct hd_http_resp this module fills.
+ */
+#ifndef HD_API_H
+#define HD_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "broker.h"
+
+enum hd_method { HD_M_GET, HD_M_POST, HD_M_OPTIONS, HD_M_HEAD, HD_M_PUT, HD_M_PATCH,
+                 HD_M_DELETE, HD_M_OTHER };
+
+struct hd_http_req {
+    enum hd_method method;
+    const char *path;  /* percent-decoded, NUL-terminated, without the query */
+    const char *query; /* raw query string without '?', or NULL */
+    const char *content_type, *origin, *authorization, *last_event_id; /* NULL when absent */
+    int64_t content_length; /* -1 when absent */
+};
+
+#define HD_HTTP_MAX_HEADERS 10
+
+struct hd_http_resp {
+    int status;
+    const char *content_type; /* static string */
+    char *body;               /* malloc'd, owned by the response */
+    size_t body_len;
+    size_t n_headers;
+    struct {
+        const char *name;
+        char value[192];
+    } headers[HD_HTTP_MAX_HEADERS];
+};
+
+/* What the transport does next with a routed request. */
+enum hd_http_next {
+    HD_HTTP_RESPOND,   /* resp is complete: write it */
+    HD_HTTP_READ_BODY, /* collect up to hd_api_body_limit bytes, then hd_api_publish */
+};
+
+/* Adds a response header (value copied, truncated to fit). Returns 0 or -ENOSPC. */
+int hd_http_resp_header(struct hd_http_resp *resp, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Frees what the response owns and zeroes it. */
+void hd_http_resp_clear(struct hd_http_resp *resp);
+
+/* Routes a request whose headers are complete. Fills resp when it returns RESPOND. */
+enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *req,
+                               struct hd_http_resp *resp);
+
+/* The largest request body accepted (bigger bodies get 413 without being read). */
+size_t hd_api_body_limit(const struct hd_broker *b);
+
+/* Completion of an HTTP publish: `resp` is owned by the callee (clear it when written). */
+typedef void (*hd_api_done_fn)(void *arg, struct hd_http_resp *resp);
+
+/*
+ * Publishes the body of a routed POST. Either fills `resp` and returns HD_HTTP_RESPOND
+ * (errors; or success when the engine completed at once), or returns -1 meaning `done` will
+ * be called later with the response. `done` is never called when this returns RESPOND.
+ */
+int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body,
+                   size_t len, struct hd_http_resp *resp, hd_api_done_fn done, void *arg);
+
+/* Adds the CORS headers this request's Origin earns. */
+void hd_api_cors(const struct hd_broker *b, const struct hd_http_req *req,
+                 struct hd_http_resp *resp);
+
+/* True when a WebSocket upgrade from `origin` (NULL: none) is allowed. */
+bool hd_api_origin_allowed(const struct hd_broker *b, const char *origin);
+
+/* Fills resp with the documented error body for `code`. */
+void hd_api_error(struct hd_http_resp *resp, enum hd_err code, const char *message);
+
+/* Percent-decodes src into dst (capacity cap). Returns 0, or -EINVAL on a bad escape, a
+ * decoded NUL or when it does not fit. */
+int hd_url_decode(const char *src, size_t len, char *dst, size_t cap);
+
+/* Finds `name` in a raw query string and decodes its value into out. Returns the decoded
+ * length, or -1 when absent or malformed. */
+int hd_query_get(const char *query, const char *name, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,523 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker core: attaches transport connections, runs WebSocket commands, replays history
+ * and fans events out. Fan-out is one registry match per event and one queue push per
+ * receiving connection; the message bytes are shared. A connection whose queue would pass
+ * max_queue_bytes is closed (4000) rather than allowed to slow anyone else down. Every
+ * check of a command happens before any state changes.
+ */
+#include "broker.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "topic.h"
+
+/* A publish whose completion is still pending, e.g. waiting for its commit. */
+struct pending_pub {
+    struct hd_broker *broker;
+    struct hd_conn *conn; /* NULL once the connection went away */
+    struct pending_pub *next, *prev;
+    bool has_id;
+    int64_t id;
+};
+
+struct hd_broker {
+    const struct hd_config *cfg;
+    struct hd_registry *reg;
+    struct hd_history *hist;
+    struct hd_engine *engine;
+    struct hd_metrics metrics;
+    struct hd_conn conns; /* list head (sentinel) */
+    size_t n_conns;
+    uint64_t next_conn_id;
+    bool draining;
+    struct pending_pub *pending; /* publishes from WebSocket connections in flight */
+};
+
+static struct hd_history_limits limits_of(const struct hd_config *cfg)
+{
+    return (struct hd_history_limits){
+        .max_events_per_topic = cfg->history.max_events_per_topic,
+        .max_age_s = cfg->history.max_age_s,
+        .max_bytes = cfg->history.max_memory_bytes,
+    };
+}
+
+struct hd_broker *hd_broker_new(const struct hd_config *cfg, uint64_t base_seq)
+{
+    struct hd_broker *b = calloc(1, sizeof(*b));
+    if (!b)
+        return NULL;
+    b->cfg = cfg;
+    struct hd_history_limits lim = limits_of(cfg);
+    b->reg = hd_registry_new();
+    b->hist = hd_history_new(&lim, base_seq);
+    if (!b->reg || !b->hist) {
+        hd_registry_free(b->reg);
+        hd_history_free(b->hist);
+        free(b);
+        return NULL;
+    }
+    b->conns.next = b->conns.prev = &b->conns;
+    return b;
+}
+
+void hd_broker_free(struct hd_broker *b)
+{
+    if (!b)
+        return;
+    while (b->conns.next != &b->conns)
+        hd_conn_detach(b->conns.next);
+    if (b->engine)
+        b->engine->ops->destroy(b->engine);
+    /* Engines run every pending completion on destroy; anything left is only memory. */
+    while (b->pending) {
+        struct pending_pub *p = b->pending;
+        b->pending = p->next;
+        free(p);
+    }
+    hd_registry_free(b->reg);
+    hd_history_free(b->hist);
+    free(b);
+}
+
+void hd_broker_set_engine(struct hd_broker *b, struct hd_engine *e)
+{
+    b->engine = e;
+    e->deliver = hd_broker_deliver;
+    e->broker = b;
+}
+
+struct hd_metrics *hd_broker_metrics(struct hd_broker *b) { return &b->metrics; }
+struct hd_history *hd_broker_history(struct hd_broker *b) { return b->hist; }
+const struct hd_config *hd_broker_config(const struct hd_broker *b) { return b->cfg; }
+bool hd_broker_draining(const struct hd_broker *b) { return b->draining; }
+size_t hd_broker_connections(const struct hd_broker *b) { return b->n_conns; }
+
+void hd_broker_reload(struct hd_broker *b, const struct hd_config *cfg)
+{
+    b->cfg = cfg;
+    struct hd_history_limits lim = limits_of(cfg);
+    hd_history_set_limits(b->hist, &lim);
+    for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next)
+        c->q.max_bytes = cfg->limits.max_queue_bytes;
+}
+
+static void request_write(struct hd_conn *c)
+{
+    if (!c->want_pending && !c->closing) {
+        c->want_pending = true;
+        c->ops->want_write(c);
+    }
+}
+
+static void conn_close(struct hd_conn *c, int code, const char *reason)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->ops->close(c, code, reason);
+}
+
+void hd_broker_drain(struct hd_broker *b)
+{
+    if (b->draining)
+        return;
+    b->draining = true;
+    if (b->engine && b->engine->ops->drain)
+        b->engine->ops->drain(b->engine);
+    for (struct hd_conn *c = b->conns.next, *n; c != &b->conns; c = n) {
+        n = c->next;
+        conn_close(c, HD_CLOSE_GOING_AWAY, "server shutting down");
+    }
+}
+
+int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kind,
+                   const struct hd_conn_ops *ops, void *transport)
+{
+    if (b->draining)
+        return -ESHUTDOWN;
+    c->broker = b;
+    c->ops = ops;
+    c->transport = transport;
+    c->kind = kind;
+    c->id = ++b->next_conn_id;
+    hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
+    snprintf(c->session, sizeof(c->session), "%016" PRIx64, c->id ^ (uint64_t)hd_now_ns() << 20);
+    c->next = &b->conns;
+    c->prev = b->conns.prev;
+    c->prev->next = c;
+    b->conns.prev = c;
+    b->n_conns++;
+    if (kind == HD_CONN_WS) {
+        b->metrics.connections++;
+        b->metrics.connections_total++;
+        size_t len;
+        char *w = hd_encode_welcome(c->session, HERALD_VERSION, (int)b->cfg->heartbeat_s,
+                                    b->cfg->limits.max_event_bytes, &len);
+        if (!w || hd_conn_send_text(c, w, len)) {
+            free(w);
+            hd_conn_detach(c);
+            return -ENOMEM;
+        }
+        free(w);
+    }
+    return 0;
+}
+
+static void drop_subs(struct hd_conn *c)
+{
+    struct hd_broker *b = c->broker;
+    for (uint32_t i = 0; i < c->n_subs; i++)
+        hd_registry_remove(b->reg, c->subs[i].reg);
+    b->metrics.subscriptions -= c->n_subs;
+    free(c->subs);
+    c->subs = NULL;
+    c->n_subs = c->cap_subs = 0;
+}
+
+void hd_conn_detach(struct hd_conn *c)
+{
+    struct hd_broker *b = c->broker;
+    if (!b)
+        return;
+    drop_subs(c);
+    size_t dropped = hd_queue_clear(&c->q);
+    b->metrics.events_dropped[HD_DROP_DISCONNECT] += dropped;
+    for (struct pending_pub *p = b->pending; p; p = p->next)
+        if (p->conn == c)
+            p->conn = NULL;
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    b->n_conns--;
+    if (c->kind == HD_CONN_WS)
+        b->metrics.connections--;
+    c->broker = NULL;
+}
+
+int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len)
+{
+    if (c->closing)
+        return 0;
+    struct hd_msg *m = hd_msg_new_text(text, len);
+    if (!m)
+        return -ENOMEM;
+    int r = hd_queue_push(&c->q, m, HD_PUSH_FORCE);
+    hd_msg_unref(m);
+    if (r == 0)
+        request_write(c);
+    return r;
+}
+
+void hd_conn_wrote(struct hd_conn *c)
+{
+    struct hd_msg *m = hd_queue_pop(&c->q);
+    if (!m)
+        return;
+    if (m->seq) {
+        m->written++;
+        c->broker->metrics.deliveries_written++;
+        hd_histogram_observe(&c->broker->metrics.publish_to_write, hd_now_ns() - m->accept_ns);
+    }
+    hd_msg_unref(m);
+}
+
+/* Queues an error reply; counts it towards the 4001 limit. */
+static void send_error(struct hd_conn *c, bool has_id, int64_t id, const struct hd_error *err)
+{
+    struct hd_broker *b = c->broker;
+    b->metrics.protocol_errors++;
+    size_t len;
+    char *e = hd_encode_error(true, has_id, id, err->code, err->message, &len);
+    if (!e || hd_conn_send_text(c, e, len))
+        conn_close(c, 1011, "out of memory");
+    free(e);
+    if (++c->bad_in_row >= HD_MAX_BAD_IN_ROW)
+        conn_close(c, HD_CLOSE_TOO_MANY_ERRORS, "too many protocol errors");
+}
+
+static void send_owned(struct hd_conn *c, char *text, size_t len)
+{
+    if (!text || hd_conn_send_text(c, text, len))
+        conn_close(c, 1011, "out of memory");
+    free(text);
+}
+
+static struct hd_conn_sub *find_sub(struct hd_conn *c, const char *pattern)
+{
+    for (uint32_t i = 0; i < c->n_subs; i++)
+        if (strcmp(hd_sub_pattern(c->subs[i].reg), pattern) == 0)
+            return &c->subs[i];
+    return NULL;
+}
+
+/* True when one of c's subscriptions already brought (or will bring) this event. */
+static bool already_covered(const struct hd_conn *c, const struct hd_msg *m)
+{
+    for (uint32_t i = 0; i < c->n_subs; i++)
+        if (m->seq > c->subs[i].covered_from &&
+            hd_pattern_match(hd_sub_pattern(c->subs[i].reg), m->topic))
+            return true;
+    return false;
+}
+
+/*
+ * Pushes one event to a connection's queue. Returns false when the connection was closed
+ * as a slow consumer instead.
+ */
+static bool enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push how)
+{
+    struct hd_broker *b = c->broker;
+    int r = hd_queue_push(&c->q, m, how);
+    if (r == 0) {
+        m->queued++;
+        request_write(c);
+        return true;
+    }
+    /* Everything this connection still holds is lost to it: count it, free it at once. */
+    m->queued++;
+    m->dropped++;
+    b->metrics.events_dropped[HD_DROP_SLOW_CONSUMER] += 1 + hd_queue_clear(&c->q);
+    b->metrics.slow_consumer_disconnects++;
+    hd_log_warn("slow consumer closed", "conn=%" PRIu64 " max_queue_bytes=%zu", c->id,
+                c->q.max_bytes);
+    conn_close(c, HD_CLOSE_SLOW_CONSUMER, "slow consumer");
+    return false;
+}
+
+/*
+ * Subscribes c to pattern, replaying history after `since` (NULL: live only). The ok reply
+ * is queued, then the replay, all in one loop turn, so no live event can slip between them:
+ * live events carry ids above the replay snapshot and reach the queue only after it.
+ */
+static int subscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pattern,
+                     const char *since, struct hd_error *err)
+{
+    struct hd_broker *b = c->broker;
+    bool gap = false;
+    if (find_sub(c, pattern)) {
+        /* Already subscribed: idempotent, and nothing is replayed twice. */
+        size_t len;
+        char *text = hd_encode_ok_subscribe(has_id, id, pattern, 0, false, &len);
+        send_owned(c, text, len);
+        return 0;
+    }
+    if (c->n_subs >= b->cfg->limits.max_subscriptions_per_connection)
+        return hd_error_set(err, HD_ERR_LIMIT_EXCEEDED,
+                            "at most %u subscriptions per connection",
+                            b->cfg->limits.max_subscriptions_per_connection);
+    if (c->n_subs == c->cap_subs) {
+        uint32_t ncap = c->cap_subs ? c->cap_subs * 2 : 2;
+        struct hd_conn_sub *n = realloc(c->subs, sizeof(*n) * ncap);
+        if (!n)
+            return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+        c->subs = n;
+        c->cap_subs = ncap;
+    }
+    uint64_t upto = hd_history_last_seq(b->hist);
+    uint64_t after = upto;
+    struct hd_msg **replay = NULL;
+    size_t n = 0;
+    if (since) {
+        after = hd_history_resolve(b->hist, pattern, hd_since_parse(since), &gap);
+        size_t count = hd_history_count(b->hist, pattern, after, upto);
+        if (count) {
+            replay = malloc(sizeof(*replay) * count);
+            if (!replay)
+                return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+            n = hd_history_collect(b->hist, pattern, after, upto, replay, count);
+        }
+    }
+    struct hd_sub *s = hd_registry_add(b->reg, pattern, &c->subscriber);
+    if (!s) {
+        free(replay);
+        return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+    }
+    /* Drop what another subscription of this connection already brought, checked before
+     * this one joins the list so only the others count. */
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!already_covered(c, replay[i]))
+            replay[kept++] = replay[i];
+    c->subs[c->n_subs++] = (struct hd_conn_sub){.reg = s, .covered_from = after};
+    b->metrics.subscriptions++;
+    size_t len;
+    char *text = hd_encode_ok_subscribe(has_id, id, pattern, kept, gap, &len);
+    send_owned(c, text, len);
+    /* Replayed bytes are shared with history, so they do not count against the live limit;
+     * the replay itself is bounded by what history retains. */
+    for (size_t i = 0; i < kept && !c->closing; i++)
+        enqueue_event(c, replay[i], HD_PUSH_SHARED);
+    free(replay);
+    return 0;
+}
+
+static void unsubscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pattern)
+{
+    struct hd_conn_sub *s = find_sub(c, pattern);
+    if (s) {
+        hd_registry_remove(c->broker->reg, s->reg);
+        *s = c->subs[--c->n_subs];
+        c->broker->metrics.subscriptions--;
+    }
+    size_t len;
+    char *text = hd_encode_ok(has_id, id, &len);
+    send_owned(c, text, len);
+}
+
+static void pending_unlink(struct pending_pub *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        p->broker->pending = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+}
+
+static void ws_publish_done(void *arg, int err, struct hd_msg *msg)
+{
+    struct pending_pub *p = arg;
+    struct hd_conn *c = p->conn;
+    pending_unlink(p);
+    if (c && !c->closing) {
+        size_t len;
+        if (err) {
+            struct hd_error e;
+            hd_error_set(&e, HD_ERR_UNAVAILABLE, "the event could not be stored");
+            send_error(c, p->has_id, p->id, &e);
+        } else {
+            char id[HD_EVENT_ID_LEN + 1];
+            hd_event_id_format(msg->seq, id);
+            char *text = hd_encode_ok_publish(p->has_id, p->id, id, msg->queued, &len);
+            send_owned(c, text, len);
+        }
+    }
+    free(p);
+}
+
+static int ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_error *err)
+{
+    struct hd_broker *b = c->broker;
+    size_t dlen;
+    char *data = hd_json_dump_compact(cmd->data, &dlen);
+    if (!data)
+        return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+    if (dlen > b->cfg->limits.max_event_bytes) {
+        free(data);
+        return hd_error_set(err, HD_ERR_TOO_LARGE, "data is %zu bytes, the limit is %u", dlen,
+                            b->cfg->limits.max_event_bytes);
+    }
+    struct pending_pub *p = calloc(1, sizeof(*p));
+    if (!p) {
+        free(data);
+        return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+    }
+    *p = (struct pending_pub){.broker = b, .conn = c, .has_id = cmd->has_id, .id = cmd->id};
+    p->next = b->pending;
+    if (b->pending)
+        b->pending->prev = p;
+    b->pending = p;
+    struct hd_pub pub = {.topic = cmd->topic, .event = cmd->event, .data_json = data,
+                         .data_len = dlen};
+    int r = hd_broker_publish(b, &pub, ws_publish_done, p, err);
+    free(data);
+    if (r) {
+        pending_unlink(p);
+        free(p);
+    }
+    return r;
+}
+
+void hd_conn_on_text(struct hd_conn *c, const char *buf, size_t len)
+{
+    if (c->closing)
+        return;
+    struct hd_cmd cmd;
+    struct hd_error err = {0};
+    if (hd_cmd_parse(buf, len, &cmd, &err)) {
+        send_error(c, cmd.has_id, cmd.id, &err);
+        return;
+    }
+    int r = 0;
+    size_t n;
+    switch (cmd.op) {
+    case HD_OP_SUBSCRIBE:
+        r = subscribe(c, cmd.has_id, cmd.id, cmd.topic, cmd.since, &err);
+        break;
+    case HD_OP_UNSUBSCRIBE:
+        unsubscribe(c, cmd.has_id, cmd.id, cmd.topic);
+        break;
+    case HD_OP_PUBLISH:
+        r = ws_publish(c, &cmd, &err);
+        break;
+    case HD_OP_PING: {
+        char *text = hd_encode_pong(cmd.has_id, cmd.id, &n);
+        send_owned(c, text, n);
+        break;
+    }
+    }
+    if (r)
+        send_error(c, cmd.has_id, cmd.id, &err);
+    else
+        c->bad_in_row = 0;
+    hd_cmd_clear(&cmd);
+}
+
+int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done,
+                      void *arg, struct hd_error *err)
+{
+    if (b->draining || !b->engine)
+        return hd_error_set(err, HD_ERR_UNAVAILABLE, "the server is shutting down"), -ESHUTDOWN;
+    int r = b->engine->ops->publish(b->engine, pub, done, arg);
+    if (r) {
+        b->metrics.publish_rejected++;
+        if (r == -ESHUTDOWN)
+            hd_error_set(err, HD_ERR_UNAVAILABLE, "the server is shutting down");
+        else if (r == -ENOMEM)
+            hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+        else
+            hd_error_set(err, HD_ERR_UNAVAILABLE, "the event store is failing");
+    }
+    return r;
+}
+
+struct fan {
+    struct hd_msg *msg;
+    size_t receivers;
+};
+
+static void fan_one(struct hd_subscriber *s, void *arg)
+{
+    struct fan *f = arg;
+    struct hd_conn *c = (struct hd_conn *)s; /* subscriber is the first member */
+    if (c->closing)
+        return;
+    if (enqueue_event(c, f->msg, HD_PUSH_LIVE))
+        f->receivers++;
+}
+
+size_t hd_broker_deliver(void *broker, struct hd_msg *msg)
+{
+    struct hd_broker *b = broker;
+    if (hd_history_append(b->hist, msg))
+        hd_log_warn("event not retained in history", "reason=ENOMEM seq=%" PRIu64, msg->seq);
+    b->metrics.events_published++;
+    b->metrics.history_events = (int64_t)hd_history_events(b->hist);
+    b->metrics.history_bytes = (int64_t)hd_history_bytes(b->hist);
+    struct fan f = {.msg = msg};
+    hd_registry_match(b->reg, msg->topic, fan_one, &f);
+    return f.receivers;
+}
+
+void hd_broker_tick(struct hd_broker *b)
+{
+    hd_history_expire(b->hist, hd_wall_ms());
+    b->metrics.history_events = (int64_t)hd_history_events(b->hist);
+    b->metrics.history_bytes = (int64_t)hd_history_bytes(b->hist);
+}

@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker: connections, their subscriptions and outbound queues, command handling and
+ * fan-out. It decides every policy question (limits, errors, ordering, slow consumers) and
+ * knows nothing of sockets: a transport attaches a connection with a small ops table that
+ * can ask for a write and close with a code, and feeds it whole text messages.
+ */
+#ifndef HD_BROKER_H
+#define HD_BROKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "engine.h"
+#include "fanout.h"
+#include "history.h"
+#include "metrics.h"
+#include "protocol.h"
+#include "registry.h"
+
+struct hd_broker;
+struct hd_conn;
+
+/* What a transport provides for one connection. */
+struct hd_conn_ops {
+    /* Ask to be told (hd_conn_writable) when the peer can take more bytes. */
+    void (*want_write)(struct hd_conn *c);
+    /* Close as soon as possible with a WebSocket close code and reason. The broker calls it
+     * at most once per connection and then no longer queues anything to it. */
+    void (*close)(struct hd_conn *c, int code, const char *reason);
+};
+
+enum hd_conn_kind { HD_CONN_WS, HD_CONN_SSE, HD_CONN_POLL };
+
+/* One subscription of a connection. */
+struct hd_conn_sub {
+    struct hd_sub *reg;     /* registry handle */
+    uint64_t covered_from;  /* events of this pattern with seq > this reached the queue */
+};
+
+struct hd_conn {
+    struct hd_subscriber subscriber; /* registry owner; first member */
+    const struct hd_conn_ops *ops;
+    void *transport; /* the transport's own handle (e.g. the lws wsi) */
+    struct hd_broker *broker;
+    struct hd_conn *prev, *next; /* the broker's list of connections */
+    uint64_t id;
+    enum hd_conn_kind kind;
+    struct hd_queue q;
+    struct hd_conn_sub *subs;
+    uint32_t n_subs, cap_subs;
+    uint32_t bad_in_row;
+    bool closing;    /* close requested: nothing more is queued */
+    bool want_pending;
+    /* Token bucket for publish_rate. */
+    double tokens;
+    uint64_t tokens_ns;
+    char session[24];
+};
+
+/* Close codes (PROTOCOL.md section 7). */
+enum {
+    HD_CLOSE_GOING_AWAY = 1001,
+    HD_CLOSE_UNSUPPORTED = 1003,
+    HD_CLOSE_POLICY = 1008,
+    HD_CLOSE_TOO_BIG = 1009,
+    HD_CLOSE_SLOW_CONSUMER = 4000,
+    HD_CLOSE_TOO_MANY_ERRORS = 4001,
+};
+
+/* Consecutive refused commands after which a connection is closed with 4001. */
+#define HD_MAX_BAD_IN_ROW 100
+
+/*
+ * Creates the broker over `cfg` (borrowed; must outlive the broker or be replaced with
+ * hd_broker_reload). `start_seq` is the first id the engine will assign; `base_seq` the
+ * oldest id history can know (see history.h). Returns NULL when out of memory.
+ */
+struct hd_broker *hd_broker_new(const struct hd_config *cfg, uint64_t base_seq);
+void hd_broker_free(struct hd_broker *b);
+
+/* Installs the engine (ownership taken; destroyed by hd_broker_free). */
+void hd_broker_set_engine(struct hd_broker *b, struct hd_engine *e);
+/* The delivery entry point engines call (hd_deliver_fn). */
+size_t hd_broker_deliver(void *broker, struct hd_msg *msg);
+
+struct hd_metrics *hd_broker_metrics(struct hd_broker *b);
+struct hd_history *hd_broker_history(struct hd_broker *b);
+const struct hd_config *hd_broker_config(const struct hd_broker *b);
+/* Switches to a new config (borrowed) for what can change at run time (limits, log level). */
+void hd_broker_reload(struct hd_broker *b, const struct hd_config *cfg);
+
+/* Draining: new connections and publishes are refused, WebSocket clients are closed 1001. */
+void hd_broker_drain(struct hd_broker *b);
+bool hd_broker_draining(const struct hd_broker *b);
+size_t hd_broker_connections(const struct hd_broker *b);
+
+/*
+ * Attaches a connection the transport allocated (zeroed, owned by the transport). For
+ * WebSocket connections the welcome frame is queued. Returns 0, or -ENOMEM / -ESHUTDOWN
+ * (the transport should refuse the connection).
+ */
+int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kind,
+                   const struct hd_conn_ops *ops, void *transport);
+
+/* Detaches: drops subscriptions and queued messages (counted as dropped). */
+void hd_conn_detach(struct hd_conn *c);
+
+/*
+ * Handles one complete text message from a WebSocket client. Replies and errors are queued.
+ * May call ops->close (e.g. 4001); the transport learns of it through that call.
+ */
+void hd_conn_on_text(struct hd_conn *c, const char *buf, size_t len);
+
+/* The message to write next (borrowed), or NULL when the queue is empty. */
+static inline struct hd_msg *hd_conn_peek(const struct hd_conn *c) { return hd_queue_peek(&c->q); }
+
+/* The transport handed the peeked message to the kernel: counts it and dequeues it. */
+void hd_conn_wrote(struct hd_conn *c);
+
+/* Called by the transport in its writable callback before writing: clears the pending flag. */
+static inline void hd_conn_writable(struct hd_conn *c) { c->want_pending = false; }
+
+/* Queues a reply/control frame (takes no ownership of text). Returns 0 or -ENOMEM. */
+int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len);
+
+/*
+ * Publishes on behalf of an HTTP or WebSocket client after every check passed. `done` runs
+ * with the result (see engine.h). Returns 0 or a negative errno with `err` filled (nothing
+ * happened, `done` will not run).
+ */
+int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done,
+                      void *arg, struct hd_error *err);
+
+/* Periodic housekeeping (history age expiry). */
+void hd_broker_tick(struct hd_broker *b);
+
+#endif

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Metrics: plain counters and fixed-bucket histograms updated from the loop thread (and the
+ * store thread for store latency, through atomics), rendered in Prometheus text format.
+ * Never carries topic names or tokens.
+ */
+#ifndef HD_METRICS_H
+#define HD_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Buckets in seconds, chosen for loopback-to-WAN latencies: 50us .. 10s, then +Inf. */
+#define HD_HIST_BUCKETS 16
+
+struct hd_histogram {
+    _Atomic uint64_t buckets[HD_HIST_BUCKETS + 1]; /* last is +Inf; non-cumulative */
+    _Atomic uint64_t count;
+    _Atomic uint64_t sum_ns;
+};
+
+enum hd_drop_reason {
+    HD_DROP_SLOW_CONSUMER = 0, /* queued to a connection closed for falling behind */
+    HD_DROP_DISCONNECT,        /* queued to a connection that closed before writing it */
+    HD_DROP__COUNT
+};
+
+struct hd_metrics {
+    /* Gauges, maintained by whoever owns the thing counted. */
+    int64_t connections;       /* WebSocket connections open */
+    int64_t sse_streams;       /* SSE streams open */
+    int64_t long_polls;        /* long polls waiting */
+    int64_t subscriptions;     /* patterns subscribed across all connections */
+    int64_t history_events;    /* events retained */
+    int64_t history_bytes;     /* bytes retained */
+    /* Counters. */
+    uint64_t connections_total;
+    uint64_t events_published;
+    uint64_t deliveries_written;
+    uint64_t events_dropped[HD_DROP__COUNT];
+    uint64_t slow_consumer_disconnects;
+    uint64_t protocol_errors;
+    uint64_t http_requests;
+    uint64_t publish_rejected;
+    struct hd_histogram publish_to_write; /* from accept to the frame handed to the kernel */
+    struct hd_histogram store_commit;     /* one group commit */
+};
+
+/* Observes a duration in nanoseconds. Thread-safe. */
+void hd_histogram_observe(struct hd_histogram *h, uint64_t ns);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t hd_now_ns(void);
+/* Wall clock in milliseconds since the Unix epoch. */
+int64_t hd_wall_ms(void);
+
+/*
+ * Renders all metrics in Prometheus text exposition format (version 0.0.4) into a malloc'd
+ * buffer. Returns it (length in *len), or NULL when out of memory.
+ */
+char *hd_metrics_render(const struct hd_metrics *m, size_t *len);
+
+#endif

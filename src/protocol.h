@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The wire protocol's data layer (PROTOCOL.md sections 2, 3 and 7): parse WebSocket commands
+ * into plain structs, encode replies, errors and events as JSON text. No sockets, no state:
+ * the broker decides what a command means, this module only says what it says.
+ */
+#ifndef HD_PROTOCOL_H
+#define HD_PROTOCOL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Documented error codes; hd_err_name gives the wire string, hd_err_http the HTTP status. */
+enum hd_err {
+    HD_ERR_NONE = 0,
+    HD_ERR_BAD_REQUEST,
+    HD_ERR_INVALID_TOPIC,
+    HD_ERR_UNKNOWN_OP,
+    HD_ERR_UNAUTHORIZED,
+    HD_ERR_FORBIDDEN,
+    HD_ERR_NOT_FOUND,
+    HD_ERR_METHOD_NOT_ALLOWED,
+    HD_ERR_TOO_LARGE,
+    HD_ERR_RATE_LIMITED,
+    HD_ERR_LIMIT_EXCEEDED,
+    HD_ERR_UNAVAILABLE,
+    HD_ERR_INTERNAL,
+    HD_ERR__COUNT
+};
+
+const char *hd_err_name(enum hd_err err);
+int hd_err_http(enum hd_err err);
+
+/* An error with a human sentence (copied into the struct; truncated if longer). */
+struct hd_error {
+    enum hd_err code;
+    char message[160];
+};
+
+/* Sets err (may be NULL) and returns -1 so callers can `return hd_error_set(...)`. */
+int hd_error_set(struct hd_error *err, enum hd_err code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define HD_EVENT_KIND_MAX 64
+#define HD_DEFAULT_EVENT "message"
+
+/* Checks an event kind: 1-64 bytes of [A-Za-z0-9_.:-]. */
+bool hd_event_kind_valid(const char *s, size_t len);
+
+enum hd_op { HD_OP_SUBSCRIBE, HD_OP_UNSUBSCRIBE, HD_OP_PUBLISH, HD_OP_PING };
+
+/*
+ * One parsed client command. String pointers borrow from `root`, which the struct owns;
+ * release with hd_cmd_clear.
+ */
+struct hd_cmd {
+    enum hd_op op;
+    bool has_id;      /* the frame had an integer "id" */
+    int64_t id;
+    const char *topic; /* subscribe/unsubscribe: pattern; publish: topic. Validated. */
+    const char *since; /* subscribe only; NULL when absent */
+    const char *event; /* publish only; defaults to HD_DEFAULT_EVENT */
+    json_t *data;      /* publish only; borrowed from root; JSON null when absent */
+    json_t *root;
+};
+
+/*
+ * Parses one text frame of `len` bytes. On success fills `cmd` (caller must hd_cmd_clear it)
+ * and returns 0. On failure returns -1, fills `err` (bad_request for bad JSON / wrong types /
+ * non-object / "id" not an integer, unknown_op, invalid_topic for a bad topic or pattern,
+ * forbidden for a publish to a reserved `$` topic, bad_request for an invalid event kind) and
+ * sets cmd->has_id/cmd->id when the id could be read, so the error reply can echo it; nothing
+ * needs clearing then. Fields that do not belong to an op are ignored.
+ */
+int hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_error *err);
+void hd_cmd_clear(struct hd_cmd *cmd);
+
+/*
+ * Encoders. Each returns a malloc'd NUL-terminated string (length in *len when len is not
+ * NULL), or NULL when out of memory. `id` is echoed when has_id is true, else JSON null
+ * (errors) or omitted (ok/pong replies without an id).
+ */
+char *hd_encode_error(bool ws, bool has_id, int64_t id, enum hd_err code, const char *message,
+                      size_t *len);
+char *hd_encode_welcome(const char *session, const char *version, int heartbeat_s,
+                        size_t max_event_bytes, size_t *len);
+char *hd_encode_ok_subscribe(bool has_id, int64_t id, const char *pattern, size_t replayed,
+                             bool gap, size_t *len);
+char *hd_encode_ok(bool has_id, int64_t id, size_t *len);
+char *hd_encode_ok_publish(bool has_id, int64_t id, const char *event_id, size_t receivers,
+                           size_t *len);
+char *hd_encode_pong(bool has_id, int64_t id, size_t *len);
+/* The HTTP publish reply: {"id":..,"topic":..,"time":..,"receivers":..}. */
+char *hd_encode_publish_reply(const char *event_id, const char *topic, int64_t time_ms,
+                              size_t receivers, size_t *len);
+
+/*
+ * Writes the event object
+ * {"type":"event","topic":T,"id":I,"time":MS,"event":E,"data":<data_json>}
+ * into `out` (capacity `cap`). `data_json` is already-serialized compact JSON of `data_len`
+ * bytes, copied verbatim. Returns the length written (without NUL), or the length that
+ * would be needed when it exceeds cap (snprintf style). Topic/event need no escaping (the
+ * grammar forbids quotes and backslashes) but the id is likewise grammar-safe.
+ */
+size_t hd_encode_event(char *out, size_t cap, const char *topic, const char *event_id,
+                       int64_t time_ms, const char *event, const char *data_json,
+                       size_t data_len);
+
+/* Event ids: 16 lowercase hex digits of a 64-bit sequence, so ids sort as strings. */
+#define HD_EVENT_ID_LEN 16
+void hd_event_id_format(uint64_t seq, char out[HD_EVENT_ID_LEN + 1]);
+/* Returns 0 and the sequence, or -EINVAL for anything not exactly 16 hex digits. */
+int hd_event_id_parse(const char *s, uint64_t *seq);
+
+/*
+ * Serializes `data` (any JSON value) compactly. Returns malloc'd text or NULL on OOM.
+ * Used once per event so every receiver shares the bytes.
+ */
+char *hd_json_dump_compact(const json_t *data, size_t *len);
+
+#endif

@@ -1,0 +1,608 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libwebsockets adapter. WebSocket connections embed a struct hd_conn; the broker queues
+ * shared messages to it and this file writes them one frame per writable callback into the
+ * headroom the message reserved. HTTP requests are copied into a struct hd_http_req, routed
+ * by api.c, and the response written back. lws runs on a foreign libuv loop (epoll), so lws
+ * installs no signal handlers of its own.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <libwebsockets.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "log.h"
+#include "topic.h"
+
+_Static_assert(HD_MSG_HEADROOM >= LWS_PRE, "message headroom must fit an lws frame header");
+
+#define HDR_SMALL 256
+
+struct hd_server {
+    struct lws_context *ctx;
+    struct hd_broker *broker;
+    const struct hd_config *cfg;
+    uv_loop_t *loop;
+    lws_retry_bo_t retry;
+    struct lws_protocol_vhost_options pvo_default, pvo;
+};
+
+/* --- WebSocket --------------------------------------------------------------------- */
+
+struct ws_pss {
+    struct hd_conn conn; /* first: the broker hands it back to us */
+    struct lws *wsi;
+    char *rx;      /* reassembly buffer, only while a message spans several callbacks */
+    size_t rx_len;
+    int close_code;
+    char close_reason[40];
+    bool in_callback; /* close requested from inside this wsi's own callback */
+    bool rx_discard;
+};
+
+static void ws_want_write(struct hd_conn *c)
+{
+    struct ws_pss *pss = (struct ws_pss *)c;
+    lws_callback_on_writable(pss->wsi);
+}
+
+/*
+ * Sends the close frame the broker asked for; the caller returns -1 from its callback.
+ * From a receive callback lws_close_reason() is enough, but lws 4.1.6 drops the frame when
+ * the close comes from a writable callback, so there we write it ourselves (opcode 8,
+ * LWS_WRITE_CLOSE, which lws keeps out of its public enum).
+ */
+static int ws_finish_close(struct ws_pss *pss, bool writable)
+{
+    size_t rlen = strlen(pss->close_reason);
+    if (!writable) {
+        lws_close_reason(pss->wsi, (enum lws_close_status)pss->close_code,
+                         (unsigned char *)pss->close_reason, rlen);
+        return -1;
+    }
+    unsigned char buf[LWS_PRE + 2 + sizeof(pss->close_reason)];
+    unsigned char *p = buf + LWS_PRE;
+    p[0] = (unsigned char)(pss->close_code >> 8);
+    p[1] = (unsigned char)pss->close_code;
+    memcpy(p + 2, pss->close_reason, rlen);
+    lws_write(pss->wsi, p, 2 + rlen, (enum lws_write_protocol)4 /* LWS_WRITE_CLOSE */);
+    return -1;
+}
+
+static void ws_close(struct hd_conn *c, int code, const char *reason)
+{
+    struct ws_pss *pss = (struct ws_pss *)c;
+    pss->close_code = code;
+    snprintf(pss->close_reason, sizeof(pss->close_reason), "%s", reason);
+    if (pss->in_callback)
+        return; /* the callback's tail sees close_code */
+    /* Replies already queued go out first, then the close frame; a peer that stops reading
+     * is cut off after a short grace instead of holding the connection (and a drain) open. */
+    lws_callback_on_writable(pss->wsi);
+    lws_set_timeout(pss->wsi, PENDING_TIMEOUT_LAGGING, code == HD_CLOSE_SLOW_CONSUMER ? 2 : 4);
+}
+
+static const struct hd_conn_ops ws_ops = {.want_write = ws_want_write, .close = ws_close};
+
+static bool copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int cap)
+{
+    int n = lws_hdr_total_length(wsi, t);
+    if (n <= 0 || n >= cap)
+        return false;
+    return lws_hdr_copy(wsi, out, cap, t) >= 0;
+}
+
+/* Decides whether an upgrade may proceed; answers the refusal itself. */
+static int ws_filter(struct hd_server *s, struct lws *wsi)
+{
+    char path[64];
+    if (!copy_header(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)) || strcmp(path, "/v1/ws") != 0) {
+        lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
+        return -1;
+    }
+    char origin[HDR_SMALL];
+    bool has_origin = copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin));
+    if (!hd_api_origin_allowed(s->broker, has_origin ? origin : NULL)) {
+        hd_log_info("websocket upgrade refused", "reason=origin origin=\"%s\"", origin);
+        lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL);
+        return -1;
+    }
+    if (hd_broker_draining(s->broker)) {
+        lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+/* Reassembles fragments and enforces the frame limit; returns -1 to close. */
+static int ws_receive(struct hd_server *s, struct ws_pss *pss, struct lws *wsi, const char *in,
+                      size_t len)
+{
+    size_t limit = (size_t)hd_broker_config(s->broker)->limits.max_event_bytes + 16384;
+    if (lws_frame_is_binary(wsi)) {
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+                         (unsigned char *)"binary frames are not supported", 31);
+        return -1;
+    }
+    bool first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
+    size_t remaining = lws_remaining_packet_payload(wsi);
+    if (first && final && !remaining && !pss->rx) {
+        if (len > limit)
+            goto too_big;
+        hd_conn_on_text(&pss->conn, in, len);
+        return 0;
+    }
+    if (first && !pss->rx_len) {
+        free(pss->rx);
+        pss->rx = NULL;
+    }
+    if (pss->rx_len + len + remaining > limit)
+        goto too_big;
+    char *n = realloc(pss->rx, pss->rx_len + len + 1);
+    if (!n) {
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
+        return -1;
+    }
+    pss->rx = n;
+    memcpy(pss->rx + pss->rx_len, in, len);
+    pss->rx_len += len;
+    if (final && !remaining) {
+        hd_conn_on_text(&pss->conn, pss->rx, pss->rx_len);
+        free(pss->rx);
+        pss->rx = NULL;
+        pss->rx_len = 0;
+    }
+    return 0;
+too_big:
+    lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
+                     (unsigned char *)"frame too large", 15);
+    return -1;
+}
+
+static int ws_writable(struct ws_pss *pss, struct lws *wsi)
+{
+    hd_conn_writable(&pss->conn);
+    struct hd_msg *m = hd_conn_peek(&pss->conn);
+    if (!m)
+        return pss->close_code ? ws_finish_close(pss, true) : 0;
+    if (lws_write(wsi, hd_msg_payload(m), m->len, LWS_WRITE_TEXT) < (int)m->len)
+        return -1;
+    hd_conn_wrote(&pss->conn);
+    if (hd_conn_peek(&pss->conn) || pss->close_code) {
+        pss->conn.want_pending = true;
+        lws_callback_on_writable(wsi);
+    }
+    return 0;
+}
+
+static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                       size_t len)
+{
+    struct hd_server *s = lws_context_user(lws_get_context(wsi));
+    struct ws_pss *pss = user;
+    int r = 0;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        return ws_filter(s, wsi);
+    case LWS_CALLBACK_ESTABLISHED:
+        memset(pss, 0, sizeof(*pss));
+        pss->wsi = wsi;
+        if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_WS, &ws_ops, wsi)) {
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
+            return -1;
+        }
+        return 0;
+    case LWS_CALLBACK_RECEIVE:
+        pss->in_callback = true;
+        r = ws_receive(s, pss, wsi, in, len);
+        pss->in_callback = false;
+        if (r || !pss->close_code)
+            return r;
+        if (!hd_conn_peek(&pss->conn))
+            return ws_finish_close(pss, false);
+        lws_callback_on_writable(wsi); /* flush the replies that explain the close first */
+        lws_set_timeout(wsi, PENDING_TIMEOUT_LAGGING, 4);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return ws_writable(pss, wsi);
+    case LWS_CALLBACK_CLOSED:
+        if (pss->conn.broker)
+            hd_conn_detach(&pss->conn);
+        free(pss->rx);
+        pss->rx = NULL;
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* --- HTTP -------------------------------------------------------------------------- */
+
+struct http_pending; /* a publish waiting for its commit */
+
+struct http_pss {
+    struct lws *wsi;
+    struct hd_http_req req;
+    char path[HD_TOPIC_MAX + 64];
+    char query[512];
+    char content_type[128], origin[HDR_SMALL];
+    bool has_query, has_ctype, has_origin;
+    char *body;
+    size_t body_len;
+    bool body_too_large;
+    bool reading_body;
+    bool response_ready;
+    bool head;
+    struct hd_http_resp resp;
+    struct http_pending *pending;
+};
+
+struct http_pending {
+    struct http_pss *pss; /* NULL when the client went away first */
+};
+
+static enum hd_method method_of(int m)
+{
+    switch (m) {
+    case LWSHUMETH_GET:
+        return HD_M_GET;
+    case LWSHUMETH_POST:
+        return HD_M_POST;
+    case LWSHUMETH_OPTIONS:
+        return HD_M_OPTIONS;
+    case LWSHUMETH_HEAD:
+        return HD_M_HEAD;
+    case LWSHUMETH_PUT:
+        return HD_M_PUT;
+    case LWSHUMETH_PATCH:
+        return HD_M_PATCH;
+    case LWSHUMETH_DELETE:
+        return HD_M_DELETE;
+    default:
+        return HD_M_OTHER;
+    }
+}
+
+static void http_reset(struct http_pss *pss)
+{
+    free(pss->body);
+    hd_http_resp_clear(&pss->resp);
+    if (pss->pending)
+        pss->pending->pss = NULL;
+    struct lws *wsi = pss->wsi;
+    memset(pss, 0, sizeof(*pss));
+    pss->wsi = wsi;
+}
+
+static void http_respond(struct hd_server *s, struct http_pss *pss)
+{
+    hd_api_cors(s->broker, &pss->req, &pss->resp);
+    pss->response_ready = true;
+    lws_callback_on_writable(pss->wsi);
+}
+
+/* Copies the query string: lws keeps each `&`-separated fragment apart. */
+static void copy_query(struct lws *wsi, struct http_pss *pss)
+{
+    size_t o = 0;
+    for (int i = 0; i < 32; i++) {
+        char frag[256];
+        int n = lws_hdr_copy_fragment(wsi, frag, sizeof(frag), WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n <= 0)
+            break;
+        if (o + (size_t)n + 2 >= sizeof(pss->query))
+            break;
+        if (o)
+            pss->query[o++] = '&';
+        memcpy(pss->query + o, frag, (size_t)n);
+        o += (size_t)n;
+    }
+    pss->query[o] = '\0';
+    pss->has_query = o > 0;
+}
+
+static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    http_reset(pss);
+    pss->wsi = wsi;
+    char *uri;
+    int ulen;
+    int m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
+    pss->req.method = method_of(m);
+    pss->head = pss->req.method == HD_M_HEAD;
+    /* lws has already percent-decoded the path and split off the query. */
+    if (ulen < 0 || (size_t)ulen >= sizeof(pss->path)) {
+        pss->req.path = "/";
+        hd_api_error(&pss->resp, HD_ERR_NOT_FOUND, "path too long");
+        http_respond(s, pss);
+        return 0;
+    }
+    memcpy(pss->path, uri, (size_t)ulen);
+    pss->path[ulen] = '\0';
+    pss->req.path = pss->path;
+    copy_query(wsi, pss);
+    pss->req.query = pss->has_query ? pss->query : NULL;
+    if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, pss->content_type,
+                    sizeof(pss->content_type)))
+        pss->req.content_type = pss->content_type;
+    if (copy_header(wsi, WSI_TOKEN_ORIGIN, pss->origin, sizeof(pss->origin)))
+        pss->req.origin = pss->origin;
+    char cl[32];
+    pss->req.content_length = -1;
+    if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
+        pss->req.content_length = strtoll(cl, NULL, 10);
+
+    /* No long requests yet: keep lws's content timeout for the body, or respond now. */
+    enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
+    if (next == HD_HTTP_READ_BODY) {
+        pss->reading_body = true;
+        if (pss->req.content_length == 0) {
+            /* lws sends no body callbacks for an empty body. */
+            return 1; /* signal caller to complete now */
+        }
+        return 0;
+    }
+    http_respond(s, pss);
+    return 0;
+}
+
+static void http_publish_done(void *arg, struct hd_http_resp *resp)
+{
+    struct http_pending *p = arg;
+    struct http_pss *pss = p->pss;
+    if (pss) {
+        struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
+        pss->pending = NULL;
+        if (resp)
+            pss->resp = *resp;
+        else
+            hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        free(resp);
+        http_respond(s, pss);
+    } else if (resp) {
+        hd_http_resp_clear(resp);
+        free(resp);
+    }
+    free(p);
+}
+
+static void http_body_complete(struct hd_server *s, struct http_pss *pss)
+{
+    pss->reading_body = false;
+    if (pss->body_too_large) {
+        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
+        http_respond(s, pss);
+        return;
+    }
+    struct http_pending *p = calloc(1, sizeof(*p));
+    if (!p) {
+        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        http_respond(s, pss);
+        return;
+    }
+    p->pss = pss;
+    int r = hd_api_publish(s->broker, &pss->req, pss->body ? pss->body : "", pss->body_len,
+                           &pss->resp, http_publish_done, p);
+    if (r == HD_HTTP_RESPOND) {
+        free(p);
+        http_respond(s, pss);
+    } else {
+        pss->pending = p;
+    }
+}
+
+static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
+{
+    if (!pss->reading_body || pss->body_too_large)
+        return 0;
+    size_t limit = hd_api_body_limit(s->broker);
+    if (pss->body_len + len > limit) {
+        pss->body_too_large = true;
+        free(pss->body);
+        pss->body = NULL;
+        pss->body_len = 0;
+        return 0;
+    }
+    char *n = realloc(pss->body, pss->body_len + len + 1);
+    if (!n)
+        return -1;
+    pss->body = n;
+    memcpy(pss->body + pss->body_len, in, len);
+    pss->body_len += len;
+    pss->body[pss->body_len] = '\0';
+    return 0;
+}
+
+static int http_writable(struct http_pss *pss, struct lws *wsi)
+{
+    if (!pss->response_ready)
+        return 0;
+    struct hd_http_resp *r = &pss->resp;
+    size_t hcap = 2048;
+    size_t body_len = pss->head ? 0 : r->body_len;
+    unsigned char *buf = malloc(LWS_PRE + hcap + body_len);
+    if (!buf)
+        return -1;
+    unsigned char *start = buf + LWS_PRE, *p = start, *end = start + hcap - 1;
+    int status = r->status ? r->status : 500;
+    /* RFC 9110: no Content-Length on a 204. */
+    if (lws_add_http_common_headers(wsi, (unsigned int)status, r->content_type,
+                                    status == 204 ? LWS_ILLEGAL_HTTP_CONTENT_LEN : r->body_len,
+                                    &p, end))
+        goto fail;
+    for (size_t i = 0; i < r->n_headers; i++)
+        if (lws_add_http_header_by_name(wsi, (const unsigned char *)r->headers[i].name,
+                                        (const unsigned char *)r->headers[i].value,
+                                        (int)strlen(r->headers[i].value), &p, end))
+            goto fail;
+    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end))
+        goto fail;
+    if (lws_finalize_write_http_header(wsi, start, &p, end))
+        goto fail;
+    if (body_len) {
+        unsigned char *b = buf + LWS_PRE;
+        memcpy(b, r->body, body_len);
+        if (lws_write(wsi, b, body_len, LWS_WRITE_HTTP_FINAL) != (int)body_len)
+            goto fail;
+    }
+    free(buf);
+    pss->response_ready = false;
+    hd_http_resp_clear(&pss->resp);
+    if (lws_http_transaction_completed(wsi))
+        return -1;
+    return 0;
+fail:
+    free(buf);
+    return -1;
+}
+
+static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                         size_t len)
+{
+    struct hd_server *s = lws_context_user(lws_get_context(wsi));
+    struct http_pss *pss = user;
+    switch (reason) {
+    case LWS_CALLBACK_HTTP:
+        if (!pss)
+            return -1;
+        memset(pss, 0, sizeof(*pss));
+        pss->wsi = wsi;
+        if (http_request(s, pss, wsi) == 1)
+            http_body_complete(s, pss);
+        return 0;
+    case LWS_CALLBACK_HTTP_BODY:
+        return http_body(s, pss, in, len);
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        if (pss->reading_body)
+            http_body_complete(s, pss);
+        return 0;
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return http_writable(pss, wsi);
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (pss)
+            http_reset(pss);
+        return 0;
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+/* --- Context ----------------------------------------------------------------------- */
+
+enum { PROTO_HTTP, PROTO_WS };
+
+static const struct lws_protocols protocols[] = {
+    [PROTO_HTTP] = {.name = "http", .callback = callback_http,
+                    .per_session_data_size = sizeof(struct http_pss), .rx_buffer_size = 0},
+    [PROTO_WS] = {.name = "herald.v1", .callback = callback_ws,
+                  .per_session_data_size = sizeof(struct ws_pss),
+                  /* A chunk size, not a message limit (we reassemble): small keeps idle
+                   * connections cheap. */
+                  .rx_buffer_size = 4096, .tx_packet_size = 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+static void lws_logger(int level, const char *line)
+{
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == ' '))
+        n--;
+    hd_log(level & LLL_ERR ? HD_LOG_WARN : HD_LOG_DEBUG, "libwebsockets", "lws=\"%.*s\"",
+           (int)n, line);
+}
+
+struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg)
+{
+    struct hd_server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->broker = b;
+    s->cfg = cfg;
+    s->loop = loop;
+    lws_set_log_level(LLL_ERR | (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0), lws_logger);
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof(info));
+    void *foreign[] = {loop};
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
+                   LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.foreign_loops = foreign;
+    info.user = s;
+    info.protocols = protocols;
+    info.max_http_header_data = (unsigned short)cfg->limits.max_header_bytes;
+    info.timeout_secs = cfg->limits.handshake_timeout_s;
+    info.timeout_secs_ah_idle = cfg->limits.handshake_timeout_s;
+    info.keepalive_timeout = 60;
+    info.server_string = "heraldd";
+    info.fd_limit_per_thread = 0;
+    s->ctx = lws_create_context(&info);
+    if (!s->ctx) {
+        hd_log_error("cannot create the libwebsockets context",
+                     "hint=\"is libwebsockets-evlib-uv installed?\"");
+        free(s);
+        return NULL;
+    }
+
+    s->retry = (lws_retry_bo_t){
+        .secs_since_valid_ping = (uint16_t)cfg->heartbeat_s,
+        .secs_since_valid_hangup = (uint16_t)(cfg->heartbeat_s * 2),
+    };
+    /* WebSocket upgrades without Sec-WebSocket-Protocol still land on herald.v1. */
+    s->pvo_default = (struct lws_protocol_vhost_options){.name = "default", .value = ""};
+    s->pvo = (struct lws_protocol_vhost_options){.name = "herald.v1", .options = &s->pvo_default,
+                                                 .value = ""};
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        const struct hd_listener *l = &cfg->listeners[i];
+        struct lws_context_creation_info vi;
+        memset(&vi, 0, sizeof(vi));
+        char name[96];
+        snprintf(name, sizeof(name), "listener%zu", i);
+        vi.vhost_name = name;
+        vi.port = l->port; /* 0: the kernel picks one; lws reports it back below */
+        vi.iface = l->address;
+        vi.protocols = protocols;
+        vi.pvo = &s->pvo;
+        vi.retry_and_idle_policy = &s->retry;
+        vi.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+        if (strchr(l->address, ':'))
+            vi.options |= LWS_SERVER_OPTION_IPV6_V6ONLY_MODIFY | LWS_SERVER_OPTION_IPV6_V6ONLY_VALUE;
+        else
+            vi.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+        vi.keepalive_timeout = 60;
+        vi.timeout_secs = cfg->limits.handshake_timeout_s;
+        if (l->tls_cert) {
+            vi.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+            vi.ssl_cert_filepath = l->tls_cert;
+            vi.ssl_private_key_filepath = l->tls_key;
+            /* HTTP/1.1 only: WebSocket over h2 and long-lived h2 streams are not worth
+             * the idle-timer trouble in lws 4.1. */
+            vi.alpn = "http/1.1";
+        }
+        struct lws_vhost *vh = lws_create_vhost(s->ctx, &vi);
+        if (!vh) {
+            hd_log_error("cannot listen", "address=%s port=%u", l->address, l->port);
+            lws_context_destroy(s->ctx);
+            free(s);
+            return NULL;
+        }
+        hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
+                    lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
+    }
+    return s;
+}
+
+void hd_server_drain(struct hd_server *s) { hd_broker_drain(s->broker); }
+
+void hd_server_destroy(struct hd_server *s)
+{
+    if (s && s->ctx) {
+        lws_context_destroy(s->ctx);
+    }
+}
+
+void hd_server_free(struct hd_server *s) { free(s); }

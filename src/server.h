@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The network transport: libwebsockets on the caller's libuv loop, one vhost per listener,
+ * serving WebSocket (/v1/ws, subprotocol herald.v1) and the HTTP API on the same port. Only
+ * lws callbacks live here; every decision is the broker's or the API module's.
+ */
+#ifndef HD_SERVER_H
+#define HD_SERVER_H
+
+#include <uv.h>
+
+#include "broker.h"
+#include "config.h"
+
+struct hd_server;
+
+/*
+ * Creates the lws context on `loop` and binds every listener in cfg (borrowed, must
+ * outlive the server). Logs one `msg="listening"` line per bound listener. Returns NULL
+ * when a listener cannot be bound or lws fails (already logged).
+ */
+struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg);
+
+/* Starts the clean stop: the broker closes its clients; the server then winds lws down. */
+void hd_server_drain(struct hd_server *s);
+
+/* Destroys the lws context; call, then run the loop until idle, then hd_server_free. */
+void hd_server_destroy(struct hd_server *s);
+void hd_server_free(struct hd_server *s);
+
+#endif
