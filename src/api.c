@@ -269,6 +269,159 @@ static enum hd_http_next publish_route(struct hd_broker *b, const struct hd_http
     return HD_HTTP_READ_BODY;
 }
 
+/* Reads an unsigned query parameter within [min, max]; absent gives `def`. */
+static int query_uint(const char *query, const char *name, uint32_t min, uint32_t max,
+                      uint32_t def, uint32_t *out)
+{
+    char buf[16];
+    int n = hd_query_get(query, name, buf, sizeof(buf));
+    if (n < 0) {
+        *out = def;
+        return 0;
+    }
+    char *end;
+    unsigned long v = strtoul(buf, &end, 10);
+    if (n == 0 || *end || buf[0] == '-' || buf[0] == '+' || v < min || v > max)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static bool pattern_param(const char *pattern, struct hd_http_stream *st,
+                          struct hd_http_resp *resp)
+{
+    if (hd_pattern_check(pattern, strlen(pattern))) {
+        hd_api_error(resp, HD_ERR_INVALID_TOPIC,
+                     "a pattern is a topic whose segments may also be * or a final >");
+        return false;
+    }
+    snprintf(st->pattern, sizeof(st->pattern), "%s", pattern);
+    return true;
+}
+
+void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,
+                        struct hd_http_resp *resp)
+{
+    struct hd_history *h = hd_broker_history(b);
+    struct hd_msg *stack[64], **events = stack;
+    if (st->limit > 64) {
+        events = malloc(sizeof(*events) * st->limit);
+        if (!events) {
+            hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+            return;
+        }
+    }
+    size_t n = hd_history_collect(h, st->pattern, st->after, 0, events, st->limit);
+    size_t cap = 64 + HD_EVENT_ID_LEN;
+    for (size_t i = 0; i < n; i++)
+        cap += events[i]->len + 1;
+    char *body = malloc(cap);
+    if (!body) {
+        if (events != stack)
+            free(events);
+        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    /* The events are spliced in as encoded at publish: no re-encoding per poll. */
+    size_t o = 0;
+    memcpy(body, "{\"events\":[", 11);
+    o = 11;
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            body[o++] = ',';
+        memcpy(body + o, hd_msg_payload(events[i]), events[i]->len);
+        o += events[i]->len;
+        events[i]->queued++;
+        events[i]->written++;
+    }
+    /* With nothing new, the cursor moves to the newest id: nothing matching lies between. */
+    uint64_t next = n ? events[n - 1]->seq : hd_history_last_seq(h);
+    if (next < st->after)
+        next = st->after;
+    char id[HD_EVENT_ID_LEN + 1];
+    hd_event_id_format(next, id);
+    o += (size_t)snprintf(body + o, cap - o, "],\"next\":\"%s\",\"gap\":%s}", id,
+                          st->gap ? "true" : "false");
+    if (events != stack)
+        free(events);
+    set_body(resp, 200, "application/json", body, o);
+}
+
+static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_req *req,
+                                    const char *pattern, struct hd_http_resp *resp)
+{
+    struct hd_http_stream *st = &resp->stream;
+    memset(st, 0, sizeof(*st));
+    if (!pattern_param(pattern, st, resp))
+        return HD_HTTP_RESPOND;
+    if (query_uint(req->query, "limit", 1, 1000, 100, &st->limit)) {
+        hd_api_error(resp, HD_ERR_BAD_REQUEST, "limit must be a whole number from 1 to 1000");
+        return HD_HTTP_RESPOND;
+    }
+    if (query_uint(req->query, "wait", 0, 60, 0, &st->wait_s)) {
+        hd_api_error(resp, HD_ERR_BAD_REQUEST, "wait must be a whole number of seconds, 0 to 60");
+        return HD_HTTP_RESPOND;
+    }
+    char since[256];
+    int n = hd_query_get(req->query, "since", since, sizeof(since));
+    struct hd_since cur = hd_since_parse(n >= 0 ? since : NULL);
+    if (n < 0 && req->query && strstr(req->query, "since="))
+        cur.kind = HD_SINCE_INVALID; /* present but undecodable or too long: a gap */
+    struct hd_history *h = hd_broker_history(b);
+    st->after = hd_history_resolve(h, st->pattern, cur, &st->gap);
+    if (st->wait_s == 0 || st->gap || hd_history_count(h, st->pattern, st->after, 0) > 0 ||
+        hd_broker_draining(b)) {
+        hd_api_poll_answer(b, st, resp);
+        return HD_HTTP_RESPOND;
+    }
+    return HD_HTTP_LONGPOLL;
+}
+
+static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req *req,
+                                   const char *pattern, struct hd_http_resp *resp)
+{
+    struct hd_http_stream *st = &resp->stream;
+    memset(st, 0, sizeof(*st));
+    if (!pattern_param(pattern, st, resp))
+        return HD_HTTP_RESPOND;
+    if (hd_broker_draining(b)) {
+        hd_api_error(resp, HD_ERR_UNAVAILABLE, "the server is shutting down");
+        return HD_HTTP_RESPOND;
+    }
+    /* A reconnecting EventSource repeats its URL and adds Last-Event-ID: the header wins. */
+    if (req->last_event_id) {
+        snprintf(st->since, sizeof(st->since), "%s", req->last_event_id);
+        st->has_since = true;
+    } else if (hd_query_get(req->query, "since", st->since, sizeof(st->since)) >= 0) {
+        st->has_since = true;
+    } else if (req->query && strstr(req->query, "since=")) {
+        snprintf(st->since, sizeof(st->since), "invalid"); /* undecodable: a gap */
+        st->has_since = true;
+    }
+    return HD_HTTP_SSE;
+}
+
+static void status_route(struct hd_broker *b, const char *id, struct hd_http_resp *resp)
+{
+    uint64_t seq;
+    struct hd_msg *m = NULL;
+    if (hd_event_id_parse(id, &seq) == 0)
+        m = hd_history_get(hd_broker_history(b), seq);
+    if (!m) {
+        hd_api_error(resp, HD_ERR_NOT_FOUND, "no such event in history");
+        return;
+    }
+    size_t cap = m->len + 128;
+    char *body = malloc(cap);
+    if (!body) {
+        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    int n = snprintf(body, cap, "{\"event\":%s,\"queued\":%u,\"written\":%u,\"dropped\":%u}",
+                     (const char *)hd_msg_payload(m), m->queued, m->written, m->dropped);
+    set_body(resp, 200, "application/json", body, (size_t)n);
+}
+
 enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *req,
                                struct hd_http_resp *resp)
 {
@@ -320,8 +473,12 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
     case R_PUBLISH:
         return publish_route(b, req, var, resp);
     case R_POLL:
+        return poll_route(b, req, var, resp);
     case R_SSE:
+        return sse_route(b, req, var, resp);
     case R_STATUS:
+        status_route(b, var, resp);
+        return HD_HTTP_RESPOND;
     case R_NONE:
         break;
     }

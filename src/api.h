@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "broker.h"
+#include "topic.h"
 
 enum hd_method { HD_M_GET, HD_M_POST, HD_M_OPTIONS, HD_M_HEAD, HD_M_PUT, HD_M_PATCH,
                  HD_M_DELETE, HD_M_OTHER };
@@ -26,6 +27,17 @@ struct hd_http_req {
 
 #define HD_HTTP_MAX_HEADERS 10
 
+/* What a streaming or waiting request asked for, as the API validated it. */
+struct hd_http_stream {
+    char pattern[HD_TOPIC_MAX + 1];
+    char since[256]; /* SSE: the cursor (query or Last-Event-ID), "" for live only */
+    bool has_since;
+    uint64_t after; /* long poll: answer with matching events after this id */
+    bool gap;
+    uint32_t limit;
+    uint32_t wait_s;
+};
+
 struct hd_http_resp {
     int status;
     const char *content_type; /* static string */
@@ -36,12 +48,15 @@ struct hd_http_resp {
         const char *name;
         char value[192];
     } headers[HD_HTTP_MAX_HEADERS];
+    struct hd_http_stream stream; /* for HD_HTTP_SSE and HD_HTTP_LONGPOLL */
 };
 
 /* What the transport does next with a routed request. */
 enum hd_http_next {
     HD_HTTP_RESPOND,   /* resp is complete: write it */
     HD_HTTP_READ_BODY, /* collect up to hd_api_body_limit bytes, then hd_api_publish */
+    HD_HTTP_SSE,       /* start an event stream for resp->stream */
+    HD_HTTP_LONGPOLL,  /* wait up to stream.wait_s for an event, then hd_api_poll_answer */
 };
 
 /* Adds a response header (value copied, truncated to fit). Returns 0 or -ENOSPC. */
@@ -67,6 +82,10 @@ typedef void (*hd_api_done_fn)(void *arg, struct hd_http_resp *resp);
  */
 int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body,
                    size_t len, struct hd_http_resp *resp, hd_api_done_fn done, void *arg);
+
+/* Answers a poll from history: {"events":[...],"next":"<id>","gap":<bool>}. */
+void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,
+                        struct hd_http_resp *resp);
 
 /* Adds the CORS headers this request's Origin earns. */
 void hd_api_cors(const struct hd_broker *b, const struct hd_http_req *req,

@@ -291,22 +291,20 @@ static bool enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push how)
 }
 
 /*
- * Subscribes c to pattern, replaying history after `since` (NULL: live only). The ok reply
- * is queued, then the replay, all in one loop turn, so no live event can slip between them:
- * live events carry ids above the replay snapshot and reach the queue only after it.
+ * Adds `pattern` to c and collects the replay after `since` (NULL: live only) into *replay
+ * (malloc'd, borrowed message pointers, *n of them) for the caller to queue after its reply.
+ * Both happen in one loop turn, so no live event can slip between them: live events carry
+ * ids above the replay snapshot and reach the queue only after it.
  */
-static int subscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pattern,
-                     const char *since, struct hd_error *err)
+static int subscribe_core(struct hd_conn *c, const char *pattern, const char *since, bool *gap,
+                          struct hd_msg ***replay_out, size_t *n_out, struct hd_error *err)
 {
     struct hd_broker *b = c->broker;
-    bool gap = false;
-    if (find_sub(c, pattern)) {
-        /* Already subscribed: idempotent, and nothing is replayed twice. */
-        size_t len;
-        char *text = hd_encode_ok_subscribe(has_id, id, pattern, 0, false, &len);
-        send_owned(c, text, len);
-        return 0;
-    }
+    *gap = false;
+    *replay_out = NULL;
+    *n_out = 0;
+    if (find_sub(c, pattern))
+        return 0; /* already subscribed: idempotent, and nothing is replayed twice */
     if (c->n_subs >= b->cfg->limits.max_subscriptions_per_connection)
         return hd_error_set(err, HD_ERR_LIMIT_EXCEEDED,
                             "at most %u subscriptions per connection",
@@ -324,7 +322,7 @@ static int subscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pat
     struct hd_msg **replay = NULL;
     size_t n = 0;
     if (since) {
-        after = hd_history_resolve(b->hist, pattern, hd_since_parse(since), &gap);
+        after = hd_history_resolve(b->hist, pattern, hd_since_parse(since), gap);
         size_t count = hd_history_count(b->hist, pattern, after, upto);
         if (count) {
             replay = malloc(sizeof(*replay) * count);
@@ -346,14 +344,42 @@ static int subscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pat
             replay[kept++] = replay[i];
     c->subs[c->n_subs++] = (struct hd_conn_sub){.reg = s, .covered_from = after};
     b->metrics.subscriptions++;
-    size_t len;
-    char *text = hd_encode_ok_subscribe(has_id, id, pattern, kept, gap, &len);
-    send_owned(c, text, len);
-    /* Replayed bytes are shared with history, so they do not count against the live limit;
-     * the replay itself is bounded by what history retains. */
-    for (size_t i = 0; i < kept && !c->closing; i++)
+    *replay_out = replay;
+    *n_out = kept;
+    return 0;
+}
+
+/* Queues a replay; replayed bytes are shared with history, so they do not count against
+ * the live limit (the replay is bounded by what history retains). Frees the array. */
+static void push_replay(struct hd_conn *c, struct hd_msg **replay, size_t n)
+{
+    for (size_t i = 0; i < n && !c->closing; i++)
         enqueue_event(c, replay[i], HD_PUSH_SHARED);
     free(replay);
+}
+
+int hd_conn_subscribe(struct hd_conn *c, const char *pattern, const char *since, bool *gap,
+                      struct hd_error *err)
+{
+    struct hd_msg **replay;
+    size_t n;
+    if (subscribe_core(c, pattern, since, gap, &replay, &n, err))
+        return -1;
+    push_replay(c, replay, n);
+    return 0;
+}
+
+static int subscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pattern,
+                     const char *since, struct hd_error *err)
+{
+    struct hd_msg **replay;
+    size_t n, len;
+    bool gap;
+    if (subscribe_core(c, pattern, since, &gap, &replay, &n, err))
+        return -1;
+    char *text = hd_encode_ok_subscribe(has_id, id, pattern, n, gap, &len);
+    send_owned(c, text, len);
+    push_replay(c, replay, n);
     return 0;
 }
 
@@ -520,4 +546,14 @@ void hd_broker_tick(struct hd_broker *b)
     hd_history_expire(b->hist, hd_wall_ms());
     b->metrics.history_events = (int64_t)hd_history_events(b->hist);
     b->metrics.history_bytes = (int64_t)hd_history_bytes(b->hist);
+}
+
+void hd_conn_discard_queue(struct hd_conn *c)
+{
+    struct hd_msg *m;
+    while ((m = hd_queue_pop(&c->q))) {
+        if (m->seq && m->queued)
+            m->queued--; /* the long poll's answer, built from history, counts it instead */
+        hd_msg_unref(m);
+    }
 }

@@ -134,6 +134,16 @@ int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len);
 int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done,
                       void *arg, struct hd_error *err);
 
+/*
+ * Subscribes an SSE or long-poll connection (no reply frame): adds the pattern and queues
+ * the replay after `since` (NULL: live only). Returns 0, or -1 with `err` (limit, OOM).
+ */
+int hd_conn_subscribe(struct hd_conn *c, const char *pattern, const char *since, bool *gap,
+                      struct hd_error *err);
+
+/* Drops queued messages without counting them as lost (a long poll answers from history). */
+void hd_conn_discard_queue(struct hd_conn *c);
+
 /* Periodic housekeeping (history age expiry). */
 void hd_broker_tick(struct hd_broker *b);
 

@@ -63,14 +63,14 @@ const char *hd_msg_sse(struct hd_msg *m, size_t *len)
     if (!m->sse) {
         char id[HD_EVENT_ID_LEN + 1];
         hd_event_id_format(m->seq, id);
+        const char *kind = m->event ? m->event : HD_DEFAULT_EVENT;
         /* The payload is compact JSON: it holds no raw newline, so one data: line suffices. */
-        size_t need = strlen("id: \nevent: \ndata: \n\n") + HD_EVENT_ID_LEN +
-                      strlen(m->event ? m->event : "message") + m->len;
-        char *s = malloc(need + 1);
+        size_t need = strlen("id: \nevent: \ndata: \n\n") + HD_EVENT_ID_LEN + strlen(kind) + m->len;
+        char *s = malloc(HD_MSG_HEADROOM + need + 1);
         if (!s)
             return NULL;
-        int n = snprintf(s, need + 1, "id: %s\nevent: %s\ndata: %s\n\n", id,
-                         m->event ? m->event : "message", (const char *)hd_msg_payload(m));
+        int n = snprintf(s + HD_MSG_HEADROOM, need + 1, "id: %s\nevent: %s\ndata: %s\n\n", id,
+                         kind, (const char *)hd_msg_payload(m));
         if (n < 0 || (size_t)n != need) {
             free(s);
             return NULL;
@@ -79,7 +79,7 @@ const char *hd_msg_sse(struct hd_msg *m, size_t *len)
         m->sse_len = (uint32_t)n;
     }
     *len = m->sse_len;
-    return m->sse;
+    return m->sse + HD_MSG_HEADROOM;
 }
 
 void hd_queue_init(struct hd_queue *q, size_t max_bytes)
@@ -161,4 +161,26 @@ size_t hd_queue_clear(struct hd_queue *q)
     q->cap = 0;
     q->head = 0;
     return dropped;
+}
+
+struct hd_msg *hd_msg_new_event_encoded(uint64_t seq, int64_t time_ms, const char *topic,
+                                        const char *event, const char *payload, size_t len)
+{
+    size_t tlen = strlen(topic), elen = strlen(event);
+    if (len > UINT32_MAX / 2)
+        return NULL;
+    struct hd_msg *m = malloc(sizeof(*m) + HD_MSG_HEADROOM + len + 1 + tlen + 1 + elen + 1);
+    if (!m)
+        return NULL;
+    *m = (struct hd_msg){.refs = 1, .len = (uint32_t)len, .seq = seq, .time_ms = time_ms};
+    char *p = (char *)hd_msg_payload(m);
+    memcpy(p, payload, len);
+    p[len] = '\0';
+    char *t = p + len + 1;
+    memcpy(t, topic, tlen + 1);
+    char *e = t + tlen + 1;
+    memcpy(e, event, elen + 1);
+    m->topic = t;
+    m->event = e;
+    return m;
 }

@@ -61,7 +61,8 @@ void hd_msg_unref(struct hd_msg *m);
 
 /*
  * Returns the SSE rendering ("id: ...\nevent: ...\ndata: <json>\n\n"), building it on first
- * use; NULL when out of memory. Owned by the message.
+ * use, with HD_MSG_HEADROOM writable bytes before it like the payload; NULL when out of
+ * memory. Owned by the message.
  */
 const char *hd_msg_sse(struct hd_msg *m, size_t *len);
 
@@ -118,5 +119,14 @@ struct hd_msg *hd_queue_pop(struct hd_queue *q);
  * number of events dropped.
  */
 size_t hd_queue_clear(struct hd_queue *q);
+
+
+
+/*
+ * Rebuilds an event from its stored encoding (`payload` is the event JSON exactly as
+ * hd_msg_new_event produced it). Returns it with one reference, or NULL when out of memory.
+ */
+struct hd_msg *hd_msg_new_event_encoded(uint64_t seq, int64_t time_ms, const char *topic,
+                                        const char *event, const char *payload, size_t len);
 
 #endif

@@ -9,6 +9,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
 #include <stdlib.h>
@@ -224,12 +225,18 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
 
 struct http_pending; /* a publish waiting for its commit */
 
+enum http_mode { H_PLAIN, H_SSE, H_POLL };
+
 struct http_pss {
+    struct hd_conn conn; /* attached while streaming (SSE) or waiting (long poll) */
+    enum http_mode mode;
+    lws_sorted_usec_list_t sul; /* SSE keepalive or long-poll deadline */
+    bool keepalive_due, poll_ready, stream_closing, rx_paused;
     struct lws *wsi;
     struct hd_http_req req;
     char path[HD_TOPIC_MAX + 64];
     char query[512];
-    char content_type[128], origin[HDR_SMALL];
+    char content_type[128], origin[HDR_SMALL], last_event_id[256];
     bool has_query, has_ctype, has_origin;
     char *body;
     size_t body_len;
@@ -267,22 +274,62 @@ static enum hd_method method_of(int m)
     }
 }
 
+static void stream_end(struct hd_server *s, struct http_pss *pss)
+{
+    lws_sul_cancel(&pss->sul);
+    if (pss->conn.broker)
+        hd_conn_detach(&pss->conn);
+    struct hd_metrics *m = hd_broker_metrics(s->broker);
+    if (pss->mode == H_SSE)
+        m->sse_streams--;
+    else if (pss->mode == H_POLL)
+        m->long_polls--;
+    pss->mode = H_PLAIN;
+}
+
 static void http_reset(struct http_pss *pss)
 {
+    if (pss->mode != H_PLAIN)
+        stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
     free(pss->body);
     hd_http_resp_clear(&pss->resp);
     if (pss->pending)
         pss->pending->pss = NULL;
     struct lws *wsi = pss->wsi;
+    bool paused = pss->rx_paused;
     memset(pss, 0, sizeof(*pss));
     pss->wsi = wsi;
+    pss->rx_paused = paused;
 }
 
-static void http_respond(struct hd_server *s, struct http_pss *pss)
+/*
+ * While a request is being answered (or streamed, or waiting) we stop reading from the
+ * socket. lws 4.1 does not consume input that arrives in those states (a pipelined request,
+ * or the EOF of a client that left) and would otherwise spin on the level-triggered
+ * readable event; the next request is read once this transaction is completed.
+ */
+static void rx_pause(struct http_pss *pss, bool pause);
+static void rx_pause(struct http_pss *pss, bool pause)
+{
+    if (pss->rx_paused != pause) {
+        pss->rx_paused = pause;
+        lws_rx_flow_control(pss->wsi, pause ? 0 : 1);
+    }
+}
+
+static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi);
+
+/*
+ * Answers at once rather than on the next writable callback: lws 4.1 never delivers that
+ * callback while pipelined input sits in its buffer (it keeps re-servicing the input), so a
+ * deferred answer would stall a pipelining client and spin the loop. A response is small;
+ * lws buffers whatever the socket does not take. Returns -1 when the connection must close.
+ */
+static int http_respond(struct hd_server *s, struct http_pss *pss)
 {
     hd_api_cors(s->broker, &pss->req, &pss->resp);
     pss->response_ready = true;
-    lws_callback_on_writable(pss->wsi);
+    return http_writable(s, pss, pss->wsi);
 }
 
 /* Copies the query string: lws keeps each `&`-separated fragment apart. */
@@ -305,6 +352,162 @@ static void copy_query(struct lws *wsi, struct http_pss *pss)
     pss->has_query = o > 0;
 }
 
+#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+/* SSE keepalive period. Short on purpose: lws 4.1 notices an HTTP/1 client that vanished
+ * only when it next writes, so the keepalive bounds how long a dead stream lingers. */
+#define SSE_KEEPALIVE_US (15 * LWS_US_PER_SEC)
+
+static void stream_want_write(struct hd_conn *c)
+{
+    struct http_pss *pss = container_of(c, struct http_pss, conn);
+    if (pss->mode == H_POLL)
+        pss->poll_ready = true;
+    lws_callback_on_writable(pss->wsi);
+}
+
+static void stream_close(struct hd_conn *c, int code, const char *reason)
+{
+    (void)code;
+    (void)reason;
+    struct http_pss *pss = container_of(c, struct http_pss, conn);
+    if (pss->mode == H_POLL)
+        pss->poll_ready = true; /* a drain answers waiting polls at once */
+    else
+        pss->stream_closing = true;
+    lws_callback_on_writable(pss->wsi);
+}
+
+static const struct hd_conn_ops stream_ops = {.want_write = stream_want_write,
+                                              .close = stream_close};
+
+static void sul_keepalive(lws_sorted_usec_list_t *sul)
+{
+    struct http_pss *pss = container_of(sul, struct http_pss, sul);
+    pss->keepalive_due = true;
+    lws_callback_on_writable(pss->wsi);
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_keepalive, SSE_KEEPALIVE_US);
+}
+
+static void sul_poll_deadline(lws_sorted_usec_list_t *sul)
+{
+    struct http_pss *pss = container_of(sul, struct http_pss, sul);
+    pss->poll_ready = true;
+    lws_callback_on_writable(pss->wsi);
+}
+
+/* Writes response headers with CORS; for SSE no Content-Length. Returns 0 or -1. */
+static int write_headers(struct hd_server *s, struct http_pss *pss, int status,
+                         const char *ctype, lws_filepos_t clen)
+{
+    unsigned char buf[LWS_PRE + 2048];
+    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof(buf) - 1;
+    struct hd_http_resp *r = &pss->resp;
+    if (lws_add_http_common_headers(pss->wsi, (unsigned int)status, ctype, clen, &p, end))
+        return -1;
+    for (size_t i = 0; i < r->n_headers; i++)
+        if (lws_add_http_header_by_name(pss->wsi, (const unsigned char *)r->headers[i].name,
+                                        (const unsigned char *)r->headers[i].value,
+                                        (int)strlen(r->headers[i].value), &p, end))
+            return -1;
+    const char *cc = pss->mode == H_SSE ? "no-cache" : "no-store";
+    if (lws_add_http_header_by_name(pss->wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)cc, (int)strlen(cc), &p, end))
+        return -1;
+    (void)s;
+    return lws_finalize_write_http_header(pss->wsi, start, &p, end) ? -1 : 0;
+}
+
+static int sse_start(struct hd_server *s, struct http_pss *pss)
+{
+    struct hd_http_stream st = pss->resp.stream;
+    hd_api_cors(s->broker, &pss->req, &pss->resp);
+    hd_http_resp_header(&pss->resp, "x-accel-buffering:", "no");
+    pss->mode = H_SSE;
+    hd_broker_metrics(s->broker)->sse_streams++;
+    if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_SSE, &stream_ops, pss->wsi))
+        return -1;
+    if (write_headers(s, pss, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN))
+        return -1;
+    lws_http_mark_sse(pss->wsi);
+    lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
+    rx_pause(pss, true);
+    bool gap = false;
+    struct hd_error err;
+    /* The reply-free subscribe queues the replay; a gap is announced before it. */
+    if (hd_conn_subscribe(&pss->conn, st.pattern, st.has_since ? st.since : NULL, &gap, &err))
+        return -1;
+    if (gap) {
+        static const char note[] = "event: gap\ndata: {\"type\":\"gap\"}\n\n";
+        /* Put the notice first: the replay already queued follows it. */
+        struct hd_msg *m = hd_msg_new_text(note, sizeof(note) - 1);
+        if (!m)
+            return -1;
+        struct hd_queue *q = &pss->conn.q;
+        if (hd_queue_push(q, m, HD_PUSH_FORCE)) {
+            hd_msg_unref(m);
+            return -1;
+        }
+        hd_msg_unref(m);
+        /* rotate the notice to the front */
+        for (uint32_t i = 0; i + 1 < q->count; i++) {
+            struct hd_msg *x = hd_queue_pop(q);
+            hd_queue_push(q, x, x->seq ? HD_PUSH_SHARED : HD_PUSH_FORCE);
+            hd_msg_unref(x);
+        }
+    }
+    hd_http_resp_clear(&pss->resp);
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_keepalive, SSE_KEEPALIVE_US);
+    lws_callback_on_writable(pss->wsi);
+    return 0;
+}
+
+static int poll_start(struct hd_server *s, struct http_pss *pss)
+{
+    pss->mode = H_POLL;
+    hd_broker_metrics(s->broker)->long_polls++;
+    if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_POLL, &stream_ops, pss->wsi))
+        return -1;
+    bool gap;
+    struct hd_error err;
+    if (hd_conn_subscribe(&pss->conn, pss->resp.stream.pattern, NULL, &gap, &err))
+        return -1;
+    /* lws gives a request 5 s for its content; a long poll keeps its own deadline. */
+    lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
+    rx_pause(pss, true);
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_poll_deadline,
+                     (lws_usec_t)pss->resp.stream.wait_s * LWS_US_PER_SEC);
+    return 0;
+}
+
+static int sse_writable(struct http_pss *pss, struct lws *wsi)
+{
+    if (pss->stream_closing)
+        return -1;
+    hd_conn_writable(&pss->conn);
+    struct hd_msg *m = hd_conn_peek(&pss->conn);
+    if (m) {
+        size_t len = m->len;
+        const char *data = m->seq ? hd_msg_sse(m, &len) : (const char *)hd_msg_payload(m);
+        if (!data || lws_write(wsi, (unsigned char *)data, len, LWS_WRITE_HTTP) < (int)len)
+            return -1;
+        hd_conn_wrote(&pss->conn);
+        if (hd_conn_peek(&pss->conn) || pss->keepalive_due) {
+            pss->conn.want_pending = true;
+            lws_callback_on_writable(wsi);
+        }
+        return 0;
+    }
+    if (pss->keepalive_due) {
+        unsigned char buf[LWS_PRE + 16];
+        memcpy(buf + LWS_PRE, ": keepalive\n\n", 13);
+        pss->keepalive_due = false;
+        if (lws_write(wsi, buf + LWS_PRE, 13, LWS_WRITE_HTTP) < 13)
+            return -1;
+    }
+    return 0;
+}
+
 static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
 {
     http_reset(pss);
@@ -318,8 +521,7 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     if (ulen < 0 || (size_t)ulen >= sizeof(pss->path)) {
         pss->req.path = "/";
         hd_api_error(&pss->resp, HD_ERR_NOT_FOUND, "path too long");
-        http_respond(s, pss);
-        return 0;
+        return http_respond(s, pss);
     }
     memcpy(pss->path, uri, (size_t)ulen);
     pss->path[ulen] = '\0';
@@ -331,6 +533,12 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
         pss->req.content_type = pss->content_type;
     if (copy_header(wsi, WSI_TOKEN_ORIGIN, pss->origin, sizeof(pss->origin)))
         pss->req.origin = pss->origin;
+    /* Last-Event-ID is not a token lws knows: read it as a custom header. */
+    int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
+    if (lid > 0 && lid < (int)sizeof(pss->last_event_id) &&
+        lws_hdr_custom_copy(wsi, pss->last_event_id, sizeof(pss->last_event_id),
+                            "last-event-id:", 14) >= 0)
+        pss->req.last_event_id = pss->last_event_id;
     char cl[32];
     pss->req.content_length = -1;
     if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
@@ -338,6 +546,15 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
 
     /* No long requests yet: keep lws's content timeout for the body, or respond now. */
     enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
+    if (next == HD_HTTP_SSE)
+        return sse_start(s, pss) ? -1 : 0;
+    if (next == HD_HTTP_LONGPOLL) {
+        if (poll_start(s, pss) == 0)
+            return 0;
+        stream_end(s, pss);
+        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        return http_respond(s, pss);
+    }
     if (next == HD_HTTP_READ_BODY) {
         pss->reading_body = true;
         if (pss->req.content_length == 0) {
@@ -346,8 +563,7 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
         }
         return 0;
     }
-    http_respond(s, pss);
-    return 0;
+    return http_respond(s, pss);
 }
 
 static void http_publish_done(void *arg, struct hd_http_resp *resp)
@@ -362,7 +578,9 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
         else
             hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         free(resp);
-        http_respond(s, pss);
+        /* Outside any lws callback: a failed write closes the connection asynchronously. */
+        if (http_respond(s, pss))
+            lws_set_timeout(pss->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
     } else if (resp) {
         hd_http_resp_clear(resp);
         free(resp);
@@ -370,29 +588,27 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
     free(p);
 }
 
-static void http_body_complete(struct hd_server *s, struct http_pss *pss)
+static int http_body_complete(struct hd_server *s, struct http_pss *pss)
 {
     pss->reading_body = false;
     if (pss->body_too_large) {
         hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
-        http_respond(s, pss);
-        return;
+        return http_respond(s, pss);
     }
     struct http_pending *p = calloc(1, sizeof(*p));
     if (!p) {
         hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
-        http_respond(s, pss);
-        return;
+        return http_respond(s, pss);
     }
     p->pss = pss;
     int r = hd_api_publish(s->broker, &pss->req, pss->body ? pss->body : "", pss->body_len,
                            &pss->resp, http_publish_done, p);
     if (r == HD_HTTP_RESPOND) {
         free(p);
-        http_respond(s, pss);
-    } else {
-        pss->pending = p;
+        return http_respond(s, pss);
     }
+    pss->pending = p;
+    return 0;
 }
 
 static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
@@ -417,8 +633,20 @@ static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, 
     return 0;
 }
 
-static int http_writable(struct http_pss *pss, struct lws *wsi)
+static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
 {
+    if (pss->mode == H_SSE)
+        return sse_writable(pss, wsi);
+    if (pss->mode == H_POLL) {
+        if (!pss->poll_ready)
+            return 0;
+        hd_conn_discard_queue(&pss->conn);
+        struct hd_http_stream st = pss->resp.stream;
+        stream_end(s, pss);
+        hd_api_poll_answer(s->broker, &st, &pss->resp);
+        hd_api_cors(s->broker, &pss->req, &pss->resp);
+        pss->response_ready = true;
+    }
     if (!pss->response_ready)
         return 0;
     struct hd_http_resp *r = &pss->resp;
@@ -455,6 +683,7 @@ static int http_writable(struct http_pss *pss, struct lws *wsi)
     hd_http_resp_clear(&pss->resp);
     if (lws_http_transaction_completed(wsi))
         return -1;
+    rx_pause(pss, false);
     return 0;
 fail:
     free(buf);
@@ -470,19 +699,21 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_HTTP:
         if (!pss)
             return -1;
-        memset(pss, 0, sizeof(*pss));
-        pss->wsi = wsi;
-        if (http_request(s, pss, wsi) == 1)
-            http_body_complete(s, pss);
-        return 0;
+        pss->wsi = wsi; /* lws zeroes pss on allocation; http_request resets per request */
+        switch (http_request(s, pss, wsi)) {
+        case 1:
+            return http_body_complete(s, pss);
+        case -1:
+            return -1;
+        default:
+            return 0;
+        }
     case LWS_CALLBACK_HTTP_BODY:
         return http_body(s, pss, in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        if (pss->reading_body)
-            http_body_complete(s, pss);
-        return 0;
+        return pss->reading_body ? http_body_complete(s, pss) : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        return http_writable(pss, wsi);
+        return http_writable(s, pss, wsi);
     case LWS_CALLBACK_CLOSED_HTTP:
         if (pss)
             http_reset(pss);

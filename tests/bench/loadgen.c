@@ -1177,6 +1177,8 @@ static void teardown(void)
 {
     for (uint32_t i = 0; i < G.nconns; i++) {
         struct conn *c = &G.conns[i];
+        if (c->fd >= 0 && c->kind != K_HTTPPUB && c->state == ST_OPEN)
+            send_ws(c, WSC_OP_CLOSE, "\x03\xe8", 2); /* 1000: a normal end, not a crash */
         if (c->fd >= 0)
             close(c->fd);
         buf_free(&c->in);
