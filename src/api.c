@@ -152,6 +152,9 @@ size_t hd_api_body_limit(const struct hd_broker *b)
     return (size_t)hd_broker_config(b)->limits.max_event_bytes + 16384;
 }
 
+static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool publish,
+                    const char *what, struct hd_http_resp *resp);
+
 /* Routes: each path shape lists the methods it answers, for 405 Allow and preflights. */
 enum route { R_NONE, R_HEALTH, R_METRICS, R_WS, R_PUBLISH, R_POLL, R_SSE, R_STATUS };
 
@@ -258,6 +261,8 @@ static enum hd_http_next publish_route(struct hd_broker *b, const struct hd_http
                      "event must be 1-64 bytes of A-Z a-z 0-9 _ - . :");
         return HD_HTTP_RESPOND;
     }
+    if (!allowed(b, req, true, topic, resp))
+        return HD_HTTP_RESPOND;
     if (req->content_length >= 0 && (uint64_t)req->content_length > hd_api_body_limit(b)) {
         hd_api_error(resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
         return HD_HTTP_RESPOND;
@@ -267,6 +272,60 @@ static enum hd_http_next publish_route(struct hd_broker *b, const struct hd_http
         return HD_HTTP_RESPOND;
     }
     return HD_HTTP_READ_BODY;
+}
+
+int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req,
+                        struct hd_identity *id, char **credential, struct hd_http_resp *resp)
+{
+    char token[4097];
+    bool has_token = hd_query_get(req->query, "token", token, sizeof(token)) >= 0;
+    struct hd_error err = {0};
+    if (credential)
+        *credential = NULL;
+    if (hd_auth_authenticate(hd_broker_auth(b), req->authorization, has_token ? token : NULL,
+                             hd_wall_ms(), id, &err)) {
+        hd_api_error(resp, HD_ERR_UNAUTHORIZED, err.message[0] ? err.message : "invalid token");
+        hd_http_resp_header(resp, "www-authenticate:", "Bearer realm=\"herald\"");
+        return -1;
+    }
+    if (credential && (req->authorization || has_token)) {
+        /* Keep it in the same form hd_auth_authenticate accepts as a header value. */
+        const char *src = req->authorization;
+        char buf[4200];
+        if (!src) {
+            snprintf(buf, sizeof(buf), "Bearer %s", token);
+            src = buf;
+        }
+        *credential = strdup(src);
+        if (!*credential) {
+            hd_identity_clear(id);
+            hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Authenticates and checks one right; fills resp and returns false when refused. */
+static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool publish,
+                    const char *what, struct hd_http_resp *resp)
+{
+    struct hd_identity id;
+    if (hd_api_authenticate(b, req, &id, NULL, resp))
+        return false;
+    enum hd_err right = publish ? hd_auth_can_publish(&id, what) : hd_auth_can_subscribe(&id, what);
+    hd_identity_clear(&id);
+    if (right == HD_ERR_NONE)
+        return true;
+    if (right == HD_ERR_UNAUTHORIZED) {
+        hd_api_error(resp, right, publish ? "publishing to this topic needs credentials"
+                                          : "reading this pattern needs credentials");
+        hd_http_resp_header(resp, "www-authenticate:", "Bearer realm=\"herald\"");
+    } else {
+        hd_api_error(resp, right, publish ? "these credentials may not publish to this topic"
+                                          : "these credentials may not read this pattern");
+    }
+    return false;
 }
 
 /* Reads an unsigned query parameter within [min, max]; absent gives `def`. */
@@ -352,7 +411,7 @@ static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_re
 {
     struct hd_http_stream *st = &resp->stream;
     memset(st, 0, sizeof(*st));
-    if (!pattern_param(pattern, st, resp))
+    if (!pattern_param(pattern, st, resp) || !allowed(b, req, false, st->pattern, resp))
         return HD_HTTP_RESPOND;
     if (query_uint(req->query, "limit", 1, 1000, 100, &st->limit)) {
         hd_api_error(resp, HD_ERR_BAD_REQUEST, "limit must be a whole number from 1 to 1000");
@@ -382,7 +441,7 @@ static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req
 {
     struct hd_http_stream *st = &resp->stream;
     memset(st, 0, sizeof(*st));
-    if (!pattern_param(pattern, st, resp))
+    if (!pattern_param(pattern, st, resp) || !allowed(b, req, false, st->pattern, resp))
         return HD_HTTP_RESPOND;
     if (hd_broker_draining(b)) {
         hd_api_error(resp, HD_ERR_UNAVAILABLE, "the server is shutting down");
@@ -401,7 +460,8 @@ static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req
     return HD_HTTP_SSE;
 }
 
-static void status_route(struct hd_broker *b, const char *id, struct hd_http_resp *resp)
+static void status_route(struct hd_broker *b, const struct hd_http_req *req, const char *id,
+                         struct hd_http_resp *resp)
 {
     uint64_t seq;
     struct hd_msg *m = NULL;
@@ -411,6 +471,9 @@ static void status_route(struct hd_broker *b, const char *id, struct hd_http_res
         hd_api_error(resp, HD_ERR_NOT_FOUND, "no such event in history");
         return;
     }
+    /* The status carries the event itself: it takes the right to read its topic. */
+    if (!allowed(b, req, false, m->topic, resp))
+        return;
     size_t cap = m->len + 128;
     char *body = malloc(cap);
     if (!body) {
@@ -477,7 +540,7 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
     case R_SSE:
         return sse_route(b, req, var, resp);
     case R_STATUS:
-        status_route(b, var, resp);
+        status_route(b, req, var, resp);
         return HD_HTTP_RESPOND;
     case R_NONE:
         break;

@@ -83,6 +83,15 @@ typedef void (*hd_api_done_fn)(void *arg, struct hd_http_resp *resp);
 int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body,
                    size_t len, struct hd_http_resp *resp, hd_api_done_fn done, void *arg);
 
+/*
+ * Authenticates a request from its Authorization header or ?token= query parameter. Returns
+ * 0 with `id` filled (release with hd_identity_clear), or -1 with a 401 in `resp`. When
+ * `credential` is not NULL it receives a malloc'd copy of the credential used (NULL for
+ * none), for connections that must be checked again on reload.
+ */
+int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req,
+                        struct hd_identity *id, char **credential, struct hd_http_resp *resp);
+
 /* Answers a poll from history: {"events":[...],"next":"<id>","gap":<bool>}. */
 void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,
                         struct hd_http_resp *resp);

@@ -37,6 +37,7 @@ struct hd_broker {
     uint64_t next_conn_id;
     bool draining;
     struct pending_pub *pending; /* publishes from WebSocket connections in flight */
+    struct hd_auth *auth;
 };
 
 static struct hd_history_limits limits_of(const struct hd_config *cfg)
@@ -83,7 +84,33 @@ void hd_broker_free(struct hd_broker *b)
     }
     hd_registry_free(b->reg);
     hd_history_free(b->hist);
+    hd_auth_free(b->auth);
     free(b);
+}
+
+struct hd_auth *hd_broker_auth(const struct hd_broker *b) { return b->auth; }
+
+uint32_t hd_broker_rate_take(const struct hd_broker *b, double *tokens, uint64_t *stamp_ns)
+{
+    uint32_t rate = b->cfg->limits.publish_rate;
+    if (!rate)
+        return 0;
+    double burst = b->cfg->limits.publish_burst ? b->cfg->limits.publish_burst : rate;
+    uint64_t now = hd_now_ns();
+    if (!*stamp_ns) {
+        *tokens = burst;
+    } else {
+        *tokens += (double)(now - *stamp_ns) / 1e9 * rate;
+        if (*tokens > burst)
+            *tokens = burst;
+    }
+    *stamp_ns = now;
+    if (*tokens >= 1.0) {
+        *tokens -= 1.0;
+        return 0;
+    }
+    double wait = (1.0 - *tokens) / rate;
+    return wait < 1.0 ? 1 : (uint32_t)(wait + 0.999);
 }
 
 void hd_broker_set_engine(struct hd_broker *b, struct hd_engine *e)
@@ -192,6 +219,9 @@ void hd_conn_detach(struct hd_conn *c)
     for (struct pending_pub *p = b->pending; p; p = p->next)
         if (p->conn == c)
             p->conn = NULL;
+    hd_identity_clear(&c->identity);
+    free(c->credential);
+    c->credential = NULL;
     c->prev->next = c->next;
     c->next->prev = c->prev;
     b->n_conns--;
@@ -303,6 +333,12 @@ static int subscribe_core(struct hd_conn *c, const char *pattern, const char *si
     *gap = false;
     *replay_out = NULL;
     *n_out = 0;
+    /* A broker without an authenticator (unit tests) allows everything. */
+    enum hd_err right = b->auth ? hd_auth_can_subscribe(&c->identity, pattern) : HD_ERR_NONE;
+    if (right != HD_ERR_NONE)
+        return hd_error_set(err, right, right == HD_ERR_UNAUTHORIZED
+                                            ? "subscribing to this pattern needs credentials"
+                                            : "these credentials may not subscribe to this pattern");
     if (find_sub(c, pattern))
         return 0; /* already subscribed: idempotent, and nothing is replayed twice */
     if (c->n_subs >= b->cfg->limits.max_subscriptions_per_connection)
@@ -430,6 +466,16 @@ static void ws_publish_done(void *arg, int err, struct hd_msg *msg)
 static int ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_error *err)
 {
     struct hd_broker *b = c->broker;
+    enum hd_err right = b->auth ? hd_auth_can_publish(&c->identity, cmd->topic) : HD_ERR_NONE;
+    if (right != HD_ERR_NONE)
+        return hd_error_set(err, right, right == HD_ERR_UNAUTHORIZED
+                                            ? "publishing to this topic needs credentials"
+                                            : "these credentials may not publish to this topic");
+    uint32_t wait = hd_broker_rate_take(b, &c->tokens, &c->tokens_ns);
+    if (wait)
+        return hd_error_set(err, HD_ERR_RATE_LIMITED,
+                            "more than %u events per second; retry in %u s",
+                            b->cfg->limits.publish_rate, wait);
     size_t dlen;
     char *data = hd_json_dump_compact(cmd->data, &dlen);
     if (!data)
@@ -543,7 +589,13 @@ size_t hd_broker_deliver(void *broker, struct hd_msg *msg)
 
 void hd_broker_tick(struct hd_broker *b)
 {
-    hd_history_expire(b->hist, hd_wall_ms());
+    int64_t now = hd_wall_ms();
+    for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next)
+        if (c->identity.expires_ms && c->identity.expires_ms <= now && !c->closing) {
+            hd_log_info("token expired", "conn=%" PRIu64 " name=%s", c->id, c->identity.name);
+            conn_close(c, HD_CLOSE_POLICY, "token expired");
+        }
+    hd_history_expire(b->hist, now);
     b->metrics.history_events = (int64_t)hd_history_events(b->hist);
     b->metrics.history_bytes = (int64_t)hd_history_bytes(b->hist);
 }
@@ -555,5 +607,35 @@ void hd_conn_discard_queue(struct hd_conn *c)
         if (m->seq && m->queued)
             m->queued--; /* the long poll's answer, built from history, counts it instead */
         hd_msg_unref(m);
+    }
+}
+
+void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a)
+{
+    hd_auth_free(b->auth);
+    b->auth = a;
+    int64_t now = hd_wall_ms();
+    for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next) {
+        if (c->closing)
+            continue;
+        struct hd_identity id;
+        struct hd_error err;
+        if (hd_auth_authenticate(a, c->credential, NULL, now, &id, &err)) {
+            conn_close(c, HD_CLOSE_POLICY, "credentials no longer valid");
+            continue;
+        }
+        hd_identity_clear(&c->identity);
+        c->identity = id;
+        /* Keep only what the new rules still allow. */
+        for (uint32_t i = 0; i < c->n_subs;) {
+            if (hd_auth_can_subscribe(&c->identity, hd_sub_pattern(c->subs[i].reg)) ==
+                HD_ERR_NONE) {
+                i++;
+                continue;
+            }
+            hd_registry_remove(b->reg, c->subs[i].reg);
+            c->subs[i] = c->subs[--c->n_subs];
+            b->metrics.subscriptions--;
+        }
     }
 }

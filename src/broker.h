@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "config.h"
 #include "engine.h"
 #include "fanout.h"
@@ -58,6 +59,10 @@ struct hd_conn {
     double tokens;
     uint64_t tokens_ns;
     char session[24];
+    /* Who this is: set by the transport before hd_conn_attach, released by detach. The raw
+     * credential (malloc'd, NULL for anonymous) is kept to re-check it on SIGHUP. */
+    struct hd_identity identity;
+    char *credential;
 };
 
 /* Close codes (PROTOCOL.md section 7). */
@@ -85,6 +90,20 @@ void hd_broker_free(struct hd_broker *b);
 void hd_broker_set_engine(struct hd_broker *b, struct hd_engine *e);
 /* The delivery entry point engines call (hd_deliver_fn). */
 size_t hd_broker_deliver(void *broker, struct hd_msg *msg);
+
+/*
+ * Installs the authenticator (ownership taken; the previous one is freed). Existing
+ * connections are checked again: credentials that no longer authenticate close with 1008,
+ * and subscriptions no longer allowed are dropped.
+ */
+void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a);
+struct hd_auth *hd_broker_auth(const struct hd_broker *b);
+
+/*
+ * Takes one publish token from a bucket refilled at limits.publish_rate per second up to
+ * limits.publish_burst. Returns 0, or the seconds to wait (>= 1) when empty. Rate 0: always 0.
+ */
+uint32_t hd_broker_rate_take(const struct hd_broker *b, double *tokens, uint64_t *stamp_ns);
 
 struct hd_metrics *hd_broker_metrics(struct hd_broker *b);
 struct hd_history *hd_broker_history(struct hd_broker *b);

@@ -59,13 +59,20 @@ struct hd_engine {
 
 #endif
 
+struct hd_store;
+
 /*
  * The local engine: ids come from a hybrid clock (max(last id + 1, wall clock in
  * microseconds)), so they are ordered, unique and keep increasing across restarts even when
  * history is not persisted. `last_seq` is the newest id already issued (0 when unknown).
- * Returns NULL when out of memory.
+ * With a `store` (borrowed; NULL for the memory store) an event is delivered only once the
+ * store has it (with durability sync: on disk), so nothing a crash could take back is ever
+ * seen by a subscriber. Returns NULL when out of memory.
  */
-struct hd_engine *hd_engine_local_new(uint64_t last_seq);
+struct hd_engine *hd_engine_local_new(uint64_t last_seq, struct hd_store *store);
+
+/* Publishes accepted but not yet completed (waiting for a commit). */
+size_t hd_engine_local_pending(const struct hd_engine *e);
 
 /* The id the local engine would assign next if published now (for history's base). */
 uint64_t hd_engine_local_next_seq(uint64_t last_seq);

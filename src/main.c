@@ -19,6 +19,7 @@
 #include "engine.h"
 #include "log.h"
 #include "server.h"
+#include "store.h"
 
 /* How long a drain waits for clients to take their close frames before forcing the stop. */
 #define DRAIN_TIMEOUT_MS 5000
@@ -32,6 +33,8 @@ struct daemon {
     bool has_reloaded;
     const struct hd_cli *cli;
     struct hd_broker *broker;
+    struct hd_engine *engine; /* owned by the broker */
+    struct hd_store *store;   /* NULL with the memory store */
     struct hd_server *server;
     bool stopping;
     uint64_t drain_started_ns;
@@ -58,6 +61,14 @@ static int load_config(struct hd_config *cfg, const struct hd_cli *cli, FILE *er
             hd_log_error("configuration not reloaded", "error=\"%s\"", text);
     }
     return r;
+}
+
+static void load_event(void *arg, struct hd_msg *m)
+{
+    /* Recovered events go back into history only: they were delivered in an earlier life. */
+    if (hd_history_append(hd_broker_history(arg), m))
+        hd_log_warn("recovered event not retained", "reason=ENOMEM");
+    hd_msg_unref(m);
 }
 
 static void notify_status(struct daemon *d)
@@ -103,9 +114,12 @@ static void on_drain_check(uv_timer_t *t)
 {
     struct daemon *d = t->data;
     uint64_t waited_ms = (uv_hrtime() - d->drain_started_ns) / 1000000;
-    if (hd_broker_connections(d->broker) == 0 || waited_ms >= DRAIN_TIMEOUT_MS) {
-        if (hd_broker_connections(d->broker))
-            hd_log_warn("drain timed out", "connections=%zu", hd_broker_connections(d->broker));
+    size_t conns = hd_broker_connections(d->broker);
+    size_t pending = hd_engine_local_pending(d->engine);
+    if ((conns == 0 && pending == 0) || waited_ms >= DRAIN_TIMEOUT_MS) {
+        if (conns || pending)
+            hd_log_warn("drain timed out", "connections=%zu publishes_pending=%zu", conns,
+                        pending);
         finish_stop(d);
     }
 }
@@ -134,7 +148,12 @@ static void on_reload(uv_signal_t *h, int signum)
     sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64,
                (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000);
     struct hd_config next = {0};
-    if (load_config(&next, d->cli, NULL) == 0) {
+    char aerr[300] = "";
+    struct hd_auth *auth = NULL;
+    if (load_config(&next, d->cli, NULL) == 0 &&
+        !(auth = hd_auth_new(&next, aerr, sizeof(aerr))))
+        hd_log_error("configuration not reloaded", "error=\"%s\"", aerr);
+    if (auth) {
         /* Listeners and the store stay as started; limits, auth and log level change now.
          * The broker borrows the config, so the old reloaded one is freed only after the
          * broker points at the new one. */
@@ -144,6 +163,15 @@ static void on_reload(uv_signal_t *h, int signum)
         d->has_reloaded = true;
         hd_log_set_level(d->reloaded.log_level);
         hd_broker_reload(d->broker, &d->reloaded);
+        if (d->store) {
+            struct hd_history_limits lim = {
+                .max_events_per_topic = d->reloaded.history.max_events_per_topic,
+                .max_age_s = d->reloaded.history.max_age_s,
+                .max_bytes = d->reloaded.history.max_memory_bytes,
+            };
+            hd_store_set_limits(d->store, &lim);
+        }
+        hd_broker_set_auth(d->broker, auth);
         if (had_old)
             hd_config_free(&old);
         d->live_cfg = &d->reloaded;
@@ -209,14 +237,49 @@ int main(int argc, char **argv)
         hd_log_error("cannot start the event loop", "");
         goto out_cfg;
     }
-    uint64_t start_seq = hd_engine_local_next_seq(0);
-    d.broker = hd_broker_new(&d.cfg, start_seq);
-    struct hd_engine *engine = d.broker ? hd_engine_local_new(start_seq - 1) : NULL;
-    if (!engine) {
-        hd_log_error("out of memory", "");
-        goto out_loop;
+    uint64_t base_seq = hd_engine_local_next_seq(0), last_seq = base_seq - 1;
+    if (d.cfg.history.store == HD_STORE_SQLITE) {
+        struct hd_history_limits lim = {
+            .max_events_per_topic = d.cfg.history.max_events_per_topic,
+            .max_age_s = d.cfg.history.max_age_s,
+            .max_bytes = d.cfg.history.max_memory_bytes,
+        };
+        struct hd_store_info info;
+        char serr[256] = "";
+        d.store = hd_store_open(&d.loop, d.cfg.data_dir, d.cfg.history.durability, &lim,
+                                base_seq, &info, serr, sizeof(serr));
+        if (!d.store) {
+            hd_log_error("cannot open the event store", "data_dir=\"%s\" error=\"%s\"",
+                         d.cfg.data_dir, serr);
+            goto out_loop;
+        }
+        base_seq = info.base_seq;
+        last_seq = info.last_seq > base_seq - 1 ? info.last_seq : base_seq - 1;
     }
-    hd_broker_set_engine(d.broker, engine);
+    d.broker = hd_broker_new(&d.cfg, base_seq);
+    d.engine = d.broker ? hd_engine_local_new(last_seq, d.store) : NULL;
+    if (!d.engine) {
+        hd_log_error("out of memory", "");
+        goto out_store;
+    }
+    hd_broker_set_engine(d.broker, d.engine);
+    char aerr[300] = "";
+    struct hd_auth *auth = hd_auth_new(&d.cfg, aerr, sizeof(aerr));
+    if (!auth) {
+        fprintf(stderr, "heraldd: %s\n", aerr);
+        rc = 1;
+        goto out_broker;
+    }
+    hd_broker_set_auth(d.broker, auth);
+    if (d.store) {
+        if (hd_store_load(d.store, load_event, d.broker)) {
+            hd_log_error("cannot load history from the event store", "data_dir=\"%s\"",
+                         d.cfg.data_dir);
+            goto out_broker;
+        }
+        hd_log_info("history recovered", "events=%zu last_id=%016" PRIx64,
+                    hd_history_events(hd_broker_history(d.broker)), last_seq);
+    }
 
     uv_signal_init(&d.loop, &d.sigterm);
     uv_signal_init(&d.loop, &d.sigint);
@@ -245,6 +308,11 @@ int main(int argc, char **argv)
     notify_status(&d);
 
     uv_run(&d.loop, UV_RUN_DEFAULT);
+    /* Commit and complete what is still queued while lws can still write the answers. */
+    if (d.store) {
+        hd_store_close(d.store);
+        d.store = NULL;
+    }
     hd_server_destroy(d.server);
     close_own_handles(&d);
     uv_run(&d.loop, UV_RUN_DEFAULT);
@@ -253,6 +321,12 @@ int main(int argc, char **argv)
     hd_log_info("stopped", "exit=%d", rc);
 out_broker:
     hd_broker_free(d.broker);
+out_store:
+    if (d.store) {
+        hd_store_close(d.store);
+        close_own_handles(&d);
+        uv_run(&d.loop, UV_RUN_DEFAULT);
+    }
 out_loop:
     if (uv_loop_close(&d.loop))
         hd_log_warn("event loop not closed cleanly", "");

@@ -43,6 +43,7 @@ struct ws_pss {
     char close_reason[40];
     bool in_callback; /* close requested from inside this wsi's own callback */
     bool rx_discard;
+    bool authed; /* identity filled at the upgrade */
 };
 
 static void ws_want_write(struct hd_conn *c)
@@ -98,7 +99,7 @@ static bool copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, in
 }
 
 /* Decides whether an upgrade may proceed; answers the refusal itself. */
-static int ws_filter(struct hd_server *s, struct lws *wsi)
+static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
 {
     char path[64];
     if (!copy_header(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)) || strcmp(path, "/v1/ws") != 0) {
@@ -116,6 +117,26 @@ static int ws_filter(struct hd_server *s, struct lws *wsi)
         lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
         return -1;
     }
+    /* Browsers cannot set headers on a WebSocket: ?token= is accepted there too. */
+    static char auth[4200], token[4097];
+    struct hd_http_req req = {.method = HD_M_GET, .path = "/v1/ws", .content_length = -1};
+    char query[4200];
+    if (copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof(auth)))
+        req.authorization = auth;
+    if (lws_get_urlarg_by_name(wsi, "token=", token, sizeof(token))) {
+        snprintf(query, sizeof(query), "token=%s", token);
+        req.query = query;
+    }
+    struct hd_http_resp resp = {0};
+    memset(pss, 0, sizeof(*pss));
+    int r = hd_api_authenticate(s->broker, &req, &pss->conn.identity, &pss->conn.credential,
+                                &resp);
+    hd_http_resp_clear(&resp);
+    if (r) {
+        lws_return_http_status(wsi, HTTP_STATUS_UNAUTHORIZED, NULL);
+        return -1;
+    }
+    pss->authed = true;
     return 0;
 }
 
@@ -188,11 +209,15 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
     int r = 0;
     switch (reason) {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        return ws_filter(s, wsi);
+        return ws_filter(s, wsi, pss);
     case LWS_CALLBACK_ESTABLISHED:
-        memset(pss, 0, sizeof(*pss));
+        if (!pss->authed) /* the filter runs before every upgrade; never trust a zero pss */
+            return -1;
         pss->wsi = wsi;
         if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_WS, &ws_ops, wsi)) {
+            hd_identity_clear(&pss->conn.identity);
+            free(pss->conn.credential);
+            pss->conn.credential = NULL;
             lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
             return -1;
         }
@@ -211,8 +236,13 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return ws_writable(pss, wsi);
     case LWS_CALLBACK_CLOSED:
-        if (pss->conn.broker)
+        if (pss->conn.broker) {
             hd_conn_detach(&pss->conn);
+        } else if (pss->authed) { /* closed between the upgrade and ESTABLISHED */
+            hd_identity_clear(&pss->conn.identity);
+            free(pss->conn.credential);
+            pss->conn.credential = NULL;
+        }
         free(pss->rx);
         pss->rx = NULL;
         return 0;
@@ -237,6 +267,7 @@ struct http_pss {
     char path[HD_TOPIC_MAX + 64];
     char query[512];
     char content_type[128], origin[HDR_SMALL], last_event_id[256];
+    char authorization[4200];
     bool has_query, has_ctype, has_origin;
     char *body;
     size_t body_len;
@@ -425,8 +456,18 @@ static int sse_start(struct hd_server *s, struct http_pss *pss)
     hd_http_resp_header(&pss->resp, "x-accel-buffering:", "no");
     pss->mode = H_SSE;
     hd_broker_metrics(s->broker)->sse_streams++;
-    if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_SSE, &stream_ops, pss->wsi))
+    struct hd_http_resp scratch = {0};
+    if (hd_api_authenticate(s->broker, &pss->req, &pss->conn.identity, &pss->conn.credential,
+                            &scratch)) {
+        hd_http_resp_clear(&scratch);
+        return -1; /* the route already checked; only a reload in between gets here */
+    }
+    if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_SSE, &stream_ops, pss->wsi)) {
+        hd_identity_clear(&pss->conn.identity);
+        free(pss->conn.credential);
+        pss->conn.credential = NULL;
         return -1;
+    }
     if (write_headers(s, pss, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN))
         return -1;
     lws_http_mark_sse(pss->wsi);
@@ -539,6 +580,9 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
         lws_hdr_custom_copy(wsi, pss->last_event_id, sizeof(pss->last_event_id),
                             "last-event-id:", 14) >= 0)
         pss->req.last_event_id = pss->last_event_id;
+    if (copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, pss->authorization,
+                    sizeof(pss->authorization)))
+        pss->req.authorization = pss->authorization;
     char cl[32];
     pss->req.content_length = -1;
     if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))

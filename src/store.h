@@ -71,4 +71,20 @@ void hd_store_set_limits(struct hd_store *st, const struct hd_history_limits *li
  */
 void hd_store_close(struct hd_store *st);
 
+/*
+ * Sends the duration of every group commit to `hist` (metrics.h store_commit; borrowed, must
+ * outlive the store; NULL stops it). Safe from the loop thread while the writer runs.
+ */
+struct hd_histogram;
+void hd_store_set_commit_histogram(struct hd_store *st, struct hd_histogram *hist);
+
+/* Transactions that committed at least one event so far (group-commit diagnostics, tests). */
+uint64_t hd_store_commits(const struct hd_store *st);
+
+/*
+ * Test hook: the next `n` commits (event batches and recovery probes) fail as if the disk were
+ * full, and are rolled back; 0 stops failing. Lets tests drive the -EIO/503 path and recovery.
+ */
+void hd_store_test_fail_commits(struct hd_store *st, unsigned n);
+
 #endif
