@@ -572,7 +572,7 @@ static void fill_publish_reply(struct hd_http_resp *resp, const char *topic, int
     char id[HD_EVENT_ID_LEN + 1];
     hd_event_id_format(msg->seq, id);
     size_t len = 0;
-    char *body = hd_encode_publish_reply(id, topic, msg->time_ms, msg->queued, &len);
+    char *body = hd_encode_publish_reply(id, topic, msg->time_ms, msg->receivers, &len);
     set_body(resp, 202, "application/json", body, len);
 }
 

@@ -191,6 +191,10 @@ static int read_secret(struct hd_auth *a, const char *path, char *err, size_t er
     return 0;
 }
 
+/*
+ * A static token has no JWT subject, so `{sub}` in its patterns stands for the token's name:
+ * the one rule that lets the same pattern list serve both kinds of credentials.
+ */
 static int copy_token(struct tok *t, const struct hd_token *src, char *err, size_t errlen)
 {
     t->name = strdup(src->name);
@@ -580,6 +584,13 @@ static int fill_rights(struct hd_identity *id, const struct hd_strlist *pub,
     return 0;
 }
 
+/*
+ * Decisions beyond auth.h: a blank header or an empty ?token= counts as absent (a browser
+ * that sends "?token=" for an unset variable gets the anonymous rule, not a surprise 401).
+ * Static digests are always scanned first, then a credential with exactly two dots is a JWT
+ * when a secret is configured. Without an auth section a valid credential would keep its own
+ * name with every right, but there is nothing to check it against, so any credential is 401.
+ */
 int hd_auth_authenticate(const struct hd_auth *a, const char *authorization,
                          const char *query_token, int64_t now_ms, struct hd_identity *id,
                          struct hd_error *err)

@@ -309,9 +309,8 @@ static bool enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push how)
         request_write(c);
         return true;
     }
-    /* Everything this connection still holds is lost to it: count it, free it at once. */
-    m->queued++;
-    m->dropped++;
+    /* Everything this connection still holds is lost to it: count it, free it at once. This
+     * event was never queued to it, so its own delivery counters leave it out. */
     b->metrics.events_dropped[HD_DROP_SLOW_CONSUMER] += 1 + hd_queue_clear(&c->q);
     b->metrics.slow_consumer_disconnects++;
     hd_log_warn("slow consumer closed", "conn=%" PRIu64 " max_queue_bytes=%zu", c->id,
@@ -456,7 +455,7 @@ static void ws_publish_done(void *arg, int err, struct hd_msg *msg)
         } else {
             char id[HD_EVENT_ID_LEN + 1];
             hd_event_id_format(msg->seq, id);
-            char *text = hd_encode_ok_publish(p->has_id, p->id, id, msg->queued, &len);
+            char *text = hd_encode_ok_publish(p->has_id, p->id, id, msg->receivers, &len);
             send_owned(c, text, len);
         }
     }

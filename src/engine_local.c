@@ -43,7 +43,7 @@ static void stored(void *arg, int err)
     if (err) {
         j->done(j->arg, -EIO, NULL);
     } else {
-        le->base.deliver(le->base.broker, j->msg);
+        j->msg->receivers = (uint32_t)le->base.deliver(le->base.broker, j->msg);
         j->done(j->arg, 0, j->msg);
     }
     hd_msg_unref(j->msg);
@@ -66,7 +66,7 @@ static int local_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_d
     m->accept_ns = hd_now_ns();
     if (!le->store) {
         le->last_seq = seq;
-        e->deliver(e->broker, m);
+        m->receivers = (uint32_t)e->deliver(e->broker, m);
         done(arg, 0, m);
         hd_msg_unref(m);
         return 0;
@@ -78,14 +78,17 @@ static int local_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_d
     }
     *j = (struct job){.le = le, .msg = m, .done = done, .arg = arg};
     le->pending++;
+    /* With async durability `stored` runs inside the append: the id is taken before. */
+    uint64_t prev = le->last_seq;
+    le->last_seq = seq;
     int r = hd_store_append(le->store, m, stored, j);
     if (r) {
+        le->last_seq = prev;
         le->pending--;
         hd_msg_unref(m);
         free(j);
         return r;
     }
-    le->last_seq = seq;
     return 0;
 }
 

@@ -24,6 +24,7 @@ struct hd_msg {
     uint64_t accept_ns;/* monotonic clock at accept, for publish-to-write latency */
     /* Delivery status (PROTOCOL.md section 4), events only. */
     uint32_t queued, written, dropped;
+    uint32_t receivers; /* connections the publish reached on this node (the reply's count) */
     const char *topic; /* events: points into this allocation; NULL for replies */
     const char *event; /* events: the event kind, likewise */
     /* Owned by the history module while the event is retained (see history.c). */

@@ -301,8 +301,10 @@ int hd_history_append(struct hd_history *h, struct hd_msg *m)
     if ((t->count == t->cap && t->cap < max &&
          ring_grow(&t->ring, &t->head, t->count, &t->cap, max)) ||
         gring_reserve(h)) {
-        if (fresh)
+        if (fresh) {
+            free(t->ring);
             free(t);
+        }
         return -ENOMEM;
     }
     if (fresh) {
@@ -311,7 +313,8 @@ int hd_history_append(struct hd_history *h, struct hd_msg *m)
         if (++h->ntopics > h->nbuckets)
             rehash(h);
     }
-    if (t->count == t->cap) /* at max_events_per_topic: the oldest goes */
+    /* At max_events_per_topic the oldest go (more than one when a reload lowered it). */
+    while (t->count && t->count >= max)
         topic_pop_oldest(h, t, true);
     t->ring[(t->head + t->count) % t->cap] = hd_msg_ref(m);
     t->count++;

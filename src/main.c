@@ -143,6 +143,8 @@ static void on_reload(uv_signal_t *h, int signum)
 {
     (void)signum;
     struct daemon *d = h->data;
+    if (d->stopping)
+        return; /* systemd must not hear READY after STOPPING */
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64,
@@ -263,6 +265,8 @@ int main(int argc, char **argv)
         goto out_store;
     }
     hd_broker_set_engine(d.broker, d.engine);
+    if (d.store)
+        hd_store_set_commit_histogram(d.store, &hd_broker_metrics(d.broker)->store_commit);
     char aerr[300] = "";
     struct hd_auth *auth = hd_auth_new(&d.cfg, aerr, sizeof(aerr));
     if (!auth) {

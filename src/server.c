@@ -9,6 +9,9 @@
 #include "server.h"
 
 #include <errno.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stddef.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -22,6 +25,7 @@
 _Static_assert(HD_MSG_HEADROOM >= LWS_PRE, "message headroom must fit an lws frame header");
 
 #define HDR_SMALL 256
+#define HD_MAX_LISTENERS 64 /* the config allows at most 64 */
 
 struct hd_server {
     struct lws_context *ctx;
@@ -30,6 +34,12 @@ struct hd_server {
     uv_loop_t *loop;
     lws_retry_bo_t retry;
     struct lws_protocol_vhost_options pvo_default, pvo;
+    /* Held-open requests (SSE, waiting long polls) are watched here for a peer that
+     * leaves or sends more: lws 4.1 reads neither in that state and would spin. */
+    int epfd;
+    uv_poll_t ep_watch;
+    bool ep_started;
+    char names[HD_MAX_LISTENERS][32];
 };
 
 /* --- WebSocket --------------------------------------------------------------------- */
@@ -311,11 +321,18 @@ struct http_pss {
     struct hd_conn conn; /* attached while streaming (SSE) or waiting (long poll) */
     enum http_mode mode;
     lws_sorted_usec_list_t sul; /* SSE keepalive or long-poll deadline */
-    bool keepalive_due, poll_ready, stream_closing, rx_paused;
+    bool keepalive_due, poll_ready, stream_closing;
+    bool watched;         /* in the server's epoll set of held-open requests */
+    bool busy;            /* a request is being answered on this connection */
+    bool body_done;       /* the body is complete; it is acted on when writable */
+    bool publish_started;
+    uint32_t ticks, deadline_ticks;
     struct lws *wsi;
     struct hd_http_req req;
     char path[HD_TOPIC_MAX + 64];
-    char query[512];
+    char query[4608];
+    bool query_too_long;
+    bool close_after; /* answered before its body was read: close instead of keep-alive */
     char content_type[128], origin[HDR_SMALL], last_event_id[256];
     char authorization[4200];
     bool has_query, has_ctype, has_origin;
@@ -355,8 +372,39 @@ static enum hd_method method_of(int m)
     }
 }
 
+static void stream_unwatch(struct hd_server *s, struct http_pss *pss)
+{
+    if (pss->watched) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, lws_get_socket_fd(pss->wsi), NULL);
+        pss->watched = false;
+    }
+}
+
+static void stream_watch(struct hd_server *s, struct http_pss *pss)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = pss};
+    if (s->epfd >= 0 && epoll_ctl(s->epfd, EPOLL_CTL_ADD, lws_get_socket_fd(pss->wsi), &ev) == 0)
+        pss->watched = true;
+}
+
+/* A held-open request's peer left or sent more than its one request: close it now. */
+static void on_ep_ready(uv_poll_t *h, int status, int events)
+{
+    struct hd_server *s = h->data;
+    struct epoll_event evs[64];
+    int n = epoll_wait(s->epfd, evs, 64, 0);
+    for (int i = 0; i < n; i++) {
+        struct http_pss *pss = evs[i].data.ptr;
+        stream_unwatch(s, pss);
+        lws_set_timeout(pss->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    }
+    if (n > 0)
+        lws_cancel_service(s->ctx); /* we run outside lws service: have it act now */
+}
+
 static void stream_end(struct hd_server *s, struct http_pss *pss)
 {
+    stream_unwatch(s, pss);
     lws_sul_cancel(&pss->sul);
     if (pss->conn.broker)
         hd_conn_detach(&pss->conn);
@@ -368,43 +416,34 @@ static void stream_end(struct hd_server *s, struct http_pss *pss)
     pss->mode = H_PLAIN;
 }
 
-static void http_reset(struct http_pss *pss)
+/* Frees what one request holds. lws frees the pss itself when a transaction completes. */
+static void http_release(struct http_pss *pss)
 {
     if (pss->mode != H_PLAIN)
         stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
     free(pss->body);
+    pss->body = NULL;
     hd_http_resp_clear(&pss->resp);
-    if (pss->pending)
+    if (pss->pending) {
         pss->pending->pss = NULL;
-    struct lws *wsi = pss->wsi;
-    bool paused = pss->rx_paused;
-    memset(pss, 0, sizeof(*pss));
-    pss->wsi = wsi;
-    pss->rx_paused = paused;
+        pss->pending = NULL;
+    }
 }
 
-/*
- * While a request is being answered (or streamed, or waiting) we stop reading from the
- * socket. lws 4.1 does not consume input that arrives in those states (a pipelined request,
- * or the EOF of a client that left) and would otherwise spin on the level-triggered
- * readable event; the next request is read once this transaction is completed.
- */
-static void rx_pause(struct http_pss *pss, bool pause);
-static void rx_pause(struct http_pss *pss, bool pause)
+static void http_reset(struct http_pss *pss)
 {
-    if (pss->rx_paused != pause) {
-        pss->rx_paused = pause;
-        lws_rx_flow_control(pss->wsi, pause ? 0 : 1);
-    }
+    http_release(pss);
+    struct lws *wsi = pss->wsi;
+    memset(pss, 0, sizeof(*pss));
+    pss->wsi = wsi;
 }
 
 static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi);
 
 /*
- * Answers at once rather than on the next writable callback: lws 4.1 never delivers that
- * callback while pipelined input sits in its buffer (it keeps re-servicing the input), so a
- * deferred answer would stall a pipelining client and spin the loop. A response is small;
- * lws buffers whatever the socket does not take. Returns -1 when the connection must close.
+ * Writes the response now (a response is small; lws buffers what the socket does not take).
+ * Called from LWS_CALLBACK_HTTP for requests without a body, from the writable callback
+ * after acting on a body, and from a publish completion. Returns -1 to close.
  */
 static int http_respond(struct hd_server *s, struct http_pss *pss)
 {
@@ -417,12 +456,17 @@ static int http_respond(struct hd_server *s, struct http_pss *pss)
 static void copy_query(struct lws *wsi, struct http_pss *pss)
 {
     size_t o = 0;
-    for (int i = 0; i < 32; i++) {
-        char frag[256];
+    for (int i = 0; i < 64; i++) {
+        int flen = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (flen <= 0)
+            break;
+        if (o + (size_t)flen + 2 >= sizeof(pss->query)) {
+            pss->query_too_long = true; /* refused whole rather than read in part */
+            break;
+        }
+        char frag[sizeof(pss->query)];
         int n = lws_hdr_copy_fragment(wsi, frag, sizeof(frag), WSI_TOKEN_HTTP_URI_ARGS, i);
         if (n <= 0)
-            break;
-        if (o + (size_t)n + 2 >= sizeof(pss->query))
             break;
         if (o)
             pss->query[o++] = '&';
@@ -435,9 +479,10 @@ static void copy_query(struct lws *wsi, struct http_pss *pss)
 
 #define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
 
-/* SSE keepalive period. Short on purpose: lws 4.1 notices an HTTP/1 client that vanished
- * only when it next writes, so the keepalive bounds how long a dead stream lingers. */
-#define SSE_KEEPALIVE_US (15 * LWS_US_PER_SEC)
+/* SSE keepalive comment period (the protocol promises one at least every 30 s). */
+#define SSE_KEEPALIVE_TICKS 15
+/* Timer resolution for keepalives and long-poll deadlines. */
+#define STREAM_TICK_US (LWS_US_PER_SEC / 2)
 
 static void stream_want_write(struct hd_conn *c)
 {
@@ -462,19 +507,23 @@ static void stream_close(struct hd_conn *c, int code, const char *reason)
 static const struct hd_conn_ops stream_ops = {.want_write = stream_want_write,
                                               .close = stream_close};
 
-static void sul_keepalive(lws_sorted_usec_list_t *sul)
+static void sul_stream_tick(lws_sorted_usec_list_t *sul)
 {
     struct http_pss *pss = container_of(sul, struct http_pss, sul);
-    pss->keepalive_due = true;
-    lws_callback_on_writable(pss->wsi);
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_keepalive, SSE_KEEPALIVE_US);
-}
-
-static void sul_poll_deadline(lws_sorted_usec_list_t *sul)
-{
-    struct http_pss *pss = container_of(sul, struct http_pss, sul);
-    pss->poll_ready = true;
-    lws_callback_on_writable(pss->wsi);
+    pss->ticks++;
+    if (pss->mode == H_POLL) {
+        if (pss->ticks >= pss->deadline_ticks) {
+            pss->poll_ready = true;
+            lws_callback_on_writable(pss->wsi);
+            return;
+        }
+    } else {
+        if (pss->ticks % (SSE_KEEPALIVE_TICKS * 2) == 0) {
+            pss->keepalive_due = true;
+            lws_callback_on_writable(pss->wsi);
+        }
+    }
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
 }
 
 /* Writes response headers with CORS; for SSE no Content-Length. Returns 0 or -1. */
@@ -499,6 +548,24 @@ static int write_headers(struct hd_server *s, struct http_pss *pss, int status,
     return lws_finalize_write_http_header(pss->wsi, start, &p, end) ? -1 : 0;
 }
 
+/* Gives a streaming request its identity (for rights, expiry and reload) and attaches it. */
+static int stream_attach(struct hd_server *s, struct http_pss *pss, enum hd_conn_kind kind)
+{
+    struct hd_http_resp scratch = {0};
+    int r = hd_api_authenticate(s->broker, &pss->req, &pss->conn.identity,
+                                &pss->conn.credential, &scratch);
+    hd_http_resp_clear(&scratch);
+    if (r)
+        return -1; /* the route already checked; only a reload in between gets here */
+    if (hd_conn_attach(s->broker, &pss->conn, kind, &stream_ops, pss->wsi)) {
+        hd_identity_clear(&pss->conn.identity);
+        free(pss->conn.credential);
+        pss->conn.credential = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 static int sse_start(struct hd_server *s, struct http_pss *pss)
 {
     struct hd_http_stream st = pss->resp.stream;
@@ -506,23 +573,13 @@ static int sse_start(struct hd_server *s, struct http_pss *pss)
     hd_http_resp_header(&pss->resp, "x-accel-buffering:", "no");
     pss->mode = H_SSE;
     hd_broker_metrics(s->broker)->sse_streams++;
-    struct hd_http_resp scratch = {0};
-    if (hd_api_authenticate(s->broker, &pss->req, &pss->conn.identity, &pss->conn.credential,
-                            &scratch)) {
-        hd_http_resp_clear(&scratch);
-        return -1; /* the route already checked; only a reload in between gets here */
-    }
-    if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_SSE, &stream_ops, pss->wsi)) {
-        hd_identity_clear(&pss->conn.identity);
-        free(pss->conn.credential);
-        pss->conn.credential = NULL;
+    if (stream_attach(s, pss, HD_CONN_SSE))
         return -1;
-    }
     if (write_headers(s, pss, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN))
         return -1;
     lws_http_mark_sse(pss->wsi);
     lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
-    rx_pause(pss, true);
+    stream_watch(s, pss);
     bool gap = false;
     struct hd_error err;
     /* The reply-free subscribe queues the replay; a gap is announced before it. */
@@ -548,7 +605,7 @@ static int sse_start(struct hd_server *s, struct http_pss *pss)
         }
     }
     hd_http_resp_clear(&pss->resp);
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_keepalive, SSE_KEEPALIVE_US);
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
     lws_callback_on_writable(pss->wsi);
     return 0;
 }
@@ -557,7 +614,7 @@ static int poll_start(struct hd_server *s, struct http_pss *pss)
 {
     pss->mode = H_POLL;
     hd_broker_metrics(s->broker)->long_polls++;
-    if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_POLL, &stream_ops, pss->wsi))
+    if (stream_attach(s, pss, HD_CONN_POLL))
         return -1;
     bool gap;
     struct hd_error err;
@@ -565,9 +622,9 @@ static int poll_start(struct hd_server *s, struct http_pss *pss)
         return -1;
     /* lws gives a request 5 s for its content; a long poll keeps its own deadline. */
     lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
-    rx_pause(pss, true);
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_poll_deadline,
-                     (lws_usec_t)pss->resp.stream.wait_s * LWS_US_PER_SEC);
+    stream_watch(s, pss);
+    pss->deadline_ticks = pss->resp.stream.wait_s * 2;
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
     return 0;
 }
 
@@ -599,6 +656,22 @@ static int sse_writable(struct http_pss *pss, struct lws *wsi)
     return 0;
 }
 
+/*
+ * The body is complete: act on it from the writable callback, never here. lws 4.1 re-feeds
+ * stored input from the request line when the headers of a request with a body came from
+ * pipelined input, so the first body it reports may be garbage and a second completion
+ * follows; answering here would also hang lws in a loop that never returns to libuv.
+ */
+static int body_complete(struct http_pss *pss)
+{
+    if (pss->body_done)
+        return -1; /* a second completion: the pipelining bug above; drop the client */
+    pss->body_done = true;
+    pss->reading_body = false;
+    lws_callback_on_writable(pss->wsi);
+    return 0;
+}
+
 static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
 {
     http_reset(pss);
@@ -619,6 +692,11 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     pss->req.path = pss->path;
     copy_query(wsi, pss);
     pss->req.query = pss->has_query ? pss->query : NULL;
+    if (pss->query_too_long) {
+        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "the query string is too long");
+        pss->close_after = true;
+        return http_respond(s, pss);
+    }
     if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, pss->content_type,
                     sizeof(pss->content_type)))
         pss->req.content_type = pss->content_type;
@@ -650,13 +728,27 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
         return http_respond(s, pss);
     }
     if (next == HD_HTTP_READ_BODY) {
-        pss->reading_body = true;
-        if (pss->req.content_length == 0) {
-            /* lws sends no body callbacks for an empty body. */
-            return 1; /* signal caller to complete now */
+        if (pss->req.content_length < 0) {
+            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
+                /* lws 4.1 does not decode chunked request bodies. */
+                hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
+                             "send the body with a Content-Length (chunked is not supported)");
+                pss->resp.status = 411;
+                pss->close_after = true;
+                return http_respond(s, pss);
+            }
+            /* No length and no chunking: an empty body, and lws reports no completion. */
+            pss->body_done = true;
+            lws_callback_on_writable(wsi);
+            return 0;
         }
+        pss->reading_body = true; /* lws reports completion even for an empty body */
         return 0;
     }
+    /* Refused before its body was read: lws 4.1 would parse that body as the next request
+     * (and can hang doing so), so the connection closes after this answer. */
+    if (pss->req.content_length > 0 || lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+        pss->close_after = true;
     return http_respond(s, pss);
 }
 
@@ -731,6 +823,10 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
 {
     if (pss->mode == H_SSE)
         return sse_writable(pss, wsi);
+    if (pss->body_done && !pss->publish_started) {
+        pss->publish_started = true;
+        return http_body_complete(s, pss); /* responds, now or when the commit is done */
+    }
     if (pss->mode == H_POLL) {
         if (!pss->poll_ready)
             return 0;
@@ -764,6 +860,10 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                     (const unsigned char *)"no-store", 8, &p, end))
         goto fail;
+    if (pss->close_after &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
+                                    (const unsigned char *)"close", 5, &p, end))
+        goto fail;
     if (lws_finalize_write_http_header(wsi, start, &p, end))
         goto fail;
     if (body_len) {
@@ -774,11 +874,14 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     }
     free(buf);
     pss->response_ready = false;
-    hd_http_resp_clear(&pss->resp);
-    if (lws_http_transaction_completed(wsi))
+    /* lws frees and re-zeroes the pss when the transaction completes: release first and
+     * touch nothing after. */
+    bool close_after = pss->close_after;
+    http_release(pss);
+    pss->busy = false;
+    if (close_after)
         return -1;
-    rx_pause(pss, false);
-    return 0;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
 fail:
     free(buf);
     return -1;
@@ -793,19 +896,20 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_HTTP:
         if (!pss)
             return -1;
-        pss->wsi = wsi; /* lws zeroes pss on allocation; http_request resets per request */
-        switch (http_request(s, pss, wsi)) {
-        case 1:
-            return http_body_complete(s, pss);
-        case -1:
+        /* A new request while the last is unanswered is a pipelining client; lws 4.1
+         * cannot serve those reliably (see body_complete), so it is dropped. */
+        if (pss->busy)
             return -1;
-        default:
-            return 0;
-        }
+        pss->wsi = wsi;
+        if (http_request(s, pss, wsi))
+            return -1;
+        if (pss->mode != H_PLAIN || pss->reading_body || pss->body_done || pss->pending)
+            pss->busy = true;
+        return 0;
     case LWS_CALLBACK_HTTP_BODY:
         return http_body(s, pss, in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        return pss->reading_body ? http_body_complete(s, pss) : 0;
+        return pss->reading_body || pss->body_done ? body_complete(pss) : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
         return http_writable(s, pss, wsi);
     case LWS_CALLBACK_CLOSED_HTTP:
@@ -828,7 +932,7 @@ static const struct lws_protocols protocols[] = {
                   .per_session_data_size = sizeof(struct ws_pss),
                   /* A chunk size, not a message limit (we reassemble): small keeps idle
                    * connections cheap. */
-                  .rx_buffer_size = 4096, .tx_packet_size = 0},
+                  .rx_buffer_size = 512, .tx_packet_size = 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -849,6 +953,7 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->broker = b;
     s->cfg = cfg;
     s->loop = loop;
+    s->epfd = -1;
     lws_set_log_level(LLL_ERR | (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0), lws_logger);
 
     struct lws_context_creation_info info;
@@ -885,9 +990,9 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         const struct hd_listener *l = &cfg->listeners[i];
         struct lws_context_creation_info vi;
         memset(&vi, 0, sizeof(vi));
-        char name[96];
-        snprintf(name, sizeof(name), "listener%zu", i);
-        vi.vhost_name = name;
+        /* lws keeps the pointer, not a copy. */
+        snprintf(s->names[i % HD_MAX_LISTENERS], sizeof(s->names[0]), "listener%zu", i);
+        vi.vhost_name = s->names[i % HD_MAX_LISTENERS];
         vi.port = l->port; /* 0: the kernel picks one; lws reports it back below */
         vi.iface = l->address;
         vi.protocols = protocols;
@@ -918,6 +1023,18 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
                     lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
     }
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epfd < 0 || uv_poll_init(loop, &s->ep_watch, s->epfd)) {
+        hd_log_error("cannot create the stream watcher", "errno=%d", errno);
+        if (s->epfd >= 0)
+            close(s->epfd);
+        lws_context_destroy(s->ctx);
+        free(s);
+        return NULL;
+    }
+    s->ep_watch.data = s;
+    uv_poll_start(&s->ep_watch, UV_READABLE, on_ep_ready);
+    s->ep_started = true;
     return s;
 }
 
@@ -925,9 +1042,25 @@ void hd_server_drain(struct hd_server *s) { hd_broker_drain(s->broker); }
 
 void hd_server_destroy(struct hd_server *s)
 {
-    if (s && s->ctx) {
+    if (!s)
+        return;
+    if (s->ctx) {
         lws_context_destroy(s->ctx);
+        s->ctx = NULL;
+    }
+    if (s->ep_started) {
+        uv_poll_stop(&s->ep_watch);
+        uv_close((uv_handle_t *)&s->ep_watch, NULL);
+        s->ep_started = false;
     }
 }
 
-void hd_server_free(struct hd_server *s) { free(s); }
+/* Call after the loop ran the close callbacks. */
+void hd_server_free(struct hd_server *s)
+{
+    if (!s)
+        return;
+    if (s->epfd >= 0)
+        close(s->epfd);
+    free(s);
+}

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * loadgen: WebSocket/HTTP load generator and exact-delivery checker for Herald (protocol v1).
+ * loadgen: WebSocket/HTTP load generator and exact-delivery checker for Herald (protocol v1),
+ * with adapters for nginx+nchan (HTTP publish, WebSocket subscribe) and Mosquitto (MQTT 3.1.1
+ * over WebSocket) so the same run can be pointed at the brokers Herald is compared with.
  * One process, one thread, one epoll loop, loopback targets only: it opens N subscribers over
- * M topics (paced), publishes E sequenced, timestamped events over HTTP or WebSocket, checks
- * every delivery for loss, duplication and reordering, and prints one JSON line of results.
- * Wire codecs live in wsclient.c; this file owns sockets, buffers, phases and statistics.
- * Standalone on purpose (no herald_core) so it can be pointed at other brokers.
+ * M topics (paced), publishes E sequenced, timestamped events, checks every delivery for loss,
+ * duplication and reordering, and prints one JSON line of results. Wire codecs live in
+ * wsclient.c and mqtt.c; this file owns sockets, buffers, phases and statistics.
  */
 #define _GNU_SOURCE
+#include "mqtt.h"
 #include "wsclient.h"
 
 #include <arpa/inet.h>
@@ -45,6 +47,12 @@ _Static_assert(RBUF_CAP >= MAX_MSG + WSC_MAX_CLIENT_HDR + READ_CHUNK, "read buff
 _Static_assert(RBUF_CAP >= WSC_MAX_HTTP_HEAD + MAX_HTTP_BODY + READ_CHUNK, "read buffer too small");
 
 enum kind { K_SUB, K_WSPUB, K_HTTPPUB };
+/* Which server speaks on the other end (--target). */
+enum target { T_HERALD, T_NCHAN, T_MQTT };
+static const char *const TARGET_NAMES[] = { "herald", "nchan", "mosquitto" };
+/* MQTT keepalive: the largest that Mosquitto's default max_keepalive admits, so idle
+ * subscribers need no PINGREQ during a run. */
+#define MQTT_KEEPALIVE 65535
 enum state { ST_CLOSED, ST_CONNECTING, ST_UPGRADING, ST_OPEN };
 enum phase { PH_CONNECT, PH_HOLD, PH_PUBCONNECT, PH_RUN, PH_LINGER };
 /* conn_down() close codes that are not on the wire */
@@ -62,6 +70,7 @@ struct conn {
     bool ready, ever_ready, queued, got_welcome, got_ok, in_frag, want_out, dead;
     uint32_t topic;
     struct buf in, out, frag;
+    struct buf mq; /* MQTT target: bytes of an MQTT packet split across WebSocket messages */
     char accept[WSC_ACCEPT_LEN + 1];
     int64_t last_seq; /* subscriber: highest seq seen */
     uint64_t unique;  /* subscriber: distinct events of its topic */
@@ -77,7 +86,8 @@ static struct {
     char host_hdr[300];
     uint32_t subs, topics, size, inflight, connect_inflight, source_addrs;
     uint64_t events;
-    bool events_set, mode_ws, check_exact, allow_reorder, force_ordered;
+    enum target target;
+    bool events_set, mode_set, mode_ws, check_exact, allow_reorder, force_ordered;
     bool ordered; /* at most one publish per topic in flight */
     double rate, timeout, idle_hold;
     int server_pid;
@@ -115,6 +125,9 @@ static struct {
 static const char *const USAGE =
     "usage: loadgen [options]\n"
     "  --host H             target address, loopback only (127.0.0.1)\n"
+    "  --target T           herald (protocol v1), nchan (POST /pub?id=<topic>, WebSocket\n"
+    "                       /sub/<topic>, --mode http) or mosquitto (MQTT 3.1.1 over\n"
+    "                       WebSocket, QoS 0, --mode ws) (herald)\n"
     "  --port P             target port (required)\n"
     "  --subs N             WebSocket subscribers (1000)\n"
     "  --topics M           topics bench.t0..bench.t<M-1>; subscriber j takes topic j%M (10)\n"
@@ -315,7 +328,7 @@ static void conn_down(struct conn *c, int code, const char *why)
     c->gen++;
     c->state = ST_CLOSED;
     c->ready = c->want_out = c->in_frag = false;
-    c->in.len = c->out.len = c->frag.len = 0;
+    c->in.len = c->out.len = c->frag.len = c->mq.len = 0;
     if (code > 0) {
         count_close(code);
     } else if (code == CLOSE_NONE) {
@@ -427,6 +440,20 @@ static void pub_became_ready(struct conn *c)
     pub_idle(c);
 }
 
+/* The WebSocket subprotocol asked for and required in the 101, or NULL for none. */
+static const char *ws_proto(void)
+{
+    return G.target == T_HERALD ? "herald.v1" : G.target == T_MQTT ? "mqtt" : NULL;
+}
+
+static void sub_became_ready(struct conn *c)
+{
+    c->ready = true;
+    G.sub_ready++;
+    G.sub_pending--;
+    G.open_subs[c->topic]++;
+}
+
 static void on_connected(struct conn *c)
 {
     int err = 0;
@@ -448,10 +475,15 @@ static void on_connected(struct conn *c)
     uint64_t a = rnd(), b = rnd();
     memcpy(nonce, &a, 8);
     memcpy(nonce + 8, &b, 8);
-    char key[WSC_KEY_LEN + 4], req[512];
+    char key[WSC_KEY_LEN + 4], req[512], path[64];
     wsc_base64(nonce, sizeof(nonce), key);
     wsc_accept_for_key(key, c->accept);
-    int n = wsc_handshake_request(req, sizeof(req), G.host_hdr, "/v1/ws", "herald.v1", key);
+    /* nchan picks the channel from the path; Herald and MQTT subscribe after the upgrade. */
+    if (G.target == T_NCHAN)
+        snprintf(path, sizeof(path), "/sub/bench.t%u", c->topic);
+    else
+        snprintf(path, sizeof(path), "%s", G.target == T_MQTT ? "/mqtt" : "/v1/ws");
+    int n = wsc_handshake_request(req, sizeof(req), G.host_hdr, path, ws_proto(), key);
     if (n < 0)
         die(2, "handshake request does not fit");
     c->state = ST_UPGRADING;
@@ -484,10 +516,23 @@ static bool type_is(const char *t, long tl, const char *want)
     return t && (size_t)tl == strlen(want) && memcmp(t, want, (size_t)tl) == 0;
 }
 
+static void sub_data(struct conn *c, const char *d, const char *end);
+
+/* A Herald event frame: the loadgen's data object is the value of "data". */
 static void sub_event(struct conn *c, const char *p, const char *end)
 {
     const char *d = wsc_json_find(p, end, "data", 4);
     if (!d || *d != '{') {
+        G.malformed++;
+        return;
+    }
+    sub_data(c, d, end);
+}
+
+/* Counts one delivery of the data object at d ({"s":..,"t":..,"p":..}) to subscriber c. */
+static void sub_data(struct conn *c, const char *d, const char *end)
+{
+    if (d >= end || *d != '{') {
         G.malformed++;
         return;
     }
@@ -530,10 +575,19 @@ static void sub_event(struct conn *c, const char *p, const char *end)
     G.remaining--;
 }
 
+static int mqtt_feed(struct conn *c, const unsigned char *p, size_t len);
+
 /* Returns -1 when the connection was closed while handling the message. */
 static int on_message(struct conn *c, const unsigned char *up, size_t len)
 {
     const char *p = (const char *)up, *end = p + len;
+    if (G.target == T_MQTT)
+        return mqtt_feed(c, up, len);
+    if (G.target == T_NCHAN) {
+        if (c->kind == K_SUB && c->ready)
+            sub_data(c, p, end); /* nchan sends the published body as it is */
+        return 0;
+    }
     if (c->kind == K_SUB && len > 15 && memcmp(p, "{\"type\":\"event\"", 15) == 0) {
         sub_event(c, p, end); /* fast path: the server writes "type" first */
         return 0;
@@ -553,12 +607,8 @@ static int on_message(struct conn *c, const unsigned char *up, size_t len)
             conn_down(c, CLOSE_NONE, why);
             return -1;
         }
-        if (!c->ready && c->got_welcome && c->got_ok) {
-            c->ready = true;
-            G.sub_ready++;
-            G.sub_pending--;
-            G.open_subs[c->topic]++;
-        }
+        if (!c->ready && c->got_welcome && c->got_ok)
+            sub_became_ready(c);
         return 0;
     }
     /* WebSocket publisher */
@@ -575,6 +625,122 @@ static int on_message(struct conn *c, const unsigned char *up, size_t len)
             snprintf(why, sizeof(why), "%.*s", (int)(len < 150 ? len : 150), p);
         pub_complete(c, !why[0], why);
         pub_idle(c);
+    }
+    return 0;
+}
+
+/* ---- MQTT over WebSocket (--target mosquitto) ---- */
+
+/* Sends CONNECT (after the upgrade): client ids are unique per connection within a run. */
+static int mqtt_send_connect(struct conn *c)
+{
+    unsigned char pk[64];
+    char id[32];
+    snprintf(id, sizeof(id), "loadgen-%c%u", c->kind == K_SUB ? 's' : 'p', conn_idx(c));
+    int n = mqtt_connect(pk, sizeof(pk), id, MQTT_KEEPALIVE);
+    return n < 0 ? n : send_ws(c, WSC_OP_BINARY, pk, (size_t)n);
+}
+
+/* Handles one MQTT packet (body: k->len bytes). Returns -1 when c was closed. */
+static int mqtt_packet(struct conn *c, const struct mqtt_pkt *k, const unsigned char *body)
+{
+    unsigned char pk[64];
+    char topic[32];
+    switch (k->type) {
+    case MQTT_CONNACK:
+        if (c->ready || k->len != 2 || body[1] != 0) {
+            conn_down(c, CLOSE_NONE, "CONNACK refused or unexpected");
+            return -1;
+        }
+        if (c->kind != K_SUB) {
+            pub_became_ready(c);
+            return 0;
+        }
+        snprintf(topic, sizeof(topic), "bench.t%u", c->topic);
+        int n = mqtt_subscribe(pk, sizeof(pk), 1, topic, 0);
+        if (n < 0 || send_ws(c, WSC_OP_BINARY, pk, (size_t)n) < 0) {
+            conn_down(c, 1006, "write failed");
+            return -1;
+        }
+        return 0;
+    case MQTT_SUBACK:
+        /* packet id 1, one return code: 0x00-0x02 granted, 0x80 refused */
+        if (c->kind != K_SUB || c->ready || k->len != 3 || body[0] != 0 || body[1] != 1 ||
+            body[2] > 2) {
+            conn_down(c, CLOSE_NONE, "SUBACK refused or unexpected");
+            return -1;
+        }
+        sub_became_ready(c);
+        return 0;
+    case MQTT_PUBLISH: {
+        struct mqtt_publish m;
+        if (mqtt_publish_parse(body, k->len, k->flags, &m) < 0) {
+            conn_down(c, CLOSE_NONE, "malformed PUBLISH");
+            return -1;
+        }
+        if (c->kind == K_SUB && c->ready)
+            sub_data(c, (const char *)m.payload, (const char *)m.payload + m.payload_len);
+        return 0;
+    }
+    case MQTT_PINGRESP:
+        /*
+         * QoS 0 has no acknowledgement, so each PUBLISH is followed by a PINGREQ: the broker
+         * handles a connection's packets in order, so the PINGRESP says the PUBLISH was
+         * processed (routed to the subscribers' queues), as Herald's "ok" and nchan's 201 do.
+         */
+        if (c->kind == K_SUB)
+            return 0;
+        if (c->inflight < 0) {
+            conn_down(c, CLOSE_NONE, "PINGRESP without a publish in flight");
+            return -1;
+        }
+        pub_complete(c, true, NULL);
+        pub_idle(c);
+        return 0;
+    default:
+        return 0; /* nothing else is expected at QoS 0; ignore rather than guess */
+    }
+}
+
+/*
+ * MQTT over WebSocket is a byte stream: a message may hold several packets or part of one.
+ * Whole packets are handled where they lie; a partial one is carried in c->mq.
+ * Returns -1 when c was closed.
+ */
+static int mqtt_feed(struct conn *c, const unsigned char *p, size_t len)
+{
+    bool carried = c->mq.len > 0;
+    if (carried) {
+        if (c->mq.len + len > MAX_MSG + 8) {
+            conn_down(c, CLOSE_NONE, "MQTT packet too large");
+            return -1;
+        }
+        buf_put(&c->mq, p, len);
+        p = c->mq.p;
+        len = c->mq.len;
+    }
+    size_t off = 0;
+    while (off < len) {
+        struct mqtt_pkt k;
+        int r = mqtt_parse(p + off, len - off, &k);
+        if (r == -EAGAIN)
+            break;
+        if (r < 0 || k.len > MAX_MSG) {
+            conn_down(c, CLOSE_NONE, r < 0 ? "bad MQTT packet" : "MQTT packet too large");
+            return -1;
+        }
+        if (len - off < k.hdr_len + k.len)
+            break;
+        const unsigned char *body = p + off + k.hdr_len;
+        off += k.hdr_len + k.len;
+        if (mqtt_packet(c, &k, body) < 0)
+            return -1;
+    }
+    if (carried) {
+        memmove(c->mq.p, c->mq.p + off, len - off);
+        c->mq.len = len - off;
+    } else if (off < len) {
+        buf_put(&c->mq, p + off, len - off);
     }
     return 0;
 }
@@ -632,7 +798,8 @@ static int http_reply(struct conn *c, const struct wsc_http_head *h, const char 
         conn_down(c, CLOSE_NONE, "HTTP reply without a request");
         return -1;
     }
-    if (h->status == 202) {
+    /* nchan answers 201 when the channel has subscribers, 202 when it has none. */
+    if (h->status == 202 || (G.target == T_NCHAN && h->status == 201)) {
         pub_complete(c, true, NULL);
     } else {
         char why[200];
@@ -658,14 +825,21 @@ static ssize_t consume(struct conn *c, unsigned char *buf, size_t len)
         if (r == -EAGAIN)
             return 0;
         const char *bad = r < 0 ? "malformed upgrade response"
-                                : wsc_handshake_check(&h, c->accept, "herald.v1");
+                                : wsc_handshake_check(&h, c->accept, ws_proto());
         if (bad) {
             conn_down(c, CLOSE_NONE, bad);
             return -1;
         }
         c->state = ST_OPEN;
         off = h.head_len;
-        if (c->kind == K_SUB) {
+        if (G.target == T_NCHAN) {
+            sub_became_ready(c); /* the path named the channel: subscribed by the upgrade */
+        } else if (G.target == T_MQTT) {
+            if (mqtt_send_connect(c) < 0) {
+                conn_down(c, 1006, "write failed");
+                return -1;
+            }
+        } else if (c->kind == K_SUB) {
             char cmd[96];
             int n = snprintf(cmd, sizeof(cmd), "{\"op\":\"subscribe\",\"id\":1,\"topic\":\"bench.t%u\"}",
                              c->topic);
@@ -793,7 +967,7 @@ static void pub_send(struct conn *c, uint64_t seq)
     size_t o = 0;
     unsigned char *p = G.sbuf;
     if (c->kind == K_HTTPPUB) {
-        o += put(p + o, "POST /v1/topics/bench.t");
+        o += put(p + o, G.target == T_NCHAN ? "POST /pub?id=bench.t" : "POST /v1/topics/bench.t");
         o += wsc_u64toa(k, (char *)p + o);
         o += put(p + o, " HTTP/1.1\r\nHost: ");
         o += put(p + o, G.host_hdr);
@@ -801,6 +975,17 @@ static void pub_send(struct conn *c, uint64_t seq)
         o += wsc_u64toa(G.size, (char *)p + o);
         o += put(p + o, "\r\n\r\n");
         o += build_data(p + o, seq, mono_ns());
+    } else if (G.target == T_MQTT) {
+        /* PUBLISH (QoS 0) in one binary message, then a PINGREQ as the reply fence. */
+        char topic[32];
+        size_t tl = (size_t)snprintf(topic, sizeof(topic), "bench.t%u", k);
+        size_t plen = mqtt_publish_len(tl, G.size), hl = wsc_client_hdr_len(plen);
+        build_data(p + hl + mqtt_publish_head_len(tl, G.size), seq, mono_ns());
+        mqtt_publish_finish(p + hl, topic, tl, G.size);
+        o = wsc_client_frame_finish(p, WSC_OP_BINARY, plen, (uint32_t)rnd());
+        static const unsigned char ping[2] = { MQTT_PINGREQ << 4, 0 };
+        memcpy(p + o + wsc_client_hdr_len(sizeof(ping)), ping, sizeof(ping));
+        o += wsc_client_frame_finish(p + o, WSC_OP_BINARY, sizeof(ping), (uint32_t)rnd());
     } else {
         /* The payload length is known before the timestamp, so the header size is too. */
         static const char pre[] = "{\"op\":\"publish\",\"id\":", mid[] = ",\"topic\":\"bench.t",
@@ -1009,7 +1194,7 @@ static void parse_options(int argc, char **argv)
 {
     enum { O_HOST = 256, O_PORT, O_SUBS, O_TOPICS, O_EVENTS, O_SIZE, O_INFLIGHT, O_MODE,
            O_RATE, O_TIMEOUT, O_PID, O_CHECK, O_HOLD, O_CONNIN, O_REORDER, O_ORDERED, O_SRC,
-           O_SELFTEST, O_HELP };
+           O_SELFTEST, O_HELP, O_TARGET };
     static const struct option opts[] = {
         { "host", required_argument, NULL, O_HOST },
         { "port", required_argument, NULL, O_PORT },
@@ -1029,6 +1214,7 @@ static void parse_options(int argc, char **argv)
         { "ordered", no_argument, NULL, O_ORDERED },
         { "source-addrs", required_argument, NULL, O_SRC },
         { "self-test", no_argument, NULL, O_SELFTEST },
+        { "target", required_argument, NULL, O_TARGET },
         { "help", no_argument, NULL, O_HELP },
         { 0 },
     };
@@ -1062,7 +1248,17 @@ static void parse_options(int argc, char **argv)
             if (strcmp(optarg, "http") && strcmp(optarg, "ws"))
                 die(2, "--mode: expected http or ws");
             G.mode_ws = strcmp(optarg, "ws") == 0;
+            G.mode_set = true;
             break;
+        case O_TARGET: {
+            size_t t = 0;
+            while (t < 3 && strcmp(optarg, TARGET_NAMES[t]))
+                t++;
+            if (t == 3)
+                die(2, "--target: expected herald, nchan or mosquitto");
+            G.target = (enum target)t;
+            break;
+        }
         case O_RATE: G.rate = opt_double("rate", optarg, 0, 1e8); break;
         case O_TIMEOUT: G.timeout = opt_double("timeout", optarg, 0.1, 86400); break;
         case O_PID: G.server_pid = (int)opt_u64("server-pid", optarg, 1, 4194304); break;
@@ -1075,7 +1271,7 @@ static void parse_options(int argc, char **argv)
         case O_ORDERED: G.force_ordered = true; break;
         case O_SRC: G.source_addrs = (uint32_t)opt_u64("source-addrs", optarg, 1, 254); break;
         case O_SELFTEST: {
-            int failed = wsc_selftest();
+            int failed = wsc_selftest() + mqtt_selftest();
             fprintf(stderr, "selftest: %s\n", failed ? "FAILED" : "ok");
             exit(failed ? 1 : 0);
         }
@@ -1087,6 +1283,13 @@ static void parse_options(int argc, char **argv)
         die(2, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!G.port)
         die(2, "--port is required (see --help)");
+    /* nchan's WebSocket publisher has no per-message reply; MQTT has no HTTP publish. */
+    if (G.target == T_NCHAN && G.mode_set && G.mode_ws)
+        die(2, "--target nchan publishes over HTTP only (--mode http)");
+    if (G.target == T_MQTT && G.mode_set && !G.mode_ws)
+        die(2, "--target mosquitto publishes over MQTT/WebSocket only (--mode ws)");
+    if (G.target != T_HERALD)
+        G.mode_ws = G.target == T_MQTT;
     if (G.idle_hold > 0 && !G.events_set)
         G.events = 0;
     if (G.allow_reorder && G.force_ordered)
@@ -1184,6 +1387,7 @@ static void teardown(void)
         buf_free(&c->in);
         buf_free(&c->out);
         buf_free(&c->frag);
+        buf_free(&c->mq);
     }
     close(G.ep);
     free(G.conns);
@@ -1239,12 +1443,14 @@ static const char *report(const struct figures *fg, uint64_t expected, uint64_t 
     double cpu_cs = srv && fg->cpu_c0 >= 0 && fg->cpu_c1 >= 0
                         ? (double)(fg->cpu_c1 - fg->cpu_c0) / tck : 0;
 
-    printf("{\"subs\":%u,\"topics\":%u,\"events\":%" PRIu64 ",\"size\":%u,\"mode\":\"%s\","
-           "\"inflight\":%u,\"rate\":%g,\"expected\":%" PRIu64 ",\"delivered\":%" PRIu64
+    printf("{\"target\":\"%s\",\"subs\":%u,\"topics\":%u,\"events\":%" PRIu64
+           ",\"size\":%u,\"mode\":\"%s\",\"inflight\":%u,\"rate\":%g,\"expected\":%" PRIu64
+           ",\"delivered\":%" PRIu64
            ",\"duplicates\":%" PRIu64 ",\"reordered\":%" PRIu64 ",\"missing\":%" PRIu64
            ",\"unexpected\":%" PRIu64 ",\"malformed\":%" PRIu64 ",\"published\":%" PRIu64
            ",\"publish_errors\":%" PRIu64,
-           G.subs, G.topics, G.events, G.size, G.mode_ws ? "ws" : "http", G.inflight, G.rate,
+           TARGET_NAMES[G.target], G.subs, G.topics, G.events, G.size,
+           G.mode_ws ? "ws" : "http", G.inflight, G.rate,
            expected, G.delivered, G.duplicates, G.reordered, missing, G.stray, G.malformed,
            G.acked, G.pub_errors);
     printf(",\"ordered\":%s,\"timed_out\":%s", G.ordered ? "true" : "false",

@@ -66,9 +66,10 @@ int wsc_handshake_request(char *out, size_t cap, const char *host_hdr, const cha
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n"
-                     "Sec-WebSocket-Protocol: %s\r\n"
+                     "%s%s%s"
                      "\r\n",
-                     path, host_hdr, key, proto);
+                     path, host_hdr, key, proto ? "Sec-WebSocket-Protocol: " : "",
+                     proto ? proto : "", proto ? "\r\n" : "");
     if (n < 0 || (size_t)n >= cap)
         return -ENOSPC;
     return n;
@@ -440,6 +441,16 @@ static void st_http(void)
     CHECK(wsc_handshake_check(&h, "xx", "herald.v1") != NULL);
     CHECK(wsc_handshake_check(&h, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "other") != NULL);
     CHECK(wsc_http_parse_head(up, 40, &h) == -EAGAIN);
+
+    /* The subprotocol header is optional (nchan's plain WebSocket subscriber has none). */
+    char req[512];
+    int rn = wsc_handshake_request(req, sizeof(req), "127.0.0.1:1", "/sub/x", NULL, "k");
+    CHECK(rn > 0 && strstr(req, "GET /sub/x HTTP/1.1\r\n") == req &&
+          !strstr(req, "Sec-WebSocket-Protocol") && strstr(req, "\r\n\r\n") == req + rn - 4);
+    rn = wsc_handshake_request(req, sizeof(req), "127.0.0.1:1", "/mqtt", "mqtt", "k");
+    CHECK(rn > 0 && strstr(req, "\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n") == req + rn - 34);
+    volatile size_t small = 40; /* hides the truncation from -Wformat-truncation */
+    CHECK(wsc_handshake_request(req, small, "127.0.0.1:1", "/mqtt", "mqtt", "k") == -ENOSPC);
 
     const char *acc = "HTTP/1.1 202 Accepted\r\ncontent-length: 12\r\nConnection: close\r\n\r\n";
     CHECK(wsc_http_parse_head(acc, strlen(acc), &h) == 0);

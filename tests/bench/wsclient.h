@@ -65,9 +65,9 @@ size_t wsc_base64(const unsigned char *in, size_t n, char *out);
 int wsc_accept_for_key(const char *key, char out[WSC_ACCEPT_LEN + 1]);
 
 /*
- * Writes the upgrade request for `path` with subprotocol `proto` and key `key` to `out`.
- * `host_hdr` is the Host header value ("127.0.0.1:7070"). Returns the request length, or
- * -ENOSPC when `cap` is too small.
+ * Writes the upgrade request for `path` with subprotocol `proto` (NULL: no
+ * Sec-WebSocket-Protocol header) and key `key` to `out`. `host_hdr` is the Host header value
+ * ("127.0.0.1:7070"). Returns the request length, or -ENOSPC when `cap` is too small.
  */
 int wsc_handshake_request(char *out, size_t cap, const char *host_hdr, const char *path,
                           const char *proto, const char *key);

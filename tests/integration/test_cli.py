@@ -1,0 +1,538 @@
+# SPDX-License-Identifier: MIT
+"""End to end: the herald CLI (and through it libherald) against the real daemon.
+
+publish and subscribe, patterns, output formats, resuming across daemon restarts (durable
+and in-memory history), --state across two runs, exit codes and one-line errors, HTTP
+polling and delivery status, wss://, and the example app. Run under valgrind with
+HERALD_CLI_VALGRIND=1 (ctest: it.test_cli_valgrind).
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from cli_testlib import (SLOW, VALGRIND, VALGRIND_RC, CLITestCase, FakeServer, example_path,
+                         free_port, stop_gracefully, wrap)
+from herald_testlib import ID_RE, DaemonError
+
+
+def events(lines):
+    return [json.loads(x) for x in lines]
+
+
+class PublishSubscribe(CLITestCase):
+
+    def test_publish_into_subscribe_count(self):
+        d = self.start_daemon()
+        sub = self.spawn("subscribe", "--count", "3", "chat.>", url=d.ws_url)
+        self.wait_subscriptions(d, 1)
+        ids = []
+        for text in ("hello", "two words", "ünïcode ✓"):
+            p = self.run_cli("publish", "chat.room1", text, url=d.ws_url, expect=0)
+            self.assertRegex(p.stdout, r"^[0-9a-f]{16}\n$")
+            self.assertEqual(p.stderr, "")
+            ids.append(p.stdout.strip())
+        got = events(sub.read_lines(3))
+        self.finish(sub, 0)
+        self.assertEqual([e["id"] for e in got], ids)
+        self.assertEqual([e["data"] for e in got], ["hello", "two words", "ünïcode ✓"])
+        for e in got:
+            self.assertEqual(e["type"], "event")
+            self.assertEqual(e["topic"], "chat.room1")
+            self.assertEqual(e["event"], "message")
+            self.assertIsInstance(e["time"], int)
+        self.assertIncreasing(ids)
+
+    def test_publish_json_kind_and_stdin(self):
+        d = self.start_daemon()
+        self.run_cli("publish", "--json", "--event", "login", "logins",
+                     '{"user":"alice","n":0.1}', url=d.ws_url, expect=0)
+        self.run_cli("publish", "logins", "-", url=d.ws_url, input="from stdin\n", expect=0)
+        self.run_cli("publish", "-j", "logins", url=d.ws_url, input='[1, 2.50, "x"]',
+                     expect=0)
+        p = self.run_cli("subscribe", "--since", "all", "--count", "3", "logins",
+                         url=d.ws_url, expect=0)
+        lines = p.stdout.splitlines()
+        self.assertEqual(len(lines), 3)
+        got = events(lines)
+        self.assertEqual(got[0]["event"], "login")
+        self.assertEqual(got[0]["data"], {"user": "alice", "n": 0.1})
+        self.assertIn('"n":0.1', lines[0], "numbers keep their spelling end to end")
+        self.assertEqual(got[1]["data"], "from stdin")  # the trailing newline is not data
+        self.assertEqual(got[2]["data"], [1, 2.5, "x"])
+
+    def test_publish_lines_prints_ids_in_order(self):
+        d = self.start_daemon()
+        n = 200
+        text = "".join(f"line {i}\n" for i in range(n)) + "\n"  # a blank line is skipped
+        p = self.run_cli("publish", "--lines", "bulk", "-", url=d.ws_url, input=text,
+                         expect=0)
+        ids = p.stdout.split()
+        self.assertEqual(len(ids), n)
+        self.assertIncreasing(ids)
+        p = self.run_cli("subscribe", "--since", "all", "--count", str(n), "bulk",
+                         url=d.ws_url, expect=0, timeout=30)
+        got = events(p.stdout.splitlines())
+        self.assertEqual([e["data"] for e in got], [f"line {i}" for i in range(n)])
+        self.assertEqual([e["id"] for e in got], ids)
+
+    def test_publish_lines_reports_bad_lines_and_goes_on(self):
+        d = self.start_daemon()
+        p = self.run_cli("publish", "--lines", "--json", "j", url=d.ws_url,
+                         input='{"ok":1}\nnot json\n{"ok":2}\n')
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(len(p.stdout.split()), 2)
+        self.assertIn("line 2", p.stderr)
+
+    def test_patterns(self):
+        d = self.start_daemon()
+        sub = self.spawn("subscribe", "chat.*", "user.42.>", url=d.ws_url)
+        self.wait_subscriptions(d, 2)
+        for topic in ("chat.a", "chat.a.b", "user.42.inbox", "user.42.inbox.x", "user.43.inbox",
+                      "other", "chat"):
+            self.run_cli("publish", topic, topic, url=d.ws_url, expect=0)
+        got = events(sub.read_lines(3))
+        self.assertEqual([e["topic"] for e in got], ["chat.a", "user.42.inbox",
+                                                     "user.42.inbox.x"])
+        sub.no_more_lines(0.5)
+        sub.signal(signal.SIGINT)
+        self.finish(sub, 0)
+
+    def test_overlapping_patterns_deliver_once(self):
+        d = self.start_daemon()
+        sub = self.spawn("subscribe", "--count", "2", "a.>", "a.b", url=d.ws_url)
+        self.wait_subscriptions(d, 2)
+        self.run_cli("publish", "a.b", "x", url=d.ws_url, expect=0)
+        self.run_cli("publish", "a.c", "y", url=d.ws_url, expect=0)
+        got = events(sub.read_lines(2))
+        self.finish(sub, 0)
+        self.assertEqual([e["data"] for e in got], ["x", "y"])
+
+    def test_text_format(self):
+        d = self.start_daemon()
+        self.run_cli("publish", "t.a", "two\nlines", url=d.ws_url, expect=0)
+        self.run_cli("publish", "-j", "-e", "kind", "t.b", '{"k":[1]}', url=d.ws_url, expect=0)
+        p = self.run_cli("subscribe", "--since", "all", "-n", "2", "--format", "text", "t.>",
+                         url=d.ws_url, expect=0)
+        self.assertEqual(p.stdout.splitlines(), ["t.a message two\\nlines",
+                                                 't.b kind {"k":[1]}'])
+
+    def test_since_id_and_latest(self):
+        d = self.start_daemon()
+        ids = [self.run_cli("publish", "s", str(i), url=d.ws_url, expect=0).stdout.strip()
+               for i in range(4)]
+        p = self.run_cli("subscribe", "--since", ids[1], "--count", "2", "s", url=d.ws_url,
+                         expect=0)
+        self.assertEqual([e["data"] for e in events(p.stdout.splitlines())], ["2", "3"])
+        sub = self.spawn("subscribe", "--since", "latest", "--count", "1", "s", url=d.ws_url)
+        self.wait_subscriptions(d, 1)
+        self.run_cli("publish", "s", "new", url=d.ws_url, expect=0)
+        self.assertEqual(events(sub.read_lines(1))[0]["data"], "new")
+        self.finish(sub, 0)
+
+    def test_url_from_environment(self):
+        d = self.start_daemon()
+        env = self.env(HERALD_URL=d.ws_url)
+        p = self.run_cli("publish", "envtopic", "x", env=env, expect=0)
+        self.assertRegex(p.stdout.strip(), ID_RE)
+        # --url wins over the environment.
+        p = self.run_cli("publish", "envtopic", "x", env=self.env(HERALD_URL="ws://127.0.0.1:1"),
+                         url=d.ws_url, expect=0)
+
+    def test_http_url_forms_work(self):
+        d = self.start_daemon()
+        for url in (d.base_url, d.base_url + "/", f"ws://127.0.0.1:{d.port}/v1/ws"):
+            self.run_cli("publish", "forms", "x", url=url, expect=0)
+
+    def test_sigint_stops_cleanly(self):
+        d = self.start_daemon()
+        sub = self.spawn("subscribe", "quiet", url=d.ws_url)
+        self.wait_subscriptions(d, 1)
+        sub.signal(signal.SIGTERM)
+        self.finish(sub, 0)
+        self.assertEqual(sub.out, [])
+
+
+class Resume(CLITestCase):
+
+    def _durable(self, data_dir, port=None):
+        args = ["--store", "sqlite", "--data-dir", data_dir]
+        try:
+            if port is None:
+                return self.start_daemon(args=args)
+            return self.start_port_daemon(port, args=args)
+        except DaemonError as e:
+            if "sqlite" in str(e) or "store" in str(e):
+                self.skipTest(f"the sqlite store is not available yet: {e}")
+            raise
+
+    def test_resume_across_durable_restart_no_loss_no_duplicates(self):
+        data = tempfile.mkdtemp(prefix="herald-cli-")
+        self.addCleanup(shutil.rmtree, data, True)
+        d1 = self._durable(data)
+        port = d1.port
+        url = d1.ws_url
+        sub = self.spawn("subscribe", "--count", "12", "job.>", url=url)
+        self.wait_subscriptions(d1, 1)
+        sent = [self.run_cli("publish", "job.a", f"before {i}", url=url, expect=0).stdout.strip()
+                for i in range(5)]
+        self.assertEqual([e["id"] for e in events(sub.read_lines(5))], sent)
+        stop_gracefully(d1)
+        sub.wait_stderr("reconnecting")
+        d2 = self._durable(data, port)
+        # Published right away: the subscriber is still backing off, so these come as replay.
+        sent += [self.run_cli("publish", "job.b", f"after {i}", url=url, expect=0).stdout.strip()
+                 for i in range(4)]
+        sub.wait_stderr("reconnected")
+        sent += [self.run_cli("publish", "job.c", f"live {i}", url=url, expect=0).stdout.strip()
+                 for i in range(3)]
+        got = events(sub.read_lines(7))
+        self.finish(sub, 0)
+        ids = [e["id"] for e in got]
+        self.assertEqual(ids, sent[5:], "every event once, in order, across the restart")
+        self.assertNotIn("may have been missed", sub.stderr)
+        self.assertIncreasing(sent)
+        stop_gracefully(d2)
+
+    def test_restart_without_durable_history_reports_gap(self):
+        d1 = self.start_daemon()
+        port = d1.port
+        url = d1.ws_url
+        sub = self.spawn("subscribe", "--count", "3", "m", url=url)
+        self.wait_subscriptions(d1, 1)
+        self.run_cli("publish", "m", "one", url=url, expect=0)
+        sub.read_lines(1)
+        stop_gracefully(d1)
+        sub.wait_stderr("reconnecting")
+        self.start_port_daemon(port)
+        self.run_cli("publish", "m", "two", url=url, expect=0)
+        sub.wait_stderr("reconnected")
+        self.run_cli("publish", "m", "three", url=url, expect=0)
+        got = events(sub.read_lines(2))
+        self.finish(sub, 0)
+        # Nothing published after the restart is lost, and the possible loss is reported.
+        self.assertEqual([e["data"] for e in got], ["two", "three"])
+        self.assertIn("may have been missed", sub.stderr)
+
+    def test_state_file_resumes_across_runs(self):
+        d = self.start_daemon()
+        url = d.ws_url
+        state = os.path.join(tempfile.mkdtemp(prefix="herald-state-"), "s.json")
+        self.addCleanup(shutil.rmtree, os.path.dirname(state), True)
+        first = [self.run_cli("publish", "st.a", f"a{i}", url=url, expect=0).stdout.strip()
+                 for i in range(3)]
+        p = self.run_cli("subscribe", "--state", state, "--since", "all", "--count", "3",
+                         "st.>", url=url, expect=0)
+        self.assertEqual([e["id"] for e in events(p.stdout.splitlines())], first)
+        with open(state) as f:
+            saved = json.load(f)
+        self.assertEqual(saved["cursors"]["st.>"], first[-1])
+        self.assertEqual(saved["last"], first[-1])
+
+        second = [self.run_cli("publish", "st.b", f"b{i}", url=url, expect=0).stdout.strip()
+                  for i in range(2)]
+        # --since all is overridden by the state: the next run starts where this one stopped.
+        p = self.run_cli("subscribe", "--state", state, "--since", "all", "--count", "2",
+                         "st.>", url=url, expect=0)
+        self.assertEqual([e["id"] for e in events(p.stdout.splitlines())], second)
+
+        sub = self.spawn("subscribe", "--state", state, "st.>", url=url)
+        self.wait_subscriptions(d, 1)
+        sub.no_more_lines(0.5)  # nothing old comes again
+        third = self.run_cli("publish", "st.c", "c", url=url, expect=0).stdout.strip()
+        self.assertEqual(events(sub.read_lines(1))[0]["id"], third)
+        sub.signal(signal.SIGINT)
+        self.finish(sub, 0)
+        with open(state) as f:
+            self.assertEqual(json.load(f)["cursors"]["st.>"], third)
+
+    def test_bad_state_file_is_a_usage_error(self):
+        d = self.start_daemon()
+        fd, path = tempfile.mkstemp()
+        self.addCleanup(os.unlink, path)
+        os.write(fd, b"not json")
+        os.close(fd)
+        p = self.run_cli("subscribe", "--state", path, "x", url=d.ws_url)
+        self.one_line_error(p, 1)
+
+
+class Errors(CLITestCase):
+
+    def test_bad_url_exit_2(self):
+        for url in ("foo://x", "ws://", "ws://h:99999", "not a url"):
+            p = self.run_cli("publish", "t", "x", url=url)
+            line = self.one_line_error(p, 2)
+            self.assertIn("URL", line)
+
+    def test_refused_connection_exit_2(self):
+        url = f"ws://127.0.0.1:{free_port()}"
+        for args in (("publish", "t", "x"), ("subscribe", "t"), ("poll", "t"),
+                     ("status", "0000000000000001")):
+            p = self.run_cli(*args, url=url)
+            line = self.one_line_error(p, 2)
+            self.assertIn("127.0.0.1", line)
+
+    def test_wrong_path_exit_2(self):
+        d = self.start_daemon()
+        p = self.run_cli("publish", "t", "x", url=f"ws://127.0.0.1:{d.port}/nope")
+        self.assertIn("404", self.one_line_error(p, 2))
+
+    def test_silent_server_times_out_exit_2(self):
+        with FakeServer(silent=True) as fake:
+            t0 = time.monotonic()
+            p = self.run_cli("--timeout", "1000", "publish", "t", "x", url=fake.url)
+            self.assertIn("within 1000 ms", self.one_line_error(p, 2))
+            self.assertLess(time.monotonic() - t0, 8 * SLOW)
+
+    def test_close_1008_stops_without_retry_exit_3(self):
+        # Authentication failed or the token expired: retrying the same token cannot help.
+        with FakeServer(close_code=1008, close_reason="token expired") as fake:
+            p = self.run_cli("subscribe", "t", url=fake.url, timeout=20)
+            line = self.one_line_error(p, 3)
+            self.assertIn("1008", line)
+            self.assertIn("token expired", line)
+            self.assertEqual(fake.connections, 1)
+
+    def test_close_4000_reconnects(self):
+        with FakeServer(close_code=4000, close_reason="slow consumer") as fake:
+            sub = self.spawn("subscribe", "t", url=fake.url)
+            sub.wait_stderr("4000")
+            deadline = time.monotonic() + 10 * SLOW
+            while fake.connections < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertGreaterEqual(fake.connections, 3, sub.stderr)
+            sub.signal(signal.SIGINT)
+            self.finish(sub, 0)
+
+    def test_server_errors_exit_3_with_code(self):
+        d = self.start_daemon()
+        cases = [
+            (("publish", "$sys.x", "x"), "forbidden"),
+            (("publish", "a..b", "x"), "invalid_topic"),
+            (("publish", "a.*", "x"), "invalid_topic"),
+            (("publish", "-e", "bad kind!", "t", "x"), "bad_request"),
+            (("subscribe", "a.>.b"), "invalid_topic"),
+            (("subscribe", "ok", "bad..pattern"), "invalid_topic"),
+        ]
+        for args, code in cases:
+            p = self.run_cli(*args, url=d.ws_url)
+            line = self.one_line_error(p, 3)
+            self.assertIn(code, line, args)
+
+    def test_too_large_exit_3(self):
+        d = self.start_daemon()
+        p = self.run_cli("publish", "big", "-", url=d.ws_url, input="x" * 70000)
+        self.assertIn("too_large", self.one_line_error(p, 3))
+
+    def test_usage_errors_exit_1(self):
+        cases = [
+            ("publish",), ("publish", "a", "b", "c"), ("subscribe",), ("bogus",),
+            ("subscribe", "--count", "x", "p"), ("subscribe", "--format", "xml", "p"),
+            ("--timeout", "0", "publish", "t", "x"), ("publish", "--nope", "t"),
+            ("publish", "--json", "t", "{bad"), ("publish", "--lines", "t", "data"),
+            ("poll",), ("poll", "--wait", "61", "p"), ("status",),
+        ]
+        for args in cases:
+            p = self.run_cli(*args, url="ws://127.0.0.1:1")
+            self.assertEqual(p.returncode, 1, f"{args}: {p.stderr}")
+            self.assertEqual(p.stdout, "")
+            self.assertTrue(p.stderr.startswith("herald"), p.stderr)
+
+    def test_help_and_version(self):
+        for cmd in ((), ("publish",), ("subscribe",), ("poll",), ("status",)):
+            p = self.run_cli(*cmd, "--help", expect=0)
+            self.assertIn("Usage: herald", p.stdout)
+            self.assertIn("--url", p.stdout)
+            self.assertEqual(p.stderr, "")
+        p = self.run_cli("--version", expect=0)
+        self.assertRegex(p.stdout, r"^herald \d+\.\d+\.\d+")
+
+
+class Auth(CLITestCase):
+
+    def test_token_flag_env_and_refusals(self):
+        token = "s3cret-token"
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        d = self.start_daemon({"auth": {
+            "anonymous": {"publish": [], "subscribe": []},
+            "tokens": [{"name": "svc", "sha256": digest, "publish": ["logins"],
+                        "subscribe": ["logins"]}]}})
+        url = d.ws_url
+        p = self.run_cli("--token", token, "publish", "logins", "x", url=url, expect=0)
+        eid = p.stdout.strip()
+        p = self.run_cli("subscribe", "--since", "all", "-n", "1", "logins", url=url,
+                         env=self.env(HERALD_TOKEN=token), expect=0)
+        self.assertEqual(events(p.stdout.splitlines())[0]["id"], eid)
+        # Valid credentials without the right: the server's code, exit 3.
+        p = self.run_cli("--token", token, "publish", "other", "x", url=url)
+        self.assertIn("forbidden", self.one_line_error(p, 3))
+        # Wrong credentials: the upgrade is refused with 401, and retrying cannot help.
+        p = self.run_cli("--token", "wrong", "subscribe", "logins", url=url)
+        self.assertIn("401", self.one_line_error(p, 3))
+        # No credentials where anonymous may do nothing.
+        p = self.run_cli("publish", "logins", "x", url=url)
+        self.assertIn("unauthorized", self.one_line_error(p, 3))
+        p = self.run_cli("--token", "has space", "publish", "logins", "x", url=url)
+        self.one_line_error(p, 1)  # not a token at all: a usage error
+
+
+class HTTP(CLITestCase):
+    """Polling and delivery status (PROTOCOL.md sections 4 and 5)."""
+
+    def _require(self, d, path):
+        r = d.get(path)
+        if r.status == 404 and r.json and "no such endpoint" in r.json.get("message", ""):
+            self.skipTest(f"{path.split('?')[0]} is not served by this heraldd yet")
+
+    def test_poll_prints_events_and_state_continues(self):
+        d = self.start_daemon()
+        self._require(d, "/v1/topics/p.x/events")
+        url = d.ws_url
+        ids = [self.run_cli("publish", "p.x", f"e{i}", url=url, expect=0).stdout.strip()
+               for i in range(3)]
+        p = self.run_cli("poll", "p.>", "--since", "all", url=url, expect=0)
+        self.assertEqual([e["id"] for e in events(p.stdout.splitlines())], ids)
+        state = os.path.join(tempfile.mkdtemp(prefix="herald-poll-"), "st")
+        self.addCleanup(shutil.rmtree, os.path.dirname(state), True)
+        p = self.run_cli("poll", "p.>", "--state", state, "--limit", "2", url=url, expect=0)
+        self.assertEqual(len(p.stdout.splitlines()), 2)
+        p = self.run_cli("poll", "p.>", "--state", state, url=url, expect=0)
+        self.assertEqual([e["id"] for e in events(p.stdout.splitlines())], ids[2:])
+        p = self.run_cli("poll", "p.>", "--state", state, url=url, expect=0)
+        self.assertEqual(p.stdout, "")
+        p = self.run_cli("poll", "p.>", "--raw", "--since", ids[0], url=d.base_url, expect=0)
+        body = json.loads(p.stdout)
+        self.assertEqual([e["id"] for e in body["events"]], ids[1:])
+        self.assertIs(body["gap"], False)
+
+    def test_long_poll_returns_on_publish(self):
+        d = self.start_daemon()
+        self._require(d, "/v1/topics/lp/events")
+        poll = self.spawn("poll", "lp", "--since", "latest", "--wait", "20", url=d.ws_url)
+        time.sleep(0.5 * SLOW)
+        t0 = time.monotonic()
+        self.run_cli("publish", "lp", "wake", url=d.ws_url, expect=0)
+        self.assertEqual(events(poll.read_lines(1))[0]["data"], "wake")
+        self.finish(poll, 0)
+        self.assertLess(time.monotonic() - t0, 10 * SLOW)
+
+    def test_poll_gap_warns(self):
+        d = self.start_daemon()
+        self._require(d, "/v1/topics/g/events")
+        self.run_cli("publish", "g", "x", url=d.ws_url, expect=0)
+        p = self.run_cli("poll", "g", "--since", "zzzz", url=d.ws_url, expect=0)
+        self.assertIn("may have been missed", p.stderr)
+        self.assertEqual(len(p.stdout.splitlines()), 1)
+
+    def test_status(self):
+        d = self.start_daemon()
+        self._require(d, "/v1/events/0000000000000001")
+        sub = self.spawn("subscribe", "--count", "1", "st", url=d.ws_url)
+        self.wait_subscriptions(d, 1)
+        eid = self.run_cli("publish", "st", "x", url=d.ws_url, expect=0).stdout.strip()
+        sub.read_lines(1)
+        self.finish(sub, 0)
+        p = self.run_cli("status", eid, url=d.ws_url, expect=0)
+        body = json.loads(p.stdout)
+        self.assertEqual(body["event"]["id"], eid)
+        self.assertEqual(body["queued"], 1)
+        self.assertEqual(body["written"], 1)
+        self.assertEqual(body["dropped"], 0)
+        p = self.run_cli("status", "0000000000000000", url=d.ws_url)
+        self.assertIn("not_found", self.one_line_error(p, 3))
+
+
+class TLS(CLITestCase):
+
+    def test_wss_with_cacert_and_insecure(self):
+        openssl = shutil.which("openssl")
+        if not openssl:
+            self.skipTest("openssl is not installed")
+        tmp = tempfile.mkdtemp(prefix="herald-tls-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        cfg = {"listen": [{"address": "127.0.0.1", "port": 0,
+                           "tls": {"cert": cert, "key": key}}]}
+        d = self.start_port_daemon(config=cfg, listen_from_config=True)
+        url = f"wss://127.0.0.1:{d.port}"
+        p = self.run_cli("--cacert", cert, "publish", "tls", "secret", url=url, expect=0)
+        self.assertRegex(p.stdout.strip(), ID_RE)
+        p = self.run_cli("--insecure", "subscribe", "--since", "all", "-n", "1", "tls", url=url,
+                         expect=0)
+        self.assertEqual(events(p.stdout.splitlines())[0]["data"], "secret")
+        p = self.run_cli("publish", "tls", "x", url=url)  # self-signed, not trusted
+        self.one_line_error(p, 2)
+
+
+class Library(CLITestCase):
+    """libherald through its own driver (clients/tests/libherald_e2e.c)."""
+
+    def e2e(self, *args, timeout=120):
+        p = subprocess.run(wrap([example_path("libherald_e2e")] + [str(a) for a in args]),
+                           capture_output=True, text=True, timeout=timeout * SLOW)
+        if VALGRIND and p.returncode == VALGRIND_RC:
+            self.fail(f"valgrind reported errors:\n{p.stderr}")
+        self.assertEqual(p.returncode, 0, f"stdout: {p.stdout}\nstderr: {p.stderr}")
+        self.assertTrue(p.stdout.startswith("ok"), p.stdout)
+        return p.stdout
+
+    def test_threads_share_one_client(self):
+        d = self.start_daemon()
+        threads, each = (4, 25) if VALGRIND else (8, 200)
+        out = self.e2e("threads", d.ws_url, threads, each)
+        self.assertIn(f"received={threads * each}", out)
+
+    def test_slow_consumer_is_cut_off_and_resumes_without_loss(self):
+        # A tiny server queue and a client that stops reading: the server closes it with
+        # 4000; the client resumes from its cursor. Every event arrives once, in order.
+        d = self.start_daemon({"limits": {"max_queue_bytes": 16384, "max_event_bytes": 8192},
+                               "history": {"max_events_per_topic": 100000}})
+        out = self.e2e("slow", d.ws_url, 4000, 3000)
+        m = re.search(r"reconnects=(\d+)", out)
+        self.assertTrue(m, out)
+        if not VALGRIND:  # under valgrind the reader may be too slow to fall that far behind
+            self.assertGreaterEqual(int(m.group(1)), 1, "the slow-consumer path was not taken")
+            self.assertIsNotNone(d.wait_for_log(r"slow consumer closed", timeout=1))
+
+
+class ExampleApp(CLITestCase):
+
+    def test_login_watch_resumes_after_its_own_restart(self):
+        d = self.start_daemon()
+        prog = example_path("herald_login_watch")
+        tmp = tempfile.mkdtemp(prefix="herald-ex-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        cursor = os.path.join(tmp, "cursor")
+        w = self.spawn(d.ws_url, cursor, program=prog)
+        w.wait_stderr("connected")
+        self.wait_subscriptions(d, 1)
+        self.run_cli("publish", "-j", "-e", "login", "logins",
+                     '{"user":"alice","ip":"10.0.0.7"}', url=d.ws_url, expect=0)
+        self.run_cli("publish", "-j", "-e", "logout", "logins", '{"user":"alice"}',
+                     url=d.ws_url, expect=0)
+        line = w.read_lines(1)[0]
+        self.assertRegex(line, r"alice logged in from 10\.0\.0\.7$")
+        w.signal(signal.SIGINT)
+        self.finish(w, 0)
+        # While the watcher is down, bob logs in; the next run reports him.
+        self.run_cli("publish", "-j", "-e", "login", "logins", '{"user":"bob"}',
+                     url=d.ws_url, expect=0)
+        w2 = self.spawn(d.ws_url, cursor, program=prog)
+        self.assertRegex(w2.read_lines(1)[0], r"bob logged in$")
+        w2.no_more_lines(0.3)
+        w2.signal(signal.SIGTERM)
+        self.finish(w2, 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
