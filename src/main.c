@@ -299,9 +299,11 @@ int main(int argc, char **argv)
     uv_signal_start(&d.sigint, on_stop_signal, SIGINT);
     uv_signal_start(&d.sighup, on_reload, SIGHUP);
     d.server = hd_server_new(&d.loop, d.broker, &d.cfg);
-    if (!d.server) {
+    if (hd_server_failed(d.server)) {
+        hd_server_destroy(d.server);
         close_own_handles(&d);
         uv_run(&d.loop, UV_RUN_DEFAULT);
+        hd_server_free(d.server);
         goto out_broker;
     }
     uv_timer_start(&d.tick, on_tick, 1000, 1000);

@@ -40,7 +40,10 @@ struct hd_server {
     uv_poll_t ep_watch;
     bool ep_started;
     char names[HD_MAX_LISTENERS][32];
+    bool failed; /* a listener could not be bound: tear down and exit */
 };
+
+bool hd_server_failed(const struct hd_server *s) { return !s || s->failed; }
 
 /* --- WebSocket --------------------------------------------------------------------- */
 
@@ -676,6 +679,7 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
 {
     http_reset(pss);
     pss->wsi = wsi;
+    pss->busy = true; /* until the answer completes the transaction */
     char *uri;
     int ulen;
     int m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
@@ -809,6 +813,8 @@ static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, 
         pss->body_len = 0;
         return 0;
     }
+    if (!len)
+        return 0; /* lws may report an empty chunk with no buffer */
     char *n = realloc(pss->body, pss->body_len + len + 1);
     if (!n)
         return -1;
@@ -901,11 +907,8 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
         if (pss->busy)
             return -1;
         pss->wsi = wsi;
-        if (http_request(s, pss, wsi))
-            return -1;
-        if (pss->mode != H_PLAIN || pss->reading_body || pss->body_done || pss->pending)
-            pss->busy = true;
-        return 0;
+        /* An inline answer completes the transaction and lws frees pss: do not touch it. */
+        return http_request(s, pss, wsi) ? -1 : 0;
     case LWS_CALLBACK_HTTP_BODY:
         return http_body(s, pss, in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
@@ -1016,9 +1019,8 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         struct lws_vhost *vh = lws_create_vhost(s->ctx, &vi);
         if (!vh) {
             hd_log_error("cannot listen", "address=%s port=%u", l->address, l->port);
-            lws_context_destroy(s->ctx);
-            free(s);
-            return NULL;
+            s->failed = true;
+            return s;
         }
         hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
                     lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
@@ -1028,9 +1030,9 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         hd_log_error("cannot create the stream watcher", "errno=%d", errno);
         if (s->epfd >= 0)
             close(s->epfd);
-        lws_context_destroy(s->ctx);
-        free(s);
-        return NULL;
+        s->epfd = -1;
+        s->failed = true;
+        return s;
     }
     s->ep_watch.data = s;
     uv_poll_start(&s->ep_watch, UV_READABLE, on_ep_ready);
@@ -1044,10 +1046,8 @@ void hd_server_destroy(struct hd_server *s)
 {
     if (!s)
         return;
-    if (s->ctx) {
-        lws_context_destroy(s->ctx);
-        s->ctx = NULL;
-    }
+    if (s->ctx)
+        lws_context_destroy(s->ctx); /* first half: lws closes its libuv handles */
     if (s->ep_started) {
         uv_poll_stop(&s->ep_watch);
         uv_close((uv_handle_t *)&s->ep_watch, NULL);
@@ -1060,6 +1060,10 @@ void hd_server_free(struct hd_server *s)
 {
     if (!s)
         return;
+    /* On a foreign loop lws frees the context only on a second destroy, once its handles
+     * have closed (LWS_NOTES.md); without it the context leaks at exit. */
+    if (s->ctx)
+        lws_context_destroy(s->ctx);
     if (s->epfd >= 0)
         close(s->epfd);
     free(s);

@@ -7,6 +7,7 @@
 #ifndef HD_SERVER_H
 #define HD_SERVER_H
 
+#include <stdbool.h>
 #include <uv.h>
 
 #include "broker.h"
@@ -17,9 +18,11 @@ struct hd_server;
 /*
  * Creates the lws context on `loop` and binds every listener in cfg (borrowed, must
  * outlive the server). Logs one `msg="listening"` line per bound listener. Returns NULL
- * when a listener cannot be bound or lws fails (already logged).
+ * when lws cannot start at all; when a listener cannot be bound it returns the server with
+ * hd_server_failed() true, to be torn down like a running one (destroy, run, free).
  */
 struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg);
+bool hd_server_failed(const struct hd_server *s);
 
 /* Starts the clean stop: the broker closes its clients; the server then winds lws down. */
 void hd_server_drain(struct hd_server *s);
