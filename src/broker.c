@@ -174,6 +174,7 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
     c->transport = transport;
     c->kind = kind;
     c->id = ++b->next_conn_id;
+    c->last_rx_ms = c->last_ping_ms = hd_now_ns() / 1000000;
     hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
     snprintf(c->session, sizeof(c->session), "%016" PRIx64, c->id ^ (uint64_t)hd_now_ns() << 20);
     c->next = &b->conns;
@@ -586,14 +587,40 @@ size_t hd_broker_deliver(void *broker, struct hd_msg *msg)
     return f.receivers;
 }
 
+void hd_conn_touch(struct hd_conn *c) { c->last_rx_ms = hd_now_ns() / 1000000; }
+
+/*
+ * Heartbeats are ours, not lws's: lws 4.1 keeps every connection's ping timer in one sorted
+ * list that each HTTP request then walks (O(connections) per request); one walk per second
+ * here costs less. A connection silent for a heartbeat gets a ping; silent for two, it is
+ * dropped.
+ */
+static void heartbeat(struct hd_broker *b, struct hd_conn *c, uint64_t now_ms)
+{
+    /* The tick is 1 s: allow it some slack so a ping goes out once per heartbeat. */
+    uint64_t hb = (uint64_t)b->cfg->heartbeat_s * 1000, idle = now_ms - c->last_rx_ms;
+    if (c->kind != HD_CONN_WS || !c->ops->ping || c->closing)
+        return;
+    if (idle >= 2 * hb) {
+        hd_log_debug("heartbeat timeout", "conn=%" PRIu64 " idle_ms=%" PRIu64, c->id, idle);
+        conn_close(c, 0, "heartbeat timeout");
+    } else if (idle + 200 >= hb && now_ms - c->last_ping_ms + 200 >= hb) {
+        c->last_ping_ms = now_ms;
+        c->ops->ping(c);
+    }
+}
+
 void hd_broker_tick(struct hd_broker *b)
 {
     int64_t now = hd_wall_ms();
-    for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next)
+    uint64_t now_ms = hd_now_ns() / 1000000;
+    for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next) {
         if (c->identity.expires_ms && c->identity.expires_ms <= now && !c->closing) {
             hd_log_info("token expired", "conn=%" PRIu64 " name=%s", c->id, c->identity.name);
             conn_close(c, HD_CLOSE_POLICY, "token expired");
         }
+        heartbeat(b, c, now_ms);
+    }
     hd_history_expire(b->hist, now);
     b->metrics.history_events = (int64_t)hd_history_events(b->hist);
     b->metrics.history_bytes = (int64_t)hd_history_bytes(b->hist);

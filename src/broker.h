@@ -28,9 +28,12 @@ struct hd_conn;
 struct hd_conn_ops {
     /* Ask to be told (hd_conn_writable) when the peer can take more bytes. */
     void (*want_write)(struct hd_conn *c);
-    /* Close as soon as possible with a WebSocket close code and reason. The broker calls it
-     * at most once per connection and then no longer queues anything to it. */
+    /* Close as soon as possible with a WebSocket close code and reason (code 0: drop the
+     * connection without a close frame, for a peer that no longer answers). The broker calls
+     * it at most once per connection and then no longer queues anything to it. */
     void (*close)(struct hd_conn *c, int code, const char *reason);
+    /* Send a WebSocket ping (heartbeat). NULL for transports without one. */
+    void (*ping)(struct hd_conn *c);
 };
 
 enum hd_conn_kind { HD_CONN_WS, HD_CONN_SSE, HD_CONN_POLL };
@@ -63,7 +66,12 @@ struct hd_conn {
      * credential (malloc'd, NULL for anonymous) is kept to re-check it on SIGHUP. */
     struct hd_identity identity;
     char *credential;
+    /* Heartbeat bookkeeping, monotonic milliseconds. */
+    uint64_t last_rx_ms, last_ping_ms;
 };
+
+/* The peer showed signs of life (any frame, including a pong). */
+void hd_conn_touch(struct hd_conn *c);
 
 /* Close codes (PROTOCOL.md section 7). */
 enum {

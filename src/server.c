@@ -57,6 +57,7 @@ struct ws_pss {
     bool in_callback; /* close requested from inside this wsi's own callback */
     bool rx_discard;
     bool authed; /* identity filled at the upgrade */
+    bool ping_due;
 };
 
 static void ws_want_write(struct hd_conn *c)
@@ -88,9 +89,22 @@ static int ws_finish_close(struct ws_pss *pss, bool writable)
     return -1;
 }
 
+static void ws_ping(struct hd_conn *c)
+{
+    struct ws_pss *pss = (struct ws_pss *)c;
+    pss->ping_due = true;
+    lws_callback_on_writable(pss->wsi);
+}
+
 static void ws_close(struct hd_conn *c, int code, const char *reason)
 {
     struct ws_pss *pss = (struct ws_pss *)c;
+    if (!code) { /* an unresponsive peer: no close handshake to wait for */
+        lws_set_timeout(pss->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        /* Called from our timer, outside lws service: make lws look at its timers now. */
+        lws_cancel_service(lws_get_context(pss->wsi));
+        return;
+    }
     pss->close_code = code;
     snprintf(pss->close_reason, sizeof(pss->close_reason), "%s", reason);
     if (pss->in_callback)
@@ -99,9 +113,11 @@ static void ws_close(struct hd_conn *c, int code, const char *reason)
      * is cut off after a short grace instead of holding the connection (and a drain) open. */
     lws_callback_on_writable(pss->wsi);
     lws_set_timeout(pss->wsi, PENDING_TIMEOUT_LAGGING, code == HD_CLOSE_SLOW_CONSUMER ? 2 : 4);
+    lws_cancel_service(lws_get_context(pss->wsi));
 }
 
-static const struct hd_conn_ops ws_ops = {.want_write = ws_want_write, .close = ws_close};
+static const struct hd_conn_ops ws_ops = {
+    .want_write = ws_want_write, .close = ws_close, .ping = ws_ping};
 
 static bool copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int cap)
 {
@@ -232,6 +248,18 @@ static int ws_writable(struct ws_pss *pss, struct lws *wsi)
 {
     static unsigned char gather[LWS_PRE + COALESCE_MAX];
     hd_conn_writable(&pss->conn);
+    if (pss->ping_due && !pss->close_code) {
+        /* lws 4.1 reports a pong to us only when it carries a payload. */
+        unsigned char ping[LWS_PRE + 2] = {[LWS_PRE] = 'h', [LWS_PRE + 1] = 'b'};
+        pss->ping_due = false;
+        if (lws_write(wsi, ping + LWS_PRE, 2, LWS_WRITE_PING) < 0)
+            return -1;
+        if (hd_conn_peek(&pss->conn)) {
+            pss->conn.want_pending = true;
+            lws_callback_on_writable(wsi);
+        }
+        return 0;
+    }
     struct hd_queue *q = &pss->conn.q;
     struct hd_msg *m = hd_conn_peek(&pss->conn);
     if (!m)
@@ -285,7 +313,11 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
             return -1;
         }
         return 0;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        hd_conn_touch(&pss->conn);
+        return 0;
     case LWS_CALLBACK_RECEIVE:
+        hd_conn_touch(&pss->conn);
         pss->in_callback = true;
         r = ws_receive(s, pss, wsi, in, len);
         pss->in_callback = false;
@@ -981,10 +1013,8 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         return NULL;
     }
 
-    s->retry = (lws_retry_bo_t){
-        .secs_since_valid_ping = (uint16_t)cfg->heartbeat_s,
-        .secs_since_valid_hangup = (uint16_t)(cfg->heartbeat_s * 2),
-    };
+    /* All zero: no lws validity timers (the broker's tick runs heartbeats, see broker.c). */
+    s->retry = (lws_retry_bo_t){0};
     /* WebSocket upgrades without Sec-WebSocket-Protocol still land on herald.v1. */
     s->pvo_default = (struct lws_protocol_vhost_options){.name = "default", .value = ""};
     s->pvo = (struct lws_protocol_vhost_options){.name = "herald.v1", .options = &s->pvo_default,
