@@ -306,6 +306,40 @@ int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req,
     return 0;
 }
 
+/*
+ * HTTP publish rate limiting: one token bucket per credential name, or per client address
+ * for anonymous publishers, in a fixed table (an evicted bucket starts full again, which
+ * only ever errs towards letting a publisher through).
+ */
+#define RATE_SLOTS 4096
+struct rate_slot {
+    char key[80];
+    double tokens;
+    uint64_t stamp_ns;
+};
+static struct rate_slot rate_table[RATE_SLOTS];
+
+static uint32_t rate_check(struct hd_broker *b, const struct hd_identity *id,
+                           const struct hd_http_req *req)
+{
+    if (!hd_broker_config(b)->limits.publish_rate)
+        return 0;
+    char key[80];
+    if (id->kind == HD_ID_ANONYMOUS)
+        snprintf(key, sizeof(key), "ip:%s", req->peer ? req->peer : "?");
+    else
+        snprintf(key, sizeof(key), "id:%s", id->name);
+    uint32_t h = 2166136261u;
+    for (const char *p = key; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    struct rate_slot *slot = &rate_table[h % RATE_SLOTS];
+    if (strcmp(slot->key, key) != 0) {
+        snprintf(slot->key, sizeof(slot->key), "%s", key);
+        slot->stamp_ns = 0;
+    }
+    return hd_broker_rate_take(b, &slot->tokens, &slot->stamp_ns);
+}
+
 /* Authenticates and checks one right; fills resp and returns false when refused. */
 static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool publish,
                     const char *what, struct hd_http_resp *resp)
@@ -314,7 +348,16 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool pub
     if (hd_api_authenticate(b, req, &id, NULL, resp))
         return false;
     enum hd_err right = publish ? hd_auth_can_publish(&id, what) : hd_auth_can_subscribe(&id, what);
+    uint32_t wait = right == HD_ERR_NONE && publish ? rate_check(b, &id, req) : 0;
     hd_identity_clear(&id);
+    if (wait) {
+        char msg[120];
+        snprintf(msg, sizeof(msg), "more than %u events per second; retry in %u s",
+                 hd_broker_config(b)->limits.publish_rate, wait);
+        hd_api_error(resp, HD_ERR_RATE_LIMITED, msg);
+        hd_http_resp_header(resp, "retry-after:", "%u", wait);
+        return false;
+    }
     if (right == HD_ERR_NONE)
         return true;
     if (right == HD_ERR_UNAUTHORIZED) {

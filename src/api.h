@@ -22,6 +22,7 @@ struct hd_http_req {
     const char *path;  /* percent-decoded, NUL-terminated, without the query */
     const char *query; /* raw query string without '?', or NULL */
     const char *content_type, *origin, *authorization, *last_event_id; /* NULL when absent */
+    const char *peer; /* the client's address, for per-address limits; NULL when unknown */
     int64_t content_length; /* -1 when absent */
 };
 

@@ -370,6 +370,7 @@ struct http_pss {
     bool close_after; /* answered before its body was read: close instead of keep-alive */
     char content_type[128], origin[HDR_SMALL], last_event_id[256];
     char authorization[4200];
+    char peer[64];
     bool has_query, has_ctype, has_origin;
     char *body;
     size_t body_len;
@@ -747,6 +748,8 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     if (copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, pss->authorization,
                     sizeof(pss->authorization)))
         pss->req.authorization = pss->authorization;
+    if (lws_get_peer_simple(wsi, pss->peer, sizeof(pss->peer)))
+        pss->req.peer = pss->peer;
     char cl[32];
     pss->req.content_length = -1;
     if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
@@ -1004,7 +1007,9 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     info.timeout_secs_ah_idle = cfg->limits.handshake_timeout_s;
     info.keepalive_timeout = 60;
     info.server_string = "heraldd";
-    info.fd_limit_per_thread = 0;
+    /* lws stops accepting at its fd table size: that is limits.max_connections (plus the
+     * listeners, the store and lws's own descriptors), bounded by RLIMIT_NOFILE. */
+    info.fd_limit_per_thread = cfg->limits.max_connections + 32 + (unsigned)cfg->n_listeners;
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
         hd_log_error("cannot create the libwebsockets context",
