@@ -615,7 +615,8 @@ void hd_broker_tick(struct hd_broker *b)
     int64_t now = hd_wall_ms();
     uint64_t now_ms = hd_now_ns() / 1000000;
     for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next) {
-        if (c->identity.expires_ms && c->identity.expires_ms <= now && !c->closing) {
+        /* The same 5 s of clock skew the JWT check allows (auth.c). */
+        if (c->identity.expires_ms && c->identity.expires_ms + 5000 <= now && !c->closing) {
             hd_log_info("token expired", "conn=%" PRIu64 " name=%s", c->id, c->identity.name);
             conn_close(c, HD_CLOSE_POLICY, "token expired");
         }

@@ -127,24 +127,49 @@ static bool copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, in
     return lws_hdr_copy(wsi, out, cap, t) >= 0;
 }
 
+/*
+ * Refuses a WebSocket upgrade with the documented JSON error body. lws_return_http_status()
+ * would answer HTTP/1.0 with an HTML page, which WebSocket clients reject unread. Returns -1
+ * for the callback to close the connection.
+ */
+static int refuse_upgrade(struct lws *wsi, enum hd_err code, const char *message)
+{
+    static const char *const reasons[] = {[400] = "Bad Request", [401] = "Unauthorized",
+                                          [403] = "Forbidden", [404] = "Not Found",
+                                          [503] = "Service Unavailable"};
+    size_t blen = 0;
+    char *body = hd_encode_error(false, false, 0, code, message, &blen);
+    int status = hd_err_http(code);
+    unsigned char buf[LWS_PRE + 1024];
+    char *start = (char *)buf + LWS_PRE;
+    /* Written raw: at this stage lws would label its own status line HTTP/1.0. */
+    if (body && blen < 512 && status < 600) {
+        int n = snprintf(start, 1024,
+                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                         "content-length: %zu\r\nconnection: close\r\nserver: heraldd\r\n\r\n%s",
+                         status, reasons[status] ? reasons[status] : "Error", blen, body);
+        if (n > 0 && n < 1024)
+            lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
+    }
+    free(body);
+    return -1;
+}
+
 /* Decides whether an upgrade may proceed; answers the refusal itself. */
 static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
 {
     char path[64];
     if (!copy_header(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)) || strcmp(path, "/v1/ws") != 0) {
-        lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
-        return -1;
+        return refuse_upgrade(wsi, HD_ERR_NOT_FOUND, "WebSocket is served on /v1/ws");
     }
     char origin[HDR_SMALL];
     bool has_origin = copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin));
     if (!hd_api_origin_allowed(s->broker, has_origin ? origin : NULL)) {
         hd_log_info("websocket upgrade refused", "reason=origin origin=\"%s\"", origin);
-        lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL);
-        return -1;
+        return refuse_upgrade(wsi, HD_ERR_FORBIDDEN, "this origin may not open WebSockets");
     }
     if (hd_broker_draining(s->broker)) {
-        lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
-        return -1;
+        return refuse_upgrade(wsi, HD_ERR_UNAVAILABLE, "the server is shutting down");
     }
     /* Browsers cannot set headers on a WebSocket: ?token= is accepted there too. */
     static char auth[4200], token[4097];
@@ -152,19 +177,23 @@ static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
     char query[4200];
     if (copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof(auth)))
         req.authorization = auth;
-    if (lws_get_urlarg_by_name(wsi, "token=", token, sizeof(token))) {
-        snprintf(query, sizeof(query), "token=%s", token);
+    /* lws copies the whole "token=..." fragment and returns where the value starts. */
+    const char *value = lws_get_urlarg_by_name(wsi, "token=", token, sizeof(token));
+    if (value) {
+        snprintf(query, sizeof(query), "token=%s", value);
         req.query = query;
     }
     struct hd_http_resp resp = {0};
     memset(pss, 0, sizeof(*pss));
     int r = hd_api_authenticate(s->broker, &req, &pss->conn.identity, &pss->conn.credential,
                                 &resp);
-    hd_http_resp_clear(&resp);
     if (r) {
-        lws_return_http_status(wsi, HTTP_STATUS_UNAUTHORIZED, NULL);
-        return -1;
+        r = refuse_upgrade(wsi, HD_ERR_UNAUTHORIZED,
+                           resp.body ? "invalid or expired credentials" : "unauthorized");
+        hd_http_resp_clear(&resp);
+        return r;
     }
+    hd_http_resp_clear(&resp);
     pss->authed = true;
     return 0;
 }

@@ -175,12 +175,12 @@ static void st_varint(void)
         unsigned char out[6] = { 0x30 };
         size_t n = mqtt_varint(cases[i].n, out + 1);
         CHECK(n == cases[i].len && memcmp(out + 1, cases[i].b, n) == 0);
-        struct mqtt_pkt p;
+        struct mqtt_pkt p = {0};
         CHECK(mqtt_parse(out, 1 + n, &p) == 0 && p.len == cases[i].n && p.hdr_len == 1 + n &&
               p.type == MQTT_PUBLISH);
         CHECK(mqtt_parse(out, n, &p) == -EAGAIN); /* one length byte short */
     }
-    struct mqtt_pkt p;
+    struct mqtt_pkt p = {0};
     CHECK(mqtt_parse((const unsigned char *)"\x30\xff\xff\xff\xff\x01", 6, &p) == -EPROTO);
     CHECK(mqtt_parse((const unsigned char *)"\x00\x00", 2, &p) == -EPROTO);
     CHECK(mqtt_parse((const unsigned char *)"\xd0", 1, &p) == -EAGAIN);
@@ -207,8 +207,8 @@ static void st_packets(void)
     memcpy(b + hl, "hello", 5);
     size_t pl = mqtt_publish_finish(b, "a/b", 3, 5);
     CHECK(pl == 12 && memcmp(b, "\x30\x0a\x00\x03" "a/bhello", 12) == 0);
-    struct mqtt_pkt p;
-    struct mqtt_publish m;
+    struct mqtt_pkt p = {0};
+    struct mqtt_publish m = {0};
     CHECK(mqtt_parse(b, pl, &p) == 0 && p.type == MQTT_PUBLISH && p.len == 10);
     CHECK(mqtt_publish_parse(b + p.hdr_len, p.len, p.flags, &m) == 0 && m.qos == 0 &&
           m.topic_len == 3 && memcmp(m.topic, "a/b", 3) == 0 && m.payload_len == 5 &&

@@ -151,6 +151,24 @@ class PublishSubscribe(CLITestCase):
         for url in (d.base_url, d.base_url + "/", f"ws://127.0.0.1:{d.port}/v1/ws"):
             self.run_cli("publish", "forms", "x", url=url, expect=0)
 
+    def test_exits_when_the_reader_goes_away(self):
+        # `herald subscribe ... | head -1`: once head exits, so does herald, even while idle.
+        d = self.start_daemon()
+        self.run_cli("publish", "pipe", "one", url=d.ws_url, expect=0)
+        p = subprocess.Popen(self.cli("--url", d.ws_url, "subscribe", "--since", "all", "pipe"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, env=self.env())
+        try:
+            self.assertEqual(json.loads(p.stdout.readline())["data"], "one")
+            p.stdout.close()
+            rc = p.wait(5 * SLOW)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+            p.stderr.close()
+        self.assertEqual(rc, 0)
+
     def test_sigint_stops_cleanly(self):
         d = self.start_daemon()
         sub = self.spawn("subscribe", "quiet", url=d.ws_url)

@@ -1,0 +1,299 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libherald: the C client of the Herald push broker (protocol herald.v1, see PROTOCOL.md).
+ * A client connects to one broker by URL, keeps its subscriptions across reconnects and
+ * resumes each from the last event it delivered, so an application neither loses nor repeats
+ * events while the broker keeps them in history. It offers a synchronous style (each call
+ * blocks until the server answered) and an asynchronous one (calls return at once; results and
+ * events come through callbacks run by herald_process(), which an application drives from its
+ * own event loop when herald_fd() is readable). Both styles can be mixed on one client.
+ *
+ * Threads. Each client runs its network I/O on one internal thread that owns the
+ * libwebsockets context; it never runs application code. Every function may be called from
+ * any thread, concurrently, except herald_close(), which must be the last call on a client
+ * and must not run inside one of its callbacks. Callbacks run only inside herald_process() (and
+ * herald_close() for cancelled requests), on the thread that called it. Synchronous calls may
+ * be made from inside callbacks: they do not need herald_process() to make progress.
+ *
+ * Errors are values: functions return 0 or a negative herald_status and, when given a
+ * herald_error, fill it with a code and a sentence. The library never prints and never
+ * exits. Signals: writing to a socket the peer closed may raise SIGPIPE in TLS code paths;
+ * applications that do not want to die of it ignore SIGPIPE (most network programs do).
+ */
+#ifndef HERALD_H
+#define HERALD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#  define HERALD_API
+#elif defined(HERALD_BUILDING_LIBRARY)
+#  define HERALD_API __attribute__((visibility("default")))
+#else
+#  define HERALD_API
+#endif
+
+#define HERALD_VERSION_MAJOR 0
+#define HERALD_VERSION_MINOR 1
+#define HERALD_VERSION_PATCH 0
+#define HERALD_VERSION_STRING "0.1.0"
+
+/* Event ids and `since` cursors are at most this many bytes (plus the NUL). */
+#define HERALD_ID_MAX 255
+#define HERALD_ID_SIZE (HERALD_ID_MAX + 1)
+/* Topics and patterns are at most this many bytes. */
+#define HERALD_TOPIC_MAX 255
+
+/* What a call returns. 0 is success; everything else is negative. */
+typedef enum herald_status {
+    HERALD_OK = 0,
+    HERALD_E_INVALID = -1,     /* a bad argument: NULL, too long, bad URL, data not JSON */
+    HERALD_E_NOMEM = -2,       /* out of memory */
+    HERALD_E_CONNECT = -3,     /* could not connect, or the TLS/WebSocket handshake failed */
+    HERALD_E_TIMEOUT = -4,     /* no answer within the timeout; nothing more is known */
+    HERALD_E_SERVER = -5,      /* the server refused the request: see error.server_code */
+    HERALD_E_AUTH = -6,        /* credentials refused (HTTP 401/403 on connect, close 1008) */
+    HERALD_E_CLOSED = -7,      /* the client is closed, or stopped after a fatal error */
+    HERALD_E_PROTOCOL = -8,    /* the peer does not speak herald.v1 as documented */
+    HERALD_E_STATE = -9,       /* the call does not fit the client's mode (see the function) */
+    HERALD_E_BUSY = -10,       /* too many requests waiting to be sent */
+    HERALD_E_INTERRUPTED = -11 /* the connection dropped after the request was sent: a
+                                * publish may or may not have happened */
+} herald_status;
+
+/* An error: the status, the server's error code when it sent one, and a sentence. */
+typedef struct herald_error {
+    int status;            /* a herald_status */
+    char server_code[32];  /* e.g. "invalid_topic", "forbidden"; "" when not from the server */
+    char message[256];     /* one line, no trailing newline, valid UTF-8 */
+} herald_error;
+
+/* A short constant description of a status, e.g. "connection failed". */
+HERALD_API const char *herald_strerror(int status);
+/* The library's version string (HERALD_VERSION_STRING of the build). */
+HERALD_API const char *herald_version(void);
+
+typedef struct herald_client herald_client;
+
+/* What the event stream carries. Applications may ignore every type but HERALD_EV_EVENT. */
+typedef enum herald_event_type {
+    HERALD_EV_EVENT = 1,   /* an event published to a topic you subscribed to */
+    HERALD_EV_GAP,         /* events matching `pattern` may have been missed: resynchronize */
+    HERALD_EV_DISCONNECTED,/* the connection was lost; the client retries in `retry_ms` */
+    HERALD_EV_CONNECTED,   /* the client (re)connected; subscriptions are being restored */
+    HERALD_EV_ERROR        /* see `error`; when `fatal` the client has stopped for good */
+} herald_event_type;
+
+/*
+ * One item of the event stream. All strings are NUL-terminated and valid while the event is:
+ * during the callback, or until herald_event_free() for herald_next_event().
+ */
+typedef struct herald_event {
+    herald_event_type type;
+    const char *topic;   /* EVENT: the topic it was published to */
+    const char *id;      /* EVENT: its id; hand the last one back as `since` to resume */
+    const char *kind;    /* EVENT: the event kind, "message" unless the publisher said */
+    int64_t time_ms;     /* EVENT: when the server accepted it, ms since the Unix epoch */
+    const char *data;    /* EVENT: the data as JSON text, exactly as the server sent it */
+    size_t data_len;
+    const char *json;    /* EVENT: the whole event object as one line of JSON */
+    size_t json_len;
+    const char *pattern; /* GAP, ERROR (when about one subscription): the pattern; else NULL */
+    unsigned retry_ms;   /* DISCONNECTED: the delay before the next attempt */
+    bool fatal;          /* ERROR: the client stopped; no more events will come */
+    herald_error error;  /* GAP, DISCONNECTED, ERROR: why */
+} herald_event;
+
+/* Releases an event returned by herald_next_event(). NULL is ignored. */
+HERALD_API void herald_event_free(herald_event *ev);
+
+typedef void (*herald_event_fn)(herald_client *c, const herald_event *ev, void *user);
+
+/* Connection options. Initialize with herald_options_init(), then set what you need. */
+typedef struct herald_options {
+    const char *token;          /* sent as "Authorization: Bearer <token>"; NULL: none */
+    const char *ca_file;        /* PEM file of CAs to trust for wss:// (default: the system's) */
+    bool insecure;              /* wss:// without certificate checks (tests only) */
+    int connect_timeout_ms;     /* herald_connect(): give up after this long (default 10000) */
+    bool retry_first_connect;   /* keep retrying when the first connection fails (default:
+                                 * no, the failure is returned; later losses always retry) */
+    unsigned backoff_initial_ms;/* first reconnect delay (default 250) */
+    unsigned backoff_max_ms;    /* the delay doubles up to this (default 30000); each delay is
+                                 * jittered to between half and all of its value */
+    size_t max_queued_events;   /* events waiting for the application before the client stops
+                                 * reading from the socket (default 10000) */
+    size_t max_queued_bytes;    /* the same bound in bytes (default 64 MiB) */
+    size_t max_pending;         /* requests waiting to be sent or answered (default 10000) */
+    herald_event_fn on_event;   /* deliver events by callback from herald_process(); NULL:
+                                 * they wait for herald_next_event() */
+    void *user;                 /* passed to on_event */
+    bool keep_lws_log;          /* leave libwebsockets' process-wide logging alone (default:
+                                 * the library silences it, since a library must not print) */
+} herald_options;
+
+HERALD_API void herald_options_init(herald_options *opts);
+
+/*
+ * Connects to `url` (ws://host[:port][/path], wss://...; http:// and https:// are taken as
+ * ws:// and wss://; the path defaults to /v1/ws; a ?token= query is passed on as is) and
+ * waits for the server's welcome. `opts` may be NULL for the defaults; it is copied.
+ * Returns the client, or NULL with `err` filled (HERALD_E_INVALID for a bad URL,
+ * HERALD_E_CONNECT, HERALD_E_AUTH, HERALD_E_TIMEOUT). With opts->retry_first_connect it waits
+ * for success until connect_timeout_ms passes.
+ */
+HERALD_API herald_client *herald_connect(const char *url, const herald_options *opts,
+                                         herald_error *err);
+
+/*
+ * Like herald_connect() but returns at once; the connection is made in the background and
+ * reported as HERALD_EV_CONNECTED (or HERALD_EV_ERROR, fatal unless retry_first_connect).
+ * Requests made meanwhile are queued. Returns NULL only for a bad URL or out of memory.
+ */
+HERALD_API herald_client *herald_connect_async(const char *url, const herald_options *opts,
+                                               herald_error *err);
+
+/*
+ * Closes the connection (status 1000), stops the thread and frees the client. Async
+ * requests not yet completed get their callback with HERALD_E_CLOSED, on this thread, before
+ * it returns; undelivered events are dropped. NULL is ignored.
+ */
+HERALD_API void herald_close(herald_client *c);
+
+/* ---- synchronous calls: block until the server answered or timeout_ms passed -----------
+ * timeout_ms < 0 waits without limit. While the connection is down they wait for the
+ * reconnect within the same timeout. */
+
+typedef struct herald_sub_info {
+    size_t replayed; /* events from history that follow, before live ones */
+    bool gap;        /* `since` was older than history or unknown: events may be missing */
+} herald_sub_info;
+
+/*
+ * Subscribes to `pattern` (a topic, or with `*` for one segment and a final `>` for the
+ * rest). `since` is NULL (live events only), "all" (everything retained first), "latest", or
+ * an event id (what came after it). The subscription is kept across reconnects and resumed
+ * from the last event delivered. Subscribing to a pattern you already have is a successful
+ * no-op (replayed 0). `info` may be NULL. Returns 0 or a negative herald_status; a pattern the
+ * server refuses gives HERALD_E_SERVER (e.g. "invalid_topic", "forbidden").
+ */
+HERALD_API int herald_subscribe(herald_client *c, const char *pattern, const char *since,
+                                int timeout_ms, herald_sub_info *info, herald_error *err);
+
+/* Ends a subscription; no event of it arrives after this returns. Unknown patterns are ok. */
+HERALD_API int herald_unsubscribe(herald_client *c, const char *pattern, int timeout_ms,
+                                  herald_error *err);
+
+/*
+ * Publishes to `topic` an event of kind `kind` (NULL: "message") whose data is the JSON text
+ * `data_json` (NULL: null; it must be one JSON value). On success copies the event id into
+ * `id_out` (HERALD_ID_SIZE bytes, may be NULL). A timeout or HERALD_E_INTERRUPTED leaves it
+ * unknown whether the event was published.
+ */
+HERALD_API int herald_publish(herald_client *c, const char *topic, const char *kind,
+                              const char *data_json, int timeout_ms, char *id_out,
+                              herald_error *err);
+
+/* herald_publish() with a string as data: `text` (UTF-8) is sent as a JSON string. */
+HERALD_API int herald_publish_text(herald_client *c, const char *topic, const char *kind,
+                                   const char *text, int timeout_ms, char *id_out,
+                                   herald_error *err);
+
+/* Round trip to the server (a WebSocket-level ping is sent by the server itself). */
+HERALD_API int herald_ping(herald_client *c, int timeout_ms, herald_error *err);
+
+/*
+ * Waits up to timeout_ms (< 0: forever, 0: just look) for the next item of the event stream
+ * and hands it over in *ev (free with herald_event_free()). Returns 0, HERALD_E_TIMEOUT,
+ * HERALD_E_CLOSED once the client stopped and everything was handed over, or HERALD_E_STATE
+ * when the client delivers events through opts.on_event instead.
+ */
+HERALD_API int herald_next_event(herald_client *c, herald_event **ev, int timeout_ms);
+
+/* ---- asynchronous calls: return at once; `cb` runs later from herald_process() ----------- */
+
+typedef struct herald_reply {
+    int status;            /* 0 or a negative herald_status */
+    herald_error error;    /* when status != 0 */
+    const char *pattern;   /* subscribe, unsubscribe */
+    const char *event_id;  /* publish */
+    size_t receivers;      /* publish: connections the server queued the event to */
+    size_t replayed;       /* subscribe */
+    bool gap;              /* subscribe */
+} herald_reply;
+
+typedef void (*herald_reply_fn)(herald_client *c, const herald_reply *r, void *arg);
+
+/*
+ * Each returns 0 when the request was queued (then `cb`, which may be NULL, runs exactly once
+ * from herald_process() or herald_close()), or a negative status when it was not (then `cb`
+ * never runs). Arguments are as for the synchronous calls; the reply is valid during `cb`.
+ */
+HERALD_API int herald_subscribe_async(herald_client *c, const char *pattern, const char *since,
+                                      herald_reply_fn cb, void *arg, herald_error *err);
+HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern,
+                                        herald_reply_fn cb, void *arg, herald_error *err);
+HERALD_API int herald_publish_async(herald_client *c, const char *topic, const char *kind,
+                                    const char *data_json, herald_reply_fn cb, void *arg,
+                                    herald_error *err);
+
+/*
+ * A file descriptor that becomes readable when herald_process() has work (completions, or
+ * events when on_event is set); add it to your poll/epoll/libuv loop. Do not read or close
+ * it. It may be readable with nothing to do.
+ */
+HERALD_API int herald_fd(const herald_client *c);
+
+/*
+ * Runs the callbacks that are due, waiting up to timeout_ms (< 0: forever, 0: no wait) for
+ * the first. Returns how many ran, or HERALD_E_CLOSED when the client stopped and nothing is
+ * left to run.
+ */
+HERALD_API int herald_process(herald_client *c, int timeout_ms);
+
+/* ---- state ------------------------------------------------------------------------------ */
+
+/* True while a connection is up and welcomed. */
+HERALD_API bool herald_connected(const herald_client *c);
+
+/*
+ * Copies into `out` (HERALD_ID_SIZE bytes) where `pattern` would resume: the id of the last
+ * event delivered for it, else the `since` it was subscribed with ("all" or an id), else "".
+ * Save it and pass it as `since` in a later run to continue there. Returns 0, or
+ * HERALD_E_INVALID when the client has no such subscription.
+ */
+HERALD_API int herald_subscription_cursor(herald_client *c, const char *pattern, char *out);
+
+/* ---- HTTP: polling and delivery status (one request each, on the calling thread) ---------- */
+
+/*
+ * GET /v1/topics/{pattern}/events?since=..&limit=..&wait=.. on the server of `url` (ws:// or
+ * http:// forms alike). `since` may be NULL; limit 0 means the server's default; wait_s 0..60
+ * (0: answer at once). On success *body_out is the response JSON
+ * {"events":[...],"next":"..","gap":..} (free with herald_free()).
+ */
+HERALD_API int herald_poll(const char *url, const herald_options *opts, const char *pattern,
+                           const char *since, unsigned limit, unsigned wait_s, char **body_out,
+                           herald_error *err);
+
+/*
+ * GET /v1/events/{id}: on success *body_out is {"event":{..},"queued":n,"written":n,
+ * "dropped":n} (free with herald_free()). An id no longer in history gives HERALD_E_SERVER
+ * with server_code "not_found".
+ */
+HERALD_API int herald_event_status(const char *url, const herald_options *opts, const char *id,
+                                   char **body_out, herald_error *err);
+
+/* Frees memory the library handed over (herald_poll, herald_event_status). */
+HERALD_API void herald_free(void *p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,327 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * One-shot HTTP GETs for polling (GET /v1/topics/{pattern}/events) and delivery status
+ * (GET /v1/events/{id}). Each call builds a small libwebsockets client context on the calling
+ * thread, runs one request to completion or to its deadline, and tears it down: these are
+ * occasional calls, so simplicity beats connection reuse. Bodies are capped; error bodies are
+ * turned into herald_error values with the server's code.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#include <libwebsockets.h>
+
+#define BODY_MAX (16u << 20)
+
+struct http_req {
+    const herald_options *opts;
+    int status;
+    char *body;
+    size_t len, cap;
+    bool done, failed, too_big;
+    char error[160];
+    lws_sorted_usec_list_t sul;
+    bool timed_out;
+};
+
+static int append(struct http_req *h, const char *in, size_t len)
+{
+    if (h->len + len > BODY_MAX) {
+        h->too_big = true;
+        return -1;
+    }
+    if (h->len + len + 1 > h->cap) {
+        size_t cap = h->cap ? h->cap : 4096;
+        while (cap < h->len + len + 1)
+            cap *= 2;
+        char *n = realloc(h->body, cap);
+        if (!n)
+            return -1;
+        h->body = n;
+        h->cap = cap;
+    }
+    memcpy(h->body + h->len, in, len);
+    h->len += len;
+    h->body[h->len] = '\0';
+    return 0;
+}
+
+static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                   size_t len)
+{
+    struct http_req *h = lws_context_user(lws_get_context(wsi));
+    (void)user;
+    if (!h)
+        return 0;
+    switch (reason) {
+    case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
+        if (!h->opts->token)
+            return 0;
+        unsigned char **p = in, *end = *p + len;
+        char hdr[8 + 4096 + 1];
+        int n = snprintf(hdr, sizeof(hdr), "Bearer %s", h->opts->token);
+        if (n < 0 || (size_t)n >= sizeof(hdr) ||
+            lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION,
+                                         (unsigned char *)hdr, n, p, end))
+            return -1;
+        return 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED_CLIENT_HTTP:
+        h->status = (int)lws_http_client_http_response(wsi);
+        return 0;
+    case LWS_CALLBACK_RECEIVE_CLIENT_HTTP: {
+        char buf[LWS_PRE + 4096];
+        char *px = buf + LWS_PRE;
+        int lenx = (int)sizeof(buf) - LWS_PRE;
+        return lws_http_client_read(wsi, &px, &lenx) < 0 ? -1 : 0;
+    }
+    case LWS_CALLBACK_RECEIVE_CLIENT_HTTP_READ:
+        return append(h, in, len);
+    case LWS_CALLBACK_COMPLETED_CLIENT_HTTP:
+        h->done = true;
+        lws_cancel_service(lws_get_context(wsi));
+        return 0;
+    case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+        herald__sanitize(h->error, sizeof(h->error), in ? in : "connection failed",
+                         in ? strlen(in) : 17);
+        h->failed = true;
+        h->done = true;
+        return 0;
+    case LWS_CALLBACK_CLOSED_CLIENT_HTTP:
+        if (!h->done) {
+            h->failed = !h->status;
+            if (h->failed && !h->error[0])
+                snprintf(h->error, sizeof(h->error), "connection closed");
+            h->done = true;
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static void on_timeout(lws_sorted_usec_list_t *sul)
+{
+    struct http_req *h = lws_container_of(sul, struct http_req, sul);
+    h->timed_out = true;
+    h->done = true;
+}
+
+int herald__pct_encode(char *out, size_t cap, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = strlen(out);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        bool plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                     (ch >= '0' && ch <= '9') || strchr("-._~:@*", ch);
+        if (o + (plain ? 1 : 3) >= cap)
+            return -1;
+        if (plain) {
+            out[o++] = (char)ch;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        }
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+int herald__http_get(const struct herald__url *u, const herald_options *o,
+                     const char *path_and_query, int timeout_ms, int *status, char **body,
+                     size_t *body_len, herald_error *err)
+{
+    static const struct lws_protocols protocols[] = {
+        {.name = "herald-http", .callback = http_cb},
+        {.name = NULL},
+    };
+    struct http_req h = {.opts = o};
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof(info));
+    info.port = CONTEXT_PORT_NO_LISTEN;
+    info.protocols = protocols;
+    info.user = &h;
+    info.gid = (gid_t)-1;
+    info.uid = (uid_t)-1;
+    info.timeout_secs = (unsigned)(timeout_ms + 999) / 1000;
+    if (u->tls) {
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.client_ssl_ca_filepath = o->ca_file;
+    }
+    herald__lws_global_lock();
+    herald__lws_quiet(o);
+    struct lws_context *ctx = lws_create_context(&info);
+    herald__lws_global_unlock();
+    if (!ctx)
+        return herald__err(err, HERALD_E_CONNECT, NULL, "cannot set up libwebsockets");
+
+    struct lws_client_connect_info i;
+    memset(&i, 0, sizeof(i));
+    i.context = ctx;
+    i.address = u->host;
+    i.port = u->port;
+    i.path = path_and_query;
+    i.host = u->host_header;
+    i.method = "GET";
+    i.protocol = protocols[0].name;
+    i.alpn = "http/1.1";
+    if (u->tls) {
+        i.ssl_connection = LCCSCF_USE_SSL;
+        if (o->insecure)
+            i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
+                                LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
+    }
+    lws_sul_schedule(ctx, 0, &h.sul, on_timeout, (lws_usec_t)timeout_ms * LWS_US_PER_MS);
+    if (!lws_client_connect_via_info(&i) && !h.done) {
+        h.failed = true;
+        h.done = true;
+        snprintf(h.error, sizeof(h.error), "cannot start the request");
+    }
+    while (!h.done)
+        if (lws_service(ctx, 0) < 0)
+            break;
+    lws_sul_cancel(&h.sul);
+    herald__lws_global_lock();
+    lws_context_destroy(ctx);
+    herald__lws_global_unlock();
+
+    if (h.timed_out || !h.done || h.failed || h.too_big) {
+        free(h.body);
+        if (h.too_big)
+            return herald__err(err, HERALD_E_PROTOCOL, NULL, "the response is over %u bytes",
+                               BODY_MAX);
+        if (h.timed_out)
+            return herald__err(err, HERALD_E_TIMEOUT, NULL, "no answer from %s within %d ms",
+                               u->host_header, timeout_ms);
+        return herald__err(err, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s",
+                           u->host_header, h.error[0] ? h.error : "connection failed");
+    }
+    if (!h.body && append(&h, "", 0) < 0)
+        return herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
+    *status = h.status;
+    *body = h.body;
+    *body_len = h.len;
+    return 0;
+}
+
+/* Turns a non-2xx response into an error value; takes ownership of body. */
+static int http_error(int status, char *body, herald_error *err)
+{
+    json_t *v = json_loads(body, 0, NULL);
+    const char *code = json_string_value(json_object_get(v, "code"));
+    const char *msg = json_string_value(json_object_get(v, "message"));
+    int st = (status == 401 || status == 403) ? HERALD_E_AUTH : HERALD_E_SERVER;
+    if (code)
+        herald__err(err, st, code, "%s: %s", code, msg ? msg : "");
+    else
+        herald__err(err, st, NULL, "the server answered HTTP %d", status);
+    json_decref(v);
+    free(body);
+    return st;
+}
+
+static int get_json(const struct herald__url *u, const herald_options *opts, const char *path,
+                    int timeout, char **body_out, herald_error *err)
+{
+    herald_options o;
+    herald_options_init(&o);
+    if (opts)
+        o = *opts;
+    char full[3 * HERALD__PATH_MAX];
+    const char *sep = u->query[0] ? (strchr(path, '?') ? "&" : "?") : "";
+    int n = snprintf(full, sizeof(full), "%s%s%s", path, sep, u->query);
+    if (n < 0 || (size_t)n >= sizeof(full))
+        return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+    int status = 0;
+    char *body = NULL;
+    size_t len = 0;
+    int r = herald__http_get(u, &o, full, timeout, &status, &body, &len, err);
+    if (r)
+        return r;
+    if (status < 200 || status > 299)
+        return http_error(status, body, err);
+    json_t *v = json_loadb(body, len, 0, NULL);
+    bool obj = json_is_object(v);
+    json_decref(v);
+    if (!obj) {
+        free(body);
+        return herald__err(err, HERALD_E_PROTOCOL, NULL, "the server's answer is not a JSON "
+                           "object");
+    }
+    *body_out = body;
+    return 0;
+}
+
+HERALD_API int herald_poll(const char *url, const herald_options *opts, const char *pattern,
+                           const char *since, unsigned limit, unsigned wait_s, char **body_out,
+                           herald_error *err)
+{
+    if (!body_out)
+        return herald__err(err, HERALD_E_INVALID, NULL, "no place for the answer");
+    *body_out = NULL;
+    if (!pattern || !*pattern || strlen(pattern) > HERALD_TOPIC_MAX)
+        return herald__err(err, HERALD_E_INVALID, NULL, "the pattern must be 1-%d bytes",
+                           HERALD_TOPIC_MAX);
+    if (since && strlen(since) > HERALD_ID_MAX)
+        return herald__err(err, HERALD_E_INVALID, NULL, "since is longer than %d bytes",
+                           HERALD_ID_MAX);
+    if (wait_s > 60)
+        return herald__err(err, HERALD_E_INVALID, NULL, "wait must be 0-60 seconds");
+    if (limit > 1000)
+        return herald__err(err, HERALD_E_INVALID, NULL, "limit must be 1-1000");
+    struct herald__url u;
+    int r = herald__url_parse(url, &u, err);
+    if (r)
+        return r;
+    char path[2 * HERALD__PATH_MAX] = "";
+    char num[48];
+    snprintf(path, sizeof(path), "%s/v1/topics/", u.prefix); /* the prefix is a path already */
+    if (herald__pct_encode(path, sizeof(path), pattern) < 0)
+        return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+    snprintf(num, sizeof(num), "/events?wait=%u", wait_s);
+    if (strlen(path) + strlen(num) + 1 > sizeof(path))
+        return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+    strcat(path, num);
+    if (limit) {
+        snprintf(num, sizeof(num), "&limit=%u", limit);
+        if (strlen(path) + strlen(num) + 1 > sizeof(path))
+            return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+        strcat(path, num);
+    }
+    if (since) {
+        if (strlen(path) + 7 > sizeof(path))
+            return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+        strcat(path, "&since=");
+        if (herald__pct_encode(path, sizeof(path), since) < 0)
+            return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+    }
+    int timeout = (int)wait_s * 1000 + (opts && opts->connect_timeout_ms > 0
+                                           ? opts->connect_timeout_ms : 10000);
+    return get_json(&u, opts, path, timeout, body_out, err);
+}
+
+HERALD_API int herald_event_status(const char *url, const herald_options *opts, const char *id,
+                                   char **body_out, herald_error *err)
+{
+    if (!body_out)
+        return herald__err(err, HERALD_E_INVALID, NULL, "no place for the answer");
+    *body_out = NULL;
+    if (!id || !*id || strlen(id) > HERALD_ID_MAX)
+        return herald__err(err, HERALD_E_INVALID, NULL, "the id must be 1-%d bytes",
+                           HERALD_ID_MAX);
+    struct herald__url u;
+    int r = herald__url_parse(url, &u, err);
+    if (r)
+        return r;
+    char path[2 * HERALD__PATH_MAX];
+    snprintf(path, sizeof(path), "%s/v1/events/", u.prefix);
+    if (herald__pct_encode(path, sizeof(path), id) < 0)
+        return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+    int timeout = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000;
+    return get_json(&u, opts, path, timeout, body_out, err);
+}

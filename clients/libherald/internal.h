@@ -1,0 +1,244 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libherald's internal interfaces, shared by its source files and its unit tests and never
+ * installed. The pure modules (URL parsing, backoff, pattern matching, wire encoding and
+ * decoding, the subscription table with its resume cursors) know nothing of sockets or
+ * threads; client.c and api.c put them together around one libwebsockets context.
+ * Internal names are `herald__*` (libuv's `uv__` convention) and hidden from the ABI.
+ */
+#ifndef HERALD_INTERNAL_H
+#define HERALD_INTERNAL_H
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "herald.h"
+#include "jsonspan.h"
+
+/* ---- errors (error.c) ------------------------------------------------------------------- */
+
+/*
+ * Fills `err` (may be NULL) with status, server code (NULL: none) and a printf-style
+ * message truncated to fit, and returns `status` so callers can `return herald__err(...)`.
+ */
+int herald__err(herald_error *err, int status, const char *server_code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Copies src (any bytes) into dst of `cap` bytes as printable ASCII, for messages. */
+void herald__sanitize(char *dst, size_t cap, const char *src, size_t len);
+
+/* ---- URLs (url.c) ----------------------------------------------------------------------- */
+
+#define HERALD__HOST_MAX 253
+#define HERALD__PATH_MAX 1024
+
+struct herald__url {
+    bool tls;
+    char host[HERALD__HOST_MAX + 1];       /* without IPv6 brackets */
+    int port;
+    char path[HERALD__PATH_MAX + 1];       /* WebSocket path and query, starts with '/' */
+    char prefix[HERALD__PATH_MAX + 1];     /* path before "/v1/ws" for the HTTP endpoints */
+    char query[HERALD__PATH_MAX + 1];      /* the query without '?', also sent over HTTP */
+    char host_header[HERALD__HOST_MAX + 9];/* host[:port], IPv6 in brackets */
+};
+
+/*
+ * Parses ws://, wss://, http:// or https:// URLs: host (name, IPv4 or [IPv6]), optional
+ * port 1-65535, optional path and query. A ws(s) path names the WebSocket endpoint (default
+ * /v1/ws; the HTTP endpoints live under what precedes "/v1/ws"); an http(s) path names the
+ * server's base (the WebSocket is at base + "/v1/ws"). Refuses user info, fragments,
+ * whitespace and control bytes and anything longer than the fields. Returns 0 or
+ * HERALD_E_INVALID with a sentence in `err`.
+ */
+int herald__url_parse(const char *url, struct herald__url *u, herald_error *err);
+
+/* ---- backoff (backoff.c) ---------------------------------------------------------------- */
+
+struct herald__backoff {
+    unsigned initial_ms, max_ms;
+    unsigned attempt;  /* delays handed out since the last reset */
+    uint64_t rng;      /* xorshift64* state, never 0 */
+};
+
+/* Sets up the schedule; initial 0 becomes 1 ms, max below initial becomes initial. */
+void herald__backoff_init(struct herald__backoff *b, unsigned initial_ms, unsigned max_ms,
+                          uint64_t seed);
+/* The next delay: base = min(max, initial * 2^attempt), jittered into [base/2, base]. */
+unsigned herald__backoff_next(struct herald__backoff *b);
+/* Starts over at the initial delay (after a connection that stayed up). */
+void herald__backoff_reset(struct herald__backoff *b);
+
+/* ---- topics and patterns (match.c) ------------------------------------------------------ */
+
+/* True when `topic` matches `pattern` (`*` one segment, final `>` one or more; a wildcard in
+ * the first segment does not match a `$` topic), the server's rule. */
+bool herald__pattern_match(const char *pattern, const char *topic);
+
+/* ---- wire format (wire.c) ----------------------------------------------------------------- */
+
+enum herald__frame_type {
+    HERALD__F_WELCOME,
+    HERALD__F_OK,
+    HERALD__F_PONG,
+    HERALD__F_ERROR,
+    HERALD__F_EVENT,
+    HERALD__F_OTHER /* a type this client does not know: ignored, for forward compatibility */
+};
+
+/* One parsed server frame. Strings borrow from `root`; release with herald__frame_clear. */
+struct herald__frame {
+    enum herald__frame_type type;
+    bool has_id;
+    int64_t id;
+    /* ok */
+    bool is_subscribe_ok;     /* it carried "replayed" */
+    size_t replayed;
+    bool gap;
+    const char *event_id;     /* publish ok */
+    size_t receivers;
+    /* error */
+    const char *code, *message;
+    /* event */
+    const char *topic, *ev_id, *kind;
+    int64_t time_ms;
+    size_t data_off, data_len; /* span of "data" in the frame text */
+    /* welcome */
+    size_t max_event_bytes;
+    int heartbeat_s;
+    json_t *root;
+};
+
+/*
+ * Parses one text frame of `len` bytes. Returns 0 with `f` filled (clear it afterwards), or
+ * HERALD_E_PROTOCOL with `err` set when it is not JSON, not an object, or a known type misses
+ * or mistypes a member this client relies on.
+ */
+int herald__frame_parse(const char *text, size_t len, struct herald__frame *f,
+                        herald_error *err);
+void herald__frame_clear(struct herald__frame *f);
+
+/*
+ * Command encoders. Each returns a malloc'd buffer with `headroom` unused bytes in front of
+ * the frame text (libwebsockets writes its header there); *len is the text length. NULL when
+ * out of memory or when a string is not valid UTF-8. `since` may be NULL or "".
+ */
+unsigned char *herald__encode_subscribe(size_t headroom, int64_t id, const char *pattern,
+                                        const char *since, size_t *len);
+unsigned char *herald__encode_unsubscribe(size_t headroom, int64_t id, const char *pattern,
+                                          size_t *len);
+/* `data_json` must already have passed herald__check_json. */
+unsigned char *herald__encode_publish(size_t headroom, int64_t id, const char *topic,
+                                      const char *kind, const char *data_json, size_t *len);
+unsigned char *herald__encode_ping(size_t headroom, int64_t id, size_t *len);
+
+/* Checks that `text` is exactly one JSON value without duplicate object keys. Returns 0 or
+ * HERALD_E_INVALID with the parser's complaint in `err`. */
+int herald__check_json(const char *text, herald_error *err);
+
+/* Returns the JSON string literal for `text` (malloc'd), or NULL when not UTF-8 / OOM. */
+char *herald__json_quote(const char *text);
+
+/* ---- subscriptions and resume cursors (subs.c) ------------------------------------------- */
+
+enum herald__sub_state {
+    HERALD__SUB_UNSENT,    /* must be (re)sent on this connection */
+    HERALD__SUB_SENT,      /* subscribe sent, no reply yet */
+    HERALD__SUB_REPLAYING, /* ok received, replayed events still arriving */
+    HERALD__SUB_LIVE       /* ok received, replay done */
+};
+
+/* Where the delivered range of a subscription starts once its first event arrives. */
+enum herald__start { HERALD__START_VALUE, HERALD__START_FIRST_LIVE };
+
+struct herald__req;
+
+/*
+ * One subscription the application wants. The range [lo, hi] (ids compare as strings) is
+ * what the client knows it delivered: every event matching the pattern with lo <= id <= hi
+ * reached the application. hi is where the subscription resumes; the range also lets the
+ * client drop an event that a resumed, overlapping subscription brings a second time.
+ */
+struct herald__sub {
+    struct herald__sub *next;
+    char pattern[HERALD_TOPIC_MAX + 1];
+    char since[HERALD_ID_SIZE];      /* as the application asked: "", "all", "latest", id */
+    char sent_since[HERALD_ID_SIZE]; /* what the last subscribe on the wire carried */
+    enum herald__sub_state state;
+    int64_t wire_id;                 /* id of that subscribe */
+    bool was_live;                   /* the server accepted it at least once */
+    bool blind;                      /* the last resume had no position (may have missed) */
+    bool has_range;
+    char lo[HERALD_ID_SIZE], hi[HERALD_ID_SIZE];
+    enum herald__start start_kind;
+    char start[HERALD_ID_SIZE];
+    struct herald__req *waiters;     /* application requests waiting for the ok */
+};
+
+struct herald__subs {
+    struct herald__sub *head;
+    size_t n;
+    /* The server sends a subscription's replayed events right after its ok, contiguously;
+     * until `replay_left` reaches 0 events belong to that replay (the sub may be gone). */
+    struct herald__sub *replay_sub;
+    size_t replay_left;
+};
+
+struct herald__sub *herald__subs_find(struct herald__subs *s, const char *pattern);
+struct herald__sub *herald__subs_find_wire(struct herald__subs *s, int64_t wire_id);
+/* Adds an UNSENT subscription (appended, so resubscribes keep the application's order).
+ * `since` NULL means live. Returns NULL when out of memory or a string does not fit. */
+struct herald__sub *herald__subs_add(struct herald__subs *s, const char *pattern,
+                                     const char *since);
+/* Unlinks and frees `sub`; its waiters must have been taken off first. */
+void herald__subs_remove(struct herald__subs *s, struct herald__sub *sub);
+/* Frees every subscription (waiters must be gone). */
+void herald__subs_clear(struct herald__subs *s);
+
+/* The connection went away: every subscription must be sent again. */
+void herald__subs_disconnected(struct herald__subs *s);
+
+/*
+ * The `since` a subscribe for `sub` must carry now ("" = none) into `out`, and marks it SENT
+ * with `wire_id`. Sets sub->blind when the subscription was accepted before but has no
+ * position to resume from (it then resumes from "latest" and events may have been missed).
+ */
+void herald__sub_sent(struct herald__sub *sub, int64_t wire_id, char out[HERALD_ID_SIZE]);
+
+/* The server accepted `sub` (NULL when the application dropped it meanwhile). */
+void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed,
+                        bool gap);
+
+/*
+ * An event arrived. Updates the ranges and returns true when the application should get it,
+ * false when it is one it already got.
+ */
+bool herald__subs_on_event(struct herald__subs *s, const char *topic, const char *id);
+
+/* Where `sub` would resume (see herald_subscription_cursor) into `out`. */
+void herald__sub_cursor(const struct herald__sub *sub, char out[HERALD_ID_SIZE]);
+
+/* ---- HTTP (http.c) ----------------------------------------------------------------------- */
+
+/*
+ * One GET of `path_and_query` (already percent-encoded) on the server of `u`, with the
+ * options' token and TLS settings. On success returns 0 with the status and the body
+ * (malloc'd, NUL-terminated, at most 16 MiB). Returns HERALD_E_CONNECT / TIMEOUT / NOMEM.
+ */
+int herald__http_get(const struct herald__url *u, const herald_options *o,
+                     const char *path_and_query, int timeout_ms, int *status, char **body,
+                     size_t *body_len, herald_error *err);
+
+/* Appends `s` percent-encoded for a path segment or query value to `out`; returns 0 or -1
+ * when it does not fit. */
+int herald__pct_encode(char *out, size_t cap, const char *s);
+
+/* Shared with client.c: silences lws logging once unless asked not to; serializes context
+ * creation and destruction, which touch process-wide state. */
+void herald__lws_global_lock(void);
+void herald__lws_global_unlock(void);
+void herald__lws_quiet(const herald_options *o);
+
+#endif
