@@ -176,6 +176,7 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
     c->id = ++b->next_conn_id;
     c->last_rx_ms = c->last_ping_ms = hd_now_ns() / 1000000;
     hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
+    c->q.shared_total = &b->metrics.queued_bytes;
     snprintf(c->session, sizeof(c->session), "%016" PRIx64, c->id ^ (uint64_t)hd_now_ns() << 20);
     c->next = &b->conns;
     c->prev = b->conns.prev;
@@ -546,6 +547,11 @@ int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done
 {
     if (b->draining || !b->engine)
         return hd_error_set(err, HD_ERR_UNAVAILABLE, "the server is shutting down"), -ESHUTDOWN;
+    if ((uint64_t)b->metrics.queued_bytes > b->cfg->limits.max_total_queue_bytes) {
+        b->metrics.publish_rejected++;
+        hd_error_set(err, HD_ERR_UNAVAILABLE, "the server is overloaded; retry shortly");
+        return -EBUSY;
+    }
     int r = b->engine->ops->publish(b->engine, pub, done, arg);
     if (r) {
         b->metrics.publish_rejected++;

@@ -596,6 +596,10 @@ static const struct row limits_rows[] = {
      .offset = CFG(limits.max_subscriptions_per_connection), .min = 1, .max = 1000000, .def = 1000},
     {.key = "max_queue_bytes", .type = T_U64, .offset = CFG(limits.max_queue_bytes), .min = 4096,
      .max = GIB, .def = MIB},
+    /* Past this many bytes queued to all connections together, publishes get 503: load is
+     * shed at the door instead of growing memory. */
+    {.key = "max_total_queue_bytes", .type = T_U64, .offset = CFG(limits.max_total_queue_bytes),
+     .min = MIB, .max = 1024 * GIB, .def = 512 * MIB},
     /* 0 turns rate limiting off; publish_burst then defaults to twice the rate (limits_post). */
     {.key = "publish_rate", .type = T_U32, .offset = CFG(limits.publish_rate), .min = 0,
      .max = 10000000, .def = 0},

@@ -55,6 +55,7 @@ struct hd_config {
         uint32_t max_event_bytes;                  /* default 65536, 64..16 MiB */
         uint32_t max_subscriptions_per_connection; /* default 1000 */
         uint64_t max_queue_bytes;                  /* default 1 MiB per connection */
+        uint64_t max_total_queue_bytes;            /* all queues together, default 512 MiB */
         uint32_t publish_rate;                     /* events/s, 0 = off (default) */
         uint32_t publish_burst;                    /* bucket size, default 2x rate */
         uint32_t max_header_bytes;                 /* default 4096 */

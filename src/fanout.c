@@ -118,8 +118,11 @@ int hd_queue_push(struct hd_queue *q, struct hd_msg *m, enum hd_push how)
     struct hd_msg *slot = hd_msg_ref(m);
     if (how == HD_PUSH_SHARED)
         slot = (struct hd_msg *)((uintptr_t)slot | 1);
-    else
+    else {
         q->bytes += m->len;
+        if (q->shared_total)
+            *q->shared_total += m->len;
+    }
     q->ring[(q->head + q->count) & (q->cap - 1)] = slot;
     q->count++;
     return 0;
@@ -133,8 +136,11 @@ struct hd_msg *hd_queue_pop(struct hd_queue *q)
     struct hd_msg *m = hd_queue_slot_msg(slot);
     q->head = (q->head + 1) & (q->cap - 1);
     q->count--;
-    if (slot == m)
+    if (slot == m) {
         q->bytes -= m->len;
+        if (q->shared_total)
+            *q->shared_total -= m->len;
+    }
     if (!q->count && q->cap > 64) {
         /* A burst is over: give the big ring back rather than keep it per idle connection. */
         free(q->ring);

@@ -76,6 +76,7 @@ struct hd_queue {
     uint32_t head, count, cap;
     uint32_t max_msgs;
     size_t bytes, max_bytes;
+    int64_t *shared_total; /* when set, counted bytes are added here too (all queues) */
 };
 
 void hd_queue_init(struct hd_queue *q, size_t max_bytes);

@@ -148,6 +148,7 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
           m->subscriptions);
     gauge(&b, "herald_history_events", "Events retained in history.", m->history_events);
     gauge(&b, "herald_history_bytes", "Bytes of events retained in history.", m->history_bytes);
+    gauge(&b, "herald_queued_bytes", "Bytes waiting in connection queues.", m->queued_bytes);
 
     counter(&b, "herald_connections_total", "WebSocket connections accepted.",
             m->connections_total);

@@ -34,6 +34,7 @@ struct hd_metrics {
     int64_t subscriptions;     /* patterns subscribed across all connections */
     int64_t history_events;    /* events retained */
     int64_t history_bytes;     /* bytes retained */
+    int64_t queued_bytes;      /* bytes waiting in connection queues (live pushes) */
     /* Counters. */
     uint64_t connections_total;
     uint64_t events_published;

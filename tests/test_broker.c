@@ -792,6 +792,39 @@ START_TEST(slow_consumer)
 END_TEST
 
 /*
+ * limits.max_total_queue_bytes: once everything queued to all connections together passes
+ * the cap, publishes are refused with unavailable (load shed at the door), nothing is
+ * delivered, and publishing works again once the queues drain.
+ */
+START_TEST(global_queue_cap_sheds_publishes)
+{
+    cfg.limits.max_total_queue_bytes = 2000;
+    boot();
+    struct tconn *sub = open_ws(), *pub = open_ws();
+    subscribe(sub, "g.>", NULL, NULL);
+    int refused = 0;
+    for (int i = 0; i < 40 && !refused; i++) {
+        cmd(pub, "{\"op\":\"publish\",\"id\":%d,\"topic\":\"g.x\",\"data\":\"%0100d\"}", i, i);
+        json_t *r = next_frame(pub);
+        ck_assert_ptr_nonnull(r);
+        if (strcmp(json_string_value(json_object_get(r, "type")), "error") == 0) {
+            ck_assert_str_eq(json_string_value(json_object_get(r, "code")), "unavailable");
+            refused = i;
+        }
+        json_decref(r);
+    }
+    ck_assert_msg(refused > 0, "the cap never refused a publish");
+    ck_assert_int_gt(hd_broker_metrics(b)->queued_bytes, 2000);
+    /* Drain the subscriber: the queue empties and publishing is accepted again. */
+    while (hd_conn_peek(&sub->c))
+        hd_conn_wrote(&sub->c);
+    ck_assert_int_eq(hd_broker_metrics(b)->queued_bytes, 0);
+    cmd(pub, "{\"op\":\"publish\",\"id\":99,\"topic\":\"g.x\",\"data\":1}");
+    json_decref(expect_frame(pub, "ok"));
+}
+END_TEST
+
+/*
  * PROTOCOL.md section 3: `receivers` is how many connections the event was queued to. The
  * event that overflows a slow consumer is not queued to it (it is closed instead), so it must
  * not be counted, and the reply must agree with what the broker's deliver returned.
@@ -943,6 +976,7 @@ static Suite *broker_suite(void)
     tcase_add_test(tc, sse_subscribe_replays);
     tcase_add_test(tc, slow_consumer);
     tcase_add_test(tc, receivers_exclude_slow_consumer);
+    tcase_add_test(tc, global_queue_cap_sheds_publishes);
     tcase_add_test(tc, drain);
     tcase_add_test(tc, detach_counts_dropped);
     tcase_add_test(tc, delivery_counters);
