@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "broker.h"
@@ -51,6 +52,17 @@ static int load_config(struct hd_config *cfg, const struct hd_cli *cli, FILE *er
         r = hd_config_apply_cli(cfg, cli, &err);
     if (r == 0)
         r = hd_config_validate(cfg, &err);
+    /* TLS files are part of the configuration: name them here (and in --check-config)
+     * rather than let the listener fail later with only libwebsockets' words. */
+    for (size_t i = 0; r == 0 && i < cfg->n_listeners; i++) {
+        const char *files[] = {cfg->listeners[i].tls_cert, cfg->listeners[i].tls_key};
+        for (size_t f = 0; r == 0 && f < 2; f++)
+            if (files[f] && access(files[f], R_OK) != 0) {
+                snprintf(err.text, sizeof(err.text), "listen[%zu].tls.%s: cannot read %s: %s", i,
+                         f ? "key" : "cert", files[f], strerror(errno));
+                r = -EINVAL;
+            }
+    }
     if (r) {
         if (!err.text[0])
             snprintf(err.text, sizeof(err.text), "%s", strerror(-r));

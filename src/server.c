@@ -1072,6 +1072,8 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
             vi.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
         vi.keepalive_timeout = 60;
         vi.timeout_secs = cfg->limits.handshake_timeout_s;
+        /* lws reads this per vhost (10 s when 0), not from the context. */
+        vi.timeout_secs_ah_idle = cfg->limits.handshake_timeout_s;
         if (l->tls_cert) {
             vi.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
             vi.ssl_cert_filepath = l->tls_cert;
