@@ -26,6 +26,12 @@ STORM_BATCH = 200
 LINGER_RST = struct.pack("ii", 1, 0)
 
 
+def sanitized(pid):
+    """True when the daemon runs with AddressSanitizer."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "libasan" in f.read()
+
+
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -269,6 +275,10 @@ class AbruptDropTest(HeraldTestCase):
         time.sleep(0.5)
         rss_after = rss_kb(d.pid)
         grew = rss_after - rss_before
+        if sanitized(d.pid):
+            # ASan quarantines freed memory (256 MB by default), so RSS says nothing there;
+            # the leak check at exit covers that build instead.
+            return
         self.assertLess(grew, 10 * 1024,
                         f"RSS grew {grew} kB over 2000 reset connections "
                         f"({rss_before} -> {rss_after} kB, storm took {storm_s:.1f}s)")
