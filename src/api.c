@@ -159,9 +159,8 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool pub
 enum route { R_NONE, R_HEALTH, R_METRICS, R_WS, R_PUBLISH, R_POLL, R_SSE, R_STATUS };
 
 static const char *const route_allow[] = {
-    [R_HEALTH] = "GET, HEAD, OPTIONS",  [R_METRICS] = "GET, HEAD, OPTIONS",
-    [R_WS] = "GET, OPTIONS",            [R_PUBLISH] = "POST, OPTIONS",
-    [R_POLL] = "GET, OPTIONS",          [R_SSE] = "GET, OPTIONS",
+    [R_HEALTH] = "GET, HEAD, OPTIONS", [R_METRICS] = "GET, HEAD, OPTIONS", [R_WS] = "GET, OPTIONS",
+    [R_PUBLISH] = "POST, OPTIONS",     [R_POLL] = "GET, OPTIONS",          [R_SSE] = "GET, OPTIONS",
     [R_STATUS] = "GET, OPTIONS",
 };
 
@@ -257,8 +256,7 @@ static enum hd_http_next publish_route(struct hd_broker *b, const struct hd_http
     char ev[HD_EVENT_KIND_MAX + 2];
     int n = hd_query_get(req->query, "event", ev, sizeof(ev));
     if (n >= 0 && !hd_event_kind_valid(ev, (size_t)n)) {
-        hd_api_error(resp, HD_ERR_BAD_REQUEST,
-                     "event must be 1-64 bytes of A-Z a-z 0-9 _ - . :");
+        hd_api_error(resp, HD_ERR_BAD_REQUEST, "event must be 1-64 bytes of A-Z a-z 0-9 _ - . :");
         return HD_HTTP_RESPOND;
     }
     if (!allowed(b, req, true, topic, resp))
@@ -274,8 +272,8 @@ static enum hd_http_next publish_route(struct hd_broker *b, const struct hd_http
     return HD_HTTP_READ_BODY;
 }
 
-int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req,
-                        struct hd_identity *id, char **credential, struct hd_http_resp *resp)
+int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req, struct hd_identity *id,
+                        char **credential, struct hd_http_resp *resp)
 {
     char token[4097];
     bool has_token = hd_query_get(req->query, "token", token, sizeof(token)) >= 0;
@@ -361,19 +359,21 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool pub
     if (right == HD_ERR_NONE)
         return true;
     if (right == HD_ERR_UNAUTHORIZED) {
-        hd_api_error(resp, right, publish ? "publishing to this topic needs credentials"
-                                          : "reading this pattern needs credentials");
+        hd_api_error(resp, right,
+                     publish ? "publishing to this topic needs credentials"
+                             : "reading this pattern needs credentials");
         hd_http_resp_header(resp, "www-authenticate:", "Bearer realm=\"herald\"");
     } else {
-        hd_api_error(resp, right, publish ? "these credentials may not publish to this topic"
-                                          : "these credentials may not read this pattern");
+        hd_api_error(resp, right,
+                     publish ? "these credentials may not publish to this topic"
+                             : "these credentials may not read this pattern");
     }
     return false;
 }
 
 /* Reads an unsigned query parameter within [min, max]; absent gives `def`. */
-static int query_uint(const char *query, const char *name, uint32_t min, uint32_t max,
-                      uint32_t def, uint32_t *out)
+static int query_uint(const char *query, const char *name, uint32_t min, uint32_t max, uint32_t def,
+                      uint32_t *out)
 {
     char buf[16];
     int n = hd_query_get(query, name, buf, sizeof(buf));
@@ -389,8 +389,7 @@ static int query_uint(const char *query, const char *name, uint32_t min, uint32_
     return 0;
 }
 
-static bool pattern_param(const char *pattern, struct hd_http_stream *st,
-                          struct hd_http_resp *resp)
+static bool pattern_param(const char *pattern, struct hd_http_stream *st, struct hd_http_resp *resp)
 {
     if (hd_pattern_check(pattern, strlen(pattern))) {
         hd_api_error(resp, HD_ERR_INVALID_TOPIC,
@@ -547,8 +546,8 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
         resp->content_type = NULL;
         hd_http_resp_header(resp, "allow:", "%s", route_allow[r]);
         hd_http_resp_header(resp, "access-control-allow-methods:", "%s", route_allow[r]);
-        hd_http_resp_header(resp, "access-control-allow-headers:",
-                            "Authorization, Content-Type, Last-Event-ID");
+        hd_http_resp_header(
+            resp, "access-control-allow-headers:", "Authorization, Content-Type, Last-Event-ID");
         hd_http_resp_header(resp, "access-control-max-age:", "86400");
         return HD_HTTP_RESPOND;
     }
@@ -643,8 +642,8 @@ static bool is_json(const char *ctype)
            (ctype[n] == '\0' || ctype[n] == ';' || ctype[n] == ' ');
 }
 
-int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body,
-                   size_t len, struct hd_http_resp *resp, hd_api_done_fn done, void *arg)
+int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body, size_t len,
+                   struct hd_http_resp *resp, hd_api_done_fn done, void *arg)
 {
     char topic[HD_TOPIC_MAX + 2];
     if (match_route(req->path, topic, sizeof(topic)) != R_PUBLISH) {

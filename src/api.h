@@ -14,15 +14,23 @@
 #include "broker.h"
 #include "topic.h"
 
-enum hd_method { HD_M_GET, HD_M_POST, HD_M_OPTIONS, HD_M_HEAD, HD_M_PUT, HD_M_PATCH,
-                 HD_M_DELETE, HD_M_OTHER };
+enum hd_method {
+    HD_M_GET,
+    HD_M_POST,
+    HD_M_OPTIONS,
+    HD_M_HEAD,
+    HD_M_PUT,
+    HD_M_PATCH,
+    HD_M_DELETE,
+    HD_M_OTHER
+};
 
 struct hd_http_req {
     enum hd_method method;
     const char *path;  /* percent-decoded, NUL-terminated, without the query */
     const char *query; /* raw query string without '?', or NULL */
     const char *content_type, *origin, *authorization, *last_event_id; /* NULL when absent */
-    const char *peer; /* the client's address, for per-address limits; NULL when unknown */
+    const char *peer;       /* the client's address, for per-address limits; NULL when unknown */
     int64_t content_length; /* -1 when absent */
 };
 
@@ -81,8 +89,8 @@ typedef void (*hd_api_done_fn)(void *arg, struct hd_http_resp *resp);
  * (errors; or success when the engine completed at once), or returns -1 meaning `done` will
  * be called later with the response. `done` is never called when this returns RESPOND.
  */
-int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body,
-                   size_t len, struct hd_http_resp *resp, hd_api_done_fn done, void *arg);
+int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body, size_t len,
+                   struct hd_http_resp *resp, hd_api_done_fn done, void *arg);
 
 /*
  * Authenticates a request from its Authorization header or ?token= query parameter. Returns
@@ -90,8 +98,8 @@ int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const cha
  * `credential` is not NULL it receives a malloc'd copy of the credential used (NULL for
  * none), for connections that must be checked again on reload.
  */
-int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req,
-                        struct hd_identity *id, char **credential, struct hd_http_resp *resp);
+int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req, struct hd_identity *id,
+                        char **credential, struct hd_http_resp *resp);
 
 /* Answers a poll from history: {"events":[...],"next":"<id>","gap":<bool>}. */
 void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,

@@ -25,13 +25,13 @@
 #include "log.h"
 #include "topic.h"
 
-#define MAX_CRED 4096          /* longest credential looked at; anything longer is refused */
-#define MAX_SECRET 65536       /* a JWT secret file larger than this is a mistake */
-#define MIN_SECRET_WARN 32     /* RFC 7518 3.2: an HS256 key should have at least 256 bits */
-#define MAX_CLAIM_PATTERNS 1024 /* same cap as a pattern list in the config */
-#define SKEW_MS 5000           /* allowed clock skew for exp and nbf */
+#define MAX_CRED 4096              /* longest credential looked at; anything longer is refused */
+#define MAX_SECRET 65536           /* a JWT secret file larger than this is a mistake */
+#define MIN_SECRET_WARN 32         /* RFC 7518 3.2: an HS256 key should have at least 256 bits */
+#define MAX_CLAIM_PATTERNS 1024    /* same cap as a pattern list in the config */
+#define SKEW_MS 5000               /* allowed clock skew for exp and nbf */
 #define MAX_EPOCH_S 253402300799LL /* 9999-12-31T23:59:59Z; later times are clamped to it */
-#define SUB_MAX 63             /* fits hd_identity.name with its NUL */
+#define SUB_MAX 63                 /* fits hd_identity.name with its NUL */
 
 struct tok {
     char *name;
@@ -210,8 +210,10 @@ static int copy_token(struct tok *t, const struct hd_token *src, char *err, size
             if (rc == -ENOMEM)
                 goto oom;
             if (rc < 0) {
-                seterr(err, errlen, "token \"%s\": \"%s\" is not a valid pattern once {sub} is "
-                       "replaced by the token name", t->name, p);
+                seterr(err, errlen,
+                       "token \"%s\": \"%s\" is not a valid pattern once {sub} is "
+                       "replaced by the token name",
+                       t->name, p);
                 return -1;
             }
         }
@@ -434,20 +436,24 @@ static int claim_patterns(const json_t *herald, const char *key, const char *sub
     if (!arr)
         return 0;
     if (!json_is_array(arr) || json_array_size(arr) > MAX_CLAIM_PATTERNS) {
-        hd_error_set(err, HD_ERR_UNAUTHORIZED, "JWT \"herald.%s\" must be an array of at most "
-                     "%d patterns", key, MAX_CLAIM_PATTERNS);
+        hd_error_set(err, HD_ERR_UNAUTHORIZED,
+                     "JWT \"herald.%s\" must be an array of at most "
+                     "%d patterns",
+                     key, MAX_CLAIM_PATTERNS);
         return -EINVAL;
     }
     for (size_t i = 0; i < json_array_size(arr); i++) {
         const json_t *p = json_array_get(arr, i);
-        int rc = json_is_string(p) ? push_pattern(out, json_string_value(p),
-                                                  json_string_length(p), sub)
-                                   : -EINVAL;
+        int rc = json_is_string(p)
+                     ? push_pattern(out, json_string_value(p), json_string_length(p), sub)
+                     : -EINVAL;
         if (rc == -ENOMEM)
             return rc;
         if (rc < 0) {
-            hd_error_set(err, HD_ERR_UNAUTHORIZED, "JWT \"herald.%s[%zu]\" is not a valid "
-                         "pattern", key, i);
+            hd_error_set(err, HD_ERR_UNAUTHORIZED,
+                         "JWT \"herald.%s[%zu]\" is not a valid "
+                         "pattern",
+                         key, i);
             return rc;
         }
     }
@@ -473,10 +479,12 @@ static int check_claims(const char *s, size_t len, int64_t now_ms, struct hd_ide
         hd_error_set(err, HD_ERR_UNAUTHORIZED, "token not valid yet (\"nbf\" is in the future)");
     } else if (!sub) {
         hd_error_set(err, HD_ERR_UNAUTHORIZED, "JWT has no \"sub\" claim");
-    } else if (!json_is_string(sub) || !sub_valid(json_string_value(sub),
-                                                  json_string_length(sub))) {
-        hd_error_set(err, HD_ERR_UNAUTHORIZED, "JWT \"sub\" must be 1-%d characters of A-Z a-z "
-                     "0-9 _ - : @", SUB_MAX);
+    } else if (!json_is_string(sub) ||
+               !sub_valid(json_string_value(sub), json_string_length(sub))) {
+        hd_error_set(err, HD_ERR_UNAUTHORIZED,
+                     "JWT \"sub\" must be 1-%d characters of A-Z a-z "
+                     "0-9 _ - : @",
+                     SUB_MAX);
     } else if (herald && !json_is_object(herald)) {
         hd_error_set(err, HD_ERR_UNAUTHORIZED, "JWT \"herald\" claim must be an object");
     } else {
@@ -512,7 +520,8 @@ static int verify_jwt(const struct hd_auth *a, const char *tok, size_t len, int6
     if (b64url_decode(d2 + 1, slen, sig) != 32)
         return hd_error_set(err, HD_ERR_UNAUTHORIZED, "invalid token");
     if (!HMAC(EVP_sha256(), a->secret, (int)a->secret_len, (const unsigned char *)tok,
-              (size_t)(d2 - tok), mac, &maclen) || maclen != 32)
+              (size_t)(d2 - tok), mac, &maclen) ||
+        maclen != 32)
         return hd_error_set(err, HD_ERR_INTERNAL, "cannot compute HMAC-SHA256");
     if (CRYPTO_memcmp(sig, mac, 32) != 0)
         return hd_error_set(err, HD_ERR_UNAUTHORIZED, "invalid token");
@@ -563,13 +572,15 @@ static int parse_header(const char *h, const char **tok, size_t *len, struct hd_
     if (i == n)
         return 1;
     if (n - i < 6 || strncasecmp(h + i, "Bearer", 6) != 0 || (n - i > 6 && !is_space(h[i + 6])))
-        return hd_error_set(err, HD_ERR_UNAUTHORIZED, "unsupported Authorization scheme; send "
+        return hd_error_set(err, HD_ERR_UNAUTHORIZED,
+                            "unsupported Authorization scheme; send "
                             "\"Authorization: Bearer <token>\"");
     i += 6;
     while (i < n && is_space(h[i]))
         i++;
     if (i == n)
-        return hd_error_set(err, HD_ERR_UNAUTHORIZED, "the Authorization header has no token "
+        return hd_error_set(err, HD_ERR_UNAUTHORIZED,
+                            "the Authorization header has no token "
                             "after \"Bearer\"");
     *tok = h + i;
     *len = n - i;

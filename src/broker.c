@@ -88,7 +88,10 @@ void hd_broker_free(struct hd_broker *b)
     free(b);
 }
 
-struct hd_auth *hd_broker_auth(const struct hd_broker *b) { return b->auth; }
+struct hd_auth *hd_broker_auth(const struct hd_broker *b)
+{
+    return b->auth;
+}
 
 uint32_t hd_broker_rate_take(const struct hd_broker *b, double *tokens, uint64_t *stamp_ns)
 {
@@ -120,11 +123,26 @@ void hd_broker_set_engine(struct hd_broker *b, struct hd_engine *e)
     e->broker = b;
 }
 
-struct hd_metrics *hd_broker_metrics(struct hd_broker *b) { return &b->metrics; }
-struct hd_history *hd_broker_history(struct hd_broker *b) { return b->hist; }
-const struct hd_config *hd_broker_config(const struct hd_broker *b) { return b->cfg; }
-bool hd_broker_draining(const struct hd_broker *b) { return b->draining; }
-size_t hd_broker_connections(const struct hd_broker *b) { return b->n_conns; }
+struct hd_metrics *hd_broker_metrics(struct hd_broker *b)
+{
+    return &b->metrics;
+}
+struct hd_history *hd_broker_history(struct hd_broker *b)
+{
+    return b->hist;
+}
+const struct hd_config *hd_broker_config(const struct hd_broker *b)
+{
+    return b->cfg;
+}
+bool hd_broker_draining(const struct hd_broker *b)
+{
+    return b->draining;
+}
+size_t hd_broker_connections(const struct hd_broker *b)
+{
+    return b->n_conns;
+}
 
 void hd_broker_reload(struct hd_broker *b, const struct hd_config *cfg)
 {
@@ -337,14 +355,14 @@ static int subscribe_core(struct hd_conn *c, const char *pattern, const char *si
     /* A broker without an authenticator (unit tests) allows everything. */
     enum hd_err right = b->auth ? hd_auth_can_subscribe(&c->identity, pattern) : HD_ERR_NONE;
     if (right != HD_ERR_NONE)
-        return hd_error_set(err, right, right == HD_ERR_UNAUTHORIZED
-                                            ? "subscribing to this pattern needs credentials"
-                                            : "these credentials may not subscribe to this pattern");
+        return hd_error_set(err, right,
+                            right == HD_ERR_UNAUTHORIZED
+                                ? "subscribing to this pattern needs credentials"
+                                : "these credentials may not subscribe to this pattern");
     if (find_sub(c, pattern))
         return 0; /* already subscribed: idempotent, and nothing is replayed twice */
     if (c->n_subs >= b->cfg->limits.max_subscriptions_per_connection)
-        return hd_error_set(err, HD_ERR_LIMIT_EXCEEDED,
-                            "at most %u subscriptions per connection",
+        return hd_error_set(err, HD_ERR_LIMIT_EXCEEDED, "at most %u subscriptions per connection",
                             b->cfg->limits.max_subscriptions_per_connection);
     if (c->n_subs == c->cap_subs) {
         uint32_t ncap = c->cap_subs ? c->cap_subs * 2 : 2;
@@ -469,9 +487,10 @@ static int ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_err
     struct hd_broker *b = c->broker;
     enum hd_err right = b->auth ? hd_auth_can_publish(&c->identity, cmd->topic) : HD_ERR_NONE;
     if (right != HD_ERR_NONE)
-        return hd_error_set(err, right, right == HD_ERR_UNAUTHORIZED
-                                            ? "publishing to this topic needs credentials"
-                                            : "these credentials may not publish to this topic");
+        return hd_error_set(err, right,
+                            right == HD_ERR_UNAUTHORIZED
+                                ? "publishing to this topic needs credentials"
+                                : "these credentials may not publish to this topic");
     uint32_t wait = hd_broker_rate_take(b, &c->tokens, &c->tokens_ns);
     if (wait)
         return hd_error_set(err, HD_ERR_RATE_LIMITED,
@@ -496,8 +515,8 @@ static int ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_err
     if (b->pending)
         b->pending->prev = p;
     b->pending = p;
-    struct hd_pub pub = {.topic = cmd->topic, .event = cmd->event, .data_json = data,
-                         .data_len = dlen};
+    struct hd_pub pub = {
+        .topic = cmd->topic, .event = cmd->event, .data_json = data, .data_len = dlen};
     int r = hd_broker_publish(b, &pub, ws_publish_done, p, err);
     free(data);
     if (r) {
@@ -542,8 +561,8 @@ void hd_conn_on_text(struct hd_conn *c, const char *buf, size_t len)
     hd_cmd_clear(&cmd);
 }
 
-int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done,
-                      void *arg, struct hd_error *err)
+int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done, void *arg,
+                      struct hd_error *err)
 {
     if (b->draining || !b->engine)
         return hd_error_set(err, HD_ERR_UNAVAILABLE, "the server is shutting down"), -ESHUTDOWN;
@@ -593,7 +612,10 @@ size_t hd_broker_deliver(void *broker, struct hd_msg *msg)
     return f.receivers;
 }
 
-void hd_conn_touch(struct hd_conn *c) { c->last_rx_ms = hd_now_ns() / 1000000; }
+void hd_conn_touch(struct hd_conn *c)
+{
+    c->last_rx_ms = hd_now_ns() / 1000000;
+}
 
 /*
  * Heartbeats are ours, not lws's: lws 4.1 keeps every connection's ping timer in one sorted

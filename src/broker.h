@@ -40,8 +40,8 @@ enum hd_conn_kind { HD_CONN_WS, HD_CONN_SSE, HD_CONN_POLL };
 
 /* One subscription of a connection. */
 struct hd_conn_sub {
-    struct hd_sub *reg;     /* registry handle */
-    uint64_t covered_from;  /* events of this pattern with seq > this reached the queue */
+    struct hd_sub *reg;    /* registry handle */
+    uint64_t covered_from; /* events of this pattern with seq > this reached the queue */
 };
 
 struct hd_conn {
@@ -56,7 +56,7 @@ struct hd_conn {
     struct hd_conn_sub *subs;
     uint32_t n_subs, cap_subs;
     uint32_t bad_in_row;
-    bool closing;    /* close requested: nothing more is queued */
+    bool closing; /* close requested: nothing more is queued */
     bool want_pending;
     /* Token bucket for publish_rate. */
     double tokens;
@@ -142,13 +142,19 @@ void hd_conn_detach(struct hd_conn *c);
 void hd_conn_on_text(struct hd_conn *c, const char *buf, size_t len);
 
 /* The message to write next (borrowed), or NULL when the queue is empty. */
-static inline struct hd_msg *hd_conn_peek(const struct hd_conn *c) { return hd_queue_peek(&c->q); }
+static inline struct hd_msg *hd_conn_peek(const struct hd_conn *c)
+{
+    return hd_queue_peek(&c->q);
+}
 
 /* The transport handed the peeked message to the kernel: counts it and dequeues it. */
 void hd_conn_wrote(struct hd_conn *c);
 
 /* Called by the transport in its writable callback before writing: clears the pending flag. */
-static inline void hd_conn_writable(struct hd_conn *c) { c->want_pending = false; }
+static inline void hd_conn_writable(struct hd_conn *c)
+{
+    c->want_pending = false;
+}
 
 /* Queues a reply/control frame (takes no ownership of text). Returns 0 or -ENOMEM. */
 int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len);
@@ -158,8 +164,8 @@ int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len);
  * with the result (see engine.h). Returns 0 or a negative errno with `err` filled (nothing
  * happened, `done` will not run).
  */
-int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done,
-                      void *arg, struct hd_error *err);
+int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done, void *arg,
+                      struct hd_error *err);
 
 /*
  * Subscribes an SSE or long-poll connection (no reply frame): adds the pattern and queues

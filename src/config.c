@@ -38,8 +38,19 @@ _Static_assert(sizeof(enum hd_store_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum hd_durability) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum hd_log_level) == sizeof(int), "enum size");
 
-enum ftype { T_BOOL, T_U16, T_U32, T_U64, T_STRING, T_ENUM, T_STRLIST, T_ADDR, T_SHA256,
-             T_OBJECT, T_ARRAY };
+enum ftype {
+    T_BOOL,
+    T_U16,
+    T_U32,
+    T_U64,
+    T_STRING,
+    T_ENUM,
+    T_STRLIST,
+    T_ADDR,
+    T_SHA256,
+    T_OBJECT,
+    T_ARRAY
+};
 
 struct ctx;
 struct table;
@@ -105,8 +116,8 @@ static int parse_store(const char *s, int *out)
 
 static int parse_durability(const char *s, int *out)
 {
-    static const char *const names[] = {[HD_DURABILITY_SYNC] = "sync",
-                                        [HD_DURABILITY_ASYNC] = "async"};
+    static const char *const names[] = {
+        [HD_DURABILITY_SYNC] = "sync", [HD_DURABILITY_ASYNC] = "async"};
     return lookup(names, 2, s, out);
 }
 
@@ -134,8 +145,10 @@ static int check_pattern(const char *s, char *why, size_t cap)
     }
     if (n > 0 && hd_pattern_check(buf, n) == 0)
         return 0;
-    snprintf(why, cap, "\"%.60s\" is not a valid pattern (dot-separated segments of A-Z a-z 0-9 "
-                       "_ : @ -, * for one segment, > last)", s);
+    snprintf(why, cap,
+             "\"%.60s\" is not a valid pattern (dot-separated segments of A-Z a-z 0-9 "
+             "_ : @ -, * for one segment, > last)",
+             s);
     return -EINVAL;
 }
 
@@ -156,8 +169,9 @@ static int check_origin(const char *s, char *why, size_t cap)
     const char *p = s, *host;
     if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
         goto bad;
-    while (*p && *p != ':' && (strchr("+.-", *p) || (*p >= '0' && *p <= '9') ||
-                               (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
+    while (*p && *p != ':' &&
+           (strchr("+.-", *p) || (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+            (*p >= 'A' && *p <= 'Z')))
         p++;
     if (strncmp(p, "://", 3) != 0)
         goto bad;
@@ -183,8 +197,10 @@ static int check_origin(const char *s, char *why, size_t cap)
     if (*p == '\0')
         return 0;
 bad:
-    snprintf(why, cap, "\"%.60s\" is not an origin: expected \"*\" or scheme://host[:port] with "
-                       "no path or trailing slash", s);
+    snprintf(why, cap,
+             "\"%.60s\" is not an origin: expected \"*\" or scheme://host[:port] with "
+             "no path or trailing slash",
+             s);
     return -EINVAL;
 }
 
@@ -225,8 +241,10 @@ static int check_address(const char *s, int family, char *why, size_t cap)
     if (s[0] == '[')
         snprintf(why, cap, "write IPv6 addresses without brackets here, e.g. \"::1\"");
     else
-        snprintf(why, cap, "\"%.60s\" is not a numeric %s address (host names are not accepted)",
-                 s, family == AF_INET6 ? "IPv6" : family == AF_INET ? "IPv4" : "IPv4 or IPv6");
+        snprintf(why, cap, "\"%.60s\" is not a numeric %s address (host names are not accepted)", s,
+                 family == AF_INET6  ? "IPv6"
+                 : family == AF_INET ? "IPv4"
+                                     : "IPv4 or IPv6");
     return -EINVAL;
 }
 
@@ -551,124 +569,249 @@ static int auth_post(struct ctx *c, void *base, json_t *obj);
 #define CFG(m) offsetof(struct hd_config, m)
 #define LST(m) offsetof(struct hd_listener, m)
 #define TOK(m) offsetof(struct hd_token, m)
-#define TABLE(r, p) {.rows = r, .n = sizeof(r) / sizeof(r[0]), .post = p}
+#define TABLE(r, p)                                                                                \
+    {                                                                                              \
+        .rows = r, .n = sizeof(r) / sizeof(r[0]), .post = p                                        \
+    }
 
 static const struct row tls_rows[] = {
-    {.key = "cert", .type = T_STRING, .offset = LST(tls_cert), .min = 1, .max = MAX_STR,
+    {.key = "cert",
+     .type = T_STRING,
+     .offset = LST(tls_cert),
+     .min = 1,
+     .max = MAX_STR,
      .required = true},
-    {.key = "key", .type = T_STRING, .offset = LST(tls_key), .min = 1, .max = MAX_STR,
+    {.key = "key",
+     .type = T_STRING,
+     .offset = LST(tls_key),
+     .min = 1,
+     .max = MAX_STR,
      .required = true},
 };
 static const struct table tls_table = TABLE(tls_rows, NULL);
 
 static const struct row listener_rows[] = {
-    {.key = "address", .type = T_ADDR, .offset = LST(address), .required = true,
-     .max = sizeof(((struct hd_listener *)0)->address) - 1, .check = check_any_address},
+    {.key = "address",
+     .type = T_ADDR,
+     .offset = LST(address),
+     .required = true,
+     .max = sizeof(((struct hd_listener *)0)->address) - 1,
+     .check = check_any_address},
     {.key = "port", .type = T_U16, .offset = LST(port), .min = 0, .max = 65535, .required = true},
     {.key = "tls", .type = T_OBJECT, .sub = &tls_table},
 };
 static const struct table listener_table = TABLE(listener_rows, listener_post);
 
 static const struct row history_rows[] = {
-    {.key = "store", .type = T_ENUM, .offset = CFG(history.store), .def = HD_STORE_MEMORY,
-     .parse_enum = parse_store, .choices = "\"memory\" or \"sqlite\""},
-    {.key = "durability", .type = T_ENUM, .offset = CFG(history.durability),
-     .def = HD_DURABILITY_SYNC, .parse_enum = parse_durability, .choices = "\"sync\" or \"async\""},
-    {.key = "max_events_per_topic", .type = T_U32, .offset = CFG(history.max_events_per_topic),
-     .min = 1, .max = 10000000, .def = 1000},
+    {.key = "store",
+     .type = T_ENUM,
+     .offset = CFG(history.store),
+     .def = HD_STORE_MEMORY,
+     .parse_enum = parse_store,
+     .choices = "\"memory\" or \"sqlite\""},
+    {.key = "durability",
+     .type = T_ENUM,
+     .offset = CFG(history.durability),
+     .def = HD_DURABILITY_SYNC,
+     .parse_enum = parse_durability,
+     .choices = "\"sync\" or \"async\""},
+    {.key = "max_events_per_topic",
+     .type = T_U32,
+     .offset = CFG(history.max_events_per_topic),
+     .min = 1,
+     .max = 10000000,
+     .def = 1000},
     /* 0 keeps events until max_events_per_topic or max_memory_bytes pushes them out. */
-    {.key = "max_age_s", .type = T_U32, .offset = CFG(history.max_age_s), .min = 0,
-     .max = TEN_YEARS_S, .def = 86400},
-    {.key = "max_memory_bytes", .type = T_U64, .offset = CFG(history.max_memory_bytes),
-     .min = MIB, .max = TIB, .def = 256 * MIB},
+    {.key = "max_age_s",
+     .type = T_U32,
+     .offset = CFG(history.max_age_s),
+     .min = 0,
+     .max = TEN_YEARS_S,
+     .def = 86400},
+    {.key = "max_memory_bytes",
+     .type = T_U64,
+     .offset = CFG(history.max_memory_bytes),
+     .min = MIB,
+     .max = TIB,
+     .def = 256 * MIB},
 };
 static const struct table history_table = TABLE(history_rows, NULL);
 
 static const struct row limits_rows[] = {
-    {.key = "max_connections", .type = T_U32, .offset = CFG(limits.max_connections), .min = 1,
-     .max = 10000000, .def = 100000},
+    {.key = "max_connections",
+     .type = T_U32,
+     .offset = CFG(limits.max_connections),
+     .min = 1,
+     .max = 10000000,
+     .def = 100000},
     /* 0 turns the per-address cap off (the default: NATs put many users behind one address). */
-    {.key = "max_connections_per_ip", .type = T_U32, .offset = CFG(limits.max_connections_per_ip),
-     .min = 0, .max = 10000000, .def = 0},
-    {.key = "max_event_bytes", .type = T_U32, .offset = CFG(limits.max_event_bytes), .min = 64,
-     .max = 16 * MIB, .def = 65536},
-    {.key = "max_subscriptions_per_connection", .type = T_U32,
-     .offset = CFG(limits.max_subscriptions_per_connection), .min = 1, .max = 1000000, .def = 1000},
-    {.key = "max_queue_bytes", .type = T_U64, .offset = CFG(limits.max_queue_bytes), .min = 4096,
-     .max = GIB, .def = MIB},
+    {.key = "max_connections_per_ip",
+     .type = T_U32,
+     .offset = CFG(limits.max_connections_per_ip),
+     .min = 0,
+     .max = 10000000,
+     .def = 0},
+    {.key = "max_event_bytes",
+     .type = T_U32,
+     .offset = CFG(limits.max_event_bytes),
+     .min = 64,
+     .max = 16 * MIB,
+     .def = 65536},
+    {.key = "max_subscriptions_per_connection",
+     .type = T_U32,
+     .offset = CFG(limits.max_subscriptions_per_connection),
+     .min = 1,
+     .max = 1000000,
+     .def = 1000},
+    {.key = "max_queue_bytes",
+     .type = T_U64,
+     .offset = CFG(limits.max_queue_bytes),
+     .min = 4096,
+     .max = GIB,
+     .def = MIB},
     /* Past this many bytes queued to all connections together, publishes get 503: load is
      * shed at the door instead of growing memory. */
-    {.key = "max_total_queue_bytes", .type = T_U64, .offset = CFG(limits.max_total_queue_bytes),
-     .min = MIB, .max = 1024 * GIB, .def = 512 * MIB},
+    {.key = "max_total_queue_bytes",
+     .type = T_U64,
+     .offset = CFG(limits.max_total_queue_bytes),
+     .min = MIB,
+     .max = 1024 * GIB,
+     .def = 512 * MIB},
     /* 0 turns rate limiting off; publish_burst then defaults to twice the rate (limits_post). */
-    {.key = "publish_rate", .type = T_U32, .offset = CFG(limits.publish_rate), .min = 0,
-     .max = 10000000, .def = 0},
-    {.key = "publish_burst", .type = T_U32, .offset = CFG(limits.publish_burst), .min = 0,
-     .max = 1000000000, .def = 0},
-    {.key = "max_header_bytes", .type = T_U32, .offset = CFG(limits.max_header_bytes),
-     .min = 1024, .max = 65536, .def = 4096},
-    {.key = "handshake_timeout_s", .type = T_U32, .offset = CFG(limits.handshake_timeout_s),
-     .min = 1, .max = 300, .def = 10},
+    {.key = "publish_rate",
+     .type = T_U32,
+     .offset = CFG(limits.publish_rate),
+     .min = 0,
+     .max = 10000000,
+     .def = 0},
+    {.key = "publish_burst",
+     .type = T_U32,
+     .offset = CFG(limits.publish_burst),
+     .min = 0,
+     .max = 1000000000,
+     .def = 0},
+    {.key = "max_header_bytes",
+     .type = T_U32,
+     .offset = CFG(limits.max_header_bytes),
+     .min = 1024,
+     .max = 65536,
+     .def = 4096},
+    {.key = "handshake_timeout_s",
+     .type = T_U32,
+     .offset = CFG(limits.handshake_timeout_s),
+     .min = 1,
+     .max = 300,
+     .def = 10},
 };
 static const struct table limits_table = TABLE(limits_rows, limits_post);
 
 static const struct row cors_rows[] = {
-    {.key = "origins", .type = T_STRLIST, .offset = CFG(cors_origins), .max = MAX_LIST,
-     .def_str = "*", .check = check_origin},
+    {.key = "origins",
+     .type = T_STRLIST,
+     .offset = CFG(cors_origins),
+     .max = MAX_LIST,
+     .def_str = "*",
+     .check = check_origin},
 };
 static const struct table cors_table = TABLE(cors_rows, NULL);
 
 static const struct row anonymous_rows[] = {
-    {.key = "publish", .type = T_STRLIST, .offset = CFG(auth.anonymous.publish), .max = MAX_LIST,
+    {.key = "publish",
+     .type = T_STRLIST,
+     .offset = CFG(auth.anonymous.publish),
+     .max = MAX_LIST,
      .check = check_anon_pattern},
-    {.key = "subscribe", .type = T_STRLIST, .offset = CFG(auth.anonymous.subscribe),
-     .max = MAX_LIST, .check = check_anon_pattern},
-    {.key = "allow_remote_publish", .type = T_BOOL,
-     .offset = CFG(auth.anonymous.allow_remote_publish), .def = false},
+    {.key = "subscribe",
+     .type = T_STRLIST,
+     .offset = CFG(auth.anonymous.subscribe),
+     .max = MAX_LIST,
+     .check = check_anon_pattern},
+    {.key = "allow_remote_publish",
+     .type = T_BOOL,
+     .offset = CFG(auth.anonymous.allow_remote_publish),
+     .def = false},
 };
 static const struct table anonymous_table = TABLE(anonymous_rows, NULL);
 
 static const struct row token_rows[] = {
-    {.key = "name", .type = T_STRING, .offset = TOK(name), .min = 1, .max = 128,
-     .required = true, .check = check_name},
+    {.key = "name",
+     .type = T_STRING,
+     .offset = TOK(name),
+     .min = 1,
+     .max = 128,
+     .required = true,
+     .check = check_name},
     {.key = "sha256", .type = T_SHA256, .offset = TOK(sha256), .required = true},
-    {.key = "publish", .type = T_STRLIST, .offset = TOK(publish), .max = MAX_LIST,
+    {.key = "publish",
+     .type = T_STRLIST,
+     .offset = TOK(publish),
+     .max = MAX_LIST,
      .check = check_pattern},
-    {.key = "subscribe", .type = T_STRLIST, .offset = TOK(subscribe), .max = MAX_LIST,
+    {.key = "subscribe",
+     .type = T_STRLIST,
+     .offset = TOK(subscribe),
+     .max = MAX_LIST,
      .check = check_pattern},
 };
 static const struct table token_table = TABLE(token_rows, NULL);
 
 static const struct row jwt_rows[] = {
-    {.key = "secret_file", .type = T_STRING, .offset = CFG(auth.jwt_secret_file), .min = 1,
-     .max = MAX_STR, .required = true},
+    {.key = "secret_file",
+     .type = T_STRING,
+     .offset = CFG(auth.jwt_secret_file),
+     .min = 1,
+     .max = MAX_STR,
+     .required = true},
 };
 static const struct table jwt_table = TABLE(jwt_rows, NULL);
 
 static const struct row auth_rows[] = {
     {.key = "anonymous", .type = T_OBJECT, .sub = &anonymous_table},
-    {.key = "tokens", .type = T_ARRAY, .offset = CFG(auth.tokens), .min = 0, .max = MAX_TOKENS,
-     .sub = &token_table, .count_offset = CFG(auth.n_tokens), .elem_size = sizeof(struct hd_token)},
+    {.key = "tokens",
+     .type = T_ARRAY,
+     .offset = CFG(auth.tokens),
+     .min = 0,
+     .max = MAX_TOKENS,
+     .sub = &token_table,
+     .count_offset = CFG(auth.n_tokens),
+     .elem_size = sizeof(struct hd_token)},
     {.key = "jwt", .type = T_OBJECT, .sub = &jwt_table},
 };
 static const struct table auth_table = TABLE(auth_rows, auth_post);
 
 static const struct row log_rows[] = {
-    {.key = "level", .type = T_ENUM, .offset = CFG(log_level), .def = HD_LOG_INFO,
-     .parse_enum = parse_log_level, .choices = "\"error\", \"warn\", \"info\" or \"debug\""},
+    {.key = "level",
+     .type = T_ENUM,
+     .offset = CFG(log_level),
+     .def = HD_LOG_INFO,
+     .parse_enum = parse_log_level,
+     .choices = "\"error\", \"warn\", \"info\" or \"debug\""},
 };
 static const struct table log_table = TABLE(log_rows, NULL);
 
 static const struct row root_rows[] = {
-    {.key = "listen", .type = T_ARRAY, .offset = CFG(listeners), .min = 1, .max = MAX_LISTENERS,
-     .sub = &listener_table, .count_offset = CFG(n_listeners),
+    {.key = "listen",
+     .type = T_ARRAY,
+     .offset = CFG(listeners),
+     .min = 1,
+     .max = MAX_LISTENERS,
+     .sub = &listener_table,
+     .count_offset = CFG(n_listeners),
      .elem_size = sizeof(struct hd_listener)},
     /* "." so that a zero-setup run keeps its files wherever it was started. */
-    {.key = "data_dir", .type = T_STRING, .offset = CFG(data_dir), .min = 1, .max = MAX_STR,
+    {.key = "data_dir",
+     .type = T_STRING,
+     .offset = CFG(data_dir),
+     .min = 1,
+     .max = MAX_STR,
      .def_str = "."},
     {.key = "history", .type = T_OBJECT, .sub = &history_table},
     {.key = "limits", .type = T_OBJECT, .sub = &limits_table},
-    {.key = "heartbeat_s", .type = T_U32, .offset = CFG(heartbeat_s), .min = 1, .max = 3600,
+    {.key = "heartbeat_s",
+     .type = T_U32,
+     .offset = CFG(heartbeat_s),
+     .min = 1,
+     .max = 3600,
      .def = 25},
     {.key = "cors", .type = T_OBJECT, .sub = &cors_table},
     {.key = "auth", .type = T_OBJECT, .sub = &auth_table},
@@ -722,11 +865,21 @@ static int defaults_table(const struct table *tb, void *base)
     for (size_t r = 0; r < tb->n; r++) {
         const struct row *row = &tb->rows[r];
         switch (row->type) {
-        case T_BOOL: *FIELD(base, row->offset, bool) = row->def != 0; break;
-        case T_U16: *FIELD(base, row->offset, uint16_t) = (uint16_t)row->def; break;
-        case T_U32: *FIELD(base, row->offset, uint32_t) = (uint32_t)row->def; break;
-        case T_U64: *FIELD(base, row->offset, uint64_t) = row->def; break;
-        case T_ENUM: *FIELD(base, row->offset, int) = (int)row->def; break;
+        case T_BOOL:
+            *FIELD(base, row->offset, bool) = row->def != 0;
+            break;
+        case T_U16:
+            *FIELD(base, row->offset, uint16_t) = (uint16_t)row->def;
+            break;
+        case T_U32:
+            *FIELD(base, row->offset, uint32_t) = (uint32_t)row->def;
+            break;
+        case T_U64:
+            *FIELD(base, row->offset, uint64_t) = row->def;
+            break;
+        case T_ENUM:
+            *FIELD(base, row->offset, int) = (int)row->def;
+            break;
         case T_STRING:
             if (row->def_str && !(*FIELD(base, row->offset, char *) = strdup(row->def_str)))
                 return -ENOMEM;
@@ -781,14 +934,21 @@ void hd_config_free(struct hd_config *cfg)
 static const char *type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a fractional number";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a fractional number";
     case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
+    case JSON_FALSE:
+        return "a boolean";
+    default:
+        return "null";
     }
 }
 
@@ -863,7 +1023,8 @@ static int apply_strlist(struct ctx *c, const struct row *r, void *base, json_t 
     if (json_array_size(v) && !(l.v = calloc(json_array_size(v), sizeof(char *))))
         return -ENOMEM;
     const struct row entry = {.type = T_STRING, .min = 1, .max = MAX_STR, .check = r->check};
-    json_array_foreach(v, i, e) {
+    json_array_foreach(v, i, e)
+    {
         int rc = push(c, NULL, i);
         if (rc == 0)
             rc = check_string(c, &entry, e);
@@ -899,7 +1060,8 @@ static int apply_array(struct ctx *c, const struct row *r, void *base, json_t *v
         return -ENOMEM;
     *FIELD(base, r->offset, char *) = arr;
     *FIELD(base, r->count_offset, size_t) = n;
-    json_array_foreach(v, i, e) {
+    json_array_foreach(v, i, e)
+    {
         int rc = push(c, NULL, i);
         if (rc == 0)
             rc = defaults_table(r->sub, arr + i * r->elem_size);
@@ -956,7 +1118,8 @@ static int apply_row(struct ctx *c, const struct row *r, void *base, json_t *v)
         *FIELD(base, r->offset, int) = x;
         return 0;
     }
-    case T_STRLIST: return apply_strlist(c, r, base, v);
+    case T_STRLIST:
+        return apply_strlist(c, r, base, v);
     case T_ADDR: {
         char *dst = FIELD(base, r->offset, char);
         const struct row s = {.type = T_STRING, .min = 1, .max = r->max, .check = r->check};
@@ -969,14 +1132,17 @@ static int apply_row(struct ctx *c, const struct row *r, void *base, json_t *v)
         const char *s = json_is_string(v) ? json_string_value(v) : NULL;
         unsigned char *out = FIELD(base, r->offset, unsigned char);
         if (!s || json_string_length(v) != 64 || strspn(s, "0123456789abcdefABCDEF") != 64)
-            return fail(c, AT_VALUE, "must be the SHA-256 of the token as 64 hex digits "
-                                     "(e.g. from: printf %%s TOKEN | sha256sum)");
+            return fail(c, AT_VALUE,
+                        "must be the SHA-256 of the token as 64 hex digits "
+                        "(e.g. from: printf %%s TOKEN | sha256sum)");
         for (size_t i = 0; i < 32; i++)
             out[i] = (unsigned char)(hexdigit(s[2 * i]) << 4 | hexdigit(s[2 * i + 1]));
         return 0;
     }
-    case T_OBJECT: return apply_table(c, r->sub, base, v);
-    case T_ARRAY: return apply_array(c, r, base, v);
+    case T_OBJECT:
+        return apply_table(c, r->sub, base, v);
+    case T_ARRAY:
+        return apply_array(c, r, base, v);
     }
     return -EINVAL;
 }
@@ -988,7 +1154,8 @@ static int apply_table(struct ctx *c, const struct table *tb, void *base, json_t
     if (!json_is_object(obj))
         return fail(c, AT_VALUE, "must be an object (got %s)", type_name(obj));
     /* jansson keeps keys in source order, so the first error reported is the first in the file. */
-    json_object_foreach(obj, key, v) {
+    json_object_foreach(obj, key, v)
+    {
         const struct row *r = find_row(tb, key);
         int rc = push(c, key, 0);
         if (rc == 0)
@@ -1017,8 +1184,9 @@ static int limits_post(struct ctx *c, void *base, json_t *obj)
         cfg->limits.publish_burst = 2 * cfg->limits.publish_rate;
     } else if (cfg->limits.publish_rate > 0 && cfg->limits.publish_burst == 0) {
         push(c, "publish_burst", 0);
-        return fail(c, AT_VALUE, "must be at least 1 when publish_rate is set (0 would refuse "
-                                 "every publish)");
+        return fail(c, AT_VALUE,
+                    "must be at least 1 when publish_rate is set (0 would refuse "
+                    "every publish)");
     }
     return 0;
 }
@@ -1184,7 +1352,9 @@ int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t er
     /* '+': stop at the first non-option instead of permuting argv; ':': report missing values */
     while ((ch = getopt_long(argc, argv, "+:c:h", long_opts, NULL)) != -1) {
         switch (ch) {
-        case 'c': cli->config_path = optarg; break;
+        case 'c':
+            cli->config_path = optarg;
+            break;
         case OPT_LISTEN:
             if (listener_parse(optarg, &tmp, why, sizeof(why)) < 0)
                 return usage_error(cli, err, errlen, "--listen \"%.60s\": %s", optarg, why);
@@ -1199,20 +1369,30 @@ int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t er
             break;
         case OPT_STORE:
             if (parse_store(optarg, &x) < 0)
-                return usage_error(cli, err, errlen, "--store must be memory or sqlite (got "
-                                   "\"%.40s\")", optarg);
+                return usage_error(cli, err, errlen,
+                                   "--store must be memory or sqlite (got "
+                                   "\"%.40s\")",
+                                   optarg);
             cli->store = optarg;
             break;
         case OPT_LOG_LEVEL:
             if (parse_log_level(optarg, &x) < 0)
-                return usage_error(cli, err, errlen, "--log-level must be error, warn, info or "
-                                   "debug (got \"%.40s\")", optarg);
+                return usage_error(cli, err, errlen,
+                                   "--log-level must be error, warn, info or "
+                                   "debug (got \"%.40s\")",
+                                   optarg);
             cli->log_level = optarg;
             break;
-        case OPT_CHECK: cli->check_config = true; break;
-        case OPT_VERSION: cli->version = true; break;
+        case OPT_CHECK:
+            cli->check_config = true;
+            break;
+        case OPT_VERSION:
+            cli->version = true;
+            break;
         case 'h':
-        case OPT_HELP: cli->help = true; break;
+        case OPT_HELP:
+            cli->help = true;
+            break;
         case ':':
             /* glibc has moved optind past the option, so this is what the user typed. */
             return usage_error(cli, err, errlen, "option %.40s needs a value; see heraldd --help",
@@ -1224,13 +1404,17 @@ int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t er
             if (optopt)
                 return usage_error(cli, err, errlen, "unknown option -%c; see heraldd --help",
                                    optopt > 32 && optopt < 127 ? optopt : '?');
-            return usage_error(cli, err, errlen, "unknown or ambiguous option \"%.60s\"; see "
-                               "heraldd --help", argv[optind - 1]);
+            return usage_error(cli, err, errlen,
+                               "unknown or ambiguous option \"%.60s\"; see "
+                               "heraldd --help",
+                               argv[optind - 1]);
         }
     }
     if (optind < argc)
-        return usage_error(cli, err, errlen, "unexpected argument \"%.60s\": heraldd takes only "
-                           "options; see heraldd --help", argv[optind]);
+        return usage_error(cli, err, errlen,
+                           "unexpected argument \"%.60s\": heraldd takes only "
+                           "options; see heraldd --help",
+                           argv[optind]);
     return 0;
 }
 
@@ -1296,7 +1480,7 @@ int hd_config_apply_cli(struct hd_config *cfg, const struct hd_cli *cli,
     if (cli->log_level) {
         if (parse_log_level(cli->log_level, &x) < 0)
             return invalid(err, "--log-level must be error, warn, info or debug (got \"%.40s\")",
-                            cli->log_level);
+                           cli->log_level);
         cfg->log_level = (enum hd_log_level)x;
     }
     return 0;
@@ -1318,28 +1502,30 @@ int hd_config_validate(const struct hd_config *cfg, struct hd_config_error *err)
         if (!l->tls_cert != !l->tls_key)
             return invalid(err, "listen[%zu].tls: cert and key must both be given", i);
         if (!cfg->auth.present && !l->loopback)
-            return invalid(err, "listen[%zu]: %s is not loopback; without an \"auth\" "
-                           "section heraldd only listens on loopback; add an auth section", i,
-                           l->address);
+            return invalid(err,
+                           "listen[%zu]: %s is not loopback; without an \"auth\" "
+                           "section heraldd only listens on loopback; add an auth section",
+                           i, l->address);
         for (size_t j = 0; j < i; j++)
             if (l->port != 0 && l->port == cfg->listeners[j].port &&
                 strcmp(l->address, cfg->listeners[j].address) == 0)
-                return invalid(err, "listen[%zu]: same address and port as listen[%zu]", i,
-                               j);
+                return invalid(err, "listen[%zu]: same address and port as listen[%zu]", i, j);
     }
     if (cfg->auth.present && cfg->auth.anonymous.publish.n > 0 &&
         !cfg->auth.anonymous.allow_remote_publish) {
         for (size_t i = 0; i < cfg->n_listeners; i++)
             if (!cfg->listeners[i].loopback)
-                return invalid(err, "auth.anonymous.publish: anyone reaching listen[%zu] (%s, "
+                return invalid(err,
+                               "auth.anonymous.publish: anyone reaching listen[%zu] (%s, "
                                "not loopback) could publish without credentials; set "
-                               "auth.anonymous.allow_remote_publish to true to allow it", i,
-                               cfg->listeners[i].address);
+                               "auth.anonymous.allow_remote_publish to true to allow it",
+                               i, cfg->listeners[i].address);
     }
     if (cfg->history.store == HD_STORE_SQLITE && (!cfg->data_dir || !cfg->data_dir[0]))
         return invalid(err, "data_dir: the sqlite store needs a data directory");
     if (cfg->limits.max_queue_bytes < cfg->limits.max_event_bytes)
-        return invalid(err, "limits.max_queue_bytes (%llu) is smaller than "
+        return invalid(err,
+                       "limits.max_queue_bytes (%llu) is smaller than "
                        "limits.max_event_bytes (%u): one event would overflow a queue",
                        (unsigned long long)cfg->limits.max_queue_bytes,
                        cfg->limits.max_event_bytes);

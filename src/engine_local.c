@@ -59,8 +59,8 @@ static int local_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_d
     if (le->store && hd_store_failing(le->store))
         return -EIO;
     uint64_t seq = hd_engine_local_next_seq(le->last_seq);
-    struct hd_msg *m = hd_msg_new_event(seq, hd_wall_ms(), pub->topic, pub->event,
-                                        pub->data_json, pub->data_len);
+    struct hd_msg *m =
+        hd_msg_new_event(seq, hd_wall_ms(), pub->topic, pub->event, pub->data_json, pub->data_len);
     if (!m)
         return -ENOMEM;
     m->accept_ns = hd_now_ns();
@@ -92,9 +92,15 @@ static int local_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_d
     return 0;
 }
 
-static void local_drain(struct hd_engine *e) { ((struct local_engine *)e)->draining = true; }
+static void local_drain(struct hd_engine *e)
+{
+    ((struct local_engine *)e)->draining = true;
+}
 
-static void local_destroy(struct hd_engine *e) { free(e); }
+static void local_destroy(struct hd_engine *e)
+{
+    free(e);
+}
 
 static const struct hd_engine_ops local_ops = {
     .name = "local",

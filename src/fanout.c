@@ -26,8 +26,8 @@ struct hd_msg *hd_msg_new_text(const char *text, size_t len)
     return m;
 }
 
-struct hd_msg *hd_msg_new_event(uint64_t seq, int64_t time_ms, const char *topic,
-                                const char *event, const char *data_json, size_t data_len)
+struct hd_msg *hd_msg_new_event(uint64_t seq, int64_t time_ms, const char *topic, const char *event,
+                                const char *data_json, size_t data_len)
 {
     char id[HD_EVENT_ID_LEN + 1];
     hd_event_id_format(seq, id);
@@ -69,8 +69,8 @@ const char *hd_msg_sse(struct hd_msg *m, size_t *len)
         char *s = malloc(HD_MSG_HEADROOM + need + 1);
         if (!s)
             return NULL;
-        int n = snprintf(s + HD_MSG_HEADROOM, need + 1, "id: %s\nevent: %s\ndata: %s\n\n", id,
-                         kind, (const char *)hd_msg_payload(m));
+        int n = snprintf(s + HD_MSG_HEADROOM, need + 1, "id: %s\nevent: %s\ndata: %s\n\n", id, kind,
+                         (const char *)hd_msg_payload(m));
         if (n < 0 || (size_t)n != need) {
             free(s);
             return NULL;

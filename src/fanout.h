@@ -18,15 +18,15 @@
 
 struct hd_msg {
     uint32_t refs;
-    uint32_t len;      /* payload bytes (the JSON text), excluding headroom and NUL */
-    uint64_t seq;      /* event sequence; 0 for replies and other control frames */
-    int64_t time_ms;   /* wall clock at accept (events) */
-    uint64_t accept_ns;/* monotonic clock at accept, for publish-to-write latency */
+    uint32_t len;       /* payload bytes (the JSON text), excluding headroom and NUL */
+    uint64_t seq;       /* event sequence; 0 for replies and other control frames */
+    int64_t time_ms;    /* wall clock at accept (events) */
+    uint64_t accept_ns; /* monotonic clock at accept, for publish-to-write latency */
     /* Delivery status (PROTOCOL.md section 4), events only. */
     uint32_t queued, written, dropped;
     uint32_t receivers; /* connections the publish reached on this node (the reply's count) */
-    const char *topic; /* events: points into this allocation; NULL for replies */
-    const char *event; /* events: the event kind, likewise */
+    const char *topic;  /* events: points into this allocation; NULL for replies */
+    const char *event;  /* events: the event kind, likewise */
     /* Owned by the history module while the event is retained (see history.c). */
     void *hist_topic;
     /* SSE rendering of the event, built on first use and shared like the payload. */
@@ -35,7 +35,10 @@ struct hd_msg {
     unsigned char buf[]; /* HD_MSG_HEADROOM, then len payload bytes, then NUL, then strings */
 };
 
-static inline unsigned char *hd_msg_payload(struct hd_msg *m) { return m->buf + HD_MSG_HEADROOM; }
+static inline unsigned char *hd_msg_payload(struct hd_msg *m)
+{
+    return m->buf + HD_MSG_HEADROOM;
+}
 
 /*
  * Makes a reply/control message by copying `len` bytes of `text`. Returns it with one
@@ -48,8 +51,8 @@ struct hd_msg *hd_msg_new_text(const char *text, size_t len);
  * topic and event kind in the same allocation. `data_json` is borrowed compact JSON. Returns
  * it with one reference, or NULL when out of memory.
  */
-struct hd_msg *hd_msg_new_event(uint64_t seq, int64_t time_ms, const char *topic,
-                                const char *event, const char *data_json, size_t data_len);
+struct hd_msg *hd_msg_new_event(uint64_t seq, int64_t time_ms, const char *topic, const char *event,
+                                const char *data_json, size_t data_len);
 
 static inline struct hd_msg *hd_msg_ref(struct hd_msg *m)
 {
@@ -121,8 +124,6 @@ struct hd_msg *hd_queue_pop(struct hd_queue *q);
  * number of events dropped.
  */
 size_t hd_queue_clear(struct hd_queue *q);
-
-
 
 /*
  * Rebuilds an event from its stored encoding (`payload` is the event JSON exactly as

@@ -460,8 +460,8 @@ static bool collect_visit(struct hd_msg *m, void *arg)
     return c->n < c->limit;
 }
 
-size_t hd_history_collect(struct hd_history *h, const char *pattern, uint64_t after,
-                          uint64_t upto, struct hd_msg **out, size_t limit)
+size_t hd_history_collect(struct hd_history *h, const char *pattern, uint64_t after, uint64_t upto,
+                          struct hd_msg **out, size_t limit)
 {
     struct collect_ctx c = {.out = out, .limit = limit};
     if (limit)
@@ -483,6 +483,15 @@ size_t hd_history_count(struct hd_history *h, const char *pattern, uint64_t afte
     return n;
 }
 
-uint64_t hd_history_last_seq(const struct hd_history *h) { return h->last_seq; }
-size_t hd_history_events(const struct hd_history *h) { return h->events; }
-size_t hd_history_bytes(const struct hd_history *h) { return h->bytes; }
+uint64_t hd_history_last_seq(const struct hd_history *h)
+{
+    return h->last_seq;
+}
+size_t hd_history_events(const struct hd_history *h)
+{
+    return h->events;
+}
+size_t hd_history_bytes(const struct hd_history *h)
+{
+    return h->bytes;
+}

@@ -65,12 +65,11 @@ uint64_t hd_history_resolve(struct hd_history *h, const char *pattern, struct hd
  * into `out` (borrowed pointers; caller takes references if it keeps them). When `upto` is
  * non-zero only events with seq <= upto are considered. Returns the number written.
  */
-size_t hd_history_collect(struct hd_history *h, const char *pattern, uint64_t after,
-                          uint64_t upto, struct hd_msg **out, size_t limit);
+size_t hd_history_collect(struct hd_history *h, const char *pattern, uint64_t after, uint64_t upto,
+                          struct hd_msg **out, size_t limit);
 
 /* Counts matching events with after < seq <= upto (upto 0 = no bound). */
-size_t hd_history_count(struct hd_history *h, const char *pattern, uint64_t after,
-                        uint64_t upto);
+size_t hd_history_count(struct hd_history *h, const char *pattern, uint64_t after, uint64_t upto);
 
 /* The newest sequence ever appended (or base_seq - 1 when none). */
 uint64_t hd_history_last_seq(const struct hd_history *h);

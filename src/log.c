@@ -20,9 +20,18 @@ static const char *const names[] = {
     [HD_LOG_DEBUG] = "debug",
 };
 
-void hd_log_set_level(enum hd_log_level level) { current = level; }
-enum hd_log_level hd_log_get_level(void) { return current; }
-bool hd_log_enabled(enum hd_log_level level) { return level <= current; }
+void hd_log_set_level(enum hd_log_level level)
+{
+    current = level;
+}
+enum hd_log_level hd_log_get_level(void)
+{
+    return current;
+}
+bool hd_log_enabled(enum hd_log_level level)
+{
+    return level <= current;
+}
 
 int hd_log_level_parse(const char *s, enum hd_log_level *out)
 {

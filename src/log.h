@@ -30,10 +30,10 @@ void hd_log(enum hd_log_level level, const char *msg, const char *fields, ...)
 #define hd_log_error(msg, ...) hd_log(HD_LOG_ERROR, msg, __VA_ARGS__)
 #define hd_log_warn(msg, ...) hd_log(HD_LOG_WARN, msg, __VA_ARGS__)
 #define hd_log_info(msg, ...) hd_log(HD_LOG_INFO, msg, __VA_ARGS__)
-#define hd_log_debug(msg, ...)                                                       \
-    do {                                                                             \
-        if (hd_log_enabled(HD_LOG_DEBUG))                                            \
-            hd_log(HD_LOG_DEBUG, msg, __VA_ARGS__);                                  \
+#define hd_log_debug(msg, ...)                                                                     \
+    do {                                                                                           \
+        if (hd_log_enabled(HD_LOG_DEBUG))                                                          \
+            hd_log(HD_LOG_DEBUG, msg, __VA_ARGS__);                                                \
     } while (0)
 
 #endif

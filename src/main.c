@@ -86,7 +86,8 @@ static void load_event(void *arg, struct hd_msg *m)
 static void notify_status(struct daemon *d)
 {
     struct hd_metrics *m = hd_broker_metrics(d->broker);
-    sd_notifyf(0, "STATUS=%" PRId64 " connections, %" PRId64 " subscriptions, %" PRIu64
+    sd_notifyf(0,
+               "STATUS=%" PRId64 " connections, %" PRId64 " subscriptions, %" PRIu64
                " events published",
                m->connections, m->subscriptions, m->events_published);
 }
@@ -107,8 +108,8 @@ static void on_watchdog(uv_timer_t *t)
 
 static void close_own_handles(struct daemon *d)
 {
-    uv_handle_t *own[] = {(uv_handle_t *)&d->sigterm, (uv_handle_t *)&d->sigint,
-                          (uv_handle_t *)&d->sighup,  (uv_handle_t *)&d->tick,
+    uv_handle_t *own[] = {(uv_handle_t *)&d->sigterm,  (uv_handle_t *)&d->sigint,
+                          (uv_handle_t *)&d->sighup,   (uv_handle_t *)&d->tick,
                           (uv_handle_t *)&d->watchdog, (uv_handle_t *)&d->drain};
     for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
         if (!uv_is_closing(own[i]))
@@ -130,8 +131,7 @@ static void on_drain_check(uv_timer_t *t)
     size_t pending = hd_engine_local_pending(d->engine);
     if ((conns == 0 && pending == 0) || waited_ms >= DRAIN_TIMEOUT_MS) {
         if (conns || pending)
-            hd_log_warn("drain timed out", "connections=%zu publishes_pending=%zu", conns,
-                        pending);
+            hd_log_warn("drain timed out", "connections=%zu publishes_pending=%zu", conns, pending);
         finish_stop(d);
     }
 }
@@ -149,7 +149,10 @@ static void start_stop(struct daemon *d, int signum)
     uv_timer_start(&d->drain, on_drain_check, 0, 20);
 }
 
-static void on_stop_signal(uv_signal_t *h, int signum) { start_stop(h->data, signum); }
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+    start_stop(h->data, signum);
+}
 
 static void on_reload(uv_signal_t *h, int signum)
 {
@@ -164,8 +167,7 @@ static void on_reload(uv_signal_t *h, int signum)
     struct hd_config next = {0};
     char aerr[300] = "";
     struct hd_auth *auth = NULL;
-    if (load_config(&next, d->cli, NULL) == 0 &&
-        !(auth = hd_auth_new(&next, aerr, sizeof(aerr))))
+    if (load_config(&next, d->cli, NULL) == 0 && !(auth = hd_auth_new(&next, aerr, sizeof(aerr))))
         hd_log_error("configuration not reloaded", "error=\"%s\"", aerr);
     if (auth) {
         /* Listeners and the store stay as started; limits, auth and log level change now.
@@ -260,8 +262,8 @@ int main(int argc, char **argv)
         };
         struct hd_store_info info;
         char serr[256] = "";
-        d.store = hd_store_open(&d.loop, d.cfg.data_dir, d.cfg.history.durability, &lim,
-                                base_seq, &info, serr, sizeof(serr));
+        d.store = hd_store_open(&d.loop, d.cfg.data_dir, d.cfg.history.durability, &lim, base_seq,
+                                &info, serr, sizeof(serr));
         if (!d.store) {
             hd_log_error("cannot open the event store", "data_dir=\"%s\" error=\"%s\"",
                          d.cfg.data_dir, serr);

@@ -20,10 +20,10 @@ static const struct {
     uint64_t ns;
     const char *le;
 } bounds[HD_HIST_BUCKETS] = {
-    {50000, "5e-05"},  {100000, "0.0001"},  {250000, "0.00025"},  {500000, "0.0005"},
-    {1000000, "0.001"}, {2500000, "0.0025"}, {5000000, "0.005"},    {10000000, "0.01"},
-    {25000000, "0.025"}, {50000000, "0.05"}, {100000000, "0.1"},    {250000000, "0.25"},
-    {500000000, "0.5"}, {1000000000, "1"},   {2500000000u, "2.5"},  {10000000000u, "10"},
+    {50000, "5e-05"},    {100000, "0.0001"},  {250000, "0.00025"},  {500000, "0.0005"},
+    {1000000, "0.001"},  {2500000, "0.0025"}, {5000000, "0.005"},   {10000000, "0.01"},
+    {25000000, "0.025"}, {50000000, "0.05"},  {100000000, "0.1"},   {250000000, "0.25"},
+    {500000000, "0.5"},  {1000000000, "1"},   {2500000000u, "2.5"}, {10000000000u, "10"},
 };
 
 /* Observes `ns` into the first bucket whose bound is >= ns (Prometheus `le` semantics). */
@@ -168,8 +168,7 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
     counter(&b, "herald_protocol_errors_total", "WebSocket commands refused with an error.",
             m->protocol_errors);
     counter(&b, "herald_http_requests_total", "HTTP requests received.", m->http_requests);
-    counter(&b, "herald_publish_rejected_total", "Publish requests refused.",
-            m->publish_rejected);
+    counter(&b, "herald_publish_rejected_total", "Publish requests refused.", m->publish_rejected);
 
     histogram(&b, "herald_publish_to_write_seconds",
               "Time from accepting an event to handing its frame to the kernel.",

@@ -28,13 +28,13 @@ enum hd_drop_reason {
 
 struct hd_metrics {
     /* Gauges, maintained by whoever owns the thing counted. */
-    int64_t connections;       /* WebSocket connections open */
-    int64_t sse_streams;       /* SSE streams open */
-    int64_t long_polls;        /* long polls waiting */
-    int64_t subscriptions;     /* patterns subscribed across all connections */
-    int64_t history_events;    /* events retained */
-    int64_t history_bytes;     /* bytes retained */
-    int64_t queued_bytes;      /* bytes waiting in connection queues (live pushes) */
+    int64_t connections;    /* WebSocket connections open */
+    int64_t sse_streams;    /* SSE streams open */
+    int64_t long_polls;     /* long polls waiting */
+    int64_t subscriptions;  /* patterns subscribed across all connections */
+    int64_t history_events; /* events retained */
+    int64_t history_bytes;  /* bytes retained */
+    int64_t queued_bytes;   /* bytes waiting in connection queues (live pushes) */
     /* Counters. */
     uint64_t connections_total;
     uint64_t events_published;

@@ -170,7 +170,10 @@ static void wr_mem(struct wr *w, const void *s, size_t len)
 
 #define wr_lit(w, s) wr_mem((w), (s), sizeof(s) - 1)
 
-static void wr_str(struct wr *w, const char *s) { wr_mem(w, s, strlen(s)); }
+static void wr_str(struct wr *w, const char *s)
+{
+    wr_mem(w, s, strlen(s));
+}
 
 static void wr_u64(struct wr *w, uint64_t v)
 {
@@ -221,13 +224,27 @@ static void wr_jesc(struct wr *w, const char *s, size_t len)
         }
         wr_mem(w, s + run, i - run);
         switch (c) {
-        case '"': wr_lit(w, "\\\""); break;
-        case '\\': wr_lit(w, "\\\\"); break;
-        case '\n': wr_lit(w, "\\n"); break;
-        case '\r': wr_lit(w, "\\r"); break;
-        case '\t': wr_lit(w, "\\t"); break;
-        case '\b': wr_lit(w, "\\b"); break;
-        case '\f': wr_lit(w, "\\f"); break;
+        case '"':
+            wr_lit(w, "\\\"");
+            break;
+        case '\\':
+            wr_lit(w, "\\\\");
+            break;
+        case '\n':
+            wr_lit(w, "\\n");
+            break;
+        case '\r':
+            wr_lit(w, "\\r");
+            break;
+        case '\t':
+            wr_lit(w, "\\t");
+            break;
+        case '\b':
+            wr_lit(w, "\\b");
+            break;
+        case '\f':
+            wr_lit(w, "\\f");
+            break;
         default:
             if (c >= 0x80) {
                 wr_lit(w, "\\ufffd");
@@ -249,9 +266,15 @@ static void wr_jstr(struct wr *w, const char *s, size_t len)
     wr_lit(w, "\"");
 }
 
-static void wr_jstr0(struct wr *w, const char *s) { wr_jstr(w, s ? s : "", s ? strlen(s) : 0); }
+static void wr_jstr0(struct wr *w, const char *s)
+{
+    wr_jstr(w, s ? s : "", s ? strlen(s) : 0);
+}
 
-static void wr_start(struct wr *w) { *w = (struct wr){.grow = true}; }
+static void wr_start(struct wr *w)
+{
+    *w = (struct wr){.grow = true};
+}
 
 /* Finishes a grow-mode writer: the malloc'd text, or NULL (and nothing leaked) on OOM. */
 static char *wr_finish(struct wr *w, size_t *len)
@@ -292,8 +315,8 @@ static const char *echo(char out[ECHO_MAX + 4], const char *s, size_t len)
 
 static bool kind_char(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-' || c == '.' || c == ':';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.' || c == ':';
 }
 
 /* Checks an event kind of `len` bytes (need not be NUL-terminated); NULL is never valid. */
@@ -312,8 +335,7 @@ bool hd_event_kind_valid(const char *s, size_t len)
  * Looks up an optional string member. Returns 1 with s and len set when present, 0 when absent,
  * or -1 (err set to bad_request) when present but not a string.
  */
-static int get_str(json_t *root, const char *key, const char **s, size_t *len,
-                   struct hd_error *err)
+static int get_str(json_t *root, const char *key, const char **s, size_t *len, struct hd_error *err)
 {
     json_t *v = json_object_get(root, key);
     if (!v)
@@ -454,10 +476,14 @@ static int parse_fields(struct hd_cmd *cmd, struct hd_error *err)
     cmd->op = ops[i].op;
 
     switch (cmd->op) {
-    case HD_OP_SUBSCRIBE: return parse_subscribe(cmd, err);
-    case HD_OP_UNSUBSCRIBE: return parse_pattern(cmd, err);
-    case HD_OP_PUBLISH: return parse_publish(cmd, err);
-    case HD_OP_PING: return 0;
+    case HD_OP_SUBSCRIBE:
+        return parse_subscribe(cmd, err);
+    case HD_OP_UNSUBSCRIBE:
+        return parse_pattern(cmd, err);
+    case HD_OP_PUBLISH:
+        return parse_publish(cmd, err);
+    case HD_OP_PING:
+        return 0;
     }
     return hd_error_set(err, HD_ERR_INTERNAL, "unhandled op");
 }
@@ -490,8 +516,8 @@ int hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_erro
         for (size_t i = 0; i < n; i++)
             e[i] = (jerr.text[i] >= 0x20 && jerr.text[i] < 0x7f) ? jerr.text[i] : '?';
         e[n] = '\0';
-        return hd_error_set(err, HD_ERR_BAD_REQUEST, "invalid JSON at byte %d: %s",
-                            jerr.position, e);
+        return hd_error_set(err, HD_ERR_BAD_REQUEST, "invalid JSON at byte %d: %s", jerr.position,
+                            e);
     }
     if (!json_is_object(cmd->root)) {
         hd_cmd_clear(cmd);
@@ -649,8 +675,7 @@ char *hd_encode_publish_reply(const char *event_id, const char *topic, int64_t t
  * is data_json; a NULL or empty data_json is written as null so the frame stays valid JSON.
  */
 size_t hd_encode_event(char *out, size_t cap, const char *topic, const char *event_id,
-                       int64_t time_ms, const char *event, const char *data_json,
-                       size_t data_len)
+                       int64_t time_ms, const char *event, const char *data_json, size_t data_len)
 {
     struct wr w = {.p = out, .cap = out ? cap : 0};
     wr_lit(&w, "{\"type\":\"event\",\"topic\":\"");
@@ -783,12 +808,24 @@ static bool dump(struct wr *w, const json_t *v, int depth)
         wr_lit(w, "]");
         return true;
     }
-    case JSON_STRING: wr_jstr(w, json_string_value(v), json_string_length(v)); return true;
-    case JSON_INTEGER: wr_i64(w, (int64_t)json_integer_value(v)); return true;
-    case JSON_REAL: wr_real(w, json_real_value(v)); return true;
-    case JSON_TRUE: wr_lit(w, "true"); return true;
-    case JSON_FALSE: wr_lit(w, "false"); return true;
-    case JSON_NULL: wr_lit(w, "null"); return true;
+    case JSON_STRING:
+        wr_jstr(w, json_string_value(v), json_string_length(v));
+        return true;
+    case JSON_INTEGER:
+        wr_i64(w, (int64_t)json_integer_value(v));
+        return true;
+    case JSON_REAL:
+        wr_real(w, json_real_value(v));
+        return true;
+    case JSON_TRUE:
+        wr_lit(w, "true");
+        return true;
+    case JSON_FALSE:
+        wr_lit(w, "false");
+        return true;
+    case JSON_NULL:
+        wr_lit(w, "null");
+        return true;
     }
     return false;
 }

@@ -57,7 +57,7 @@ enum hd_op { HD_OP_SUBSCRIBE, HD_OP_UNSUBSCRIBE, HD_OP_PUBLISH, HD_OP_PING };
  */
 struct hd_cmd {
     enum hd_op op;
-    bool has_id;      /* the frame had an integer "id" */
+    bool has_id; /* the frame had an integer "id" */
     int64_t id;
     const char *topic; /* subscribe/unsubscribe: pattern; publish: topic. Validated. */
     const char *since; /* subscribe only; NULL when absent */
@@ -105,8 +105,7 @@ char *hd_encode_publish_reply(const char *event_id, const char *topic, int64_t t
  * grammar forbids quotes and backslashes) but the id is likewise grammar-safe.
  */
 size_t hd_encode_event(char *out, size_t cap, const char *topic, const char *event_id,
-                       int64_t time_ms, const char *event, const char *data_json,
-                       size_t data_len);
+                       int64_t time_ms, const char *event, const char *data_json, size_t data_len);
 
 /* Event ids: 16 lowercase hex digits of a 64-bit sequence, so ids sort as strings. */
 #define HD_EVENT_ID_LEN 16

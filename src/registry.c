@@ -111,22 +111,22 @@ struct hd_registry {
 /* ---- keyed hash ---------------------------------------------------------------------- */
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                          \
-    do {                                                                                  \
-        v0 += v1;                                                                         \
-        v1 = ROTL(v1, 13);                                                                \
-        v1 ^= v0;                                                                         \
-        v0 = ROTL(v0, 32);                                                                \
-        v2 += v3;                                                                         \
-        v3 = ROTL(v3, 16);                                                                \
-        v3 ^= v2;                                                                         \
-        v0 += v3;                                                                         \
-        v3 = ROTL(v3, 21);                                                                \
-        v3 ^= v0;                                                                         \
-        v2 += v1;                                                                         \
-        v1 = ROTL(v1, 17);                                                                \
-        v1 ^= v2;                                                                         \
-        v2 = ROTL(v2, 32);                                                                \
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1;                                                                                  \
+        v1 = ROTL(v1, 13);                                                                         \
+        v1 ^= v0;                                                                                  \
+        v0 = ROTL(v0, 32);                                                                         \
+        v2 += v3;                                                                                  \
+        v3 = ROTL(v3, 16);                                                                         \
+        v3 ^= v2;                                                                                  \
+        v0 += v3;                                                                                  \
+        v3 = ROTL(v3, 21);                                                                         \
+        v3 ^= v0;                                                                                  \
+        v2 += v1;                                                                                  \
+        v1 = ROTL(v1, 17);                                                                         \
+        v1 ^= v2;                                                                                  \
+        v2 = ROTL(v2, 32);                                                                         \
     } while (0)
 
 /* SipHash-1-3 (as in redis' dict), little-endian loads so the result is portable. */
@@ -274,8 +274,7 @@ static struct node *node_new(struct hd_registry *reg, struct node *parent, const
 }
 
 /* Finds or creates the child of `n` for segment `seg`. Returns NULL on OOM (`n` unchanged). */
-static struct node *child_get(struct hd_registry *reg, struct node *n, const char *seg,
-                              size_t len)
+static struct node *child_get(struct hd_registry *reg, struct node *n, const char *seg, size_t len)
 {
     if (len == 1 && seg[0] == '*') {
         if (!n->star)

@@ -43,14 +43,17 @@ struct hd_server {
     bool failed; /* a listener could not be bound: tear down and exit */
 };
 
-bool hd_server_failed(const struct hd_server *s) { return !s || s->failed; }
+bool hd_server_failed(const struct hd_server *s)
+{
+    return !s || s->failed;
+}
 
 /* --- WebSocket --------------------------------------------------------------------- */
 
 struct ws_pss {
     struct hd_conn conn; /* first: the broker hands it back to us */
     struct lws *wsi;
-    char *rx;      /* reassembly buffer, only while a message spans several callbacks */
+    char *rx; /* reassembly buffer, only while a message spans several callbacks */
     size_t rx_len;
     int close_code;
     char close_reason[40];
@@ -134,8 +137,10 @@ static bool copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, in
  */
 static int refuse_upgrade(struct lws *wsi, enum hd_err code, const char *message)
 {
-    static const char *const reasons[] = {[400] = "Bad Request", [401] = "Unauthorized",
-                                          [403] = "Forbidden", [404] = "Not Found",
+    static const char *const reasons[] = {[400] = "Bad Request",
+                                          [401] = "Unauthorized",
+                                          [403] = "Forbidden",
+                                          [404] = "Not Found",
                                           [503] = "Service Unavailable"};
     size_t blen = 0;
     char *body = hd_encode_error(false, false, 0, code, message, &blen);
@@ -185,8 +190,7 @@ static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
     }
     struct hd_http_resp resp = {0};
     memset(pss, 0, sizeof(*pss));
-    int r = hd_api_authenticate(s->broker, &req, &pss->conn.identity, &pss->conn.credential,
-                                &resp);
+    int r = hd_api_authenticate(s->broker, &req, &pss->conn.identity, &pss->conn.credential, &resp);
     if (r) {
         r = refuse_upgrade(wsi, HD_ERR_UNAUTHORIZED,
                            resp.body ? "invalid or expired credentials" : "unauthorized");
@@ -238,8 +242,8 @@ static int ws_receive(struct hd_server *s, struct ws_pss *pss, struct lws *wsi, 
     }
     return 0;
 too_big:
-    lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
-                     (unsigned char *)"frame too large", 15);
+    lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"frame too large",
+                     15);
     return -1;
 }
 
@@ -386,9 +390,9 @@ struct http_pss {
     enum http_mode mode;
     lws_sorted_usec_list_t sul; /* SSE keepalive or long-poll deadline */
     bool keepalive_due, poll_ready, stream_closing;
-    bool watched;         /* in the server's epoll set of held-open requests */
-    bool busy;            /* a request is being answered on this connection */
-    bool body_done;       /* the body is complete; it is acted on when writable */
+    bool watched;   /* in the server's epoll set of held-open requests */
+    bool busy;      /* a request is being answered on this connection */
+    bool body_done; /* the body is complete; it is acted on when writable */
     bool publish_started;
     uint32_t ticks, deadline_ticks;
     struct lws *wsi;
@@ -542,7 +546,7 @@ static void copy_query(struct lws *wsi, struct http_pss *pss)
     pss->has_query = o > 0;
 }
 
-#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
 /* SSE keepalive comment period (the protocol promises one at least every 30 s). */
 #define SSE_KEEPALIVE_TICKS 15
@@ -592,8 +596,8 @@ static void sul_stream_tick(lws_sorted_usec_list_t *sul)
 }
 
 /* Writes response headers with CORS; for SSE no Content-Length. Returns 0 or -1. */
-static int write_headers(struct hd_server *s, struct http_pss *pss, int status,
-                         const char *ctype, lws_filepos_t clen)
+static int write_headers(struct hd_server *s, struct http_pss *pss, int status, const char *ctype,
+                         lws_filepos_t clen)
 {
     unsigned char buf[LWS_PRE + 2048];
     unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof(buf) - 1;
@@ -617,8 +621,8 @@ static int write_headers(struct hd_server *s, struct http_pss *pss, int status,
 static int stream_attach(struct hd_server *s, struct http_pss *pss, enum hd_conn_kind kind)
 {
     struct hd_http_resp scratch = {0};
-    int r = hd_api_authenticate(s->broker, &pss->req, &pss->conn.identity,
-                                &pss->conn.credential, &scratch);
+    int r = hd_api_authenticate(s->broker, &pss->req, &pss->conn.identity, &pss->conn.credential,
+                                &scratch);
     hd_http_resp_clear(&scratch);
     if (r)
         return -1; /* the route already checked; only a reload in between gets here */
@@ -763,8 +767,7 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
         pss->close_after = true;
         return http_respond(s, pss);
     }
-    if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, pss->content_type,
-                    sizeof(pss->content_type)))
+    if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, pss->content_type, sizeof(pss->content_type)))
         pss->req.content_type = pss->content_type;
     if (copy_header(wsi, WSI_TOKEN_ORIGIN, pss->origin, sizeof(pss->origin)))
         pss->req.origin = pss->origin;
@@ -815,7 +818,8 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     /* Refused before its body was read: lws 4.1 would parse that body as the next request
      * (and can hang doing so), so the connection closes after this answer. */
-    if (pss->req.content_length > 0 || lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+    if (pss->req.content_length > 0 ||
+        lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
         pss->close_after = true;
     return http_respond(s, pss);
 }
@@ -919,8 +923,8 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     int status = r->status ? r->status : 500;
     /* RFC 9110: no Content-Length on a 204. */
     if (lws_add_http_common_headers(wsi, (unsigned int)status, r->content_type,
-                                    status == 204 ? LWS_ILLEGAL_HTTP_CONTENT_LEN : r->body_len,
-                                    &p, end))
+                                    status == 204 ? LWS_ILLEGAL_HTTP_CONTENT_LEN : r->body_len, &p,
+                                    end))
         goto fail;
     for (size_t i = 0; i < r->n_headers; i++)
         if (lws_add_http_header_by_name(wsi, (const unsigned char *)r->headers[i].name,
@@ -930,9 +934,8 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                     (const unsigned char *)"no-store", 8, &p, end))
         goto fail;
-    if (pss->close_after &&
-        lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
-                                    (const unsigned char *)"close", 5, &p, end))
+    if (pss->close_after && lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
+                                                        (const unsigned char *)"close", 5, &p, end))
         goto fail;
     if (lws_finalize_write_http_header(wsi, start, &p, end))
         goto fail;
@@ -993,13 +996,17 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
 enum { PROTO_HTTP, PROTO_WS };
 
 static const struct lws_protocols protocols[] = {
-    [PROTO_HTTP] = {.name = "http", .callback = callback_http,
-                    .per_session_data_size = sizeof(struct http_pss), .rx_buffer_size = 0},
-    [PROTO_WS] = {.name = "herald.v1", .callback = callback_ws,
+    [PROTO_HTTP] = {.name = "http",
+                    .callback = callback_http,
+                    .per_session_data_size = sizeof(struct http_pss),
+                    .rx_buffer_size = 0},
+    [PROTO_WS] = {.name = "herald.v1",
+                  .callback = callback_ws,
                   .per_session_data_size = sizeof(struct ws_pss),
                   /* A chunk size, not a message limit (we reassemble): small keeps idle
                    * connections cheap. */
-                  .rx_buffer_size = 512, .tx_packet_size = 0},
+                  .rx_buffer_size = 512,
+                  .tx_packet_size = 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -1008,8 +1015,8 @@ static void lws_logger(int level, const char *line)
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == ' '))
         n--;
-    hd_log(level & LLL_ERR ? HD_LOG_WARN : HD_LOG_DEBUG, "libwebsockets", "lws=\"%.*s\"",
-           (int)n, line);
+    hd_log(level & LLL_ERR ? HD_LOG_WARN : HD_LOG_DEBUG, "libwebsockets", "lws=\"%.*s\"", (int)n,
+           line);
 }
 
 struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg)
@@ -1021,7 +1028,9 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->cfg = cfg;
     s->loop = loop;
     s->epfd = -1;
-    lws_set_log_level(LLL_ERR | (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0), lws_logger);
+    lws_set_log_level(LLL_ERR |
+                          (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0),
+                      lws_logger);
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
@@ -1051,8 +1060,8 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->retry = (lws_retry_bo_t){0};
     /* WebSocket upgrades without Sec-WebSocket-Protocol still land on herald.v1. */
     s->pvo_default = (struct lws_protocol_vhost_options){.name = "default", .value = ""};
-    s->pvo = (struct lws_protocol_vhost_options){.name = "herald.v1", .options = &s->pvo_default,
-                                                 .value = ""};
+    s->pvo = (struct lws_protocol_vhost_options){
+        .name = "herald.v1", .options = &s->pvo_default, .value = ""};
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const struct hd_listener *l = &cfg->listeners[i];
         struct lws_context_creation_info vi;
@@ -1067,7 +1076,8 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         vi.retry_and_idle_policy = &s->retry;
         vi.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
         if (strchr(l->address, ':'))
-            vi.options |= LWS_SERVER_OPTION_IPV6_V6ONLY_MODIFY | LWS_SERVER_OPTION_IPV6_V6ONLY_VALUE;
+            vi.options |=
+                LWS_SERVER_OPTION_IPV6_V6ONLY_MODIFY | LWS_SERVER_OPTION_IPV6_V6ONLY_VALUE;
         else
             vi.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
         vi.keepalive_timeout = 60;
@@ -1106,7 +1116,10 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     return s;
 }
 
-void hd_server_drain(struct hd_server *s) { hd_broker_drain(s->broker); }
+void hd_server_drain(struct hd_server *s)
+{
+    hd_broker_drain(s->broker);
+}
 
 void hd_server_destroy(struct hd_server *s)
 {

@@ -31,8 +31,7 @@ struct hd_store_info {
  * database is created. Returns NULL with a sentence in `err` when the file cannot be opened
  * or is not a Herald database (the daemon exits 2 then).
  */
-struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir,
-                               enum hd_durability durability,
+struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_durability durability,
                                const struct hd_history_limits *lim, uint64_t new_base_seq,
                                struct hd_store_info *info, char *err, size_t errlen);
 

@@ -110,8 +110,8 @@ static char *jwt_with(const char *header, const char *payload, const char *key)
     snprintf(out, n + 64, "%s.%s", h, p);
     unsigned char mac[32];
     unsigned int maclen = 0;
-    ck_assert_ptr_nonnull(HMAC(EVP_sha256(), key, (int)strlen(key), (unsigned char *)out, n,
-                               mac, &maclen));
+    ck_assert_ptr_nonnull(
+        HMAC(EVP_sha256(), key, (int)strlen(key), (unsigned char *)out, n, mac, &maclen));
     char *s = b64url(mac, maclen);
     strcat(out, ".");
     strcat(out, s);
@@ -147,8 +147,7 @@ static void expect_401(struct hd_auth *a, const char *token, const char *needle)
     int rc = auth_bearer(a, token, &id, &err);
     ck_assert_msg(rc == -EACCES, "accepted %s (rc %d)", token, rc);
     ck_assert_int_eq(err.code, HD_ERR_UNAUTHORIZED);
-    ck_assert_msg(strstr(err.message, needle) != NULL, "\"%s\" lacks \"%s\"", err.message,
-                  needle);
+    ck_assert_msg(strstr(err.message, needle) != NULL, "\"%s\" lacks \"%s\"", err.message, needle);
     ck_assert_msg(strlen(token) < 8 || strstr(err.message, token) == NULL,
                   "message leaks the token: %s", err.message);
     ck_assert_int_eq(id.pub.n + id.sub.n, 0);
@@ -171,8 +170,7 @@ START_TEST(jwt_valid)
 {
     struct hd_auth *a = full_auth();
     char payload[512];
-    snprintf(payload, sizeof(payload), "{\"sub\":\"alice\",\"exp\":%lld,%s}", NOW_S + 3600,
-             RIGHTS);
+    snprintf(payload, sizeof(payload), "{\"sub\":\"alice\",\"exp\":%lld,%s}", NOW_S + 3600, RIGHTS);
     char *t = jwt(payload);
     struct hd_identity id;
     expect_ok(a, t, &id);
@@ -327,8 +325,8 @@ START_TEST(jwt_subject)
     char *t = jwt("{\"exp\":9999999999}");
     expect_401(a, t, "no \"sub\"");
     free(t);
-    const char *bad[] = {"{\"sub\":\"a.b\"}", "{\"sub\":\"\"}", "{\"sub\":42}",
-                         "{\"sub\":\"al ice\"}", "{\"sub\":\"a*\"}", "{\"sub\":\"{sub}\"}",
+    const char *bad[] = {"{\"sub\":\"a.b\"}",          "{\"sub\":\"\"}",   "{\"sub\":42}",
+                         "{\"sub\":\"al ice\"}",       "{\"sub\":\"a*\"}", "{\"sub\":\"{sub}\"}",
                          "{\"sub\":\"alice\\u0000x\"}"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         t = jwt(bad[i]);
@@ -406,7 +404,7 @@ START_TEST(malformed_credentials)
     expect_401(a, "..", "malformed token");
     expect_401(a, "not-a-token", "invalid token");
     expect_401(a, "eyJhbGciOiJIUzI1NiJ9=.e30.AAAA", "malformed token"); /* padding */
-    expect_401(a, "eyJhbGciOiJIUzI1NiJ9.e30", "invalid token");       /* one dot */
+    expect_401(a, "eyJhbGciOiJIUzI1NiJ9.e30", "invalid token");         /* one dot */
     big[4097] = '\0'; /* one byte over the limit */
     expect_401(a, big, "too long");
     struct hd_identity id;
@@ -578,7 +576,8 @@ START_TEST(secret_file)
 
     ck_assert_ptr_null(make_auth("/nonexistent/herald/jwt.secret", err, sizeof(err)));
     ck_assert_msg(strstr(err, "/nonexistent/herald/jwt.secret") &&
-                      strstr(err, "No such file or directory"), "%s", err);
+                      strstr(err, "No such file or directory"),
+                  "%s", err);
     ck_assert_ptr_null(make_auth("/tmp", err, sizeof(err)));
     ck_assert_msg(strstr(err, "regular file"), "%s", err);
     free(t);

@@ -262,7 +262,8 @@ END_TEST
 START_TEST(wrong_types)
 {
     expect_error("{\n  \"heartbeat_s\": \"25\"\n}", "\"25\"", "heartbeat_s: must be an integer");
-    expect_error("{\"history\": {\"max_age_s\": 1.5}}", "1.5", "history.max_age_s: must be an "
+    expect_error("{\"history\": {\"max_age_s\": 1.5}}", "1.5",
+                 "history.max_age_s: must be an "
                  "integer (got a fractional number)");
     expect_error("{\"history\": {\"store\": 1}}", "1}", "history.store: must be \"memory\" or");
     expect_error("{\"listen\": {}}", "{}", "listen: must be an array of objects");
@@ -287,7 +288,8 @@ START_TEST(out_of_range)
                  "history.max_events_per_topic: must be between 1 and 10000000");
     expect_error("{\"history\": {\"max_events_per_topic\": 10000001}}", "10000001",
                  "(got 10000001)");
-    expect_error("{\"history\": {\"max_memory_bytes\": 1048575}}", "1048575", "between 1048576 and "
+    expect_error("{\"history\": {\"max_memory_bytes\": 1048575}}", "1048575",
+                 "between 1048576 and "
                  "1099511627776");
     expect_error("{\"heartbeat_s\": 0}", "0", "heartbeat_s: must be between 1 and 3600 (got 0)");
     expect_error("{\"heartbeat_s\": 3601}", "3601", "(got 3601)");
@@ -302,7 +304,8 @@ START_TEST(out_of_range)
     /* The ends themselves are accepted. */
     struct hd_config cfg;
     expect_ok("{\"limits\": {\"max_event_bytes\": 64, \"max_connections_per_ip\": 0}, "
-              "\"history\": {\"max_age_s\": 0}, \"heartbeat_s\": 3600}", &cfg);
+              "\"history\": {\"max_age_s\": 0}, \"heartbeat_s\": 3600}",
+              &cfg);
     ck_assert_uint_eq(cfg.limits.max_event_bytes, 64);
     ck_assert_uint_eq(cfg.history.max_age_s, 0);
     ck_assert_uint_eq(cfg.heartbeat_s, 3600);
@@ -370,13 +373,18 @@ START_TEST(bad_auth)
     snprintf(json, sizeof(json), "{\"auth\": {\"tokens\": [{\"name\": \"a b\", \"sha256\": %s}]}}",
              good);
     expect_error(json, "\"a b\"", "auth.tokens[0].name: may only use");
-    snprintf(json, sizeof(json), "{\"auth\": {\"tokens\": [{\"name\": \"a\", \"sha256\": %s},\n"
-                                 "{\"name\": \"a\", \"sha256\": %s}]}}", good, good);
-    expect_error(json, "\"a\", \"sha256\": \"33008ea374a93b18297c7ff15b324d599c30cbeac8a9073b82f7"
-                       "837fe0049e27\"}]",
+    snprintf(json, sizeof(json),
+             "{\"auth\": {\"tokens\": [{\"name\": \"a\", \"sha256\": %s},\n"
+             "{\"name\": \"a\", \"sha256\": %s}]}}",
+             good, good);
+    expect_error(json,
+                 "\"a\", \"sha256\": \"33008ea374a93b18297c7ff15b324d599c30cbeac8a9073b82f7"
+                 "837fe0049e27\"}]",
                  "auth.tokens[1].name: same name as auth.tokens[0]");
-    snprintf(json, sizeof(json), "{\"auth\": {\"tokens\": [{\"name\": \"a\", \"sha256\": %s},\n"
-                                 "{\"name\": \"b\", \"sha256\": %s}]}}", good, good);
+    snprintf(json, sizeof(json),
+             "{\"auth\": {\"tokens\": [{\"name\": \"a\", \"sha256\": %s},\n"
+             "{\"name\": \"b\", \"sha256\": %s}]}}",
+             good, good);
     expect_error(json, "\"33008ea374a93b18297c7ff15b324d599c30cbeac8a9073b82f7837fe0049e27\"}]",
                  "auth.tokens[1].sha256: same digest as auth.tokens[0]");
     expect_error("{\"auth\": {\"anonymous\": {\"subscribe\": [\"a.b\", \"a..b\"]}}}", "\"a..b\"",
@@ -385,10 +393,13 @@ START_TEST(bad_auth)
                  "not a valid pattern");
     expect_error("{\"auth\": {\"anonymous\": {\"subscribe\": [\"user.{sub}\"]}}}", "\"user",
                  "anonymous clients have no subject");
-    snprintf(json, sizeof(json), "{\"auth\": {\"tokens\": [{\"name\": \"a\", \"sha256\": %s, "
-                                 "\"publish\": [\"{sup}\"]}]}}", good);
+    snprintf(json, sizeof(json),
+             "{\"auth\": {\"tokens\": [{\"name\": \"a\", \"sha256\": %s, "
+             "\"publish\": [\"{sup}\"]}]}}",
+             good);
     expect_error(json, "\"{sup}\"", "auth.tokens[0].publish[0]");
-    expect_error("{\"auth\": {\"jwt\": {}}}", "{}}", "auth.jwt: missing required key "
+    expect_error("{\"auth\": {\"jwt\": {}}}", "{}}",
+                 "auth.jwt: missing required key "
                  "\"secret_file\"");
     expect_error("{\"cors\": {\"origins\": [\"https://app.example.com/\"]}}", "\"https",
                  "cors.origins[0]: \"https://app.example.com/\" is not an origin");
@@ -397,10 +408,12 @@ START_TEST(bad_auth)
 
     /* {sub} inside and as a segment is fine for tokens; origins with port and IPv6 too. */
     struct hd_config cfg;
-    snprintf(json, sizeof(json), "{\"auth\": {\"tokens\": [{\"name\": \"a\", \"sha256\": %s, "
-                                 "\"publish\": [\"u-{sub}.x\", \"{sub}\", \"$sys.{sub}.>\"]}]}, "
-                                 "\"cors\": {\"origins\": [\"http://[::1]:8080\", "
-                                 "\"https://a-b.example:443\"]}}", good);
+    snprintf(json, sizeof(json),
+             "{\"auth\": {\"tokens\": [{\"name\": \"a\", \"sha256\": %s, "
+             "\"publish\": [\"u-{sub}.x\", \"{sub}\", \"$sys.{sub}.>\"]}]}, "
+             "\"cors\": {\"origins\": [\"http://[::1]:8080\", "
+             "\"https://a-b.example:443\"]}}",
+             good);
     expect_ok(json, &cfg);
     ck_assert_uint_eq(cfg.auth.tokens[0].publish.n, 3);
     ck_assert_uint_eq(cfg.cors_origins.n, 2);
@@ -424,8 +437,7 @@ START_TEST(locator)
     /* Columns count characters, as jansson does: "é" is one column. */
     struct hd_config cfg;
     struct hd_config_error err;
-    ck_assert_int_eq(load(&cfg, "{\"data_dir\": \"\xc3\xa9\", \"heartbeat_s\": 0}", &err),
-                     -EINVAL);
+    ck_assert_int_eq(load(&cfg, "{\"data_dir\": \"\xc3\xa9\", \"heartbeat_s\": 0}", &err), -EINVAL);
     ck_assert_int_eq(err.column, 34);
     hd_config_free(&cfg);
 }
@@ -462,14 +474,19 @@ START_TEST(validate_loopback)
 {
     char msg[600];
     ck_assert_int_eq(validate_json("{\"listen\": [{\"address\": \"::1\", \"port\": 1}, "
-                                   "{\"address\": \"0.0.0.0\", \"port\": 2}]}", msg, sizeof(msg)),
+                                   "{\"address\": \"0.0.0.0\", \"port\": 2}]}",
+                                   msg, sizeof(msg)),
                      -EINVAL);
     ck_assert_str_eq(msg, "listen[1]: 0.0.0.0 is not loopback; without an \"auth\" section heraldd "
                           "only listens on loopback; add an auth section");
     ck_assert_int_eq(validate_json("{\"listen\": [{\"address\": \"127.1.2.3\", \"port\": 0}, "
-                                   "{\"address\": \"::1\", \"port\": 0}]}", msg, sizeof(msg)), 0);
+                                   "{\"address\": \"::1\", \"port\": 0}]}",
+                                   msg, sizeof(msg)),
+                     0);
     ck_assert_int_eq(validate_json("{\"listen\": [{\"address\": \"0.0.0.0\", \"port\": 1}], "
-                                   "\"auth\": {}}", msg, sizeof(msg)), 0);
+                                   "\"auth\": {}}",
+                                   msg, sizeof(msg)),
+                     0);
 }
 END_TEST
 
@@ -477,19 +494,23 @@ START_TEST(validate_remote_publish)
 {
     char msg[600];
     ck_assert_int_eq(validate_json("{\"listen\": [{\"address\": \"::\", \"port\": 1}], \"auth\": "
-                                   "{\"anonymous\": {\"publish\": [\">\"]}}}", msg, sizeof(msg)),
+                                   "{\"anonymous\": {\"publish\": [\">\"]}}}",
+                                   msg, sizeof(msg)),
                      -EINVAL);
     ck_assert_msg(strstr(msg, "auth.anonymous.publish:") == msg, "%s", msg);
     ck_assert_msg(strstr(msg, "set auth.anonymous.allow_remote_publish to true") != NULL, "%s",
                   msg);
     ck_assert_int_eq(validate_json("{\"listen\": [{\"address\": \"::\", \"port\": 1}], \"auth\": "
                                    "{\"anonymous\": {\"publish\": [\">\"], "
-                                   "\"allow_remote_publish\": true}}}", msg, sizeof(msg)), 0);
+                                   "\"allow_remote_publish\": true}}}",
+                                   msg, sizeof(msg)),
+                     0);
     /* Loopback-only anonymous publish needs no consent; subscribe-only never does. */
-    ck_assert_int_eq(validate_json("{\"auth\": {\"anonymous\": {\"publish\": [\">\"]}}}", msg,
-                                   sizeof(msg)), 0);
+    ck_assert_int_eq(
+        validate_json("{\"auth\": {\"anonymous\": {\"publish\": [\">\"]}}}", msg, sizeof(msg)), 0);
     ck_assert_int_eq(validate_json("{\"listen\": [{\"address\": \"::\", \"port\": 1}], \"auth\": "
-                                   "{\"anonymous\": {\"subscribe\": [\">\"]}}}", msg, sizeof(msg)),
+                                   "{\"anonymous\": {\"subscribe\": [\">\"]}}}",
+                                   msg, sizeof(msg)),
                      0);
 }
 END_TEST
@@ -500,11 +521,12 @@ START_TEST(validate_misc)
     struct hd_config_error err;
     char msg[600];
     ck_assert_int_eq(validate_json("{\"listen\": [{\"address\": \"::1\", \"port\": 9}, "
-                                   "{\"address\": \"::1\", \"port\": 9}]}", msg, sizeof(msg)),
+                                   "{\"address\": \"::1\", \"port\": 9}]}",
+                                   msg, sizeof(msg)),
                      -EINVAL);
     ck_assert_str_eq(msg, "listen[1]: same address and port as listen[0]");
-    ck_assert_int_eq(validate_json("{\"limits\": {\"max_event_bytes\": 2000000}}", msg,
-                                   sizeof(msg)), -EINVAL);
+    ck_assert_int_eq(
+        validate_json("{\"limits\": {\"max_event_bytes\": 2000000}}", msg, sizeof(msg)), -EINVAL);
     ck_assert_msg(strstr(msg, "limits.max_queue_bytes") == msg, "%s", msg);
 
     ck_assert_int_eq(hd_config_defaults(&cfg), 0);
@@ -531,11 +553,13 @@ START_TEST(load_file_errors)
     ck_assert_str_eq(msg, "/nonexistent/heraldd.json: cannot open: No such file or directory");
     ck_assert_ptr_null(cfg.path);
 
-    ck_assert_int_eq(hd_config_load_file(&cfg, HD_SOURCE_DIR "/tests/data/config/bad_range.json",
-                                         &err), -EINVAL);
+    ck_assert_int_eq(
+        hd_config_load_file(&cfg, HD_SOURCE_DIR "/tests/data/config/bad_range.json", &err),
+        -EINVAL);
     hd_config_error_format(&err, msg, sizeof(msg));
-    ck_assert_str_eq(msg, HD_SOURCE_DIR "/tests/data/config/bad_range.json:3:24: "
-                          "limits.max_event_bytes: must be between 64 and 16777216 (got 10)");
+    ck_assert_str_eq(msg, HD_SOURCE_DIR
+                     "/tests/data/config/bad_range.json:3:24: "
+                     "limits.max_event_bytes: must be between 64 and 16777216 (got 10)");
     ck_assert_int_eq(hd_config_load_file(&cfg, HD_SOURCE_DIR "/tests", &err), -EISDIR);
     hd_config_free(&cfg);
 }
@@ -637,11 +661,11 @@ START_TEST(listener_parse)
 END_TEST
 
 /* Runs hd_cli_parse on a NULL-terminated list of arguments after "heraldd". */
-#define CLI(cli, err, ...)                                                                   \
-    ({                                                                                       \
-        char *argv_[] = {"heraldd", __VA_ARGS__, NULL};                                      \
-        hd_cli_parse((int)(sizeof(argv_) / sizeof(argv_[0])) - 1, argv_, (cli), (err),       \
-                     sizeof(err));                                                           \
+#define CLI(cli, err, ...)                                                                         \
+    ({                                                                                             \
+        char *argv_[] = {"heraldd", __VA_ARGS__, NULL};                                            \
+        hd_cli_parse((int)(sizeof(argv_) / sizeof(argv_[0])) - 1, argv_, (cli), (err),             \
+                     sizeof(err));                                                                 \
     })
 
 START_TEST(cli_flags)
@@ -657,7 +681,8 @@ START_TEST(cli_flags)
 
     ck_assert_int_eq(CLI(&cli, err, "-c", "/etc/h.json", "--listen", "127.0.0.1:0", "--data-dir",
                          "/d", "--store", "sqlite", "--log-level", "debug", "--check-config",
-                         "--version", "--help"), 0);
+                         "--version", "--help"),
+                     0);
     ck_assert_str_eq(cli.config_path, "/etc/h.json");
     ck_assert_uint_eq(cli.n_listen, 1);
     ck_assert_str_eq(cli.listen[0], "127.0.0.1:0");
@@ -668,7 +693,8 @@ START_TEST(cli_flags)
     hd_cli_free(&cli);
 
     ck_assert_int_eq(CLI(&cli, err, "--config=/x.json", "--listen=[::1]:7070", "--data-dir=/e",
-                         "--store=memory", "--log-level=warn"), 0);
+                         "--store=memory", "--log-level=warn"),
+                     0);
     ck_assert_str_eq(cli.config_path, "/x.json");
     ck_assert_str_eq(cli.listen[0], "[::1]:7070");
     ck_assert_str_eq(cli.data_dir, "/e");
@@ -688,12 +714,14 @@ START_TEST(cli_overrides_file)
     struct hd_config cfg;
     struct hd_config_error err;
     char msg[256];
-    ck_assert_int_eq(CLI(&cli, msg, "--listen", "[::1]:0", "--listen=127.0.0.1:7071",
-                         "--data-dir", "/srv/h", "--store", "memory", "--log-level", "error"), 0);
+    ck_assert_int_eq(CLI(&cli, msg, "--listen", "[::1]:0", "--listen=127.0.0.1:7071", "--data-dir",
+                         "/srv/h", "--store", "memory", "--log-level", "error"),
+                     0);
     ck_assert_uint_eq(cli.n_listen, 2);
     expect_ok("{\"listen\": [{\"address\": \"0.0.0.0\", \"port\": 1, \"tls\": {\"cert\": "
               "\"c\", \"key\": \"k\"}}], \"history\": {\"store\": \"sqlite\"}, "
-              "\"log\": {\"level\": \"debug\"}}", &cfg);
+              "\"log\": {\"level\": \"debug\"}}",
+              &cfg);
     ck_assert_int_eq(hd_config_apply_cli(&cfg, &cli, &err), 0);
     ck_assert_uint_eq(cfg.n_listeners, 2);
     ck_assert_str_eq(cfg.listeners[0].address, "::1");
@@ -739,8 +767,9 @@ START_TEST(cli_errors)
         {{"--config"}, "option --config needs a value"},
         {{"--store"}, "option --store needs a value"},
         {{"--version=yes"}, "option --version takes no value"},
-        {{"--listen", "localhost:7070"}, "--listen \"localhost:7070\": \"localhost\" is not a "
-                                         "numeric IPv4 address (host names are not accepted)"},
+        {{"--listen", "localhost:7070"},
+         "--listen \"localhost:7070\": \"localhost\" is not a "
+         "numeric IPv4 address (host names are not accepted)"},
         {{"--listen", "127.0.0.1:65536"}, "port must be a number from 0 to 65535"},
         {{"--listen="}, "--listen \"\": expected ADDR:PORT"},
         {{"--store", "redis"}, "--store must be memory or sqlite (got \"redis\")"},

@@ -107,11 +107,11 @@ START_TEST(render_values)
     m.protocol_errors = 9;
     m.http_requests = 10;
     m.publish_rejected = 11;
-    hd_histogram_observe(&m.publish_to_write, 40000);      /* bucket 0 */
-    hd_histogram_observe(&m.publish_to_write, 100000);     /* bucket 1, on the bound */
-    hd_histogram_observe(&m.publish_to_write, 3000000);    /* <= 5 ms */
+    hd_histogram_observe(&m.publish_to_write, 40000);       /* bucket 0 */
+    hd_histogram_observe(&m.publish_to_write, 100000);      /* bucket 1, on the bound */
+    hd_histogram_observe(&m.publish_to_write, 3000000);     /* <= 5 ms */
     hd_histogram_observe(&m.publish_to_write, 20000000000); /* +Inf */
-    hd_histogram_observe(&m.store_commit, 1500000000);     /* <= 2.5 s */
+    hd_histogram_observe(&m.store_commit, 1500000000);      /* <= 2.5 s */
 
     size_t len = 0;
     char *t = hd_metrics_render(&m, &len);

@@ -30,18 +30,21 @@ static struct outcome parse_n(const char *buf, size_t len)
     return o;
 }
 
-static struct outcome parse(const char *s) { return parse_n(s, strlen(s)); }
+static struct outcome parse(const char *s)
+{
+    return parse_n(s, strlen(s));
+}
 
 /* Asserts a refusal with `code`; has_id/id say what the error reply must echo. */
-#define ASSERT_REFUSED(o, code_, has_id_, id_)                                                 \
-    do {                                                                                       \
-        ck_assert_int_eq((o).rc, -1);                                                          \
-        ck_assert_str_eq(hd_err_name((o).err.code), hd_err_name(code_));                       \
-        ck_assert_int_eq((o).cmd.has_id, (has_id_));                                           \
-        if (has_id_)                                                                           \
-            ck_assert_int_eq((o).cmd.id, (id_));                                               \
-        ck_assert_ptr_null((o).cmd.root);                                                      \
-        ck_assert_uint_gt(strlen((o).err.message), 0);                                         \
+#define ASSERT_REFUSED(o, code_, has_id_, id_)                                                     \
+    do {                                                                                           \
+        ck_assert_int_eq((o).rc, -1);                                                              \
+        ck_assert_str_eq(hd_err_name((o).err.code), hd_err_name(code_));                           \
+        ck_assert_int_eq((o).cmd.has_id, (has_id_));                                               \
+        if (has_id_)                                                                               \
+            ck_assert_int_eq((o).cmd.id, (id_));                                                   \
+        ck_assert_ptr_null((o).cmd.root);                                                          \
+        ck_assert_uint_gt(strlen((o).err.message), 0);                                             \
     } while (0)
 
 static void refused(const char *frame, enum hd_err code, bool has_id, int64_t id)
@@ -152,8 +155,8 @@ END_TEST
 
 START_TEST(refuse_non_object)
 {
-    const char *roots[] = {"42", "\"ping\"", "null", "true", "1.5", "[]",
-                           "[{\"op\":\"ping\",\"id\":1}]"};
+    const char *roots[] = {
+        "42", "\"ping\"", "null", "true", "1.5", "[]", "[{\"op\":\"ping\",\"id\":1}]"};
     for (size_t i = 0; i < sizeof(roots) / sizeof(roots[0]); i++) {
         struct outcome o = parse(roots[i]);
         ASSERT_REFUSED(o, HD_ERR_BAD_REQUEST, false, 0);
@@ -297,8 +300,8 @@ START_TEST(refuse_topic)
         snprintf(frame, sizeof(frame), "{\"op\":\"%s\",\"id\":11,\"topic\":null}", ops[i]);
         refused(frame, HD_ERR_BAD_REQUEST, true, 11);
 
-        static const char *const bad[] = {"",       "a..b",  ".a",    "a.",      "a b",
-                                          "a/b",    "chat.>.x", "a.b*", "a\\u0000b", "\\u00e9"};
+        static const char *const bad[] = {"",    "a..b",     ".a",   "a.",        "a b",
+                                          "a/b", "chat.>.x", "a.b*", "a\\u0000b", "\\u00e9"};
         for (size_t j = 0; j < sizeof(bad) / sizeof(bad[0]); j++) {
             snprintf(frame, sizeof(frame), "{\"op\":\"%s\",\"id\":12,\"topic\":\"%s\"}", ops[i],
                      bad[j]);
@@ -307,8 +310,7 @@ START_TEST(refuse_topic)
     }
 
     struct outcome o = parse("{\"op\":\"subscribe\",\"topic\":\"a..b\"}");
-    ck_assert_msg(strncmp(o.err.message, "invalid pattern \"a..b\"", 22) == 0, "%s",
-                  o.err.message);
+    ck_assert_msg(strncmp(o.err.message, "invalid pattern \"a..b\"", 22) == 0, "%s", o.err.message);
 
     /* Topics over 255 bytes. */
     char *t = repeat('a', 256);
@@ -330,8 +332,7 @@ START_TEST(refuse_publish_topic)
                      "invalid topic \"chat.*\": wildcards are only allowed when subscribing");
     refused("{\"op\":\"publish\",\"id\":3,\"topic\":\">\"}", HD_ERR_INVALID_TOPIC, true, 3);
     o = parse("{\"op\":\"publish\",\"id\":3,\"topic\":\"a..b\"}");
-    ck_assert_msg(strncmp(o.err.message, "invalid topic \"a..b\"", 20) == 0, "%s",
-                  o.err.message);
+    ck_assert_msg(strncmp(o.err.message, "invalid topic \"a..b\"", 20) == 0, "%s", o.err.message);
 
     o = parse("{\"op\":\"publish\",\"id\":3,\"topic\":\"$sys.stats\",\"data\":1}");
     ASSERT_REFUSED(o, HD_ERR_FORBIDDEN, true, 3);
@@ -352,8 +353,7 @@ START_TEST(refuse_event_kind)
     free(frame);
     free(k65);
 
-    static const char *const bad[] = {"", "a b", "a/b", "a\\\"b", "caf\\u00e9", "a\\u0000",
-                                      "x@y"};
+    static const char *const bad[] = {"", "a b", "a/b", "a\\\"b", "caf\\u00e9", "a\\u0000", "x@y"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char f[128];
         snprintf(f, sizeof(f), "{\"op\":\"publish\",\"id\":9,\"topic\":\"t\",\"event\":\"%s\"}",
@@ -440,8 +440,7 @@ END_TEST
 
 START_TEST(accept_unsubscribe_ping)
 {
-    struct outcome o =
-        parse("{\"op\":\"unsubscribe\",\"id\":2,\"topic\":\"chat.>\",\"since\":5}");
+    struct outcome o = parse("{\"op\":\"unsubscribe\",\"id\":2,\"topic\":\"chat.>\",\"since\":5}");
     ck_assert_int_eq(o.rc, 0);
     ck_assert_int_eq(o.cmd.op, HD_OP_UNSUBSCRIBE);
     ck_assert_int_eq(o.cmd.id, 2);
@@ -509,9 +508,22 @@ START_TEST(accept_publish)
 
     /* Data of every JSON type, serialized back as it came. */
     static const char *const data[] = {
-        "{}", "{\"a\":[1,2,{\"b\":null}]}", "[]", "[1,\"x\",true]", "\"hello\"", "\"\"",
-        "0", "-17", "9223372036854775807", "1.5", "0.1", "-2.5e-07", "true", "false",
-        "null", "\"caf\xc3\xa9 \\u0000 \\\"q\\\" \\n\"",
+        "{}",
+        "{\"a\":[1,2,{\"b\":null}]}",
+        "[]",
+        "[1,\"x\",true]",
+        "\"hello\"",
+        "\"\"",
+        "0",
+        "-17",
+        "9223372036854775807",
+        "1.5",
+        "0.1",
+        "-2.5e-07",
+        "true",
+        "false",
+        "null",
+        "\"caf\xc3\xa9 \\u0000 \\\"q\\\" \\n\"",
     };
     for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++) {
         char f[256];
@@ -591,14 +603,14 @@ END_TEST
 
 /* ---- encoders ------------------------------------------------------------------------- */
 
-#define ASSERT_ENCODED(expr, want)                                                             \
-    do {                                                                                       \
-        size_t len_ = 12345;                                                                   \
-        char *got_ = (expr);                                                                   \
-        ck_assert_ptr_nonnull(got_);                                                           \
-        ck_assert_str_eq(got_, (want));                                                        \
-        ck_assert_uint_eq(len_, strlen(want));                                                 \
-        free(got_);                                                                            \
+#define ASSERT_ENCODED(expr, want)                                                                 \
+    do {                                                                                           \
+        size_t len_ = 12345;                                                                       \
+        char *got_ = (expr);                                                                       \
+        ck_assert_ptr_nonnull(got_);                                                               \
+        ck_assert_str_eq(got_, (want));                                                            \
+        ck_assert_uint_eq(len_, strlen(want));                                                     \
+        free(got_);                                                                                \
     } while (0)
 
 START_TEST(encode_replies)
@@ -622,10 +634,10 @@ START_TEST(encode_replies)
     ASSERT_ENCODED(hd_encode_welcome("s-1f2e", "0.1.0", 25, 65536, &len_),
                    "{\"type\":\"welcome\",\"session\":\"s-1f2e\",\"server\":\"heraldd/0.1.0\","
                    "\"heartbeat\":25,\"max_event_bytes\":65536}");
-    ASSERT_ENCODED(hd_encode_publish_reply("000000000000002a", "chat.room1", 1764288000123,
-                                           3, &len_),
-                   "{\"id\":\"000000000000002a\",\"topic\":\"chat.room1\",\"time\":1764288000123,"
-                   "\"receivers\":3}");
+    ASSERT_ENCODED(
+        hd_encode_publish_reply("000000000000002a", "chat.room1", 1764288000123, 3, &len_),
+        "{\"id\":\"000000000000002a\",\"topic\":\"chat.room1\",\"time\":1764288000123,"
+        "\"receivers\":3}");
     /* len may be NULL. */
     char *s = hd_encode_ok(true, 5, NULL);
     ck_assert_str_eq(s, "{\"type\":\"ok\",\"id\":5}");
@@ -683,8 +695,8 @@ START_TEST(encode_event)
                                "\"data\":{\"from\":\"alice\",\"text\":\"hi\"}}";
     const char *data = "{\"from\":\"alice\",\"text\":\"hi\"}";
     char buf[512];
-    size_t n = hd_encode_event(buf, sizeof(buf), "chat.room1", "00000000000000a0",
-                               1764288000123, "message", data, strlen(data));
+    size_t n = hd_encode_event(buf, sizeof(buf), "chat.room1", "00000000000000a0", 1764288000123,
+                               "message", data, strlen(data));
     ck_assert_uint_eq(n, sizeof(want) - 1);
     ck_assert_str_eq(buf, want);
 
@@ -768,7 +780,10 @@ START_TEST(event_ids)
                                       "all"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         ck_assert_msg(hd_event_id_parse(bad[i], &got) == -EINVAL, "accepted %s", bad[i]);
-    ck_assert_int_eq(hd_event_id_parse("00000000\0" "00000001", &got), -EINVAL);
+    ck_assert_int_eq(hd_event_id_parse("00000000\0"
+                                       "00000001",
+                                       &got),
+                     -EINVAL);
     ck_assert_int_eq(hd_event_id_parse(NULL, &got), -EINVAL);
     ck_assert(got == 42);
 }

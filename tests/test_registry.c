@@ -215,8 +215,8 @@ END_TEST
 START_TEST(remove_all_restores_baseline)
 {
     static const char *const pats[] = {
-        "a", "a.b", "a.b.c", "a.*", "a.*.c", "a.>", ">", "*", "*.>", "$sys.>",
-        "$sys.x", "b.c.d.e.f", "a.b.c", "x.*.*.>", "a.b",
+        "a",   "a.b",    "a.b.c",  "a.*",       "a.*.c", "a.>",     ">",   "*",
+        "*.>", "$sys.>", "$sys.x", "b.c.d.e.f", "a.b.c", "x.*.*.>", "a.b",
     };
     enum { N = sizeof(pats) / sizeof(pats[0]) };
     struct hd_subscriber o[N] = {{0}};
@@ -450,8 +450,7 @@ START_TEST(random_cross_check)
             ck_assert_msg(match(reg, topic, &g) == nexpect, "topic %s: %zu owners, expected %zu",
                           topic, g.n, nexpect);
             for (int o = 0; o < OWNERS; o++)
-                ck_assert_msg(got_has(&g, &owners[o]) == expect[o], "topic %s owner %d", topic,
-                              o);
+                ck_assert_msg(got_has(&g, &owners[o]) == expect[o], "topic %s owner %d", topic, o);
             checked_hits += nexpect;
         }
     }

@@ -46,10 +46,10 @@ END_TEST
 START_TEST(topic_invalid)
 {
     static const char *const bad[] = {
-        "",       ".",      "a..b",    ".a",     "a.",      "a b",   " a",    "a/b",
-        "a#",     "a+b",    "caf\xc3\xa9", "\x7f", "a\tb",   "a*",    ">b",    "*",
-        ">",      "chat.*", "chat.>",  "a.*.b",  "$",       "$.a",   "a.$b",  "$$a",
-        "a$",     "a.$",    "$*",      "$>",     "$sys..x", "$sys.", "a,b",   "a\nb",
+        "",   ".",      "a..b",        ".a",    "a.",      "a b",   " a",   "a/b",
+        "a#", "a+b",    "caf\xc3\xa9", "\x7f",  "a\tb",    "a*",    ">b",   "*",
+        ">",  "chat.*", "chat.>",      "a.*.b", "$",       "$.a",   "a.$b", "$$a",
+        "a$", "a.$",    "$*",          "$>",    "$sys..x", "$sys.", "a,b",  "a\nb",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         ck_assert_msg(topic_check(bad[i]) == -EINVAL, "accepted \"%s\"", bad[i]);
@@ -108,8 +108,8 @@ END_TEST
 START_TEST(pattern_valid)
 {
     static const char *const ok[] = {
-        "a",     "chat.room1", "chat.*", "user.42.>", ">",     "*",      "*.*",      "*.b",
-        "a.*.c", "*.>",        "$sys",   "$sys.>",    "$sys.*", "a.>",   "$sys.*.x", "x.*.*.>",
+        "a",     "chat.room1", "chat.*", "user.42.>", ">",      "*",   "*.*",      "*.b",
+        "a.*.c", "*.>",        "$sys",   "$sys.>",    "$sys.*", "a.>", "$sys.*.x", "x.*.*.>",
     };
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
         ck_assert_msg(pattern_check(ok[i]) == 0, "rejected %s", ok[i]);
@@ -119,9 +119,9 @@ END_TEST
 START_TEST(pattern_invalid)
 {
     static const char *const bad[] = {
-        "",    "a*",  ">b",   "*a",   "a>",   "a.>.b", ">.a",  "**",    "*>",    ">>",
-        "$*",  "$>",  "$.a",  "$",    "a.$b", "a..b",  "a.",   ".a",    "a.*.",  "a b.>",
-        "$$",  ".>",  "*..b", "a.**", "a.>>", "x.>.>", "\xc3",
+        "",     "a*",    ">b", "*a",  "a>",   "a.>.b", ">.a",  "**",    "*>",
+        ">>",   "$*",    "$>", "$.a", "$",    "a.$b",  "a..b", "a.",    ".a",
+        "a.*.", "a b.>", "$$", ".>",  "*..b", "a.**",  "a.>>", "x.>.>", "\xc3",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         ck_assert_msg(pattern_check(bad[i]) == -EINVAL, "accepted \"%s\"", bad[i]);
@@ -203,8 +203,8 @@ static const struct {
 START_TEST(pattern_match)
 {
     const char *p = match_table[_i].pattern, *t = match_table[_i].topic;
-    ck_assert_msg(hd_pattern_match(p, t) == match_table[_i].match, "%s vs %s: expected %d", p,
-                  t, match_table[_i].match);
+    ck_assert_msg(hd_pattern_match(p, t) == match_table[_i].match, "%s vs %s: expected %d", p, t,
+                  match_table[_i].match);
 }
 END_TEST
 

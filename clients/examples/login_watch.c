@@ -88,8 +88,7 @@ static void on_event(herald_client *c, const herald_event *ev, void *user)
         field(ev->data, "ip", ip, sizeof(ip));
         time_t t = (time_t)(ev->time_ms / 1000);
         strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&t));
-        printf("%s  %s logged in%s%s\n", when, who[0] ? who : "someone", ip[0] ? " from " : "",
-               ip);
+        printf("%s  %s logged in%s%s\n", when, who[0] ? who : "someone", ip[0] ? " from " : "", ip);
         fflush(stdout);
         snprintf(a->cursor, sizeof(a->cursor), "%s", ev->id);
         save_cursor(a);
@@ -99,8 +98,7 @@ static void on_event(herald_client *c, const herald_event *ev, void *user)
         fprintf(stderr, "login_watch: some logins may be missing: %s\n", ev->error.message);
         break;
     case HERALD_EV_DISCONNECTED:
-        fprintf(stderr, "login_watch: %s; retrying in %u ms\n", ev->error.message,
-                ev->retry_ms);
+        fprintf(stderr, "login_watch: %s; retrying in %u ms\n", ev->error.message, ev->retry_ms);
         break;
     case HERALD_EV_CONNECTED:
         fprintf(stderr, "login_watch: connected\n");

@@ -16,9 +16,9 @@
 
 enum {
     EXIT_OK = 0,
-    EXIT_USAGE = 1,    /* bad options or input */
-    EXIT_CONNECT = 2,  /* bad URL, connection refused or lost, timeout */
-    EXIT_REJECTED = 3  /* the server refused: its code and message are on stderr */
+    EXIT_USAGE = 1,   /* bad options or input */
+    EXIT_CONNECT = 2, /* bad URL, connection refused or lost, timeout */
+    EXIT_REJECTED = 3 /* the server refused: its code and message are on stderr */
 };
 
 #define DEFAULT_URL "ws://127.0.0.1:7070"
@@ -39,19 +39,21 @@ enum {
     OPT_HELP,
     OPT_FIRST_LOCAL /* subcommands number their own options from here */
 };
-#define CLI_GLOBAL_LONGOPTS                                                                    \
-    {"url", required_argument, NULL, OPT_URL}, {"token", required_argument, NULL, OPT_TOKEN},  \
-        {"cacert", required_argument, NULL, OPT_CACERT},                                       \
-        {"insecure", no_argument, NULL, OPT_INSECURE},                                         \
-        {"timeout", required_argument, NULL, OPT_TIMEOUT},                                     \
-        {"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'}
-#define CLI_GLOBAL_HELP                                                                        \
-    "  --url URL       server (default $HERALD_URL, else " DEFAULT_URL ")\n"                   \
-    "  --token TOKEN   bearer token (default $HERALD_TOKEN)\n"                                 \
-    "  --cacert FILE   trust the CAs in FILE for wss:// and https://\n"                        \
-    "  --insecure      do not check the server's certificate (testing only)\n"                 \
-    "  --timeout MS    connect and answer timeout in milliseconds (default 10000)\n"           \
-    "  -q, --quiet     no notices on stderr (errors are still printed)\n"                      \
+#define CLI_GLOBAL_LONGOPTS                                                                        \
+    {"url", required_argument, NULL, OPT_URL}, {"token", required_argument, NULL, OPT_TOKEN},      \
+        {"cacert", required_argument, NULL, OPT_CACERT},                                           \
+        {"insecure", no_argument, NULL, OPT_INSECURE},                                             \
+        {"timeout", required_argument, NULL, OPT_TIMEOUT}, {"quiet", no_argument, NULL, 'q'},      \
+    {                                                                                              \
+        "help", no_argument, NULL, 'h'                                                             \
+    }
+#define CLI_GLOBAL_HELP                                                                            \
+    "  --url URL       server (default $HERALD_URL, else " DEFAULT_URL ")\n"                       \
+    "  --token TOKEN   bearer token (default $HERALD_TOKEN)\n"                                     \
+    "  --cacert FILE   trust the CAs in FILE for wss:// and https://\n"                            \
+    "  --insecure      do not check the server's certificate (testing only)\n"                     \
+    "  --timeout MS    connect and answer timeout in milliseconds (default 10000)\n"               \
+    "  -q, --quiet     no notices on stderr (errors are still printed)\n"                          \
     "  -h, --help      this help\n"
 
 /*

@@ -22,8 +22,8 @@ static void poll_usage(FILE *out)
                  "  -l, --limit N     at most N events (1-1000, default: the server's 100)\n"
                  "  -f, --format F    json (default) or text\n"
                  "      --raw         print the server's answer as is (events, next, gap)\n"
-                 "      --state FILE  take the cursor from FILE and store the next one there\n"
-                 CLI_GLOBAL_HELP);
+                 "      --state FILE  take the cursor from FILE and store the next one "
+                 "there\n" CLI_GLOBAL_HELP);
 }
 
 static void status_usage(FILE *out)
@@ -107,8 +107,8 @@ int cmd_poll(struct cli *cli, int argc, char **argv)
         }
     }
     if (argc - optind != 1)
-        return cli_usage_error("poll", argc - optind < 1 ? "missing PATTERN"
-                                                          : "give exactly one PATTERN");
+        return cli_usage_error("poll",
+                               argc - optind < 1 ? "missing PATTERN" : "give exactly one PATTERN");
     const char *pattern = argv[optind];
     json_t *cursors = NULL;
     if (state) {
@@ -124,18 +124,19 @@ int cmd_poll(struct cli *cli, int argc, char **argv)
     herald_error e = {0};
     char *body = NULL;
     int rc;
-    if (herald_poll(cli->url, &o, pattern, since, (unsigned)limit, (unsigned)wait_s, &body,
-                    &e) != 0) {
+    if (herald_poll(cli->url, &o, pattern, since, (unsigned)limit, (unsigned)wait_s, &body, &e) !=
+        0) {
         json_decref(cursors);
         return e.status == HERALD_E_SERVER || e.status == HERALD_E_AUTH ? cli_fail(&e)
-                                                                          : cli_fail_connect(&e);
+                                                                        : cli_fail_connect(&e);
     }
     size_t len = strlen(body);
     json_t *answer = json_loadb(body, len, 0, NULL);
     if (json_is_true(json_object_get(answer, "gap")))
-        fprintf(stderr, "herald: warning: events matching \"%s\" may have been missed (the "
-                        "server no longer has the position \"%s\")\n", pattern,
-                since ? since : "all");
+        fprintf(stderr,
+                "herald: warning: events matching \"%s\" may have been missed (the "
+                "server no longer has the position \"%s\")\n",
+                pattern, since ? since : "all");
     if (raw) {
         printf("%s\n", body);
         rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_CONNECT;
@@ -183,7 +184,7 @@ int cmd_status(struct cli *cli, int argc, char **argv)
     char *body = NULL;
     if (herald_event_status(cli->url, &o, argv[optind], &body, &e) != 0)
         return e.status == HERALD_E_SERVER || e.status == HERALD_E_AUTH ? cli_fail(&e)
-                                                                          : cli_fail_connect(&e);
+                                                                        : cli_fail_connect(&e);
     printf("%s\n", body);
     herald_free(body);
     return fflush(stdout) == 0 ? EXIT_OK : EXIT_CONNECT;

@@ -17,15 +17,16 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "Usage: herald publish [OPTIONS] TOPIC [DATA|-]\n\n"
-                 "Publishes DATA (or standard input when DATA is '-' or absent) to TOPIC and\n"
-                 "prints the event id. Data is sent as a JSON string unless --json is given.\n\n"
-                 "Options:\n"
-                 "  -e, --event KIND  the event kind (default: message)\n"
-                 "  -j, --json        DATA is JSON (an object, array, number, ...)\n"
-                 "  -l, --lines       publish each line of standard input as one event,\n"
-                 "                    printing one id per line (blank lines are skipped)\n"
-                 CLI_GLOBAL_HELP);
+    fprintf(
+        out,
+        "Usage: herald publish [OPTIONS] TOPIC [DATA|-]\n\n"
+        "Publishes DATA (or standard input when DATA is '-' or absent) to TOPIC and\n"
+        "prints the event id. Data is sent as a JSON string unless --json is given.\n\n"
+        "Options:\n"
+        "  -e, --event KIND  the event kind (default: message)\n"
+        "  -j, --json        DATA is JSON (an object, array, number, ...)\n"
+        "  -l, --lines       publish each line of standard input as one event,\n"
+        "                    printing one id per line (blank lines are skipped)\n" CLI_GLOBAL_HELP);
 }
 
 /* Turns input into the data JSON for the library: as given for --json, else a string. */

@@ -85,8 +85,7 @@ static int handle(struct sub_run *s, const herald_event *ev, enum cli_format fmt
         return -1;
     case HERALD_EV_DISCONNECTED:
         *was_down = true;
-        cli_notice(s->cli, "%s; reconnecting in %.1f s", ev->error.message,
-                   ev->retry_ms / 1000.0);
+        cli_notice(s->cli, "%s; reconnecting in %.1f s", ev->error.message, ev->retry_ms / 1000.0);
         return -1;
     case HERALD_EV_CONNECTED:
         if (*was_down)

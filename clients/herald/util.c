@@ -200,7 +200,8 @@ json_t *cli_state_load(const char *path)
     }
     const char *k;
     json_t *v;
-    json_object_foreach(cursors, k, v) {
+    json_object_foreach(cursors, k, v)
+    {
         if (!json_is_string(v) || json_string_length(v) > HERALD_ID_MAX) {
             fprintf(stderr, "herald: the state file %s has a bad cursor for \"%s\"\n", path, k);
             json_decref(root);

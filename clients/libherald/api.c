@@ -27,8 +27,14 @@
 static pthread_mutex_t g_lws_mu = PTHREAD_MUTEX_INITIALIZER;
 static bool g_quiet;
 
-void herald__lws_global_lock(void) { pthread_mutex_lock(&g_lws_mu); }
-void herald__lws_global_unlock(void) { pthread_mutex_unlock(&g_lws_mu); }
+void herald__lws_global_lock(void)
+{
+    pthread_mutex_lock(&g_lws_mu);
+}
+void herald__lws_global_unlock(void)
+{
+    pthread_mutex_unlock(&g_lws_mu);
+}
 
 static void discard_log(int level, const char *line)
 {
@@ -71,8 +77,7 @@ static int check_token(const char *t, herald_error *err)
 {
     size_t n = strnlen(t, TOKEN_MAX + 1);
     if (n == 0 || n > TOKEN_MAX)
-        return herald__err(err, HERALD_E_INVALID, NULL, "the token must be 1-%d bytes",
-                           TOKEN_MAX);
+        return herald__err(err, HERALD_E_INVALID, NULL, "the token must be 1-%d bytes", TOKEN_MAX);
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)t[i] <= 0x20 || (unsigned char)t[i] >= 0x7f)
             return herald__err(err, HERALD_E_INVALID, NULL,
@@ -94,8 +99,7 @@ static void destroy(struct herald_client *c)
     free(c);
 }
 
-static struct herald_client *create(const char *url, const herald_options *opts,
-                                    herald_error *err)
+static struct herald_client *create(const char *url, const herald_options *opts, herald_error *err)
 {
     herald_options o;
     herald_options_init(&o);
@@ -143,8 +147,7 @@ static struct herald_client *create(const char *url, const herald_options *opts,
     int fds[2];
     if ((o.token && !c->token) || (o.ca_file && !c->ca_file) ||
         pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
-        herald__err(err, HERALD_E_NOMEM, NULL, "cannot allocate the client: %s",
-                    strerror(errno));
+        herald__err(err, HERALD_E_NOMEM, NULL, "cannot allocate the client: %s", strerror(errno));
         destroy(c);
         return NULL;
     }
@@ -170,8 +173,7 @@ static struct herald_client *create(const char *url, const herald_options *opts,
         herald__lws_global_lock();
         lws_context_destroy(c->ctx);
         herald__lws_global_unlock();
-        herald__err(err, HERALD_E_NOMEM, NULL, "cannot start the client thread: %s",
-                    strerror(r));
+        herald__err(err, HERALD_E_NOMEM, NULL, "cannot start the client thread: %s", strerror(r));
         destroy(c);
         return NULL;
     }
@@ -353,12 +355,14 @@ static int wait_req(struct herald_client *c, struct herald__req *r, int timeout_
             bool sent = r->sent;
             abandon(c, r);
             if (sent)
-                return herald__err(err, HERALD_E_TIMEOUT, NULL, "no answer to the %s within "
-                                   "%d ms; it may or may not have taken effect", what,
-                                   timeout_ms);
-            return herald__err(err, HERALD_E_TIMEOUT, NULL, "the %s could not be sent within "
-                               "%d ms (%s)", what, timeout_ms,
-                               c->connected ? "queue busy" : "not connected");
+                return herald__err(err, HERALD_E_TIMEOUT, NULL,
+                                   "no answer to the %s within "
+                                   "%d ms; it may or may not have taken effect",
+                                   what, timeout_ms);
+            return herald__err(err, HERALD_E_TIMEOUT, NULL,
+                               "the %s could not be sent within "
+                               "%d ms (%s)",
+                               what, timeout_ms, c->connected ? "queue busy" : "not connected");
         }
     }
     if (r->status && err)
@@ -366,9 +370,8 @@ static int wait_req(struct herald_client *c, struct herald__req *r, int timeout_
     return 0;
 }
 
-static int subscribe(struct herald_client *c, const char *pattern, const char *since,
-                     bool sync, herald_reply_fn cb, void *arg, struct herald__req **out,
-                     herald_error *err)
+static int subscribe(struct herald_client *c, const char *pattern, const char *since, bool sync,
+                     herald_reply_fn cb, void *arg, struct herald__req **out, herald_error *err)
 {
     if (!c)
         return herald__err(err, HERALD_E_INVALID, NULL, "no client");
@@ -376,8 +379,7 @@ static int subscribe(struct herald_client *c, const char *pattern, const char *s
     if (r)
         return r;
     if (since && (strnlen(since, HERALD_ID_MAX + 1) > HERALD_ID_MAX || !*since))
-        return herald__err(err, HERALD_E_INVALID, NULL, "since must be 1-%d bytes",
-                           HERALD_ID_MAX);
+        return herald__err(err, HERALD_E_INVALID, NULL, "since must be 1-%d bytes", HERALD_ID_MAX);
     if (since && (r = check_name(since, HERALD_ID_MAX, "since", err)) != 0)
         return r;
     struct herald__req *req = req_new(HERALD__REQ_SUB, pattern, sync, cb, arg);
@@ -445,9 +447,8 @@ HERALD_API int herald_subscribe_async(herald_client *c, const char *pattern, con
     return subscribe(c, pattern, since, false, cb, arg, &req, err);
 }
 
-static int unsubscribe(struct herald_client *c, const char *pattern, bool sync,
-                       herald_reply_fn cb, void *arg, struct herald__req **out,
-                       herald_error *err)
+static int unsubscribe(struct herald_client *c, const char *pattern, bool sync, herald_reply_fn cb,
+                       void *arg, struct herald__req **out, herald_error *err)
 {
     if (!c)
         return herald__err(err, HERALD_E_INVALID, NULL, "no client");
@@ -480,8 +481,7 @@ static int unsubscribe(struct herald_client *c, const char *pattern, bool sync,
     c->n_pending++;
     if (on_server) {
         req->wire_id = ++c->next_wire_id;
-        req->frame = herald__encode_unsubscribe(LWS_PRE, req->wire_id, pattern,
-                                                &req->frame_len);
+        req->frame = herald__encode_unsubscribe(LWS_PRE, req->wire_id, pattern, &req->frame_len);
         if (!req->frame) {
             c->n_pending--;
             pthread_mutex_unlock(&c->mu);
@@ -515,8 +515,8 @@ HERALD_API int herald_unsubscribe(herald_client *c, const char *pattern, int tim
     return r;
 }
 
-HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern,
-                                        herald_reply_fn cb, void *arg, herald_error *err)
+HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern, herald_reply_fn cb,
+                                        void *arg, herald_error *err)
 {
     struct herald__req *req = NULL;
     return unsubscribe(c, pattern, false, cb, arg, &req, err);
@@ -562,8 +562,10 @@ static int publish(struct herald_client *c, enum herald__req_kind kind, const ch
     if (req->frame_len > limit) {
         pthread_mutex_unlock(&c->mu);
         herald__req_free(req);
-        return herald__err(err, HERALD_E_INVALID, "too_large", "the event is %zu bytes; the "
-                           "server accepts at most %zu", (size_t)req->frame_len, limit);
+        return herald__err(err, HERALD_E_INVALID, "too_large",
+                           "the event is %zu bytes; the "
+                           "server accepts at most %zu",
+                           (size_t)req->frame_len, limit);
     }
     c->n_pending++;
     push_outq(c, req);

@@ -42,4 +42,7 @@ unsigned herald__backoff_next(struct herald__backoff *b)
     return (unsigned)(half + (span ? next_rand(b) % (span + 1) : 0));
 }
 
-void herald__backoff_reset(struct herald__backoff *b) { b->attempt = 0; }
+void herald__backoff_reset(struct herald__backoff *b)
+{
+    b->attempt = 0;
+}

@@ -183,8 +183,7 @@ static void start_connect(struct herald_client *c)
         pthread_mutex_lock(&c->mu);
         if (c->cstate == HERALD__C_CONNECTING) { /* no error callback reported it */
             herald_error why = {0};
-            herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s",
-                        c->url.host_header);
+            herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s", c->url.host_header);
             ended(c, &why, false);
         }
         pthread_mutex_unlock(&c->mu);
@@ -236,7 +235,8 @@ static int welcome(struct herald_client *c, const struct herald__frame *f, heral
                 head = m->next;
                 free(m);
             }
-            return herald__err(why, HERALD_E_NOMEM, NULL, "out of memory restoring "
+            return herald__err(why, HERALD_E_NOMEM, NULL,
+                               "out of memory restoring "
                                "subscriptions");
         }
         m->kind = HERALD__REQ_SUBSEND;
@@ -266,12 +266,15 @@ static void sub_gap_event(struct herald_client *c, const struct herald__sub *s, 
 {
     herald_error e;
     if (blind)
-        herald__err(&e, 0, NULL, "\"%s\" was resumed without a position (nothing had arrived "
+        herald__err(&e, 0, NULL,
+                    "\"%s\" was resumed without a position (nothing had arrived "
                     "on it): events published while disconnected may have been missed",
                     s->pattern);
     else
-        herald__err(&e, 0, NULL, "the server no longer has events after \"%s\" for \"%s\": "
-                    "events may have been missed", s->sent_since, s->pattern);
+        herald__err(&e, 0, NULL,
+                    "the server no longer has events after \"%s\" for \"%s\": "
+                    "events may have been missed",
+                    s->sent_since, s->pattern);
     struct herald__evitem *it = herald__event_new(HERALD_EV_GAP, s->pattern, &e, 0);
     if (it)
         herald__push_event(c, it);
@@ -562,11 +565,13 @@ static void connection_error(struct herald_client *c, const char *in)
                     status == 401 ? "missing or invalid credentials" : "not allowed");
         fatal = true; /* retrying the same credentials cannot help */
     } else if (status) {
-        herald__err(&why, HERALD_E_CONNECT, NULL, "%s refused the WebSocket upgrade with HTTP "
-                    "%u", c->url.host_header, status);
+        herald__err(&why, HERALD_E_CONNECT, NULL,
+                    "%s refused the WebSocket upgrade with HTTP "
+                    "%u",
+                    c->url.host_header, status);
     } else {
-        herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s",
-                    c->url.host_header, msg[0] ? msg : "connection failed");
+        herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s", c->url.host_header,
+                    msg[0] ? msg : "connection failed");
     }
     ended(c, &why, fatal);
 }
@@ -588,8 +593,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         char hdr[8 + 4096 + 1];
         int n = snprintf(hdr, sizeof(hdr), "Bearer %s", c->token);
         if (n < 0 || (size_t)n >= sizeof(hdr) ||
-            lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION,
-                                         (unsigned char *)hdr, n, p, end))
+            lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, (unsigned char *)hdr, n,
+                                         p, end))
             return -1;
         return 0;
     }
@@ -727,8 +732,7 @@ int herald__ctx_create(struct herald_client *c, herald_error *err)
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
     c->protocols[0] = (struct lws_protocols){
-        .name = "herald.v1", .callback = callback, .per_session_data_size = 0,
-        .rx_buffer_size = 0};
+        .name = "herald.v1", .callback = callback, .per_session_data_size = 0, .rx_buffer_size = 0};
     memset(&c->protocols[1], 0, sizeof(c->protocols[1]));
     info.port = CONTEXT_PORT_NO_LISTEN;
     info.protocols = c->protocols;
@@ -741,14 +745,13 @@ int herald__ctx_create(struct herald_client *c, herald_error *err)
         info.client_ssl_ca_filepath = c->ca_file;
     }
     /* The server pings every heartbeat; ours only matter when it stops talking altogether. */
-    c->idle_policy = (lws_retry_bo_t){.secs_since_valid_ping = 30,
-                                      .secs_since_valid_hangup = 75};
+    c->idle_policy = (lws_retry_bo_t){.secs_since_valid_ping = 30, .secs_since_valid_hangup = 75};
     herald__lws_global_lock();
     herald__lws_quiet(&c->opts);
     c->ctx = lws_create_context(&info);
     herald__lws_global_unlock();
     if (!c->ctx)
-        return herald__err(err, HERALD_E_CONNECT, NULL,
-                           "cannot set up libwebsockets%s", c->url.tls ? " with TLS" : "");
+        return herald__err(err, HERALD_E_CONNECT, NULL, "cannot set up libwebsockets%s",
+                           c->url.tls ? " with TLS" : "");
     return 0;
 }

@@ -82,9 +82,9 @@ struct herald_client {
     uint64_t open_since_us;
     unsigned char *rx;
     size_t rx_len;
-    int close_code;            /* from the server's close frame, 0 when none came */
+    int close_code; /* from the server's close frame, 0 when none came */
     char close_reason[124];
-    herald_error drop_why;     /* why we are dropping the connection ourselves */
+    herald_error drop_why; /* why we are dropping the connection ourselves */
     bool rx_paused;
 
     /* Guarded by mu. */
@@ -98,7 +98,7 @@ struct herald_client {
     int64_t next_wire_id;
     struct herald__evitem *evq, *evq_tail;
     size_t evq_n, evq_bytes;
-    struct herald__req *cbq, *cbq_tail;   /* async completions for herald_process */
+    struct herald__req *cbq, *cbq_tail; /* async completions for herald_process */
     bool closing, stop_thread, fatal;
     herald_error fatal_err;
 };

@@ -33,7 +33,10 @@ HERALD_API const char *herald_strerror(int status)
     return "unknown error";
 }
 
-HERALD_API const char *herald_version(void) { return HERALD_VERSION_STRING; }
+HERALD_API const char *herald_version(void)
+{
+    return HERALD_VERSION_STRING;
+}
 
 /* Copies `len` bytes of src into dst (capacity cap > 0) keeping printable ASCII and UTF-8
  * lead/continuation bytes out: anything not printable ASCII becomes '?'. */

@@ -32,11 +32,11 @@ extern "C" {
 #endif
 
 #if defined(_WIN32)
-#  define HERALD_API
+#define HERALD_API
 #elif defined(HERALD_BUILDING_LIBRARY)
-#  define HERALD_API __attribute__((visibility("default")))
+#define HERALD_API __attribute__((visibility("default")))
 #else
-#  define HERALD_API
+#define HERALD_API
 #endif
 
 #define HERALD_VERSION_MAJOR 0
@@ -69,9 +69,9 @@ typedef enum herald_status {
 
 /* An error: the status, the server's error code when it sent one, and a sentence. */
 typedef struct herald_error {
-    int status;            /* a herald_status */
-    char server_code[32];  /* e.g. "invalid_topic", "forbidden"; "" when not from the server */
-    char message[256];     /* one line, no trailing newline, valid UTF-8 */
+    int status;           /* a herald_status */
+    char server_code[32]; /* e.g. "invalid_topic", "forbidden"; "" when not from the server */
+    char message[256];    /* one line, no trailing newline, valid UTF-8 */
 } herald_error;
 
 /* A short constant description of a status, e.g. "connection failed". */
@@ -83,11 +83,11 @@ typedef struct herald_client herald_client;
 
 /* What the event stream carries. Applications may ignore every type but HERALD_EV_EVENT. */
 typedef enum herald_event_type {
-    HERALD_EV_EVENT = 1,   /* an event published to a topic you subscribed to */
-    HERALD_EV_GAP,         /* events matching `pattern` may have been missed: resynchronize */
-    HERALD_EV_DISCONNECTED,/* the connection was lost; the client retries in `retry_ms` */
-    HERALD_EV_CONNECTED,   /* the client (re)connected; subscriptions are being restored */
-    HERALD_EV_ERROR        /* see `error`; when `fatal` the client has stopped for good */
+    HERALD_EV_EVENT = 1,    /* an event published to a topic you subscribed to */
+    HERALD_EV_GAP,          /* events matching `pattern` may have been missed: resynchronize */
+    HERALD_EV_DISCONNECTED, /* the connection was lost; the client retries in `retry_ms` */
+    HERALD_EV_CONNECTED,    /* the client (re)connected; subscriptions are being restored */
+    HERALD_EV_ERROR         /* see `error`; when `fatal` the client has stopped for good */
 } herald_event_type;
 
 /*
@@ -96,13 +96,13 @@ typedef enum herald_event_type {
  */
 typedef struct herald_event {
     herald_event_type type;
-    const char *topic;   /* EVENT: the topic it was published to */
-    const char *id;      /* EVENT: its id; hand the last one back as `since` to resume */
-    const char *kind;    /* EVENT: the event kind, "message" unless the publisher said */
-    int64_t time_ms;     /* EVENT: when the server accepted it, ms since the Unix epoch */
-    const char *data;    /* EVENT: the data as JSON text, exactly as the server sent it */
+    const char *topic; /* EVENT: the topic it was published to */
+    const char *id;    /* EVENT: its id; hand the last one back as `since` to resume */
+    const char *kind;  /* EVENT: the event kind, "message" unless the publisher said */
+    int64_t time_ms;   /* EVENT: when the server accepted it, ms since the Unix epoch */
+    const char *data;  /* EVENT: the data as JSON text, exactly as the server sent it */
     size_t data_len;
-    const char *json;    /* EVENT: the whole event object as one line of JSON */
+    const char *json; /* EVENT: the whole event object as one line of JSON */
     size_t json_len;
     const char *pattern; /* GAP, ERROR (when about one subscription): the pattern; else NULL */
     unsigned retry_ms;   /* DISCONNECTED: the delay before the next attempt */
@@ -117,24 +117,24 @@ typedef void (*herald_event_fn)(herald_client *c, const herald_event *ev, void *
 
 /* Connection options. Initialize with herald_options_init(), then set what you need. */
 typedef struct herald_options {
-    const char *token;          /* sent as "Authorization: Bearer <token>"; NULL: none */
-    const char *ca_file;        /* PEM file of CAs to trust for wss:// (default: the system's) */
-    bool insecure;              /* wss:// without certificate checks (tests only) */
-    int connect_timeout_ms;     /* herald_connect(): give up after this long (default 10000) */
-    bool retry_first_connect;   /* keep retrying when the first connection fails (default:
-                                 * no, the failure is returned; later losses always retry) */
-    unsigned backoff_initial_ms;/* first reconnect delay (default 250) */
-    unsigned backoff_max_ms;    /* the delay doubles up to this (default 30000); each delay is
-                                 * jittered to between half and all of its value */
-    size_t max_queued_events;   /* events waiting for the application before the client stops
-                                 * reading from the socket (default 10000) */
-    size_t max_queued_bytes;    /* the same bound in bytes (default 64 MiB) */
-    size_t max_pending;         /* requests waiting to be sent or answered (default 10000) */
-    herald_event_fn on_event;   /* deliver events by callback from herald_process(); NULL:
-                                 * they wait for herald_next_event() */
-    void *user;                 /* passed to on_event */
-    bool keep_lws_log;          /* leave libwebsockets' process-wide logging alone (default:
-                                 * the library silences it, since a library must not print) */
+    const char *token;           /* sent as "Authorization: Bearer <token>"; NULL: none */
+    const char *ca_file;         /* PEM file of CAs to trust for wss:// (default: the system's) */
+    bool insecure;               /* wss:// without certificate checks (tests only) */
+    int connect_timeout_ms;      /* herald_connect(): give up after this long (default 10000) */
+    bool retry_first_connect;    /* keep retrying when the first connection fails (default:
+                                  * no, the failure is returned; later losses always retry) */
+    unsigned backoff_initial_ms; /* first reconnect delay (default 250) */
+    unsigned backoff_max_ms;     /* the delay doubles up to this (default 30000); each delay is
+                                  * jittered to between half and all of its value */
+    size_t max_queued_events;    /* events waiting for the application before the client stops
+                                  * reading from the socket (default 10000) */
+    size_t max_queued_bytes;     /* the same bound in bytes (default 64 MiB) */
+    size_t max_pending;          /* requests waiting to be sent or answered (default 10000) */
+    herald_event_fn on_event;    /* deliver events by callback from herald_process(); NULL:
+                                  * they wait for herald_next_event() */
+    void *user;                  /* passed to on_event */
+    bool keep_lws_log;           /* leave libwebsockets' process-wide logging alone (default:
+                                  * the library silences it, since a library must not print) */
 } herald_options;
 
 HERALD_API void herald_options_init(herald_options *opts);
@@ -218,13 +218,13 @@ HERALD_API int herald_next_event(herald_client *c, herald_event **ev, int timeou
 /* ---- asynchronous calls: return at once; `cb` runs later from herald_process() ----------- */
 
 typedef struct herald_reply {
-    int status;            /* 0 or a negative herald_status */
-    herald_error error;    /* when status != 0 */
-    const char *pattern;   /* subscribe, unsubscribe */
-    const char *event_id;  /* publish */
-    size_t receivers;      /* publish: connections the server queued the event to */
-    size_t replayed;       /* subscribe */
-    bool gap;              /* subscribe */
+    int status;           /* 0 or a negative herald_status */
+    herald_error error;   /* when status != 0 */
+    const char *pattern;  /* subscribe, unsubscribe */
+    const char *event_id; /* publish */
+    size_t receivers;     /* publish: connections the server queued the event to */
+    size_t replayed;      /* subscribe */
+    bool gap;             /* subscribe */
 } herald_reply;
 
 typedef void (*herald_reply_fn)(herald_client *c, const herald_reply *r, void *arg);
@@ -236,8 +236,8 @@ typedef void (*herald_reply_fn)(herald_client *c, const herald_reply *r, void *a
  */
 HERALD_API int herald_subscribe_async(herald_client *c, const char *pattern, const char *since,
                                       herald_reply_fn cb, void *arg, herald_error *err);
-HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern,
-                                        herald_reply_fn cb, void *arg, herald_error *err);
+HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern, herald_reply_fn cb,
+                                        void *arg, herald_error *err);
 HERALD_API int herald_publish_async(herald_client *c, const char *topic, const char *kind,
                                     const char *data_json, herald_reply_fn cb, void *arg,
                                     herald_error *err);

@@ -64,8 +64,8 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
         char hdr[8 + 4096 + 1];
         int n = snprintf(hdr, sizeof(hdr), "Bearer %s", h->opts->token);
         if (n < 0 || (size_t)n >= sizeof(hdr) ||
-            lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION,
-                                         (unsigned char *)hdr, n, p, end))
+            lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, (unsigned char *)hdr, n,
+                                         p, end))
             return -1;
         return 0;
     }
@@ -198,8 +198,8 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
         if (h.timed_out)
             return herald__err(err, HERALD_E_TIMEOUT, NULL, "no answer from %s within %d ms",
                                u->host_header, timeout_ms);
-        return herald__err(err, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s",
-                           u->host_header, h.error[0] ? h.error : "connection failed");
+        return herald__err(err, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s", u->host_header,
+                           h.error[0] ? h.error : "connection failed");
     }
     if (!h.body && append(&h, "", 0) < 0)
         return herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
@@ -250,7 +250,8 @@ static int get_json(const struct herald__url *u, const herald_options *opts, con
     json_decref(v);
     if (!obj) {
         free(body);
-        return herald__err(err, HERALD_E_PROTOCOL, NULL, "the server's answer is not a JSON "
+        return herald__err(err, HERALD_E_PROTOCOL, NULL,
+                           "the server's answer is not a JSON "
                            "object");
     }
     *body_out = body;
@@ -300,8 +301,8 @@ HERALD_API int herald_poll(const char *url, const herald_options *opts, const ch
         if (herald__pct_encode(path, sizeof(path), since) < 0)
             return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
     }
-    int timeout = (int)wait_s * 1000 + (opts && opts->connect_timeout_ms > 0
-                                           ? opts->connect_timeout_ms : 10000);
+    int timeout = (int)wait_s * 1000 +
+                  (opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000);
     return get_json(&u, opts, path, timeout, body_out, err);
 }
 
@@ -312,8 +313,7 @@ HERALD_API int herald_event_status(const char *url, const herald_options *opts, 
         return herald__err(err, HERALD_E_INVALID, NULL, "no place for the answer");
     *body_out = NULL;
     if (!id || !*id || strlen(id) > HERALD_ID_MAX)
-        return herald__err(err, HERALD_E_INVALID, NULL, "the id must be 1-%d bytes",
-                           HERALD_ID_MAX);
+        return herald__err(err, HERALD_E_INVALID, NULL, "the id must be 1-%d bytes", HERALD_ID_MAX);
     struct herald__url u;
     int r = herald__url_parse(url, &u, err);
     if (r)

@@ -37,12 +37,12 @@ void herald__sanitize(char *dst, size_t cap, const char *src, size_t len);
 
 struct herald__url {
     bool tls;
-    char host[HERALD__HOST_MAX + 1];       /* without IPv6 brackets */
+    char host[HERALD__HOST_MAX + 1]; /* without IPv6 brackets */
     int port;
-    char path[HERALD__PATH_MAX + 1];       /* WebSocket path and query, starts with '/' */
-    char prefix[HERALD__PATH_MAX + 1];     /* path before "/v1/ws" for the HTTP endpoints */
-    char query[HERALD__PATH_MAX + 1];      /* the query without '?', also sent over HTTP */
-    char host_header[HERALD__HOST_MAX + 9];/* host[:port], IPv6 in brackets */
+    char path[HERALD__PATH_MAX + 1];        /* WebSocket path and query, starts with '/' */
+    char prefix[HERALD__PATH_MAX + 1];      /* path before "/v1/ws" for the HTTP endpoints */
+    char query[HERALD__PATH_MAX + 1];       /* the query without '?', also sent over HTTP */
+    char host_header[HERALD__HOST_MAX + 9]; /* host[:port], IPv6 in brackets */
 };
 
 /*
@@ -59,8 +59,8 @@ int herald__url_parse(const char *url, struct herald__url *u, herald_error *err)
 
 struct herald__backoff {
     unsigned initial_ms, max_ms;
-    unsigned attempt;  /* delays handed out since the last reset */
-    uint64_t rng;      /* xorshift64* state, never 0 */
+    unsigned attempt; /* delays handed out since the last reset */
+    uint64_t rng;     /* xorshift64* state, never 0 */
 };
 
 /* Sets up the schedule; initial 0 becomes 1 ms, max below initial becomes initial. */
@@ -94,10 +94,10 @@ struct herald__frame {
     bool has_id;
     int64_t id;
     /* ok */
-    bool is_subscribe_ok;     /* it carried "replayed" */
+    bool is_subscribe_ok; /* it carried "replayed" */
     size_t replayed;
     bool gap;
-    const char *event_id;     /* publish ok */
+    const char *event_id; /* publish ok */
     size_t receivers;
     /* error */
     const char *code, *message;
@@ -116,8 +116,7 @@ struct herald__frame {
  * HERALD_E_PROTOCOL with `err` set when it is not JSON, not an object, or a known type misses
  * or mistypes a member this client relies on.
  */
-int herald__frame_parse(const char *text, size_t len, struct herald__frame *f,
-                        herald_error *err);
+int herald__frame_parse(const char *text, size_t len, struct herald__frame *f, herald_error *err);
 void herald__frame_clear(struct herald__frame *f);
 
 /*
@@ -167,14 +166,14 @@ struct herald__sub {
     char since[HERALD_ID_SIZE];      /* as the application asked: "", "all", "latest", id */
     char sent_since[HERALD_ID_SIZE]; /* what the last subscribe on the wire carried */
     enum herald__sub_state state;
-    int64_t wire_id;                 /* id of that subscribe */
-    bool was_live;                   /* the server accepted it at least once */
-    bool blind;                      /* the last resume had no position (may have missed) */
+    int64_t wire_id; /* id of that subscribe */
+    bool was_live;   /* the server accepted it at least once */
+    bool blind;      /* the last resume had no position (may have missed) */
     bool has_range;
     char lo[HERALD_ID_SIZE], hi[HERALD_ID_SIZE];
     enum herald__start start_kind;
     char start[HERALD_ID_SIZE];
-    struct herald__req *waiters;     /* application requests waiting for the ok */
+    struct herald__req *waiters; /* application requests waiting for the ok */
 };
 
 struct herald__subs {
@@ -208,8 +207,7 @@ void herald__subs_disconnected(struct herald__subs *s);
 void herald__sub_sent(struct herald__sub *sub, int64_t wire_id, char out[HERALD_ID_SIZE]);
 
 /* The server accepted `sub` (NULL when the application dropped it meanwhile). */
-void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed,
-                        bool gap);
+void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed, bool gap);
 
 /*
  * An event arrived. Updates the ranges and returns true when the application should get it,

@@ -51,8 +51,8 @@ static size_t skip_value(const char *s, size_t i, size_t len)
         }
         return len;
     }
-    while (i < len && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' &&
-           s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+    while (i < len && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' &&
+           s[i] != '\n' && s[i] != '\r')
         i++;
     return i;
 }
@@ -90,8 +90,7 @@ int herald__json_member_span(const char *text, size_t len, const char *key, size
     }
 }
 
-int herald__json_array_next(const char *text, size_t len, size_t *pos, size_t *off,
-                            size_t *vlen)
+int herald__json_array_next(const char *text, size_t len, size_t *pos, size_t *off, size_t *vlen)
 {
     size_t i = skip_ws(text, *pos, len);
     if (i >= len)

@@ -19,7 +19,6 @@ int herald__json_member_span(const char *text, size_t len, const char *key, size
  * Iterates the elements of the JSON array `text` (or a span of one: pass its length). Start
  * with *pos = 0; each call returns 0 with the next element's span, or -1 at the end.
  */
-int herald__json_array_next(const char *text, size_t len, size_t *pos, size_t *off,
-                            size_t *vlen);
+int herald__json_array_next(const char *text, size_t len, size_t *pos, size_t *off, size_t *vlen);
 
 #endif

@@ -154,7 +154,10 @@ HERALD_API void herald_event_free(herald_event *ev)
         free((char *)ev - offsetof(struct herald__evitem, ev));
 }
 
-HERALD_API void herald_free(void *p) { free(p); }
+HERALD_API void herald_free(void *p)
+{
+    free(p);
+}
 
 void herald__deadline_in(struct timespec *ts, int ms)
 {

@@ -49,8 +49,7 @@ struct herald__sub *herald__subs_find_wire(struct herald__subs *s, int64_t wire_
     return NULL;
 }
 
-struct herald__sub *herald__subs_add(struct herald__subs *s, const char *pattern,
-                                     const char *since)
+struct herald__sub *herald__subs_add(struct herald__subs *s, const char *pattern, const char *since)
 {
     struct herald__sub *sub = calloc(1, sizeof(*sub));
     if (!sub)
@@ -120,8 +119,7 @@ void herald__sub_sent(struct herald__sub *sub, int64_t wire_id, char out[HERALD_
     sub->state = HERALD__SUB_SENT;
 }
 
-void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed,
-                        bool gap)
+void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed, bool gap)
 {
     s->replay_sub = sub;
     s->replay_left = replayed;

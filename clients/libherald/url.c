@@ -33,8 +33,8 @@ static bool path_char(unsigned char c)
 }
 
 /* Splits the authority [start, end) into host and port. */
-static int parse_authority(const char *url, const char *a, const char *end,
-                           struct herald__url *u, herald_error *err)
+static int parse_authority(const char *url, const char *a, const char *end, struct herald__url *u,
+                           herald_error *err)
 {
     const char *host, *host_end, *p;
     bool v6 = false;

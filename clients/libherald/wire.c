@@ -28,13 +28,14 @@ int herald__check_json(const char *text, herald_error *err)
     json_error_t jerr;
     /* The server refuses duplicate keys (two readers could disagree on the value): say so
      * here, with the position, rather than as a bare bad_request from the server. */
-    json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL,
-                           &jerr);
+    json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (!v) {
         char why[sizeof(jerr.text)];
         herald__sanitize(why, sizeof(why), jerr.text, strlen(jerr.text));
-        return herald__err(err, HERALD_E_INVALID, NULL, "data is not one JSON value: %s "
-                           "(line %d, column %d)", why, jerr.line, jerr.column);
+        return herald__err(err, HERALD_E_INVALID, NULL,
+                           "data is not one JSON value: %s "
+                           "(line %d, column %d)",
+                           why, jerr.line, jerr.column);
     }
     json_decref(v);
     return 0;
@@ -68,7 +69,10 @@ static void put(struct buf *b, const char *s, size_t n)
     b->p[b->head + b->len] = '\0';
 }
 
-static void puts_(struct buf *b, const char *s) { put(b, s, strlen(s)); }
+static void puts_(struct buf *b, const char *s)
+{
+    put(b, s, strlen(s));
+}
 
 static void put_quoted(struct buf *b, const char *s)
 {
@@ -161,8 +165,7 @@ static const char *str_member(json_t *root, const char *key)
 static int proto(herald_error *err, struct herald__frame *f, const char *what)
 {
     herald__frame_clear(f);
-    return herald__err(err, HERALD_E_PROTOCOL, NULL, "unexpected frame from the server: %s",
-                       what);
+    return herald__err(err, HERALD_E_PROTOCOL, NULL, "unexpected frame from the server: %s", what);
 }
 
 static bool count_member(json_t *root, const char *key, size_t *out)
@@ -174,8 +177,7 @@ static bool count_member(json_t *root, const char *key, size_t *out)
     return true;
 }
 
-int herald__frame_parse(const char *text, size_t len, struct herald__frame *f,
-                        herald_error *err)
+int herald__frame_parse(const char *text, size_t len, struct herald__frame *f, herald_error *err)
 {
     json_error_t jerr;
     *f = (struct herald__frame){.root = NULL};

@@ -116,7 +116,7 @@ START_TEST(pending_subscription_is_not_advanced_by_live_events)
     struct herald__sub *s2 = herald__subs_add(&t, "x.1", "0000000000000005");
     send_sub(s1);
     ok(&t, s1, 0, false);
-    send_sub(s2);           /* sent, no ok yet */
+    send_sub(s2);                 /* sent, no ok yet */
     ck_assert(ev(&t, "x.1", 50)); /* live for S1, queued before S2 was accepted */
     ck_assert_str_eq(cursor(s2), "0000000000000005");
     ok(&t, s2, 0, false);
@@ -149,7 +149,7 @@ START_TEST(overlapping_resume_drops_duplicates)
     ck_assert(ev(&t, "a.x", 120)); /* published during the outage */
     ck_assert_str_eq(send_sub(narrow), id(40));
     ok(&t, narrow, 2, false);
-    ck_assert(!ev(&t, "a.b", 60));  /* already delivered through "a.>" */
+    ck_assert(!ev(&t, "a.b", 60)); /* already delivered through "a.>" */
     ck_assert(!ev(&t, "a.b", 100));
     ck_assert_str_eq(cursor(narrow), id(100));
     ck_assert(ev(&t, "a.b", 130)); /* live again: delivered once */
@@ -169,7 +169,7 @@ START_TEST(gap_on_resume_keeps_range_and_drops_repeats)
     ck_assert(ev(&t, "t", 20));
     herald__subs_disconnected(&t);
     ck_assert_str_eq(send_sub(s), id(20));
-    ok(&t, s, 3, true); /* the server lost the position: replays all it retains */
+    ok(&t, s, 3, true);          /* the server lost the position: replays all it retains */
     ck_assert(!ev(&t, "t", 20)); /* seen */
     ck_assert(ev(&t, "t", 25));
     ck_assert(ev(&t, "t", 30));
@@ -278,7 +278,7 @@ START_TEST(pattern_matching)
     ck_assert(!herald__pattern_match("a.>", "a"));
     ck_assert(herald__pattern_match(">", "x"));
     ck_assert(herald__pattern_match("*.b", "x.b"));
-    ck_assert(!herald__pattern_match(">", "$sys.x"));   /* first-segment wildcard */
+    ck_assert(!herald__pattern_match(">", "$sys.x")); /* first-segment wildcard */
     ck_assert(!herald__pattern_match("*.x", "$sys.x"));
     ck_assert(herald__pattern_match("$sys.>", "$sys.x"));
     ck_assert(!herald__pattern_match("ab", "a"));

@@ -143,9 +143,14 @@ END_TEST
 START_TEST(bad_frames)
 {
     const char *bad[] = {
-        "", "nope", "[1]", "{\"id\":1}", "{\"type\":\"event\",\"topic\":\"t\"}",
+        "",
+        "nope",
+        "[1]",
+        "{\"id\":1}",
+        "{\"type\":\"event\",\"topic\":\"t\"}",
         "{\"type\":\"event\",\"topic\":\"t\",\"id\":\"1\",\"time\":\"x\"}",
-        "{\"type\":\"ok\",\"replayed\":-1}", "{\"type\":\"ok\",\"replayed\":\"3\"}",
+        "{\"type\":\"ok\",\"replayed\":-1}",
+        "{\"type\":\"ok\",\"replayed\":\"3\"}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct herald__frame f;

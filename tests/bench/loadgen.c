@@ -31,16 +31,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RBUF_CAP (4u << 20)        /* shared read buffer: carry + one read */
-#define READ_CHUNK (256u << 10)    /* one recv(); a partial frame grows by this much per read */
-#define MAX_MSG (2u << 20)         /* largest frame or reassembled message accepted */
-#define MAX_OUT (16u << 20)        /* per-connection pending output */
-#define MAX_HTTP_BODY (1u << 20)   /* largest publish reply body */
+#define RBUF_CAP (4u << 20)      /* shared read buffer: carry + one read */
+#define READ_CHUNK (256u << 10)  /* one recv(); a partial frame grows by this much per read */
+#define MAX_MSG (2u << 20)       /* largest frame or reassembled message accepted */
+#define MAX_OUT (16u << 20)      /* per-connection pending output */
+#define MAX_HTTP_BODY (1u << 20) /* largest publish reply body */
 #define MAX_CLOSE_CODES 32
-#define MAX_RECONNECTS 1000        /* publisher reconnects over a whole run */
+#define MAX_RECONNECTS 1000          /* publisher reconnects over a whole run */
 #define BITMAP_MAX_BITS (1ULL << 30) /* 128 MB: above it, duplicates are guessed from order */
 #define HIST_BUCKETS 4096
-#define LINGER_NS 250000000LL      /* --check-exact waits this long for late duplicates */
+#define LINGER_NS 250000000LL /* --check-exact waits this long for late duplicates */
 #define NS 1000000000LL
 /* What is carried between reads is less than one frame, HTTP head or reply, so it fits. */
 _Static_assert(RBUF_CAP >= MAX_MSG + WSC_MAX_CLIENT_HDR + READ_CHUNK, "read buffer too small");
@@ -49,7 +49,7 @@ _Static_assert(RBUF_CAP >= WSC_MAX_HTTP_HEAD + MAX_HTTP_BODY + READ_CHUNK, "read
 enum kind { K_SUB, K_WSPUB, K_HTTPPUB };
 /* Which server speaks on the other end (--target). */
 enum target { T_HERALD, T_NCHAN, T_MQTT };
-static const char *const TARGET_NAMES[] = { "herald", "nchan", "mosquitto" };
+static const char *const TARGET_NAMES[] = {"herald", "nchan", "mosquitto"};
 /* MQTT keepalive: the largest that Mosquitto's default max_keepalive admits, so idle
  * subscribers need no PINGREQ during a run. */
 #define MQTT_KEEPALIVE 65535
@@ -131,7 +131,8 @@ static const char *const USAGE =
     "  --port P             target port (required)\n"
     "  --subs N             WebSocket subscribers (1000)\n"
     "  --topics M           topics bench.t0..bench.t<M-1>; subscriber j takes topic j%M (10)\n"
-    "  --events E           events to publish, round-robin over topics (10000; 0 with --idle-hold)\n"
+    "  --events E           events to publish, round-robin over topics (10000; 0 with "
+    "--idle-hold)\n"
     "  --size S             bytes of each event's data, 64..1048576 (100)\n"
     "  --inflight K         publisher connections, one request in flight each (4)\n"
     "  --mode http|ws       publish with POST /v1/topics/.. or WebSocket op publish (http)\n"
@@ -197,7 +198,7 @@ static void buf_put(struct buf *b, const void *p, size_t n)
 static void buf_free(struct buf *b)
 {
     free(b->p);
-    *b = (struct buf){ 0 };
+    *b = (struct buf){0};
 }
 
 static void note(char *dst, size_t cap, const char *what, uint32_t idx, const char *why)
@@ -310,7 +311,7 @@ static void count_close(int code)
         }
     }
     if (G.ncloses < MAX_CLOSE_CODES)
-        G.closes[G.ncloses++] = (typeof(G.closes[0])){ .code = code, .n = 1 };
+        G.closes[G.ncloses++] = (typeof(G.closes[0])){.code = code, .n = 1};
 }
 
 /*
@@ -333,8 +334,8 @@ static void conn_down(struct conn *c, int code, const char *why)
         count_close(code);
     } else if (code == CLOSE_NONE) {
         G.protocol_errors++;
-        note(G.proto_err, sizeof(G.proto_err), c->kind == K_SUB ? "subscriber" : "publisher",
-             idx, why);
+        note(G.proto_err, sizeof(G.proto_err), c->kind == K_SUB ? "subscriber" : "publisher", idx,
+             why);
     }
 
     if (c->kind == K_SUB) {
@@ -824,8 +825,8 @@ static ssize_t consume(struct conn *c, unsigned char *buf, size_t len)
         int r = wsc_http_parse_head((const char *)buf, len, &h);
         if (r == -EAGAIN)
             return 0;
-        const char *bad = r < 0 ? "malformed upgrade response"
-                                : wsc_handshake_check(&h, c->accept, ws_proto());
+        const char *bad =
+            r < 0 ? "malformed upgrade response" : wsc_handshake_check(&h, c->accept, ws_proto());
         if (bad) {
             conn_down(c, CLOSE_NONE, bad);
             return -1;
@@ -841,8 +842,8 @@ static ssize_t consume(struct conn *c, unsigned char *buf, size_t len)
             }
         } else if (c->kind == K_SUB) {
             char cmd[96];
-            int n = snprintf(cmd, sizeof(cmd), "{\"op\":\"subscribe\",\"id\":1,\"topic\":\"bench.t%u\"}",
-                             c->topic);
+            int n = snprintf(cmd, sizeof(cmd),
+                             "{\"op\":\"subscribe\",\"id\":1,\"topic\":\"bench.t%u\"}", c->topic);
             if (send_ws(c, WSC_OP_TEXT, cmd, (size_t)n) < 0) {
                 conn_down(c, 1006, "write failed");
                 return -1;
@@ -854,7 +855,7 @@ static ssize_t consume(struct conn *c, unsigned char *buf, size_t len)
             int r = wsc_http_parse_head((const char *)buf + off, len - off, &h);
             if (r == -EAGAIN)
                 break;
-            const char *bad = r < 0 ? "malformed HTTP reply"
+            const char *bad = r < 0                  ? "malformed HTTP reply"
                               : h.content_length < 0 ? "HTTP reply without Content-Length"
                               : h.content_length > MAX_HTTP_BODY ? "HTTP reply body too large"
                                                                  : NULL;
@@ -878,8 +879,10 @@ static ssize_t consume(struct conn *c, unsigned char *buf, size_t len)
         if (r == -EAGAIN)
             break;
         if (r < 0 || f.masked || f.len > MAX_MSG) {
-            conn_down(c, CLOSE_NONE, r < 0 ? "bad frame" : f.masked ? "masked server frame"
-                                                                    : "frame too large");
+            conn_down(c, CLOSE_NONE,
+                      r < 0      ? "bad frame"
+                      : f.masked ? "masked server frame"
+                                 : "frame too large");
             return -1;
         }
         if (len - off < f.hdr_len + f.len)
@@ -983,7 +986,7 @@ static void pub_send(struct conn *c, uint64_t seq)
         build_data(p + hl + mqtt_publish_head_len(tl, G.size), seq, mono_ns());
         mqtt_publish_finish(p + hl, topic, tl, G.size);
         o = wsc_client_frame_finish(p, WSC_OP_BINARY, plen, (uint32_t)rnd());
-        static const unsigned char ping[2] = { MQTT_PINGREQ << 4, 0 };
+        static const unsigned char ping[2] = {MQTT_PINGREQ << 4, 0};
         memcpy(p + o + wsc_client_hdr_len(sizeof(ping)), ping, sizeof(ping));
         o += wsc_client_frame_finish(p + o, WSC_OP_BINARY, sizeof(ping), (uint32_t)rnd());
     } else {
@@ -1146,8 +1149,8 @@ static long long proc_cpu_ticks(int pid)
     buf[n] = '\0';
     const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
     unsigned long long ut, st;
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-                     &st) != 2)
+    if (!p ||
+        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
     return (long long)(ut + st);
 }
@@ -1175,8 +1178,8 @@ static uint64_t opt_u64(const char *name, const char *s, uint64_t min, uint64_t 
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno || end == s || *end || s[0] == '-' || v < min || v > max)
-        die(2, "--%s: expected an integer in %" PRIu64 "..%" PRIu64 ", got '%s'", name, min,
-            max, s);
+        die(2, "--%s: expected an integer in %" PRIu64 "..%" PRIu64 ", got '%s'", name, min, max,
+            s);
     return v;
 }
 
@@ -1192,31 +1195,50 @@ static double opt_double(const char *name, const char *s, double min, double max
 
 static void parse_options(int argc, char **argv)
 {
-    enum { O_HOST = 256, O_PORT, O_SUBS, O_TOPICS, O_EVENTS, O_SIZE, O_INFLIGHT, O_MODE,
-           O_RATE, O_TIMEOUT, O_PID, O_CHECK, O_HOLD, O_CONNIN, O_REORDER, O_ORDERED, O_SRC,
-           O_SELFTEST, O_HELP, O_TARGET };
+    enum {
+        O_HOST = 256,
+        O_PORT,
+        O_SUBS,
+        O_TOPICS,
+        O_EVENTS,
+        O_SIZE,
+        O_INFLIGHT,
+        O_MODE,
+        O_RATE,
+        O_TIMEOUT,
+        O_PID,
+        O_CHECK,
+        O_HOLD,
+        O_CONNIN,
+        O_REORDER,
+        O_ORDERED,
+        O_SRC,
+        O_SELFTEST,
+        O_HELP,
+        O_TARGET
+    };
     static const struct option opts[] = {
-        { "host", required_argument, NULL, O_HOST },
-        { "port", required_argument, NULL, O_PORT },
-        { "subs", required_argument, NULL, O_SUBS },
-        { "topics", required_argument, NULL, O_TOPICS },
-        { "events", required_argument, NULL, O_EVENTS },
-        { "size", required_argument, NULL, O_SIZE },
-        { "inflight", required_argument, NULL, O_INFLIGHT },
-        { "mode", required_argument, NULL, O_MODE },
-        { "rate", required_argument, NULL, O_RATE },
-        { "timeout", required_argument, NULL, O_TIMEOUT },
-        { "server-pid", required_argument, NULL, O_PID },
-        { "check-exact", no_argument, NULL, O_CHECK },
-        { "idle-hold", required_argument, NULL, O_HOLD },
-        { "connect-inflight", required_argument, NULL, O_CONNIN },
-        { "allow-reorder", no_argument, NULL, O_REORDER },
-        { "ordered", no_argument, NULL, O_ORDERED },
-        { "source-addrs", required_argument, NULL, O_SRC },
-        { "self-test", no_argument, NULL, O_SELFTEST },
-        { "target", required_argument, NULL, O_TARGET },
-        { "help", no_argument, NULL, O_HELP },
-        { 0 },
+        {"host", required_argument, NULL, O_HOST},
+        {"port", required_argument, NULL, O_PORT},
+        {"subs", required_argument, NULL, O_SUBS},
+        {"topics", required_argument, NULL, O_TOPICS},
+        {"events", required_argument, NULL, O_EVENTS},
+        {"size", required_argument, NULL, O_SIZE},
+        {"inflight", required_argument, NULL, O_INFLIGHT},
+        {"mode", required_argument, NULL, O_MODE},
+        {"rate", required_argument, NULL, O_RATE},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"server-pid", required_argument, NULL, O_PID},
+        {"check-exact", no_argument, NULL, O_CHECK},
+        {"idle-hold", required_argument, NULL, O_HOLD},
+        {"connect-inflight", required_argument, NULL, O_CONNIN},
+        {"allow-reorder", no_argument, NULL, O_REORDER},
+        {"ordered", no_argument, NULL, O_ORDERED},
+        {"source-addrs", required_argument, NULL, O_SRC},
+        {"self-test", no_argument, NULL, O_SELFTEST},
+        {"target", required_argument, NULL, O_TARGET},
+        {"help", no_argument, NULL, O_HELP},
+        {0},
     };
     snprintf(G.host, sizeof(G.host), "127.0.0.1");
     G.subs = 1000;
@@ -1235,15 +1257,25 @@ static void parse_options(int argc, char **argv)
                 die(2, "--host: too long");
             snprintf(G.host, sizeof(G.host), "%s", optarg);
             break;
-        case O_PORT: G.port = (int)opt_u64("port", optarg, 1, 65535); break;
-        case O_SUBS: G.subs = (uint32_t)opt_u64("subs", optarg, 0, 1000000); break;
-        case O_TOPICS: G.topics = (uint32_t)opt_u64("topics", optarg, 1, 1000000); break;
+        case O_PORT:
+            G.port = (int)opt_u64("port", optarg, 1, 65535);
+            break;
+        case O_SUBS:
+            G.subs = (uint32_t)opt_u64("subs", optarg, 0, 1000000);
+            break;
+        case O_TOPICS:
+            G.topics = (uint32_t)opt_u64("topics", optarg, 1, 1000000);
+            break;
         case O_EVENTS:
             G.events = opt_u64("events", optarg, 0, 1000000000);
             G.events_set = true;
             break;
-        case O_SIZE: G.size = (uint32_t)opt_u64("size", optarg, 64, 1u << 20); break;
-        case O_INFLIGHT: G.inflight = (uint32_t)opt_u64("inflight", optarg, 1, 4096); break;
+        case O_SIZE:
+            G.size = (uint32_t)opt_u64("size", optarg, 64, 1u << 20);
+            break;
+        case O_INFLIGHT:
+            G.inflight = (uint32_t)opt_u64("inflight", optarg, 1, 4096);
+            break;
         case O_MODE:
             if (strcmp(optarg, "http") && strcmp(optarg, "ws"))
                 die(2, "--mode: expected http or ws");
@@ -1259,24 +1291,44 @@ static void parse_options(int argc, char **argv)
             G.target = (enum target)t;
             break;
         }
-        case O_RATE: G.rate = opt_double("rate", optarg, 0, 1e8); break;
-        case O_TIMEOUT: G.timeout = opt_double("timeout", optarg, 0.1, 86400); break;
-        case O_PID: G.server_pid = (int)opt_u64("server-pid", optarg, 1, 4194304); break;
-        case O_CHECK: G.check_exact = true; break;
-        case O_HOLD: G.idle_hold = opt_double("idle-hold", optarg, 0, 86400); break;
+        case O_RATE:
+            G.rate = opt_double("rate", optarg, 0, 1e8);
+            break;
+        case O_TIMEOUT:
+            G.timeout = opt_double("timeout", optarg, 0.1, 86400);
+            break;
+        case O_PID:
+            G.server_pid = (int)opt_u64("server-pid", optarg, 1, 4194304);
+            break;
+        case O_CHECK:
+            G.check_exact = true;
+            break;
+        case O_HOLD:
+            G.idle_hold = opt_double("idle-hold", optarg, 0, 86400);
+            break;
         case O_CONNIN:
             G.connect_inflight = (uint32_t)opt_u64("connect-inflight", optarg, 1, 100000);
             break;
-        case O_REORDER: G.allow_reorder = true; break;
-        case O_ORDERED: G.force_ordered = true; break;
-        case O_SRC: G.source_addrs = (uint32_t)opt_u64("source-addrs", optarg, 1, 254); break;
+        case O_REORDER:
+            G.allow_reorder = true;
+            break;
+        case O_ORDERED:
+            G.force_ordered = true;
+            break;
+        case O_SRC:
+            G.source_addrs = (uint32_t)opt_u64("source-addrs", optarg, 1, 254);
+            break;
         case O_SELFTEST: {
             int failed = wsc_selftest() + mqtt_selftest();
             fprintf(stderr, "selftest: %s\n", failed ? "FAILED" : "ok");
             exit(failed ? 1 : 0);
         }
-        case O_HELP: fputs(USAGE, stdout); exit(0);
-        default: fputs(USAGE, stderr); exit(2);
+        case O_HELP:
+            fputs(USAGE, stdout);
+            exit(0);
+        default:
+            fputs(USAGE, stderr);
+            exit(2);
         }
     }
     if (optind < argc)
@@ -1305,7 +1357,7 @@ static void parse_options(int argc, char **argv)
 /* Resolves --host and refuses anything that is not loopback: this tool floods its target. */
 static void resolve_target(void)
 {
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV }, *res;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *res;
     char port[8];
     snprintf(port, sizeof(port), "%d", G.port);
     int r = getaddrinfo(G.host, port, &hints, &res);
@@ -1360,7 +1412,7 @@ static void setup(void)
         die(2, "out of memory");
     for (uint32_t i = 0; i < G.nconns; i++) {
         struct conn *c = &G.conns[i];
-        *c = (struct conn){ .fd = -1, .last_seq = -1, .inflight = -1 };
+        *c = (struct conn){.fd = -1, .last_seq = -1, .inflight = -1};
         c->kind = i < G.subs ? K_SUB : G.mode_ws ? K_WSPUB : K_HTTPPUB;
         c->topic = i < G.subs ? i % G.topics : 0;
     }
@@ -1440,26 +1492,23 @@ static const char *report(const struct figures *fg, uint64_t expected, uint64_t 
     double tck = (double)sysconf(_SC_CLK_TCK);
     bool srv = G.server_pid > 0 && fg->cpu_r0 >= 0 && fg->cpu_r1 >= 0;
     double cpu_s = srv ? (double)(fg->cpu_r1 - fg->cpu_r0) / tck : 0;
-    double cpu_cs = srv && fg->cpu_c0 >= 0 && fg->cpu_c1 >= 0
-                        ? (double)(fg->cpu_c1 - fg->cpu_c0) / tck : 0;
+    double cpu_cs =
+        srv && fg->cpu_c0 >= 0 && fg->cpu_c1 >= 0 ? (double)(fg->cpu_c1 - fg->cpu_c0) / tck : 0;
 
     printf("{\"target\":\"%s\",\"subs\":%u,\"topics\":%u,\"events\":%" PRIu64
            ",\"size\":%u,\"mode\":\"%s\",\"inflight\":%u,\"rate\":%g,\"expected\":%" PRIu64
-           ",\"delivered\":%" PRIu64
-           ",\"duplicates\":%" PRIu64 ",\"reordered\":%" PRIu64 ",\"missing\":%" PRIu64
-           ",\"unexpected\":%" PRIu64 ",\"malformed\":%" PRIu64 ",\"published\":%" PRIu64
-           ",\"publish_errors\":%" PRIu64,
-           TARGET_NAMES[G.target], G.subs, G.topics, G.events, G.size,
-           G.mode_ws ? "ws" : "http", G.inflight, G.rate,
-           expected, G.delivered, G.duplicates, G.reordered, missing, G.stray, G.malformed,
-           G.acked, G.pub_errors);
+           ",\"delivered\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"reordered\":%" PRIu64
+           ",\"missing\":%" PRIu64 ",\"unexpected\":%" PRIu64 ",\"malformed\":%" PRIu64
+           ",\"published\":%" PRIu64 ",\"publish_errors\":%" PRIu64,
+           TARGET_NAMES[G.target], G.subs, G.topics, G.events, G.size, G.mode_ws ? "ws" : "http",
+           G.inflight, G.rate, expected, G.delivered, G.duplicates, G.reordered, missing, G.stray,
+           G.malformed, G.acked, G.pub_errors);
     printf(",\"ordered\":%s,\"timed_out\":%s", G.ordered ? "true" : "false",
            fg->timed_out ? "true" : "false");
     put_num("connect_s", fg->connect_s, true);
     put_num("idle_hold_s", G.idle_hold, true);
     put_num("elapsed_s", fg->elapsed_s, true);
-    put_num("deliveries_per_s", fg->elapsed_s > 0 ? (double)G.delivered / fg->elapsed_s : 0,
-            true);
+    put_num("deliveries_per_s", fg->elapsed_s > 0 ? (double)G.delivered / fg->elapsed_s : 0, true);
     put_num("publish_per_s", fg->publish_s > 0 ? (double)G.acked / fg->publish_s : 0, true);
     printf(",\"lat_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f}",
            hist_pct_us(0.50), hist_pct_us(0.90), hist_pct_us(0.99), hist_pct_us(0.999),
@@ -1487,26 +1536,29 @@ static const char *report(const struct figures *fg, uint64_t expected, uint64_t 
     fflush(stdout);
 
     if (fg->timed_out)
-        snprintf(why, sizeof(why), "timed out: %" PRIu64 " of %" PRIu64
-                 " deliveries missing, %" PRIu64 " of %" PRIu64 " events published",
+        snprintf(why, sizeof(why),
+                 "timed out: %" PRIu64 " of %" PRIu64 " deliveries missing, %" PRIu64 " of %" PRIu64
+                 " events published",
                  missing, expected, G.acked, G.events);
     else if (G.pub_errors)
         snprintf(why, sizeof(why), "%" PRIu64 " publishes failed, first: %s", G.pub_errors,
                  G.pub_err);
     else if (G.acked != G.events)
-        snprintf(why, sizeof(why), "only %" PRIu64 " of %" PRIu64 " events published%s%s",
-                 G.acked, G.events, G.conn_err[0] ? ": " : "", G.conn_err);
+        snprintf(why, sizeof(why), "only %" PRIu64 " of %" PRIu64 " events published%s%s", G.acked,
+                 G.events, G.conn_err[0] ? ": " : "", G.conn_err);
     else if (G.duplicates)
         snprintf(why, sizeof(why), "%" PRIu64 " duplicate deliveries", G.duplicates);
     else if (G.reordered && G.ordered)
         snprintf(why, sizeof(why), "%" PRIu64 " deliveries out of publish order", G.reordered);
     else if (missing || G.delivered != expected)
-        snprintf(why, sizeof(why), "%" PRIu64 " deliveries missing (expected %" PRIu64
-                 ", delivered %" PRIu64 ", %u subscribers closed)",
+        snprintf(why, sizeof(why),
+                 "%" PRIu64 " deliveries missing (expected %" PRIu64 ", delivered %" PRIu64
+                 ", %u subscribers closed)",
                  missing, expected, G.delivered, G.sub_closed);
     else if (G.stray || G.malformed)
-        snprintf(why, sizeof(why), "%" PRIu64 " events of other topics or out of range, %" PRIu64
-                 " malformed events", G.stray, G.malformed);
+        snprintf(why, sizeof(why),
+                 "%" PRIu64 " events of other topics or out of range, %" PRIu64 " malformed events",
+                 G.stray, G.malformed);
     else if (G.protocol_errors)
         snprintf(why, sizeof(why), "protocol error: %s", G.proto_err);
     else if (G.sub_closed)
@@ -1522,8 +1574,13 @@ int main(int argc, char **argv)
     resolve_target();
     setup();
 
-    struct figures fg = { .rss_before = -1, .rss_connect = -1, .rss_end = -1, .cpu_c0 = -1,
-                          .cpu_c1 = -1, .cpu_r0 = -1, .cpu_r1 = -1 };
+    struct figures fg = {.rss_before = -1,
+                         .rss_connect = -1,
+                         .rss_end = -1,
+                         .cpu_c0 = -1,
+                         .cpu_c1 = -1,
+                         .cpu_r0 = -1,
+                         .cpu_r1 = -1};
     int pid = G.server_pid;
     if (pid) {
         fg.rss_before = proc_rss_kb(pid);

@@ -59,8 +59,7 @@ int mqtt_connect(unsigned char *out, size_t cap, const char *client_id, uint16_t
     return (int)(o + idl);
 }
 
-int mqtt_subscribe(unsigned char *out, size_t cap, uint16_t packet_id, const char *topic,
-                   int qos)
+int mqtt_subscribe(unsigned char *out, size_t cap, uint16_t packet_id, const char *topic, int qos)
 {
     size_t tl = strlen(topic);
     if (packet_id == 0 || qos < 0 || qos > 2)
@@ -116,12 +115,11 @@ int mqtt_parse(const unsigned char *buf, size_t avail, struct mqtt_pkt *p)
         if (!(b & 0x80))
             break;
     }
-    *p = (struct mqtt_pkt){ .type = type, .flags = buf[0] & 0x0f, .len = len, .hdr_len = i };
+    *p = (struct mqtt_pkt){.type = type, .flags = buf[0] & 0x0f, .len = len, .hdr_len = i};
     return 0;
 }
 
-int mqtt_publish_parse(const unsigned char *body, size_t len, int flags,
-                       struct mqtt_publish *out)
+int mqtt_publish_parse(const unsigned char *body, size_t len, int flags, struct mqtt_publish *out)
 {
     int qos = (flags >> 1) & 3;
     if (qos == 3 || len < 2)
@@ -136,8 +134,12 @@ int mqtt_publish_parse(const unsigned char *body, size_t len, int flags,
         id = (uint16_t)(body[o] << 8 | body[o + 1]);
         o += 2;
     }
-    *out = (struct mqtt_publish){ .topic = body + 2, .topic_len = tl, .payload = body + o,
-                                  .payload_len = len - o, .qos = qos, .packet_id = id };
+    *out = (struct mqtt_publish){.topic = body + 2,
+                                 .topic_len = tl,
+                                 .payload = body + o,
+                                 .payload_len = len - o,
+                                 .qos = qos,
+                                 .packet_id = id};
     return 0;
 }
 
@@ -162,17 +164,17 @@ static void st_varint(void)
         size_t len;
         unsigned char b[4];
     } cases[] = {
-        { 0, 1, { 0x00 } },
-        { 127, 1, { 0x7f } },
-        { 128, 2, { 0x80, 0x01 } },
-        { 16383, 2, { 0xff, 0x7f } },
-        { 16384, 3, { 0x80, 0x80, 0x01 } },
-        { 2097151, 3, { 0xff, 0xff, 0x7f } },
-        { 2097152, 4, { 0x80, 0x80, 0x80, 0x01 } },
-        { 268435455, 4, { 0xff, 0xff, 0xff, 0x7f } },
+        {0, 1, {0x00}},
+        {127, 1, {0x7f}},
+        {128, 2, {0x80, 0x01}},
+        {16383, 2, {0xff, 0x7f}},
+        {16384, 3, {0x80, 0x80, 0x01}},
+        {2097151, 3, {0xff, 0xff, 0x7f}},
+        {2097152, 4, {0x80, 0x80, 0x80, 0x01}},
+        {268435455, 4, {0xff, 0xff, 0xff, 0x7f}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        unsigned char out[6] = { 0x30 };
+        unsigned char out[6] = {0x30};
         size_t n = mqtt_varint(cases[i].n, out + 1);
         CHECK(n == cases[i].len && memcmp(out + 1, cases[i].b, n) == 0);
         struct mqtt_pkt p = {0};
@@ -184,8 +186,8 @@ static void st_varint(void)
     CHECK(mqtt_parse((const unsigned char *)"\x30\xff\xff\xff\xff\x01", 6, &p) == -EPROTO);
     CHECK(mqtt_parse((const unsigned char *)"\x00\x00", 2, &p) == -EPROTO);
     CHECK(mqtt_parse((const unsigned char *)"\xd0", 1, &p) == -EAGAIN);
-    CHECK(mqtt_parse((const unsigned char *)"\xd0\x00", 2, &p) == 0 &&
-          p.type == MQTT_PINGRESP && p.len == 0 && p.hdr_len == 2);
+    CHECK(mqtt_parse((const unsigned char *)"\xd0\x00", 2, &p) == 0 && p.type == MQTT_PINGRESP &&
+          p.len == 0 && p.hdr_len == 2);
 }
 
 static void st_packets(void)
@@ -193,12 +195,18 @@ static void st_packets(void)
     unsigned char b[64];
     /* CONNECT "c1", keepalive 60: 10 0e 00 04 'MQTT' 04 02 00 3c 00 02 'c1' */
     int n = mqtt_connect(b, sizeof(b), "c1", 60);
-    CHECK(n == 16 && memcmp(b, "\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02" "c1", 16) == 0);
+    CHECK(n == 16 && memcmp(b,
+                            "\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02"
+                            "c1",
+                            16) == 0);
     CHECK(mqtt_connect(b, 10, "c1", 60) == -ENOSPC);
 
     /* SUBSCRIBE id 1, "a/b", QoS 0: 82 08 00 01 00 03 'a/b' 00 */
     n = mqtt_subscribe(b, sizeof(b), 1, "a/b", 0);
-    CHECK(n == 10 && memcmp(b, "\x82\x08\x00\x01\x00\x03" "a/b\x00", 10) == 0);
+    CHECK(n == 10 && memcmp(b,
+                            "\x82\x08\x00\x01\x00\x03"
+                            "a/b\x00",
+                            10) == 0);
     CHECK(mqtt_subscribe(b, sizeof(b), 0, "a/b", 0) == -EINVAL);
 
     /* QoS 0 PUBLISH, written back to front as loadgen does, then parsed again. */
@@ -206,7 +214,10 @@ static void st_packets(void)
     CHECK(hl == 7 && mqtt_publish_len(3, 5) == 12);
     memcpy(b + hl, "hello", 5);
     size_t pl = mqtt_publish_finish(b, "a/b", 3, 5);
-    CHECK(pl == 12 && memcmp(b, "\x30\x0a\x00\x03" "a/bhello", 12) == 0);
+    CHECK(pl == 12 && memcmp(b,
+                             "\x30\x0a\x00\x03"
+                             "a/bhello",
+                             12) == 0);
     struct mqtt_pkt p = {0};
     struct mqtt_publish m = {0};
     CHECK(mqtt_parse(b, pl, &p) == 0 && p.type == MQTT_PUBLISH && p.len == 10);

@@ -58,8 +58,7 @@ int mqtt_connect(unsigned char *out, size_t cap, const char *client_id, uint16_t
  * Writes a SUBSCRIBE packet for one topic filter (borrowed, NUL-terminated) at `qos`.
  * Returns its length, or -ENOSPC when `cap` is too small, -EINVAL for packet id 0 or qos > 2.
  */
-int mqtt_subscribe(unsigned char *out, size_t cap, uint16_t packet_id, const char *topic,
-                   int qos);
+int mqtt_subscribe(unsigned char *out, size_t cap, uint16_t packet_id, const char *topic, int qos);
 
 /* Length of the QoS 0 PUBLISH packet for a topic and payload of these sizes. */
 size_t mqtt_publish_len(size_t topic_len, size_t payload_len);
@@ -86,8 +85,7 @@ int mqtt_parse(const unsigned char *buf, size_t avail, struct mqtt_pkt *p);
  * Parses the body of a PUBLISH packet (`len` bytes after the fixed header, `flags` from it).
  * Returns 0 with `out` pointing into `body`, or -EPROTO (QoS 3, topic longer than the body).
  */
-int mqtt_publish_parse(const unsigned char *body, size_t len, int flags,
-                       struct mqtt_publish *out);
+int mqtt_publish_parse(const unsigned char *body, size_t len, int flags, struct mqtt_publish *out);
 
 /* Runs the codec's self-checks; prints failures to stderr and returns how many failed. */
 int mqtt_selftest(void);

@@ -145,7 +145,7 @@ int wsc_http_parse_head(const char *buf, size_t len, struct wsc_http_head *h)
     if (!end)
         return len >= WSC_MAX_HTTP_HEAD ? -EMSGSIZE : -EAGAIN;
 
-    *h = (struct wsc_http_head){ .content_length = -1 };
+    *h = (struct wsc_http_head){.content_length = -1};
     h->head_len = (size_t)(end - buf) + 4;
 
     /* Status line: HTTP/1.x SP 3DIGIT [SP reason] */
@@ -222,8 +222,7 @@ int wsc_frame_parse(const unsigned char *buf, size_t avail, struct wsc_frame *f)
     bool fin = b0 & 0x80;
     if ((op & 0x8) && (!fin || len > 125))
         return -EPROTO;
-    *f = (struct wsc_frame){ .fin = fin, .masked = masked, .opcode = op, .len = len,
-                             .hdr_len = hl };
+    *f = (struct wsc_frame){.fin = fin, .masked = masked, .opcode = op, .len = len, .hdr_len = hl};
     return 0;
 }
 
@@ -234,8 +233,8 @@ size_t wsc_client_hdr_len(uint64_t len)
 
 void wsc_mask(unsigned char *p, size_t len, uint32_t mask, size_t phase)
 {
-    unsigned char m[4] = { (unsigned char)(mask >> 24), (unsigned char)(mask >> 16),
-                           (unsigned char)(mask >> 8), (unsigned char)mask };
+    unsigned char m[4] = {(unsigned char)(mask >> 24), (unsigned char)(mask >> 16),
+                          (unsigned char)(mask >> 8), (unsigned char)mask};
     unsigned char m8[8];
     for (size_t i = 0; i < 8; i++)
         m8[i] = m[(phase + i) & 3];
@@ -399,8 +398,8 @@ static void st_frames(void)
     CHECK(wsc_frame_parse((const unsigned char *)"\x01\x03Hel", 5, &f) == 0 && !f.fin);
     CHECK(wsc_frame_parse((const unsigned char *)"\x81", 1, &f) == -EAGAIN);
     CHECK(wsc_frame_parse((const unsigned char *)"\x81\x7e\x01", 3, &f) == -EAGAIN);
-    CHECK(wsc_frame_parse((const unsigned char *)"\x81\x7e\x01\x00", 4, &f) == 0 &&
-          f.len == 256 && f.hdr_len == 4);
+    CHECK(wsc_frame_parse((const unsigned char *)"\x81\x7e\x01\x00", 4, &f) == 0 && f.len == 256 &&
+          f.hdr_len == 4);
     CHECK(wsc_frame_parse((const unsigned char *)"\x82\x7f\0\0\0\0\0\x01\0\0", 10, &f) == 0 &&
           f.len == 65536 && f.hdr_len == 10 && f.opcode == WSC_OP_BINARY);
     CHECK(wsc_frame_parse((const unsigned char *)"\xc1\x00", 2, &f) == -EPROTO); /* RSV1 */

@@ -147,8 +147,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct hd_identity id;
     struct hd_error err = {0};
     /* Mode 0 is a header; the raw and signed tokens go in as ?token= values. */
-    int rc = hd_auth_authenticate(auth, mode == 0 ? s : NULL, mode == 0 ? NULL : s, now, &id,
-                                  &err);
+    int rc = hd_auth_authenticate(auth, mode == 0 ? s : NULL, mode == 0 ? NULL : s, now, &id, &err);
     if (rc == 0) {
         check_identity(&id);
         hd_identity_clear(&id);
