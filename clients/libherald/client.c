@@ -639,6 +639,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         pthread_mutex_unlock(&c->mu);
         return 0;
     case LWS_CALLBACK_CLIENT_CLOSED:
+    /* WSI_DESTROY is the safety net: a wsi that goes away without a close or error callback
+     * still ends its attempt, so c->wsi never points to freed memory. */
+    case LWS_CALLBACK_WSI_DESTROY:
         pthread_mutex_lock(&c->mu);
         if (wsi == c->wsi) {
             why = c->drop_why;
@@ -646,18 +649,6 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             closed_why(c, &why);
             /* 1008: authentication failed or the token expired; the same token would fail
              * again, so the application has to act. Other closes are retried. */
-            ended(c, &why, c->close_code == 1008);
-        }
-        pthread_mutex_unlock(&c->mu);
-        return 0;
-    case LWS_CALLBACK_WSI_DESTROY:
-        /* Safety net: a wsi that goes away without a close or error callback still ends
-         * its attempt, so c->wsi never points to freed memory. */
-        pthread_mutex_lock(&c->mu);
-        if (wsi == c->wsi) {
-            why = c->drop_why;
-            c->drop_why = (herald_error){0};
-            closed_why(c, &why);
             ended(c, &why, c->close_code == 1008);
         }
         pthread_mutex_unlock(&c->mu);
