@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "peers.h"
 #include "topic.h"
 
 /* A publish whose completion is still pending, e.g. waiting for its commit. */
@@ -38,6 +39,7 @@ struct hd_broker {
     bool draining;
     struct pending_pub *pending; /* publishes from WebSocket connections in flight */
     struct hd_auth *auth;
+    struct hd_peers *peers; /* open connections per source address */
 };
 
 static struct hd_history_limits limits_of(const struct hd_config *cfg)
@@ -58,9 +60,11 @@ struct hd_broker *hd_broker_new(const struct hd_config *cfg, uint64_t base_seq)
     struct hd_history_limits lim = limits_of(cfg);
     b->reg = hd_registry_new();
     b->hist = hd_history_new(&lim, base_seq);
-    if (!b->reg || !b->hist) {
+    b->peers = hd_peers_new();
+    if (!b->reg || !b->hist || !b->peers) {
         hd_registry_free(b->reg);
         hd_history_free(b->hist);
+        hd_peers_free(b->peers);
         free(b);
         return NULL;
     }
@@ -85,6 +89,7 @@ void hd_broker_free(struct hd_broker *b)
     hd_registry_free(b->reg);
     hd_history_free(b->hist);
     hd_auth_free(b->auth);
+    hd_peers_free(b->peers);
     free(b);
 }
 
@@ -151,6 +156,30 @@ void hd_broker_reload(struct hd_broker *b, const struct hd_config *cfg)
     hd_history_set_limits(b->hist, &lim);
     for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next)
         c->q.max_bytes = cfg->limits.max_queue_bytes;
+}
+
+struct hd_peer *hd_broker_peer_open(struct hd_broker *b, const struct sockaddr *sa, socklen_t len,
+                                    bool *refused, struct hd_error *err)
+{
+    *refused = false;
+    struct hd_peer_addr a;
+    if (hd_peer_addr_from(&a, sa, len))
+        return NULL; /* not an IP peer (a UNIX socket): nothing to count it under */
+    uint32_t limit = b->cfg->limits.max_connections_per_ip;
+    struct hd_peer *p = hd_peers_acquire(b->peers, &a, limit, refused);
+    if (*refused) {
+        char text[64];
+        hd_peer_addr_format(&a, text, sizeof(text));
+        b->metrics.connections_refused++;
+        hd_error_set(err, HD_ERR_RATE_LIMITED,
+                     "too many connections from %s: at most %u per address", text, limit);
+    }
+    return p;
+}
+
+void hd_broker_peer_close(struct hd_broker *b, struct hd_peer *p)
+{
+    hd_peers_release(b->peers, p);
 }
 
 static void request_write(struct hd_conn *c)

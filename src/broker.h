@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "auth.h"
 #include "config.h"
@@ -23,6 +24,7 @@
 
 struct hd_broker;
 struct hd_conn;
+struct hd_peer;
 
 /* What a transport provides for one connection. */
 struct hd_conn_ops {
@@ -123,6 +125,17 @@ void hd_broker_reload(struct hd_broker *b, const struct hd_config *cfg);
 void hd_broker_drain(struct hd_broker *b);
 bool hd_broker_draining(const struct hd_broker *b);
 size_t hd_broker_connections(const struct hd_broker *b);
+
+/*
+ * Admits a new TCP connection from `sa` under limits.max_connections_per_ip. Returns the
+ * count to hand back to hd_broker_peer_close when the connection ends; NULL with *refused
+ * set (and err filled, code rate_limited) when the address is at its limit, or NULL with
+ * *refused clear when the peer is admitted uncounted (not IP, or out of memory).
+ */
+struct hd_peer *hd_broker_peer_open(struct hd_broker *b, const struct sockaddr *sa, socklen_t len,
+                                    bool *refused, struct hd_error *err);
+/* Uncounts a connection admitted by hd_broker_peer_open; NULL is ignored. */
+void hd_broker_peer_close(struct hd_broker *b, struct hd_peer *p);
 
 /*
  * Attaches a connection the transport allocated (zeroed, owned by the transport). For

@@ -37,6 +37,7 @@ struct hd_metrics {
     int64_t queued_bytes;   /* bytes waiting in connection queues (live pushes) */
     /* Counters. */
     uint64_t connections_total;
+    uint64_t connections_refused; /* over limits.max_connections_per_ip */
     uint64_t events_published;
     uint64_t deliveries_written;
     uint64_t events_dropped[HD_DROP__COUNT];

@@ -40,6 +40,10 @@ struct hd_server {
     uv_poll_t ep_watch;
     bool ep_started;
     char names[HD_MAX_LISTENERS][32];
+    struct lws_vhost *vhosts[HD_MAX_LISTENERS];
+    /* Counted at accept, handed to the wsi lws creates for it right after. */
+    struct hd_peer *pending_peer;
+    uint64_t refused_logged_s, refused_unlogged;
     bool failed; /* a listener could not be bound: tear down and exit */
 };
 
@@ -135,29 +139,107 @@ static bool copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, in
  * would answer HTTP/1.0 with an HTML page, which WebSocket clients reject unread. Returns -1
  * for the callback to close the connection.
  */
-static int refuse_upgrade(struct lws *wsi, enum hd_err code, const char *message)
+/*
+ * A complete HTTP/1.1 error response with the JSON error body, written raw where lws would
+ * not answer properly (it labels its own status line HTTP/1.0). Returns its length, 0 when
+ * it does not fit.
+ */
+static size_t format_refusal(char *out, size_t cap, enum hd_err code, const char *message)
 {
-    static const char *const reasons[] = {[400] = "Bad Request",
-                                          [401] = "Unauthorized",
-                                          [403] = "Forbidden",
-                                          [404] = "Not Found",
-                                          [503] = "Service Unavailable"};
+    static const char *const reasons[] = {
+        [400] = "Bad Request", [401] = "Unauthorized",      [403] = "Forbidden",
+        [404] = "Not Found",   [429] = "Too Many Requests", [503] = "Service Unavailable"};
     size_t blen = 0;
     char *body = hd_encode_error(false, false, 0, code, message, &blen);
     int status = hd_err_http(code);
-    unsigned char buf[LWS_PRE + 1024];
-    char *start = (char *)buf + LWS_PRE;
-    /* Written raw: at this stage lws would label its own status line HTTP/1.0. */
-    if (body && blen < 512 && status < 600) {
-        int n = snprintf(start, 1024,
-                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                         "content-length: %zu\r\nconnection: close\r\nserver: heraldd\r\n\r\n%s",
-                         status, reasons[status] ? reasons[status] : "Error", blen, body);
-        if (n > 0 && n < 1024)
-            lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
-    }
+    int n = -1;
+    if (body && status < 600)
+        n = snprintf(out, cap,
+                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                     "content-length: %zu\r\n%sconnection: close\r\nserver: heraldd\r\n\r\n%s",
+                     status, reasons[status] ? reasons[status] : "Error", blen,
+                     status == 429 ? "retry-after: 1\r\n" : "", body);
     free(body);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static int refuse_upgrade(struct lws *wsi, enum hd_err code, const char *message)
+{
+    unsigned char buf[LWS_PRE + 1024];
+    size_t n = format_refusal((char *)buf + LWS_PRE, 1024, code, message);
+    if (n)
+        lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_HTTP_HEADERS);
     return -1;
+}
+
+static bool vhost_is_tls(const struct hd_server *s, const struct lws_vhost *vh)
+{
+    for (size_t i = 0; i < s->cfg->n_listeners && i < HD_MAX_LISTENERS; i++)
+        if (s->vhosts[i] == vh)
+            return s->cfg->listeners[i].tls_cert != NULL;
+    return false;
+}
+
+/*
+ * A new TCP connection, before lws reads a byte of it: the broker counts it against its
+ * address (limits.max_connections_per_ip). A refused plaintext peer still gets a short
+ * 429 so a person with curl learns why; a TLS peer just sees the connection close.
+ */
+static int peer_filter(struct hd_server *s, struct lws *wsi,
+                       const struct lws_filter_network_conn_args *a)
+{
+    /* lws adopted nothing for the last accepted socket: its count must not stay behind. */
+    hd_broker_peer_close(s->broker, s->pending_peer);
+    s->pending_peer = NULL;
+    bool refused;
+    struct hd_error err = {0};
+    s->pending_peer = hd_broker_peer_open(s->broker, (const struct sockaddr *)&a->cli_addr,
+                                          a->clilen, &refused, &err);
+    if (!refused)
+        return 0;
+    /* One line a second at most: a flood must not turn into a log flood. */
+    uint64_t now_s = hd_now_ns() / 1000000000u;
+    s->refused_unlogged++;
+    if (now_s != s->refused_logged_s) {
+        hd_log_info("connection refused", "reason=per_ip_limit count=%" PRIu64 " error=\"%s\"",
+                    s->refused_unlogged, err.message);
+        s->refused_logged_s = now_s;
+        s->refused_unlogged = 0;
+    }
+    if (!vhost_is_tls(s, lws_get_vhost(wsi))) {
+        char buf[1024];
+        size_t n = format_refusal(buf, sizeof(buf), err.code, err.message);
+        /* Best effort into an empty socket buffer: never blocks, never raises SIGPIPE. */
+        if (n && send(a->accept_fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+            hd_log_debug("refusal not sent", "errno=%d", errno);
+    }
+    return -1;
+}
+
+/*
+ * The accept-to-destroy life of every TCP connection, whichever protocol lws routes it to
+ * (the upgrade default makes that herald.v1 for some of these). True when handled.
+ */
+static bool peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callback_reasons reason,
+                           void *user, int *ret)
+{
+    *ret = 0;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+        *ret = peer_filter(s, wsi, user);
+        return true;
+    case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+        /* The wsi's opaque pointer outlives the per-transaction pss and the upgrade. */
+        lws_set_opaque_user_data(wsi, s->pending_peer);
+        s->pending_peer = NULL;
+        return true;
+    case LWS_CALLBACK_WSI_DESTROY:
+        hd_broker_peer_close(s->broker, lws_get_opaque_user_data(wsi));
+        lws_set_opaque_user_data(wsi, NULL);
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* Decides whether an upgrade may proceed; answers the refusal itself. */
@@ -331,6 +413,8 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
     struct hd_server *s = lws_context_user(lws_get_context(wsi));
     struct ws_pss *pss = user;
     int r = 0;
+    if (peer_lifecycle(s, wsi, reason, user, &r))
+        return r;
     switch (reason) {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
         return ws_filter(s, wsi, pss);
@@ -965,6 +1049,9 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
 {
     struct hd_server *s = lws_context_user(lws_get_context(wsi));
     struct http_pss *pss = user;
+    int r;
+    if (peer_lifecycle(s, wsi, reason, user, &r))
+        return r;
     switch (reason) {
     case LWS_CALLBACK_HTTP:
         if (!pss)
@@ -1098,6 +1185,7 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
             s->failed = true;
             return s;
         }
+        s->vhosts[i % HD_MAX_LISTENERS] = vh;
         hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
                     lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
     }
@@ -1145,5 +1233,6 @@ void hd_server_free(struct hd_server *s)
         lws_context_destroy(s->ctx);
     if (s->epfd >= 0)
         close(s->epfd);
+    hd_broker_peer_close(s->broker, s->pending_peer);
     free(s);
 }

@@ -2,10 +2,19 @@
 """Publish rate limits (CONFIG.md limits.publish_rate / publish_burst): over HTTP a publisher
 past its bucket gets 429 rate_limited with Retry-After and nothing is stored; over WebSocket
 an error frame with code rate_limited and the connection stays usable; the bucket refills.
+Connections per source address (limits.max_connections_per_ip): the next one is refused at
+accept with a 429 while other addresses are served, and closed or reset connections give
+their slot back.
 """
 
+import json
+import signal
+import socket
+import struct
 import time
 import unittest
+
+import websockets
 
 from herald_testlib import HeraldTestCase, WSClient, async_test
 
@@ -44,6 +53,126 @@ class WsRateLimitTest(HeraldTestCase):
         await c.ping()  # still open and served
         page = d.get("/v1/topics/rl.ws/events?since=all").json
         self.assertEqual([e["data"] for e in page["events"]], [0, 1, 2])
+
+
+def connect_from(port, source="127.0.0.1"):
+    s = socket.socket()
+    s.settimeout(5)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def read_all(s, limit=65536):
+    data = b""
+    while len(data) < limit:
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def get_over(s, path="/healthz"):
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    head = s.recv(4096)
+    return int(head.split(b" ", 2)[1])
+
+
+def reset_close(s):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+class PerAddressLimitTest(HeraldTestCase):
+    LIMIT = 3
+
+    def assertRefused(self, s):
+        raw = read_all(s)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 429 "), raw[:200])
+        self.assertIn(b"retry-after: 1", head.lower())
+        err = json.loads(body)
+        self.assertEqual(err["code"], "rate_limited")
+        self.assertIn("127.0.0.1", err["message"])
+
+    def test_limit_per_address_and_slots_come_back(self):
+        d = self.start_daemon({"limits": {"max_connections_per_ip": self.LIMIT}})
+        held = [connect_from(d.port) for _ in range(self.LIMIT)]
+        self.assertEqual(get_over(held[0]), 200)  # held connections are really served
+        over = connect_from(d.port)
+        self.assertRefused(over)
+        over.close()
+        # Another address is counted on its own.
+        other = connect_from(d.port, "127.0.0.2")
+        self.assertEqual(get_over(other), 200)
+        other.close()
+
+        # A clean close and a reset each give one slot back.
+        held.pop().close()
+        reset_close(held.pop())
+        time.sleep(0.3)
+        held += [connect_from(d.port), connect_from(d.port)]
+        self.assertEqual([get_over(s) for s in held], [200] * self.LIMIT)
+        extra = connect_from(d.port)
+        self.assertRefused(extra)
+        for s in held:
+            s.close()
+        time.sleep(0.3)
+        self.assertEqual(d.metric("herald_connections_refused_total"), 2)
+
+    def test_storm_of_resets_leaks_no_slots(self):
+        d = self.start_daemon({"limits": {"max_connections_per_ip": self.LIMIT}})
+        # 300 connections, each reset mid-request or mid-upgrade while under the limit.
+        for i in range(300):
+            s = connect_from(d.port)
+            if i % 2:
+                s.sendall(b"GET /v1/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n")
+            else:
+                s.sendall(b"POST /v1/topics/x HTTP/1.1\r\nContent-Length: 100\r\n\r\nab")
+            reset_close(s)
+        time.sleep(0.5)
+        held = [connect_from(d.port) for _ in range(self.LIMIT)]
+        self.assertEqual([get_over(s) for s in held], [200] * self.LIMIT)
+        over = connect_from(d.port)
+        self.assertRefused(over)
+        for s in held + [over]:
+            s.close()
+
+    @async_test(timeout=30)
+    async def test_websocket_upgrades_count_and_reload_lowers_limit(self):
+        d = self.start_daemon({"limits": {"max_connections_per_ip": self.LIMIT}})
+        conns = [await WSClient.connect(d) for _ in range(self.LIMIT)]
+        with self.assertRaises(websockets.exceptions.InvalidStatusCode) as cm:
+            await websockets.connect(d.ws_url, subprotocols=["herald.v1"], open_timeout=5)
+        self.assertEqual(cm.exception.status_code, 429)
+
+        # SIGHUP to a limit of 1: the three open connections stay, new ones are refused.
+        d.rewrite_config({"limits": {"max_connections_per_ip": 1}})
+        mark = d.log_mark()
+        d.send_signal(signal.SIGHUP)
+        d.wait_for_log("configuration reloaded", start=mark)
+        for c in conns:
+            await c.ping()
+        await conns[0].close()
+        await conns[1].close()
+        s = connect_from(d.port)
+        self.assertRefused(s)  # still two open: over the new limit of one
+        s.close()
+        await conns[2].close()
+        for _ in range(50):  # the server sees the closes a moment later
+            s = connect_from(d.port)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            if read_all(s, 12).startswith(b"HTTP/1.1 200"):
+                s.close()
+                break
+            s.close()
+            time.sleep(0.1)
+        else:
+            self.fail("the slot never came back after all WebSockets closed")
 
 
 if __name__ == "__main__":
