@@ -20,6 +20,7 @@
 #include "engine.h"
 #include "log.h"
 #include "server.h"
+#include "tls.h"
 #include "store.h"
 
 /* How long a drain waits for clients to take their close frames before forcing the stop. */
@@ -62,6 +63,15 @@ static int load_config(struct hd_config *cfg, const struct hd_cli *cli, FILE *er
                          f ? "key" : "cert", files[f], strerror(errno));
                 r = -EINVAL;
             }
+        if (r == 0 && files[0]) {
+            char why[400];
+            struct hd_tls_pair *pair = hd_tls_pair_load(files[0], files[1], why, sizeof(why));
+            if (!pair) {
+                snprintf(err.text, sizeof(err.text), "listen[%zu].tls: %.200s", i, why);
+                r = -EINVAL;
+            }
+            hd_tls_pair_free(pair);
+        }
     }
     if (r) {
         if (!err.text[0])
@@ -169,6 +179,12 @@ static void on_reload(uv_signal_t *h, int signum)
     struct hd_auth *auth = NULL;
     if (load_config(&next, d->cli, NULL) == 0 && !(auth = hd_auth_new(&next, aerr, sizeof(aerr))))
         hd_log_error("configuration not reloaded", "error=\"%s\"", aerr);
+    /* Certificates go first: the only step left that can fail, and it changes nothing then. */
+    if (auth && d->server && hd_server_reload(d->server, &next, aerr, sizeof(aerr))) {
+        hd_log_error("configuration not reloaded", "error=\"%s\"", aerr);
+        hd_auth_free(auth);
+        auth = NULL;
+    }
     if (auth) {
         /* Listeners and the store stay as started; limits, auth and log level change now.
          * The broker borrows the config, so the old reloaded one is freed only after the

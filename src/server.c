@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 
 #include "api.h"
 #include "log.h"
+#include "tls.h"
 #include "topic.h"
 
 _Static_assert(HD_MSG_HEADROOM >= LWS_PRE, "message headroom must fit an lws frame header");
@@ -41,6 +43,8 @@ struct hd_server {
     bool ep_started;
     char names[HD_MAX_LISTENERS][32];
     struct lws_vhost *vhosts[HD_MAX_LISTENERS];
+    void *ssl_ctx[HD_MAX_LISTENERS]; /* each TLS vhost's SSL_CTX, for certificate reloads */
+    size_t creating;                 /* the listener whose vhost lws is creating */
     /* Counted at accept, handed to the wsi lws creates for it right after. */
     struct hd_peer *pending_peer;
     uint64_t refused_logged_s, refused_unlogged;
@@ -227,6 +231,11 @@ static bool peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callba
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
         *ret = peer_filter(s, wsi, user);
+        return true;
+    case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+        /* lws's one look at a vhost's SSL_CTX (user), while lws_create_vhost runs. */
+        if (s->creating < HD_MAX_LISTENERS)
+            s->ssl_ctx[s->creating] = user;
         return true;
     case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
         /* The wsi's opaque pointer outlives the per-transaction pss and the upgrade. */
@@ -1115,6 +1124,7 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->cfg = cfg;
     s->loop = loop;
     s->epfd = -1;
+    s->creating = SIZE_MAX;
     lws_set_log_level(LLL_ERR |
                           (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0),
                       lws_logger);
@@ -1179,7 +1189,9 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
              * the idle-timer trouble in lws 4.1. */
             vi.alpn = "http/1.1";
         }
+        s->creating = i;
         struct lws_vhost *vh = lws_create_vhost(s->ctx, &vi);
+        s->creating = SIZE_MAX;
         if (!vh) {
             hd_log_error("cannot listen", "address=%s port=%u", l->address, l->port);
             s->failed = true;
@@ -1188,6 +1200,9 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         s->vhosts[i % HD_MAX_LISTENERS] = vh;
         hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
                     lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
+        if (l->tls_cert && !s->ssl_ctx[i % HD_MAX_LISTENERS])
+            hd_log_warn("this TLS listener's certificate cannot be reloaded", "address=%s",
+                        l->address);
     }
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (s->epfd < 0 || uv_poll_init(loop, &s->ep_watch, s->epfd)) {
@@ -1202,6 +1217,66 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     uv_poll_start(&s->ep_watch, UV_READABLE, on_ep_ready);
     s->ep_started = true;
     return s;
+}
+
+static const struct hd_listener *same_listener(const struct hd_config *cfg,
+                                               const struct hd_listener *l)
+{
+    for (size_t i = 0; i < cfg->n_listeners; i++)
+        if (cfg->listeners[i].port == l->port && strcmp(cfg->listeners[i].address, l->address) == 0)
+            return &cfg->listeners[i];
+    return NULL;
+}
+
+int hd_server_reload(struct hd_server *s, const struct hd_config *next, char *err, size_t cap)
+{
+    const struct hd_config *cur = s->cfg;
+    bool changed = next->n_listeners != cur->n_listeners;
+    struct hd_tls_pair *pairs[HD_MAX_LISTENERS] = {0};
+    size_t n = cur->n_listeners < HD_MAX_LISTENERS ? cur->n_listeners : HD_MAX_LISTENERS;
+    int r = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct hd_listener *l = &cur->listeners[i];
+        const struct hd_listener *nl = same_listener(next, l);
+        if (!nl || !nl->tls_cert != !l->tls_cert) {
+            changed = true;
+            nl = l; /* reread the files this listener started with */
+        }
+        if (!l->tls_cert || !s->ssl_ctx[i])
+            continue;
+        char why[400];
+        pairs[i] = hd_tls_pair_load(nl->tls_cert, nl->tls_key, why, sizeof(why));
+        if (!pairs[i]) {
+            snprintf(err, cap, "listen[%zu].tls: %s", i, why);
+            r = -EINVAL;
+            goto out;
+        }
+    }
+    if (changed)
+        hd_log_warn(
+            "listeners are unchanged until a restart",
+            "hint=\"a reload rereads certificates, but adds, removes or moves no listener\"");
+    for (size_t i = 0; i < n; i++) {
+        if (!pairs[i])
+            continue;
+        char why[400], until[32];
+        int expired;
+        if (hd_tls_pair_install(pairs[i], s->ssl_ctx[i], why, sizeof(why))) {
+            snprintf(err, cap, "listen[%zu].tls: %s", i, why);
+            r = -EINVAL;
+            continue;
+        }
+        hd_tls_pair_not_after(pairs[i], until, sizeof(until), &expired);
+        if (expired)
+            hd_log_warn("TLS certificate loaded, but it has expired", "listener=%zu not_after=%s",
+                        i, until);
+        else
+            hd_log_info("TLS certificate loaded", "listener=%zu not_after=%s", i, until);
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        hd_tls_pair_free(pairs[i]);
+    return r;
 }
 
 void hd_server_drain(struct hd_server *s)

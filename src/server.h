@@ -24,6 +24,15 @@ struct hd_server;
 struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg);
 bool hd_server_failed(const struct hd_server *s);
 
+/*
+ * SIGHUP for the transport: rereads every TLS listener's certificate and key (from `next`
+ * where it has the same listener, borrowed for the call only) and installs them for new
+ * handshakes. All files are loaded and checked before any is installed, so on failure
+ * (returned as -EINVAL with the reason in err) every listener keeps its current
+ * certificate. Listener additions, removals and moves are logged and wait for a restart.
+ */
+int hd_server_reload(struct hd_server *s, const struct hd_config *next, char *err, size_t cap);
+
 /* Starts the clean stop: the broker closes its clients; the server then winds lws down. */
 void hd_server_drain(struct hd_server *s);
 

@@ -2,7 +2,9 @@
 """TLS listeners (CONFIG.md listen[].tls {cert, key}): with a self-signed certificate made by
 the openssl CLI, HTTPS publish answers 202, a WSS subscriber receives the event, plain HTTP on
 the TLS port is never served, ALPN never lands on h2, and a missing certificate file stops the
-daemon with a non-zero status and a message that names the file.
+daemon with a non-zero status and a message that names the file. SIGHUP rotates the
+certificate for new handshakes while open WSS connections stay, and a broken replacement
+changes nothing.
 """
 
 import asyncio
@@ -10,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -25,12 +28,12 @@ from herald_testlib import (Daemon, DaemonError, HeraldTestCase, WS_SUBPROTOCOL,
 START_TIMEOUT = 10.0
 
 
-def make_cert(directory):
-    """Self-signed RSA certificate for localhost/127.0.0.1; returns (cert path, key path)."""
-    cert = os.path.join(directory, "cert.pem")
-    key = os.path.join(directory, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-subj", "/CN=localhost",
+def make_cert(directory, name="", newkey=("rsa:2048",)):
+    """Self-signed certificate for localhost/127.0.0.1; returns (cert path, key path)."""
+    cert = os.path.join(directory, f"cert{name}.pem")
+    key = os.path.join(directory, f"key{name}.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", *newkey, "-nodes",
+                    "-subj", f"/CN=localhost{name}",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                     "-days", "1", "-keyout", key, "-out", cert],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -232,6 +235,117 @@ class TlsTest(HeraldTestCase):
             self.assertIn("does-not-exist-cert.pem", log,
                           f"no message names the missing file:\n{log}")
             self.assertNotRegex(log, r'msg="listening"', "daemon claimed to listen")
+        finally:
+            d.kill()
+
+
+def served_cert(port):
+    """The PEM certificate a TLS handshake on port presents (no verification)."""
+    c = ssl.create_default_context()
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with c.wrap_socket(raw, server_hostname="localhost") as s:
+            return ssl.DER_cert_to_PEM_cert(s.getpeercert(binary_form=True))
+
+
+def same_pem(a, b):
+    return "".join(a.split()) == "".join(b.split())
+
+
+class TlsReloadTest(HeraldTestCase):
+    def setUp(self):
+        if shutil.which("openssl") is None:
+            raise unittest.SkipTest("openssl CLI not installed")
+        self.tmp = tempfile.mkdtemp(prefix="herald-tlsreload-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.cert_a, self.key_a = make_cert(self.tmp, "a")
+        # The replacement uses another key type too: the swap must carry the key with it.
+        self.cert_b, self.key_b = make_cert(self.tmp, "b",
+                                              ("ec", "-pkeyopt", "ec_paramgen_curve:P-256"))
+        self.cert = os.path.join(self.tmp, "live-cert.pem")
+        self.key = os.path.join(self.tmp, "live-key.pem")
+        shutil.copy(self.cert_a, self.cert)
+        shutil.copy(self.key_a, self.key)
+
+    def read(self, path):
+        with open(path) as f:
+            return f.read()
+
+    def reload(self, d, expect):
+        mark = d.log_mark()
+        d.send_signal(signal.SIGHUP)
+        m = d.wait_for_log(expect, start=mark, timeout=10)
+        self.assertIsNotNone(m, f"no {expect!r} after SIGHUP:\n{d.log_tail()}")
+
+    @async_test(timeout=60)
+    async def test_sighup_rotates_certificate_and_keeps_connections(self):
+        d = self.start_daemon(tls_config(self.cert, self.key), listen=False,
+                              start_timeout=START_TIMEOUT)
+        self.assertIsNotNone(d.wait_for_log(r'msg="listening".*\bport=(\d+)'))
+        loop = asyncio.get_running_loop()
+        first = await loop.run_in_executor(None, served_cert, d.port)
+        self.assertTrue(same_pem(first, self.read(self.cert_a)))
+
+        ctx = ssl.create_default_context(cafile=self.cert_a)
+        ws = await websockets.connect(f"wss://127.0.0.1:{d.port}/v1/ws", ssl=ctx,
+                                      subprotocols=[WS_SUBPROTOCOL], ping_interval=None,
+                                      open_timeout=5, close_timeout=2, compression=None)
+        c = WSClient(ws)
+        _open_clients.add(c)
+        self.assertEqual((await c.recv_frame(5)).get("type"), "welcome")
+        await c.subscribe("rot.a")
+
+        shutil.copy(self.cert_b, self.cert)
+        shutil.copy(self.key_b, self.key)
+        self.reload(d, r'msg="TLS certificate loaded" listener=0 not_after=\d{4}-')
+        self.assertIsNotNone(d.wait_for_log("configuration reloaded"))
+        second = await loop.run_in_executor(None, served_cert, d.port)
+        self.assertTrue(same_pem(second, self.read(self.cert_b)),
+                        "new handshakes still get the old certificate")
+        # A client trusting only the new certificate completes a real exchange.
+        ctx_b = ssl.create_default_context(cafile=self.cert_b)
+
+        def publish_b():
+            conn = http.client.HTTPSConnection("127.0.0.1", d.port, timeout=5, context=ctx_b)
+            try:
+                conn.request("POST", publish_path("rot.a"), body=b"after rotation")
+                r = conn.getresponse()
+                r.read()
+                return r.status
+            finally:
+                conn.close()
+
+        self.assertEqual(await loop.run_in_executor(None, publish_b), 202)
+        # The WSS connection opened under the old certificate is still live.
+        ev = await c.recv_event(5)
+        self.assertEqual(ev["data"], "after rotation")
+
+        # A key that does not match its certificate: the reload is refused, nothing changes.
+        shutil.copy(self.key_a, self.key)
+        self.reload(d, r'configuration not reloaded.*does not belong to the certificate')
+        third = await loop.run_in_executor(None, served_cert, d.port)
+        self.assertTrue(same_pem(third, self.read(self.cert_b)))
+        # So is a file that is not PEM at all.
+        with open(self.cert, "w") as f:
+            f.write("not a certificate\n")
+        self.reload(d, r'configuration not reloaded.*no PEM certificate')
+        self.assertTrue(same_pem(await loop.run_in_executor(None, served_cert, d.port),
+                                 self.read(self.cert_b)))
+        await c.ping()
+        await c.close()
+
+    def test_unusable_certificate_fails_start(self):
+        with open(self.cert, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nnonsense\n-----END CERTIFICATE-----\n")
+        d = Daemon(tls_config(self.cert, self.key), listen=False)
+        d.start()
+        try:
+            rc = d.wait(10)
+            for t in d._threads:
+                t.join(2)
+            self.assertEqual(rc, 1, d.log)
+            self.assertRegex(d.log, r"listen\[0\]\.tls: no PEM certificate in .*live-cert\.pem")
         finally:
             d.kill()
 
