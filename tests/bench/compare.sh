@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# compare.sh: Herald side by side with nginx+nchan and Mosquitto (MQTT over WebSocket), in one
-# run on this machine. Each server gets its own temporary config on a free loopback port and
-# is pinned to one CPU, loadgen to another; every scenario runs RUNS times per server with a
-# fresh server each time, and the medians go to results/compare.md and results/compare.png.
+# compare.sh: Herald side by side with nginx+nchan, Mosquitto (MQTT over WebSocket) and rawfan,
+# a raw epoll fan-out server with no features (the reference of issue #7), in one run on this
+# machine. Each server gets its own temporary config on a free loopback port and is pinned to
+# one CPU, loadgen to another; every scenario runs RUNS times per server with a fresh server
+# each time, and the medians go to results/compare.md and results/compare.png.
 # It installs and builds nothing and never touches system services or system config files.
 #
-# usage: tests/bench/compare.sh [BUILD_DIR]      (default ./build: BUILD_DIR/heraldd and
-#                                                  BUILD_DIR/tests/bench/loadgen)
+# usage: tests/bench/compare.sh [BUILD_DIR]      (default ./build: BUILD_DIR/heraldd,
+#                                                  BUILD_DIR/tests/bench/loadgen and rawfan)
 # environment:
 #   QUICK=1        smoke run: small scenarios, one run each (about a minute)
 #   RUNS=N         runs per scenario and server (3; QUICK=1: 1)
@@ -49,6 +50,8 @@ heraldd=$(realpath -e "$build/heraldd" 2>/dev/null) ||
 loadgen=$(realpath -e "$build/tests/bench/loadgen" 2>/dev/null) ||
     die "no $build/tests/bench/loadgen: build it (cmake --build $build --target loadgen)"
 "$loadgen" --help | grep -q -- --target || die "$loadgen predates --target: rebuild it"
+rawfan=$(realpath -e "$build/tests/bench/rawfan" 2>/dev/null) ||
+    die "no $build/tests/bench/rawfan: build it (cmake --build $build --target rawfan)"
 
 # ---- a private network namespace ----
 # Mosquitto 2.0.11's websockets listener ignores its bind address and listens on every
@@ -94,12 +97,14 @@ fi
 scen[idle]="--subs $idle_subs --topics 100 --idle-hold $hold"
 title[idle]="$idle_subs connections held ${hold} s"
 scenarios=(fan1k fan10k topics10k idle)
-# label -> server and loadgen arguments; nchan publishes over HTTP, Mosquitto over MQTT/WS.
-labels=(herald-http herald-ws nchan mosquitto)
-declare -A server=([herald-http]=herald [herald-ws]=herald [nchan]=nchan [mosquitto]=mosquitto)
+# label -> server and loadgen arguments; nchan publishes over HTTP, Mosquitto over MQTT/WS,
+# rawfan (Herald's protocol, so loadgen drives it as herald) over HTTP like nchan.
+labels=(herald-http herald-ws nchan mosquitto raw)
+declare -A server=([herald-http]=herald [herald-ws]=herald [nchan]=nchan [mosquitto]=mosquitto
+    [raw]=raw)
 declare -A lgargs=(
     [herald-http]="--target herald --mode http" [herald-ws]="--target herald --mode ws"
-    [nchan]="--target nchan" [mosquitto]="--target mosquitto"
+    [nchan]="--target nchan" [mosquitto]="--target mosquitto" [raw]="--target herald --mode http"
 )
 
 # ---- servers ----
@@ -135,7 +140,7 @@ wait_port() { # port, pid, what
     die "$3 is not listening on 127.0.0.1:$1 after 10 s (see $4)"
 }
 
-start_server() { # herald | nchan | mosquitto; sets srv_pid, measure_pid, port
+start_server() { # herald | nchan | mosquitto | raw; sets srv_pid, measure_pid, port
     local d="$work/$1.$RANDOM"
     mkdir -p "$d"
     case $1 in
@@ -171,6 +176,19 @@ start_server() { # herald | nchan | mosquitto; sets srv_pid, measure_pid, port
         taskset -c "$server_cpu" mosquitto -c "$d/mosquitto.conf" 2>"$d/stderr" &
         srv_pid=$!
         wait_port "$port" "$srv_pid" mosquitto "$d/stderr"
+        measure_pid=$srv_pid
+        ;;
+    raw)
+        # rawfan takes no config: it binds the address it is given and prints its port.
+        taskset -c "$server_cpu" "$rawfan" 127.0.0.1 0 >"$d/port" 2>"$d/stderr" &
+        srv_pid=$!
+        for _ in $(seq 100); do
+            port=$(head -1 "$d/port" 2>/dev/null || true)
+            [[ -n $port ]] && break
+            kill -0 "$srv_pid" 2>/dev/null || die "rawfan exited at start: $(cat "$d/stderr")"
+            sleep 0.1
+        done
+        [[ -n $port ]] || die "rawfan printed no port"
         measure_pid=$srv_pid
         ;;
     esac
@@ -271,18 +289,20 @@ ratio() {
     fi
 }
 declare -A name=([herald-http]="Herald (HTTP publish)" [herald-ws]="Herald (WebSocket publish)"
-    [nchan]="nginx + nchan (HTTP publish)" [mosquitto]="Mosquitto (MQTT over WebSocket)")
+    [nchan]="nginx + nchan (HTTP publish)" [mosquitto]="Mosquitto (MQTT over WebSocket)"
+    [raw]="raw epoll (reference)")
 
 md="$out/compare.md"
 {
-    echo "# Herald vs nginx+nchan vs Mosquitto"
+    echo "# Herald vs nginx+nchan vs Mosquitto, and a raw epoll reference"
     echo
     echo "$(date -u +%Y-%m-%d), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')):"
     # The build that ran, as recorded in the results (REPORT_ONLY may come later).
     herald_id=$(jq -r -s 'map(.heraldd // empty) | unique | join(", ") | if . == "" then "heraldd" else . end' "$jsonl")
     echo "$herald_id, $(nginx -v 2>&1 | sed 's/.*version: //')" \
         "+ nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null | sed 's/^1://; s/+.*//')," \
-        "mosquitto $(mosquitto -h 2>/dev/null | head -1 | sed 's/.*version //')."
+        "mosquitto $(mosquitto -h 2>/dev/null | head -1 | sed 's/.*version //')," \
+        "rawfan (\`tests/bench/rawfan.c\`: one thread, epoll, one \`write()\` per event and subscriber)."
     echo "Server pinned to CPU $server_cpu, loadgen to CPU $loadgen_cpu; 100-byte events, 8 publishes in" \
         "flight, as fast as the replies allow; median of $runs run(s), a fresh server for each."
     echo "Latency is publish-to-delivery at that saturating rate. Reproduce: \`tests/bench/compare.sh build\`."
@@ -291,28 +311,31 @@ md="$out/compare.md"
             " some measurements (median \(sort | .[length / 2 | floor])%)." else empty end' "$jsonl"
     jq -r -s 'map(.note // empty) | unique | .[] | "**Note**: \(.)"' "$jsonl"
     echo
-    echo "| scenario | server | deliveries/s | vs nchan | p99 latency | server CPU per delivery | server RSS per connection | loadgen CPU busy | runs ok |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| scenario | server | deliveries/s | vs nchan | vs raw | p99 latency | server CPU per delivery | server RSS per connection | loadgen CPU busy | runs ok |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for s in fan1k fan10k topics10k; do
         base=$(cell "$s" nchan .dps)
+        raw=$(cell "$s" raw .dps)
         for l in "${labels[@]}"; do
             d=$(cell "$s" "$l" .dps)
             [[ -n $d ]] || continue
-            echo "| ${title[$s]} | ${name[$l]} | $(fmt "$d" 0) | $(ratio "$d" "$base") |" \
+            echo "| ${title[$s]} | ${name[$l]} | $(fmt "$d" 0) | $(ratio "$d" "$base") | $(ratio "$d" "$raw") |" \
                 "$(fmt "$(cell "$s" "$l" .p99_ms)" 1) ms | $(fmt "$(cell "$s" "$l" .cpu_us)" 2) µs |" \
                 "$(fmt "$(cell "$s" "$l" '.rss_conn / 1024')" 1) KB |" \
                 "$(fmt "$(cell "$s" "$l" '.client_cpu * 100')" 0)% | $(cell "$s" "$l" '"\(.ok)/\(.runs)"') |"
         done
     done
     echo
-    echo "| idle connections | server | RSS per idle connection | vs nchan | time to connect all | runs ok |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: |"
+    echo "| idle connections | server | RSS per idle connection | vs nchan | vs raw | time to connect all | runs ok |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
     base=$(cell idle nchan .rss_conn)
-    for l in herald-http nchan mosquitto; do
+    raw=$(cell idle raw .rss_conn)
+    for l in herald-http nchan mosquitto raw; do
         r=$(cell idle "$l" .rss_conn)
         [[ -n $r ]] || continue
         echo "| ${title[idle]} | ${name[$l]%% (*} | $(fmt "$(cell idle "$l" '.rss_conn / 1024')" 2) KB |" \
-            "$(ratio "$r" "$base") | $(fmt "$(cell idle "$l" .connect_s)" 2) s | $(cell idle "$l" '"\(.ok)/\(.runs)"') |"
+            "$(ratio "$r" "$base") | $(ratio "$r" "$raw") |" \
+            "$(fmt "$(cell idle "$l" .connect_s)" 2) s | $(cell idle "$l" '"\(.ok)/\(.runs)"') |"
     done
     echo
     echo "Raw results, one JSON line per run: \`$(basename "$jsonl")\`. \"runs ok\" counts runs with" \
@@ -332,14 +355,14 @@ dat="$work/chart.dat"
     done
 } >"$dat"
 mem="$work/mem.dat"
-for l in herald-http nchan mosquitto; do
+for l in herald-http nchan mosquitto raw; do
     v=$(cell idle "$l" '.rss_conn / 1024')
     echo "\"${name[$l]%% (*}\" ${v:-0}"
 done >"$mem"
 gnuplot <<EOF
 set terminal pngcairo size 1400,560 font "sans,11"
 set output "$out/compare.png"
-set multiplot layout 1,2 title "Herald vs nginx+nchan vs Mosquitto (server on one core, median of $runs)"
+set multiplot layout 1,2 title "Herald vs nginx+nchan vs Mosquitto vs raw epoll reference (server on one core, median of $runs)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
@@ -351,18 +374,19 @@ set logscale y
 set yrange [500:*]
 set xrange [-0.6:2.6]
 set format y "%.0s%c"
-set size 0.64,0.95
+set size 0.60,0.95
 set origin 0,0
 plot "$dat" using 2:xtic(1) title "Herald (HTTP pub)" lc rgb "#1f77b4", \
      "" using 3 title "Herald (WS pub)" lc rgb "#6baed6", \
      "" using 4 title "nginx+nchan" lc rgb "#2ca02c", \
-     "" using 5 title "Mosquitto" lc rgb "#d62728"
+     "" using 5 title "Mosquitto" lc rgb "#d62728", \
+     "" using 6 title "raw epoll (reference)" lc rgb "#404040"
 unset logscale y
 set autoscale x
 set yrange [0:*]
 set format y "%g"
-set size 0.36,0.95
-set origin 0.64,0
+set size 0.40,0.95
+set origin 0.60,0
 set title "Server memory per idle connection, KB (lower is better)"
 unset key
 set style histogram rowstacked
