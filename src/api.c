@@ -604,7 +604,7 @@ static void fill_publish_reply(struct hd_http_resp *resp, const char *topic, int
                                struct hd_msg *msg)
 {
     if (err) {
-        hd_api_error(resp, err == -ESHUTDOWN ? HD_ERR_UNAVAILABLE : HD_ERR_UNAVAILABLE,
+        hd_api_error(resp, HD_ERR_UNAVAILABLE,
                      err == -ESHUTDOWN ? "the server is shutting down"
                                        : "the event could not be stored");
         if (err != -ESHUTDOWN)

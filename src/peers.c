@@ -178,3 +178,8 @@ size_t hd_peers_size(const struct hd_peers *p)
 {
     return p->n;
 }
+
+const struct hd_peer_addr *hd_peer_addr_of(const struct hd_peer *e)
+{
+    return &e->addr;
+}

@@ -46,6 +46,9 @@ struct hd_peer *hd_peers_acquire(struct hd_peers *p, const struct hd_peer_addr *
 /* Uncounts one connection; the entry is freed with its last one. NULL is ignored. */
 void hd_peers_release(struct hd_peers *p, struct hd_peer *e);
 
+/* The address an entry counts. */
+const struct hd_peer_addr *hd_peer_addr_of(const struct hd_peer *e);
+
 /* Distinct addresses with connections open. */
 size_t hd_peers_size(const struct hd_peers *p);
 

@@ -21,6 +21,7 @@
 
 #include "api.h"
 #include "log.h"
+#include "peers.h"
 #include "tls.h"
 #include "topic.h"
 
@@ -490,14 +491,10 @@ struct http_pss {
     uint32_t ticks, deadline_ticks;
     struct lws *wsi;
     struct hd_http_req req;
-    char path[HD_TOPIC_MAX + 64];
-    char query[4608];
-    bool query_too_long;
+    /* This request's path, query and header copies, in one allocation sized to them: the
+     * pss is zeroed for every transaction, so it stays small. */
+    char *strings;
     bool close_after; /* answered before its body was read: close instead of keep-alive */
-    char content_type[128], origin[HDR_SMALL], last_event_id[256];
-    char authorization[4200];
-    char peer[64];
-    bool has_query, has_ctype, has_origin;
     char *body;
     size_t body_len;
     bool body_too_large;
@@ -585,6 +582,8 @@ static void http_release(struct http_pss *pss)
         stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
     free(pss->body);
     pss->body = NULL;
+    free(pss->strings);
+    pss->strings = NULL;
     hd_http_resp_clear(&pss->resp);
     if (pss->pending) {
         pss->pending->pss = NULL;
@@ -614,29 +613,62 @@ static int http_respond(struct hd_server *s, struct http_pss *pss)
     return http_writable(s, pss, pss->wsi);
 }
 
-/* Copies the query string: lws keeps each `&`-separated fragment apart. */
-static void copy_query(struct lws *wsi, struct http_pss *pss)
+/* Longest accepted: over these a header is ignored (the query refuses the request). */
+#define QUERY_MAX 4607
+#define CTYPE_MAX 127
+#define ORIGIN_MAX (HDR_SMALL - 1)
+#define LAST_EVENT_ID_MAX 255
+#define AUTHORIZATION_MAX 4199
+#define PEER_MAX 63
+
+/* The query's length as copy_query joins it; -1 when over QUERY_MAX. */
+static int query_length(struct lws *wsi)
 {
-    size_t o = 0;
+    int total = 0;
     for (int i = 0; i < 64; i++) {
         int flen = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
         if (flen <= 0)
             break;
-        if (o + (size_t)flen + 2 >= sizeof(pss->query)) {
-            pss->query_too_long = true; /* refused whole rather than read in part */
+        total += flen + (i ? 1 : 0);
+        if (total > QUERY_MAX)
+            return -1;
+    }
+    return total;
+}
+
+/* Joins the query string at *at: lws keeps each `&`-separated fragment apart. */
+static const char *copy_query(struct lws *wsi, char **at, const char *end)
+{
+    char *q = *at, *o = q;
+    for (int i = 0; i < 64; i++) {
+        if (o > q)
+            *o++ = '&';
+        int n = lws_hdr_copy_fragment(wsi, o, (int)(end - o), WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n <= 0) {
+            if (o > q)
+                o--; /* no fragment after the separator */
             break;
         }
-        char frag[sizeof(pss->query)];
-        int n = lws_hdr_copy_fragment(wsi, frag, sizeof(frag), WSI_TOKEN_HTTP_URI_ARGS, i);
-        if (n <= 0)
-            break;
-        if (o)
-            pss->query[o++] = '&';
-        memcpy(pss->query + o, frag, (size_t)n);
-        o += (size_t)n;
+        o += n;
     }
-    pss->query[o] = '\0';
-    pss->has_query = o > 0;
+    *o = '\0';
+    *at = o + 1;
+    return o > q ? q : NULL;
+}
+
+/* Copies header t to *at and moves past it; NULL when absent or longer than max. */
+static const char *take_header(struct lws *wsi, enum lws_token_indexes t, int max, char **at,
+                               const char *end)
+{
+    int n = lws_hdr_total_length(wsi, t);
+    if (n <= 0 || n > max || n + 1 > end - *at)
+        return NULL;
+    int c = lws_hdr_copy(wsi, *at, n + 1, t);
+    if (c < 0)
+        return NULL;
+    const char *r = *at;
+    *at += c + 1;
+    return r;
 }
 
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
@@ -845,36 +877,52 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     pss->req.method = method_of(m);
     pss->head = pss->req.method == HD_M_HEAD;
     /* lws has already percent-decoded the path and split off the query. */
-    if (ulen < 0 || (size_t)ulen >= sizeof(pss->path)) {
+    if (ulen < 0 || ulen > HD_TOPIC_MAX + 63) {
         pss->req.path = "/";
         hd_api_error(&pss->resp, HD_ERR_NOT_FOUND, "path too long");
         return http_respond(s, pss);
     }
-    memcpy(pss->path, uri, (size_t)ulen);
-    pss->path[ulen] = '\0';
-    pss->req.path = pss->path;
-    copy_query(wsi, pss);
-    pss->req.query = pss->has_query ? pss->query : NULL;
-    if (pss->query_too_long) {
+    int qlen = query_length(wsi);
+    int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
+    size_t cap = (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
+                 (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
+                 (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX + 8;
+    pss->strings = malloc(cap);
+    if (!pss->strings) {
+        pss->req.path = "/";
+        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        pss->close_after = true;
+        return http_respond(s, pss);
+    }
+    char *at = pss->strings, *end = pss->strings + cap;
+    memcpy(at, uri, (size_t)ulen);
+    at[ulen] = '\0';
+    pss->req.path = at;
+    at += ulen + 1;
+    if (qlen < 0) {
         hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "the query string is too long");
         pss->close_after = true;
         return http_respond(s, pss);
     }
-    if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, pss->content_type, sizeof(pss->content_type)))
-        pss->req.content_type = pss->content_type;
-    if (copy_header(wsi, WSI_TOKEN_ORIGIN, pss->origin, sizeof(pss->origin)))
-        pss->req.origin = pss->origin;
+    pss->req.query = copy_query(wsi, &at, end);
+    pss->req.content_type = take_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, CTYPE_MAX, &at, end);
+    pss->req.origin = take_header(wsi, WSI_TOKEN_ORIGIN, ORIGIN_MAX, &at, end);
     /* Last-Event-ID is not a token lws knows: read it as a custom header. */
-    int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
-    if (lid > 0 && lid < (int)sizeof(pss->last_event_id) &&
-        lws_hdr_custom_copy(wsi, pss->last_event_id, sizeof(pss->last_event_id),
-                            "last-event-id:", 14) >= 0)
-        pss->req.last_event_id = pss->last_event_id;
-    if (copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, pss->authorization,
-                    sizeof(pss->authorization)))
-        pss->req.authorization = pss->authorization;
-    if (lws_get_peer_simple(wsi, pss->peer, sizeof(pss->peer)))
-        pss->req.peer = pss->peer;
+    if (lid > 0 && lid <= LAST_EVENT_ID_MAX &&
+        lws_hdr_custom_copy(wsi, at, (int)(end - at), "last-event-id:", 14) >= 0) {
+        pss->req.last_event_id = at;
+        at += strlen(at) + 1;
+    }
+    pss->req.authorization =
+        take_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, AUTHORIZATION_MAX, &at, end);
+    /* The address counted at accept, formatted without another getpeername(). */
+    const struct hd_peer *peer = lws_get_opaque_user_data(wsi);
+    if (peer) {
+        hd_peer_addr_format(hd_peer_addr_of(peer), at, PEER_MAX + 1);
+        pss->req.peer = at;
+    } else if (lws_get_peer_simple(wsi, at, PEER_MAX + 1)) {
+        pss->req.peer = at;
+    }
     char cl[32];
     pss->req.content_length = -1;
     if (copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))

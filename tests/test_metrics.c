@@ -99,6 +99,7 @@ START_TEST(render_values)
     m.history_events = 1000;
     m.history_bytes = -1; /* a gauge is signed; a bug going negative must show, not wrap */
     m.connections_total = 42;
+    m.connections_refused = 13;
     m.events_published = 123456789012u;
     m.deliveries_written = 7;
     m.events_dropped[HD_DROP_SLOW_CONSUMER] = 5;
@@ -127,6 +128,8 @@ START_TEST(render_values)
     ASSERT_LINE(t, "herald_history_bytes -1");
     ASSERT_LINE(t, "# TYPE herald_connections_total counter");
     ASSERT_LINE(t, "herald_connections_total 42");
+    ASSERT_LINE(t, "# TYPE herald_connections_refused_total counter");
+    ASSERT_LINE(t, "herald_connections_refused_total 13");
     ASSERT_LINE(t, "herald_events_published_total 123456789012");
     ASSERT_LINE(t, "herald_deliveries_written_total 7");
     ASSERT_LINE(t, "# TYPE herald_events_dropped_total counter");
@@ -209,7 +212,7 @@ START_TEST(render_structure)
             ck_assert_uint_eq(strtoull(strchr(line, ' ') + 1, NULL, 10), inf);
         }
     }
-    ck_assert_int_eq(families, 17);
+    ck_assert_int_eq(families, 18);
     ck_assert_int_eq(buckets, HD_HIST_BUCKETS + 1);
     ck_assert_uint_eq(inf, atomic_load(&m.store_commit.count));
     free(t);

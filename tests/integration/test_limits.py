@@ -77,8 +77,25 @@ def read_all(s, limit=65536):
 
 
 def get_over(s, path="/healthz"):
+    """One keep-alive request on s; returns the status, 0 when the server closed instead."""
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    head = s.recv(4096)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            return 0
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:  # the whole body, so the next request starts clean
+        chunk = s.recv(4096)
+        if not chunk:
+            return 0
+        body += chunk
     return int(head.split(b" ", 2)[1])
 
 
