@@ -30,6 +30,11 @@ _Static_assert(HD_MSG_HEADROOM >= LWS_PRE, "message headroom must fit an lws fra
 #define HDR_SMALL 256
 #define HD_MAX_LISTENERS 64 /* the config allows at most 64 */
 
+/* Membership in one of the server's end-of-turn lists; all zero when in none. */
+struct turn_link {
+    struct turn_link *prev, *next;
+};
+
 struct hd_server {
     struct lws_context *ctx;
     struct hd_broker *broker;
@@ -50,7 +55,50 @@ struct hd_server {
     struct hd_peer *pending_peer;
     uint64_t refused_logged_s, refused_unlogged;
     bool failed; /* a listener could not be bound: tear down and exit */
+    /* Work done at the end of each loop turn, after libuv ran every ready socket: queued
+     * WebSocket frames written straight away and request bodies acted on, instead of
+     * asking lws for a writable callback (two epoll_ctl calls and a loop turn each). */
+    uv_check_t turn_end;
+    uv_idle_t turn_idle; /* running while work is listed: the loop must not block */
+    bool turn_started;
+    struct turn_link ws_dirty, http_ready; /* list heads */
 };
+
+/* Nothing to do: an active idle handle only makes the loop poll without blocking. */
+static void turn_idle_cb(uv_idle_t *h)
+{
+    (void)h;
+}
+
+static void turn_add(struct hd_server *s, struct turn_link *head, struct turn_link *l)
+{
+    if (l->next)
+        return;
+    l->prev = head->prev;
+    l->next = head;
+    head->prev->next = l;
+    head->prev = l;
+    if (s->turn_started)
+        uv_idle_start(&s->turn_idle, turn_idle_cb);
+}
+
+static void turn_del(struct turn_link *l)
+{
+    if (!l->next)
+        return;
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = NULL;
+}
+
+static struct turn_link *turn_pop(struct turn_link *head)
+{
+    struct turn_link *l = head->next;
+    if (l == head)
+        return NULL;
+    turn_del(l);
+    return l;
+}
 
 bool hd_server_failed(const struct hd_server *s)
 {
@@ -62,7 +110,8 @@ bool hd_server_failed(const struct hd_server *s)
 struct ws_pss {
     struct hd_conn conn; /* first: the broker hands it back to us */
     struct lws *wsi;
-    char *rx; /* reassembly buffer, only while a message spans several callbacks */
+    struct turn_link dirty; /* in the server's ws_dirty list: frames to write this turn */
+    char *rx;               /* reassembly buffer, only while a message spans several callbacks */
     size_t rx_len;
     int close_code;
     char close_reason[40];
@@ -75,7 +124,8 @@ struct ws_pss {
 static void ws_want_write(struct hd_conn *c)
 {
     struct ws_pss *pss = (struct ws_pss *)c;
-    lws_callback_on_writable(pss->wsi);
+    struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
+    turn_add(s, &s->ws_dirty, &pss->dirty);
 }
 
 /*
@@ -369,26 +419,14 @@ static size_t frame_header(unsigned char *p, size_t len)
  * a few events behind catches up in one syscall instead of one per event. A single message
  * goes out directly from its shared buffer, the frame header written into its headroom.
  */
-static int ws_writable(struct ws_pss *pss, struct lws *wsi)
+/* Writes what is queued (one send); asks for a writable callback when more is left. */
+static int ws_write_queued(struct ws_pss *pss, struct lws *wsi)
 {
     static unsigned char gather[LWS_PRE + COALESCE_MAX];
-    hd_conn_writable(&pss->conn);
-    if (pss->ping_due && !pss->close_code) {
-        /* lws 4.1 reports a pong to us only when it carries a payload. */
-        unsigned char ping[LWS_PRE + 2] = {[LWS_PRE] = 'h', [LWS_PRE + 1] = 'b'};
-        pss->ping_due = false;
-        if (lws_write(wsi, ping + LWS_PRE, 2, LWS_WRITE_PING) < 0)
-            return -1;
-        if (hd_conn_peek(&pss->conn)) {
-            pss->conn.want_pending = true;
-            lws_callback_on_writable(wsi);
-        }
-        return 0;
-    }
     struct hd_queue *q = &pss->conn.q;
     struct hd_msg *m = hd_conn_peek(&pss->conn);
     if (!m)
-        return pss->close_code ? ws_finish_close(pss, true) : 0;
+        return 0;
     uint32_t n = 0;
     size_t used = 0;
     while (n < q->count) {
@@ -415,6 +453,43 @@ static int ws_writable(struct ws_pss *pss, struct lws *wsi)
         lws_callback_on_writable(wsi);
     }
     return 0;
+}
+
+static int ws_writable(struct ws_pss *pss, struct lws *wsi)
+{
+    hd_conn_writable(&pss->conn);
+    if (pss->ping_due && !pss->close_code) {
+        /* lws 4.1 reports a pong to us only when it carries a payload. */
+        unsigned char ping[LWS_PRE + 2] = {[LWS_PRE] = 'h', [LWS_PRE + 1] = 'b'};
+        pss->ping_due = false;
+        if (lws_write(wsi, ping + LWS_PRE, 2, LWS_WRITE_PING) < 0)
+            return -1;
+        if (hd_conn_peek(&pss->conn)) {
+            pss->conn.want_pending = true;
+            lws_callback_on_writable(wsi);
+        }
+        return 0;
+    }
+    if (!hd_conn_peek(&pss->conn))
+        return pss->close_code ? ws_finish_close(pss, true) : 0;
+    return ws_write_queued(pss, wsi);
+}
+
+/*
+ * End of turn for one connection with frames queued: write them now, from outside any lws
+ * callback. While lws still holds part of an earlier send (or a ping or close is due), the
+ * frames wait for the writable callback instead, which keeps everything in order.
+ */
+static void ws_flush(struct ws_pss *pss)
+{
+    struct lws *wsi = pss->wsi;
+    if (pss->ping_due || pss->close_code || lws_partial_buffered(wsi)) {
+        lws_callback_on_writable(wsi);
+        return;
+    }
+    hd_conn_writable(&pss->conn);
+    if (ws_write_queued(pss, wsi) < 0) /* not inside a callback: close asynchronously */
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 }
 
 static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -458,6 +533,7 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return ws_writable(pss, wsi);
     case LWS_CALLBACK_CLOSED:
+        turn_del(&pss->dirty);
         if (pss->conn.broker) {
             hd_conn_detach(&pss->conn);
         } else if (pss->authed) { /* closed between the upgrade and ESTABLISHED */
@@ -480,13 +556,14 @@ struct http_pending; /* a publish waiting for its commit */
 enum http_mode { H_PLAIN, H_SSE, H_POLL };
 
 struct http_pss {
-    struct hd_conn conn; /* attached while streaming (SSE) or waiting (long poll) */
+    struct hd_conn conn;    /* attached while streaming (SSE) or waiting (long poll) */
+    struct turn_link ready; /* in the server's http_ready list: the body is to be acted on */
     enum http_mode mode;
     lws_sorted_usec_list_t sul; /* SSE keepalive or long-poll deadline */
     bool keepalive_due, poll_ready, stream_closing;
     bool watched;   /* in the server's epoll set of held-open requests */
     bool busy;      /* a request is being answered on this connection */
-    bool body_done; /* the body is complete; it is acted on when writable */
+    bool body_done; /* the body is complete; it is acted on at the end of the turn */
     bool publish_started;
     uint32_t ticks, deadline_ticks;
     struct lws *wsi;
@@ -578,6 +655,7 @@ static void stream_end(struct hd_server *s, struct http_pss *pss)
 /* Frees what one request holds. lws frees the pss itself when a transaction completes. */
 static void http_release(struct http_pss *pss)
 {
+    turn_del(&pss->ready);
     if (pss->mode != H_PLAIN)
         stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
     free(pss->body);
@@ -851,7 +929,7 @@ static int sse_writable(struct http_pss *pss, struct lws *wsi)
 }
 
 /*
- * The body is complete: act on it from the writable callback, never here. lws 4.1 re-feeds
+ * The body is complete: act on it at the end of this loop turn, never here. lws 4.1 re-feeds
  * stored input from the request line when the headers of a request with a body came from
  * pipelined input, so the first body it reports may be garbage and a second completion
  * follows; answering here would also hang lws in a loop that never returns to libuv.
@@ -862,7 +940,8 @@ static int body_complete(struct http_pss *pss)
         return -1; /* a second completion: the pipelining bug above; drop the client */
     pss->body_done = true;
     pss->reading_body = false;
-    lws_callback_on_writable(pss->wsi);
+    struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
+    turn_add(s, &s->http_ready, &pss->ready);
     return 0;
 }
 
@@ -951,7 +1030,7 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
             }
             /* No length and no chunking: an empty body, and lws reports no completion. */
             pss->body_done = true;
-            lws_callback_on_writable(wsi);
+            turn_add(s, &s->http_ready, &pss->ready);
             return 0;
         }
         pss->reading_body = true; /* lws reports completion even for an empty body */
@@ -978,8 +1057,9 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
             hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         free(resp);
         /* Outside any lws callback: a failed write closes the connection asynchronously. */
+        struct lws *wsi = pss->wsi; /* a completed transaction may free pss */
         if (http_respond(s, pss))
-            lws_set_timeout(pss->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
     } else if (resp) {
         hd_http_resp_clear(resp);
         free(resp);
@@ -1078,14 +1158,14 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (pss->close_after && lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
                                                         (const unsigned char *)"close", 5, &p, end))
         goto fail;
-    if (lws_finalize_write_http_header(wsi, start, &p, end))
+    if (lws_finalize_http_header(wsi, &p, end))
         goto fail;
-    if (body_len) {
-        unsigned char *b = buf + LWS_PRE;
-        memcpy(b, r->body, body_len);
-        if (lws_write(wsi, b, body_len, LWS_WRITE_HTTP_FINAL) != (int)body_len)
-            goto fail;
-    }
+    /* Head and body in one send: a response is small, and a second send for the body cost
+     * a syscall per request. */
+    memcpy(p, r->body, body_len);
+    p += body_len;
+    if (lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS) != (int)(p - start))
+        goto fail;
     free(buf);
     pss->response_ready = false;
     /* lws frees and re-zeroes the pss when the transaction completes: release first and
@@ -1135,6 +1215,29 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
     }
 }
 
+/*
+ * The end of a loop turn: request bodies first (their publishes queue frames), then every
+ * WebSocket connection with frames queued, so a burst read in one turn leaves in one
+ * write per connection.
+ */
+static void on_turn_end(uv_check_t *h)
+{
+    struct hd_server *s = h->data;
+    struct turn_link *l;
+    while ((l = turn_pop(&s->http_ready))) {
+        struct http_pss *pss = container_of(l, struct http_pss, ready);
+        struct lws *wsi = pss->wsi; /* a completed transaction may free pss */
+        if (pss->body_done && !pss->publish_started) {
+            pss->publish_started = true;
+            if (http_body_complete(s, pss))
+                lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        }
+    }
+    while ((l = turn_pop(&s->ws_dirty)))
+        ws_flush(container_of(l, struct ws_pss, dirty));
+    uv_idle_stop(&s->turn_idle);
+}
+
 /* --- Context ----------------------------------------------------------------------- */
 
 enum { PROTO_HTTP, PROTO_WS };
@@ -1173,6 +1276,8 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->loop = loop;
     s->epfd = -1;
     s->creating = SIZE_MAX;
+    s->ws_dirty.prev = s->ws_dirty.next = &s->ws_dirty;
+    s->http_ready.prev = s->http_ready.next = &s->http_ready;
     lws_set_log_level(LLL_ERR |
                           (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0),
                       lws_logger);
@@ -1264,6 +1369,11 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->ep_watch.data = s;
     uv_poll_start(&s->ep_watch, UV_READABLE, on_ep_ready);
     s->ep_started = true;
+    uv_check_init(loop, &s->turn_end);
+    uv_idle_init(loop, &s->turn_idle);
+    s->turn_end.data = s;
+    uv_check_start(&s->turn_end, on_turn_end);
+    s->turn_started = true;
     return s;
 }
 
@@ -1342,6 +1452,11 @@ void hd_server_destroy(struct hd_server *s)
         uv_poll_stop(&s->ep_watch);
         uv_close((uv_handle_t *)&s->ep_watch, NULL);
         s->ep_started = false;
+    }
+    if (s->turn_started) {
+        uv_close((uv_handle_t *)&s->turn_end, NULL);
+        uv_close((uv_handle_t *)&s->turn_idle, NULL);
+        s->turn_started = false;
     }
 }
 
