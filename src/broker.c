@@ -177,6 +177,15 @@ struct hd_peer *hd_broker_peer_open(struct hd_broker *b, const struct sockaddr *
     return p;
 }
 
+bool hd_broker_publish_held(struct hd_broker *b, uint64_t since_ns, uint64_t now_ns)
+{
+    if (b->metrics.queued_bytes <= HD_PUBLISH_HOLD_BYTES ||
+        now_ns - since_ns >= (uint64_t)HD_PUBLISH_HOLD_MAX_MS * 1000000u)
+        return false;
+    b->metrics.publishes_held++;
+    return true;
+}
+
 void hd_broker_peer_close(struct hd_broker *b, struct hd_peer *p)
 {
     hd_peers_release(b->peers, p);

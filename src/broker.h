@@ -134,6 +134,17 @@ size_t hd_broker_connections(const struct hd_broker *b);
  */
 struct hd_peer *hd_broker_peer_open(struct hd_broker *b, const struct sockaddr *sa, socklen_t len,
                                     bool *refused, struct hd_error *err);
+/*
+ * Publisher backpressure. While connection queues hold more than HD_PUBLISH_HOLD_BYTES,
+ * a publish that became ready at `since_ns` is held (the transport leaves it unread) for
+ * up to HD_PUBLISH_HOLD_MAX_MS, so fast publishers wait for subscribers to drain instead of
+ * growing queues and latency. The wait is bounded so that a few readers that stopped
+ * cannot stall every publisher: they fall behind until max_queue_bytes cuts them off.
+ */
+#define HD_PUBLISH_HOLD_BYTES (4 * 1024 * 1024)
+#define HD_PUBLISH_HOLD_MAX_MS 20
+bool hd_broker_publish_held(struct hd_broker *b, uint64_t since_ns, uint64_t now_ns);
+
 /* Uncounts a connection admitted by hd_broker_peer_open; NULL is ignored. */
 void hd_broker_peer_close(struct hd_broker *b, struct hd_peer *p);
 

@@ -155,6 +155,9 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
     counter(&b, "herald_connections_refused_total",
             "Connections closed at accept: their address was at limits.max_connections_per_ip.",
             m->connections_refused);
+    counter(&b, "herald_publish_holds_total",
+            "Loop turns a ready publish waited for connection queues to drain (backpressure).",
+            m->publishes_held);
     counter(&b, "herald_events_published_total", "Events accepted for publishing.",
             m->events_published);
     counter(&b, "herald_deliveries_written_total",

@@ -59,9 +59,12 @@ struct hd_server {
      * WebSocket frames written straight away and request bodies acted on, instead of
      * asking lws for a writable callback (two epoll_ctl calls and a loop turn each). */
     uv_check_t turn_end;
-    uv_idle_t turn_idle; /* running while work is listed: the loop must not block */
+    uv_idle_t turn_idle;   /* running while work is listed: the loop must not block */
+    uv_timer_t hold_timer; /* wakes the loop to look at held publishers again */
     bool turn_started;
-    struct turn_link ws_dirty, http_ready; /* list heads */
+    /* List heads: connections with frames to write, requests whose body is to be acted on
+     * (or held: see hd_broker_publish_held), WebSocket readers paused for backpressure. */
+    struct turn_link ws_dirty, http_ready, ws_paused;
 };
 
 /* Nothing to do: an active idle handle only makes the loop poll without blocking. */
@@ -70,7 +73,7 @@ static void turn_idle_cb(uv_idle_t *h)
     (void)h;
 }
 
-static void turn_add(struct hd_server *s, struct turn_link *head, struct turn_link *l)
+static void turn_link_add(struct turn_link *head, struct turn_link *l)
 {
     if (l->next)
         return;
@@ -78,8 +81,19 @@ static void turn_add(struct hd_server *s, struct turn_link *head, struct turn_li
     l->next = head;
     head->prev->next = l;
     head->prev = l;
+}
+
+/* Lists work for the end of this turn, which the loop then reaches without blocking. */
+static void turn_add(struct hd_server *s, struct turn_link *head, struct turn_link *l)
+{
+    turn_link_add(head, l);
     if (s->turn_started)
         uv_idle_start(&s->turn_idle, turn_idle_cb);
+}
+
+static bool turn_empty(const struct turn_link *head)
+{
+    return head->next == head;
 }
 
 static void turn_del(struct turn_link *l)
@@ -110,8 +124,10 @@ bool hd_server_failed(const struct hd_server *s)
 struct ws_pss {
     struct hd_conn conn; /* first: the broker hands it back to us */
     struct lws *wsi;
-    struct turn_link dirty; /* in the server's ws_dirty list: frames to write this turn */
-    char *rx;               /* reassembly buffer, only while a message spans several callbacks */
+    struct turn_link dirty;  /* in the server's ws_dirty list: frames to write this turn */
+    struct turn_link paused; /* in ws_paused: not read while publishers are held */
+    uint64_t paused_ns;
+    char *rx; /* reassembly buffer, only while a message spans several callbacks */
     size_t rx_len;
     int close_code;
     char close_reason[40];
@@ -523,6 +539,14 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
         pss->in_callback = true;
         r = ws_receive(s, pss, wsi, in, len);
         pss->in_callback = false;
+        if (!r && !pss->close_code && !pss->paused.next) {
+            /* Backpressure: read nothing more from this client until queues drain. */
+            uint64_t now = hd_now_ns();
+            if (hd_broker_publish_held(s->broker, now, now) && !lws_rx_flow_control(wsi, 0)) {
+                pss->paused_ns = now;
+                turn_add(s, &s->ws_paused, &pss->paused);
+            }
+        }
         if (r || !pss->close_code)
             return r;
         if (!hd_conn_peek(&pss->conn))
@@ -534,6 +558,7 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
         return ws_writable(pss, wsi);
     case LWS_CALLBACK_CLOSED:
         turn_del(&pss->dirty);
+        turn_del(&pss->paused);
         if (pss->conn.broker) {
             hd_conn_detach(&pss->conn);
         } else if (pss->authed) { /* closed between the upgrade and ESTABLISHED */
@@ -558,6 +583,7 @@ enum http_mode { H_PLAIN, H_SSE, H_POLL };
 struct http_pss {
     struct hd_conn conn;    /* attached while streaming (SSE) or waiting (long poll) */
     struct turn_link ready; /* in the server's http_ready list: the body is to be acted on */
+    uint64_t ready_ns;      /* when it was listed, for the backpressure bound */
     enum http_mode mode;
     lws_sorted_usec_list_t sul; /* SSE keepalive or long-poll deadline */
     bool keepalive_due, poll_ready, stream_closing;
@@ -941,6 +967,7 @@ static int body_complete(struct http_pss *pss)
     pss->body_done = true;
     pss->reading_body = false;
     struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
+    pss->ready_ns = hd_now_ns();
     turn_add(s, &s->http_ready, &pss->ready);
     return 0;
 }
@@ -1030,6 +1057,7 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
             }
             /* No length and no chunking: an empty body, and lws reports no completion. */
             pss->body_done = true;
+            pss->ready_ns = hd_now_ns();
             turn_add(s, &s->http_ready, &pss->ready);
             return 0;
         }
@@ -1220,12 +1248,25 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
  * WebSocket connection with frames queued, so a burst read in one turn leaves in one
  * write per connection.
  */
+static void hold_timer_cb(uv_timer_t *t)
+{
+    (void)t; /* the turn it ends runs on_turn_end, which looks at the held work again */
+}
+
 static void on_turn_end(uv_check_t *h)
 {
     struct hd_server *s = h->data;
-    struct turn_link *l;
+    struct turn_link *l, held = {&held, &held};
+    /* Frames first: what the sockets take now no longer counts against publishers. */
+    while ((l = turn_pop(&s->ws_dirty)))
+        ws_flush(container_of(l, struct ws_pss, dirty));
+    uint64_t now = hd_now_ns();
     while ((l = turn_pop(&s->http_ready))) {
         struct http_pss *pss = container_of(l, struct http_pss, ready);
+        if (hd_broker_publish_held(s->broker, pss->ready_ns, now)) {
+            turn_link_add(&held, l);
+            continue;
+        }
         struct lws *wsi = pss->wsi; /* a completed transaction may free pss */
         if (pss->body_done && !pss->publish_started) {
             pss->publish_started = true;
@@ -1233,9 +1274,21 @@ static void on_turn_end(uv_check_t *h)
                 lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         }
     }
+    while ((l = turn_pop(&held)))
+        turn_link_add(&s->http_ready, l);
+    for (struct turn_link *next, *p = s->ws_paused.next; p != &s->ws_paused; p = next) {
+        next = p->next;
+        struct ws_pss *pss = container_of(p, struct ws_pss, paused);
+        if (!hd_broker_publish_held(s->broker, pss->paused_ns, now)) {
+            turn_del(p);
+            lws_rx_flow_control(pss->wsi, 1);
+        }
+    }
     while ((l = turn_pop(&s->ws_dirty)))
         ws_flush(container_of(l, struct ws_pss, dirty));
     uv_idle_stop(&s->turn_idle);
+    if (!turn_empty(&s->http_ready) || !turn_empty(&s->ws_paused))
+        uv_timer_start(&s->hold_timer, hold_timer_cb, 2, 0);
 }
 
 /* --- Context ----------------------------------------------------------------------- */
@@ -1278,6 +1331,7 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->creating = SIZE_MAX;
     s->ws_dirty.prev = s->ws_dirty.next = &s->ws_dirty;
     s->http_ready.prev = s->http_ready.next = &s->http_ready;
+    s->ws_paused.prev = s->ws_paused.next = &s->ws_paused;
     lws_set_log_level(LLL_ERR |
                           (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0),
                       lws_logger);
@@ -1371,6 +1425,7 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->ep_started = true;
     uv_check_init(loop, &s->turn_end);
     uv_idle_init(loop, &s->turn_idle);
+    uv_timer_init(loop, &s->hold_timer);
     s->turn_end.data = s;
     uv_check_start(&s->turn_end, on_turn_end);
     s->turn_started = true;
@@ -1456,6 +1511,7 @@ void hd_server_destroy(struct hd_server *s)
     if (s->turn_started) {
         uv_close((uv_handle_t *)&s->turn_end, NULL);
         uv_close((uv_handle_t *)&s->turn_idle, NULL);
+        uv_close((uv_handle_t *)&s->hold_timer, NULL);
         s->turn_started = false;
     }
 }

@@ -744,6 +744,42 @@ START_TEST(subscription_limit)
 }
 END_TEST
 
+START_TEST(publish_backpressure_is_bounded)
+{
+    cfg.limits.max_queue_bytes = 64 * 1024 * 1024;
+    boot();
+    struct tconn *stalled = open_ws(), *pub = open_ws();
+    subscribe(stalled, ">", NULL, NULL);
+    struct hd_metrics *mx = hd_broker_metrics(b);
+    uint64_t t0 = 1000000000000u, ms = 1000000u;
+    /* Queues nearly empty: nothing is held. */
+    ck_assert(!hd_broker_publish_held(b, t0, t0));
+    /* A reader that stopped reading: queue past the watermark through real publishes. */
+    char data[900];
+    memset(data, 'x', sizeof(data) - 1);
+    data[sizeof(data) - 1] = '\0';
+    int n = 0;
+    while ((uint64_t)mx->queued_bytes <= HD_PUBLISH_HOLD_BYTES) {
+        cmd(pub, "{\"op\":\"publish\",\"id\":%d,\"topic\":\"bp\",\"data\":\"%s\"}", n, data);
+        json_decref(expect_frame(pub, "ok"));
+        ck_assert_int_lt(++n, 10000);
+    }
+    uint64_t held_before = mx->publishes_held;
+    ck_assert(hd_broker_publish_held(b, t0, t0));
+    ck_assert(hd_broker_publish_held(b, t0, t0 + (HD_PUBLISH_HOLD_MAX_MS - 1) * ms));
+    /* The wait is bounded: past it the publish goes ahead although nobody drained. */
+    ck_assert(!hd_broker_publish_held(b, t0, t0 + HD_PUBLISH_HOLD_MAX_MS * ms));
+    ck_assert_uint_eq(mx->publishes_held, held_before + 2);
+    /* The reader catches up: below the watermark nothing is held. */
+    while ((uint64_t)mx->queued_bytes > HD_PUBLISH_HOLD_BYTES / 2 && hd_conn_peek(&stalled->c)) {
+        hd_conn_writable(&stalled->c);
+        hd_conn_wrote(&stalled->c);
+    }
+    ck_assert(!hd_broker_publish_held(b, t0, t0));
+    ck_assert_int_eq(stalled->closes, 0);
+}
+END_TEST
+
 START_TEST(slow_consumer)
 {
     cfg.limits.max_queue_bytes = 2000;
@@ -975,6 +1011,7 @@ static Suite *broker_suite(void)
     tcase_add_test(tc, replay_gap);
     tcase_add_test(tc, sse_subscribe_replays);
     tcase_add_test(tc, slow_consumer);
+    tcase_add_test(tc, publish_backpressure_is_bounded);
     tcase_add_test(tc, receivers_exclude_slow_consumer);
     tcase_add_test(tc, global_queue_cap_sheds_publishes);
     tcase_add_test(tc, drain);

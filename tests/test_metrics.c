@@ -108,6 +108,7 @@ START_TEST(render_values)
     m.protocol_errors = 9;
     m.http_requests = 10;
     m.publish_rejected = 11;
+    m.publishes_held = 14;
     hd_histogram_observe(&m.publish_to_write, 40000);       /* bucket 0 */
     hd_histogram_observe(&m.publish_to_write, 100000);      /* bucket 1, on the bound */
     hd_histogram_observe(&m.publish_to_write, 3000000);     /* <= 5 ms */
@@ -131,6 +132,7 @@ START_TEST(render_values)
     ASSERT_LINE(t, "# TYPE herald_connections_refused_total counter");
     ASSERT_LINE(t, "herald_connections_refused_total 13");
     ASSERT_LINE(t, "herald_events_published_total 123456789012");
+    ASSERT_LINE(t, "herald_publish_holds_total 14");
     ASSERT_LINE(t, "herald_deliveries_written_total 7");
     ASSERT_LINE(t, "# TYPE herald_events_dropped_total counter");
     ASSERT_LINE(t, "herald_events_dropped_total{reason=\"slow_consumer\"} 5");
@@ -212,7 +214,7 @@ START_TEST(render_structure)
             ck_assert_uint_eq(strtoull(strchr(line, ' ') + 1, NULL, 10), inf);
         }
     }
-    ck_assert_int_eq(families, 18);
+    ck_assert_int_eq(families, 19);
     ck_assert_int_eq(buckets, HD_HIST_BUCKETS + 1);
     ck_assert_uint_eq(inf, atomic_load(&m.store_commit.count));
     free(t);

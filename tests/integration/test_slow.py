@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: MIT
 """Slow consumers (PROTOCOL.md section 7, close code 4000): a subscriber that stops reading is
 cut off once its outbound queue passes max_queue_bytes, while a subscriber that keeps up gets
-every event in order, and publishers are never held up by the slow one.
+every event in order, and publishers are never held up by the slow one. With queues past the
+backpressure watermark (4 MiB in all), publishes wait a bounded moment for subscribers to drain
+but are all answered and delivered: a reader that stalls cannot stall publishing.
 """
 
 import asyncio
@@ -115,6 +117,46 @@ class SlowConsumerTest(HeraldTestCase):
         self.assertEqual([e["data"]["seq"] for e in events], list(range(n)))
         self.assertEqual(self.d.metric("herald_slow_consumer_disconnects_total"), 0)
         self.assertTrue(fast.open)
+
+
+class BackpressureTest(HeraldTestCase):
+    @async_test(timeout=120)
+    async def test_stalled_reader_slows_but_never_stops_publishers(self):
+        # A queue limit far above the watermark, so the stalled reader is not cut off.
+        d = self.start_daemon({"limits": {"max_queue_bytes": 256 * 1024 * 1024}})
+        stalled = RawWS(d.port, rcvbuf=4096)
+        self.addCleanup(stalled.close)
+        self.assertEqual(stalled.recv_json()["type"], "welcome")
+        stalled.send_json({"op": "subscribe", "id": 1, "topic": "bp"})
+        self.assertEqual(stalled.recv_json()["type"], "ok")
+        fast = await WSClient.connect(d)
+        await fast.subscribe("bp")
+        pad = "y" * 50000
+        n = 300  # about 15 MB to the stalled reader: well past the watermark
+
+        def publish_all():
+            statuses, slowest = [], 0.0
+            with d.http() as h:
+                for i in range(n):
+                    t = time.monotonic()
+                    statuses.append(h.publish("bp", {"i": i, "pad": pad},
+                                              content_type="application/json")[0])
+                    slowest = max(slowest, time.monotonic() - t)
+            return statuses, slowest
+
+        loop = asyncio.get_running_loop()
+        pub = loop.run_in_executor(None, publish_all)
+        got = []
+        while len(got) < n:  # the fast reader drains while the publisher runs
+            ev = await fast.recv_event(30)
+            got.append(ev["data"]["i"])
+        statuses, slowest = await pub
+        self.assertEqual(statuses, [202] * n)
+        self.assertEqual(got, list(range(n)))  # every event, in order, once
+        self.assertGreater(d.metric("herald_publish_holds_total"), 0,
+                           "publishes were never held although queues passed the watermark")
+        self.assertLess(slowest, 2.0, "one publish waited far longer than the hold bound")
+        self.assertGreater(d.metric("herald_queued_bytes"), 4 * 1024 * 1024)
 
 
 if __name__ == "__main__":
