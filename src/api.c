@@ -326,7 +326,7 @@ static uint32_t rate_check(struct hd_broker *b, const struct hd_identity *id,
     if (id->kind == HD_ID_ANONYMOUS)
         snprintf(key, sizeof(key), "ip:%s", req->peer ? req->peer : "?");
     else
-        snprintf(key, sizeof(key), "id:%s", id->name);
+        snprintf(key, sizeof(key), "id:%s", hd_identity_name(id));
     uint32_t h = 2166136261u;
     for (const char *p = key; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;

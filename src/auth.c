@@ -31,7 +31,7 @@
 #define MAX_CLAIM_PATTERNS 1024    /* same cap as a pattern list in the config */
 #define SKEW_MS 5000               /* allowed clock skew for exp and nbf */
 #define MAX_EPOCH_S 253402300799LL /* 9999-12-31T23:59:59Z; later times are clamped to it */
-#define SUB_MAX 63                 /* fits hd_identity.name with its NUL */
+#define SUB_MAX 63                 /* longest JWT subject accepted */
 
 struct tok {
     char *name;
@@ -293,6 +293,7 @@ void hd_identity_clear(struct hd_identity *id)
         return;
     list_free(&id->pub);
     list_free(&id->sub);
+    free(id->name);
     memset(id, 0, sizeof(*id));
 }
 
@@ -489,11 +490,11 @@ static int check_claims(const char *s, size_t len, int64_t now_ms, struct hd_ide
         hd_error_set(err, HD_ERR_UNAUTHORIZED, "JWT \"herald\" claim must be an object");
     } else {
         id->kind = HD_ID_JWT;
-        memcpy(id->name, json_string_value(sub), json_string_length(sub) + 1);
+        id->name = strdup(json_string_value(sub));
         /* 0 means "never" in the identity; an exp of exactly the epoch is 1 ms instead. */
         id->expires_ms = has_exp ? (exp_ms == 0 ? 1 : exp_ms) : 0;
-        rc = 0;
-        if (herald) { /* without the claim the token proves who it is but grants nothing */
+        rc = id->name ? 0 : hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+        if (rc == 0 && herald) { /* without the claim the token proves who it is but grants nothing */
             rc = claim_patterns(herald, "pub", id->name, &id->pub, err);
             if (rc == 0)
                 rc = claim_patterns(herald, "sub", id->name, &id->sub, err);
@@ -641,7 +642,11 @@ int hd_auth_authenticate(const struct hd_auth *a, const char *authorization,
     if (t >= 0) {
         const struct tok *st = &a->tokens[t];
         id->kind = HD_ID_TOKEN;
-        snprintf(id->name, sizeof(id->name), "%s", st->name);
+        id->name = strdup(st->name);
+        if (!id->name) {
+            hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+            goto fail;
+        }
         if (fill_rights(id, &st->pub, &st->sub, err) < 0)
             goto fail;
     } else if (a->secret && dots == 2) {

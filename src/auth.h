@@ -21,7 +21,7 @@ struct hd_auth;
 enum hd_id_kind { HD_ID_ANONYMOUS, HD_ID_TOKEN, HD_ID_JWT };
 struct hd_identity {
     enum hd_id_kind kind;
-    char name[64];              /* token name or JWT subject; "" for anonymous */
+    char *name;                 /* token name or JWT subject (owned); NULL for anonymous */
     int64_t expires_ms;         /* JWT exp in ms since the epoch; 0 = does not expire */
     bool everything;            /* no auth section configured: every right */
     struct hd_strlist pub, sub; /* patterns, `{sub}` already substituted */
@@ -34,6 +34,12 @@ struct hd_identity {
  */
 struct hd_auth *hd_auth_new(const struct hd_config *cfg, char *err, size_t errlen);
 void hd_auth_free(struct hd_auth *a);
+
+/* The identity's name for logs and rate-limit keys: "" for anonymous. */
+static inline const char *hd_identity_name(const struct hd_identity *id)
+{
+    return id->name ? id->name : "";
+}
 
 /*
  * Authenticates one request. `authorization` is the Authorization header value or NULL;

@@ -233,7 +233,6 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
     c->last_rx_ms = c->last_ping_ms = hd_now_ns() / 1000000;
     hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
     c->q.shared_total = &b->metrics.queued_bytes;
-    snprintf(c->session, sizeof(c->session), "%016" PRIx64, c->id ^ (uint64_t)hd_now_ns() << 20);
     c->next = &b->conns;
     c->prev = b->conns.prev;
     c->prev->next = c;
@@ -243,7 +242,9 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
         b->metrics.connections++;
         b->metrics.connections_total++;
         size_t len;
-        char *w = hd_encode_welcome(c->session, HERALD_VERSION, (int)b->cfg->heartbeat_s,
+        char session[24];
+        snprintf(session, sizeof(session), "%016" PRIx64, c->id ^ (uint64_t)hd_now_ns() << 20);
+        char *w = hd_encode_welcome(session, HERALD_VERSION, (int)b->cfg->heartbeat_s,
                                     b->cfg->limits.max_event_bytes, &len);
         if (!w || hd_conn_send_text(c, w, len)) {
             free(w);
@@ -683,7 +684,8 @@ void hd_broker_tick(struct hd_broker *b)
     for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next) {
         /* The same 5 s of clock skew the JWT check allows (auth.c). */
         if (c->identity.expires_ms && c->identity.expires_ms + 5000 <= now && !c->closing) {
-            hd_log_info("token expired", "conn=%" PRIu64 " name=%s", c->id, c->identity.name);
+            hd_log_info("token expired", "conn=%" PRIu64 " name=%s", c->id,
+                        hd_identity_name(&c->identity));
             conn_close(c, HD_CLOSE_POLICY, "token expired");
         }
         heartbeat(b, c, now_ms);

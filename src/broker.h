@@ -31,8 +31,9 @@ struct hd_conn_ops {
     /* Ask to be told (hd_conn_writable) when the peer can take more bytes. */
     void (*want_write)(struct hd_conn *c);
     /* Close as soon as possible with a WebSocket close code and reason (code 0: drop the
-     * connection without a close frame, for a peer that no longer answers). The broker calls
-     * it at most once per connection and then no longer queues anything to it. */
+     * connection without a close frame, for a peer that no longer answers). `reason` is a
+     * string literal, kept by pointer. The broker calls it at most once per connection and
+     * then no longer queues anything to it. */
     void (*close)(struct hd_conn *c, int code, const char *reason);
     /* Send a WebSocket ping (heartbeat). NULL for transports without one. */
     void (*ping)(struct hd_conn *c);
@@ -63,7 +64,6 @@ struct hd_conn {
     /* Token bucket for publish_rate. */
     double tokens;
     uint64_t tokens_ns;
-    char session[24];
     /* Who this is: set by the transport before hd_conn_attach, released by detach. The raw
      * credential (malloc'd, NULL for anonymous) is kept to re-check it on SIGHUP. */
     struct hd_identity identity;

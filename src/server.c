@@ -130,7 +130,7 @@ struct ws_pss {
     char *rx; /* reassembly buffer, only while a message spans several callbacks */
     size_t rx_len;
     int close_code;
-    char close_reason[40];
+    const char *close_reason; /* a string literal (the broker's close contract) */
     bool in_callback; /* close requested from inside this wsi's own callback */
     bool rx_discard;
     bool authed; /* identity filled at the upgrade */
@@ -152,13 +152,14 @@ static void ws_want_write(struct hd_conn *c)
  */
 static int ws_finish_close(struct ws_pss *pss, bool writable)
 {
-    size_t rlen = strlen(pss->close_reason);
+    /* A close frame's payload is at most 125 bytes: the code and up to 123 of reason. */
+    size_t rlen = pss->close_reason ? strnlen(pss->close_reason, 120) : 0;
     if (!writable) {
         lws_close_reason(pss->wsi, (enum lws_close_status)pss->close_code,
                          (unsigned char *)pss->close_reason, rlen);
         return -1;
     }
-    unsigned char buf[LWS_PRE + 2 + sizeof(pss->close_reason)];
+    unsigned char buf[LWS_PRE + 2 + 120];
     unsigned char *p = buf + LWS_PRE;
     p[0] = (unsigned char)(pss->close_code >> 8);
     p[1] = (unsigned char)pss->close_code;
@@ -184,7 +185,7 @@ static void ws_close(struct hd_conn *c, int code, const char *reason)
         return;
     }
     pss->close_code = code;
-    snprintf(pss->close_reason, sizeof(pss->close_reason), "%s", reason);
+    pss->close_reason = reason;
     if (pss->in_callback)
         return; /* the callback's tail sees close_code */
     /* Replies already queued go out first, then the close frame; a peer that stops reading
@@ -1190,7 +1191,8 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
         goto fail;
     /* Head and body in one send: a response is small, and a second send for the body cost
      * a syscall per request. */
-    memcpy(p, r->body, body_len);
+    if (body_len)
+        memcpy(p, r->body, body_len);
     p += body_len;
     if (lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS) != (int)(p - start))
         goto fail;
@@ -1295,18 +1297,25 @@ static void on_turn_end(uv_check_t *h)
 
 enum { PROTO_HTTP, PROTO_WS };
 
+/* lws 4.1 hands the socket at most tx_packet_size (else rx_buffer_size) bytes per send and
+ * parks the rest in a copy drained one writable callback at a time; it also closes after its
+ * own error pages without draining that copy (a 403 arrived cut at rx_buffer_size). One
+ * chunk must hold a whole coalesced write. */
+#define TX_CHUNK (COALESCE_MAX + 16)
+
 static const struct lws_protocols protocols[] = {
     [PROTO_HTTP] = {.name = "http",
                     .callback = callback_http,
                     .per_session_data_size = sizeof(struct http_pss),
-                    .rx_buffer_size = 0},
+                    .rx_buffer_size = 0,
+                    .tx_packet_size = TX_CHUNK},
     [PROTO_WS] = {.name = "herald.v1",
                   .callback = callback_ws,
                   .per_session_data_size = sizeof(struct ws_pss),
                   /* A chunk size, not a message limit (we reassemble): small keeps idle
                    * connections cheap. */
-                  .rx_buffer_size = 512,
-                  .tx_packet_size = 0},
+                  .rx_buffer_size = 128,
+                  .tx_packet_size = TX_CHUNK},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 

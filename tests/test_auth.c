@@ -502,7 +502,7 @@ START_TEST(anonymous_401_token_403)
     struct hd_error err;
     ck_assert_int_eq(hd_auth_authenticate(a, NULL, NULL, NOW_MS, &anon, &err), 0);
     ck_assert_int_eq(anon.kind, HD_ID_ANONYMOUS);
-    ck_assert_str_eq(anon.name, "");
+    ck_assert_str_eq(hd_identity_name(&anon), "");
     ck_assert(!anon.everything);
     ck_assert_int_eq(hd_auth_can_subscribe(&anon, "public.news"), HD_ERR_NONE);
     ck_assert_int_eq(hd_auth_can_subscribe(&anon, "public.>"), HD_ERR_NONE);
