@@ -494,7 +494,8 @@ static int check_claims(const char *s, size_t len, int64_t now_ms, struct hd_ide
         /* 0 means "never" in the identity; an exp of exactly the epoch is 1 ms instead. */
         id->expires_ms = has_exp ? (exp_ms == 0 ? 1 : exp_ms) : 0;
         rc = id->name ? 0 : hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-        if (rc == 0 && herald) { /* without the claim the token proves who it is but grants nothing */
+        if (rc == 0 &&
+            herald) { /* without the claim the token proves who it is but grants nothing */
             rc = claim_patterns(herald, "pub", id->name, &id->pub, err);
             if (rc == 0)
                 rc = claim_patterns(herald, "sub", id->name, &id->sub, err);

@@ -131,7 +131,7 @@ struct ws_pss {
     size_t rx_len;
     int close_code;
     const char *close_reason; /* a string literal (the broker's close contract) */
-    bool in_callback; /* close requested from inside this wsi's own callback */
+    bool in_callback;         /* close requested from inside this wsi's own callback */
     bool rx_discard;
     bool authed; /* identity filled at the upgrade */
     bool ping_due;
