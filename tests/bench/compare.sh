@@ -78,8 +78,8 @@ fi
 # ---- scenarios and targets ----
 common=(--inflight 8 --size 100 --timeout 300)
 declare -A scen title short
-add_scenario() { # name subs topics events title short-title
-    scen[$1]="--subs $2 --topics $3 --events $4"
+add_scenario() { # name subs topics events title short-title [loadgen args]
+    scen[$1]="--subs $2 --topics $3 --events $4 ${7:-}"
     title[$1]=$5
     short[$1]=$6
 }
@@ -88,15 +88,19 @@ if [[ $quick == 1 ]]; then
     add_scenario fan10k 1000 1 50 "1 topic, 1,000 subscribers, 50 events" "1 topic, 1k subs"
     add_scenario topics10k 1000 1000 2000 "1,000 subscribers on 1,000 topics, 2,000 events" \
         "1k topics, 1k subs"
+    add_scenario lat1k 200 1 100 "1 topic, 200 subscribers, 100 events at 100/s" "" "--rate 100"
 else
     add_scenario fan1k 1000 1 2000 "1 topic, 1,000 subscribers, 2,000 events" "1 topic, 1k subs"
     add_scenario fan10k 10000 1 200 "1 topic, 10,000 subscribers, 200 events" "1 topic, 10k subs"
     add_scenario topics10k 10000 10000 20000 "10,000 subscribers on 10,000 topics, 20,000 events" \
         "10k topics, 10k subs"
+    # Below every server's ceiling but Mosquitto's: latency where nobody is saturated.
+    add_scenario lat1k 1000 1 600 "1 topic, 1,000 subscribers, 600 events at a fixed 100/s" "" \
+        "--rate 100"
 fi
 scen[idle]="--subs $idle_subs --topics 100 --idle-hold $hold"
 title[idle]="$idle_subs connections held ${hold} s"
-scenarios=(fan1k fan10k topics10k idle)
+scenarios=(fan1k fan10k topics10k lat1k idle)
 # label -> server and loadgen arguments; nchan publishes over HTTP, Mosquitto over MQTT/WS,
 # rawfan (Herald's protocol, so loadgen drives it as herald) over HTTP like nchan.
 labels=(herald-http herald-ws nchan mosquitto raw)
@@ -305,7 +309,8 @@ md="$out/compare.md"
         "rawfan (\`tests/bench/rawfan.c\`: one thread, epoll, one \`write()\` per event and subscriber)."
     echo "Server pinned to CPU $server_cpu, loadgen to CPU $loadgen_cpu; 100-byte events, 8 publishes in" \
         "flight, as fast as the replies allow; median of $runs run(s), a fresh server for each."
-    echo "Latency is publish-to-delivery at that saturating rate. Reproduce: \`tests/bench/compare.sh build\`."
+    echo "Latency is publish-to-delivery: at that saturating rate, except in the fixed-rate row." \
+        "Reproduce: \`tests/bench/compare.sh build\`."
     jq -r -s 'map(.busy_before_pct // empty) | select(length > 0) |
         if max >= 10 then "**Noisy run**: other processes kept the machine up to \(max)% busy before" +
             " some measurements (median \(sort | .[length / 2 | floor])%)." else empty end' "$jsonl"
@@ -313,7 +318,7 @@ md="$out/compare.md"
     echo
     echo "| scenario | server | deliveries/s | vs nchan | vs raw | p99 latency | server CPU per delivery | server RSS per connection | loadgen CPU busy | runs ok |"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    for s in fan1k fan10k topics10k; do
+    for s in fan1k fan10k topics10k lat1k; do
         base=$(cell "$s" nchan .dps)
         raw=$(cell "$s" raw .dps)
         for l in "${labels[@]}"; do
