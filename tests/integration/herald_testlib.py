@@ -19,6 +19,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import struct
@@ -38,7 +39,13 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 LISTEN_RE = re.compile(r'msg="listening".*\bport=(\d+)')
 # Sanitizer and crash reports that must fail the test even if every assertion passed.
 SANITIZER_RE = re.compile(r"AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|"
-                          r"runtime error:|Segmentation fault|Assertion .* failed")
+                          r"runtime error:|Segmentation fault|Assertion .* failed|"
+                          r"^==\d+== \S", re.M)
+# HERALDD_VALGRIND=1 runs every daemon under valgrind's memcheck (quiet: any "==pid==" line
+# is an error report, and fails the test like a sanitizer's). Ten times slower: only suites
+# that do not time the daemon closely are run this way (tests/CMakeLists.txt).
+DAEMON_VALGRIND = os.environ.get("HERALDD_VALGRIND") == "1"
+DAEMON_SLOW = 6.0 if DAEMON_VALGRIND else 1.0
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 WS_SUBPROTOCOL = "herald.v1"
 DEFAULT_TIMEOUT = 5.0
@@ -192,7 +199,7 @@ class Daemon:
         self.args = list(args)
         self.listen = listen
         self.log_level = log_level
-        self.start_timeout = start_timeout
+        self.start_timeout = start_timeout * DAEMON_SLOW
         self.env = env
         self.config_path = None
         self.proc = None
@@ -207,6 +214,13 @@ class Daemon:
 
     def command(self):
         cmd = [heraldd_path()]
+        if DAEMON_VALGRIND:
+            vg = shutil.which("valgrind")
+            if not vg:
+                raise AssertionError("HERALDD_VALGRIND=1 but valgrind is not installed")
+            cmd = [vg, "-q", "--leak-check=full", "--error-exitcode=99",
+                   "--errors-for-leak-kinds=definite,indirect",
+                   "--show-leak-kinds=definite,indirect"] + cmd
         if self.config is not None:
             self.config_path = write_config(self.config)
             cmd += ["-c", self.config_path]
@@ -283,6 +297,7 @@ class Daemon:
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
         """Sends sig and waits (bounded) for exit; returns the exit status. Kills on timeout."""
         self.stopped = True
+        timeout *= DAEMON_SLOW  # valgrind's leak check at exit takes seconds
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
