@@ -144,6 +144,18 @@ wait_port() { # port, pid, what
     die "$3 is not listening on 127.0.0.1:$1 after 10 s (see $4)"
 }
 
+# Servers started on port 0 tell the port they got. $1 name, $2 the file it appears in, $3 the
+# sed script that prints it from there, $4 the log to show if the server dies; sets port.
+wait_told_port() {
+    for _ in $(seq 100); do
+        port=$(sed -n "$3" "$2" 2>/dev/null | head -1)
+        [[ -n $port ]] && return 0
+        kill -0 "$srv_pid" 2>/dev/null || die "$1 exited at start: $(cat "$4")"
+        sleep 0.1
+    done
+    die "$1 told no listening port within 10 s"
+}
+
 start_server() { # herald | nchan | mosquitto | raw; sets srv_pid, measure_pid, port
     local d="$work/$1.$RANDOM"
     mkdir -p "$d"
@@ -151,13 +163,7 @@ start_server() { # herald | nchan | mosquitto | raw; sets srv_pid, measure_pid, 
     herald)
         taskset -c "$server_cpu" "$heraldd" --listen 127.0.0.1:0 2>"$d/stderr" &
         srv_pid=$!
-        for _ in $(seq 100); do
-            port=$(grep -m1 -o 'msg="listening".*port=[0-9]*' "$d/stderr" | grep -o '[0-9]*$' || true)
-            [[ -n $port ]] && break
-            kill -0 "$srv_pid" 2>/dev/null || die "heraldd exited at start: $(cat "$d/stderr")"
-            sleep 0.1
-        done
-        [[ -n $port ]] || die "heraldd logged no listening port"
+        wait_told_port heraldd "$d/stderr" 's/.*msg="listening".* port=\([0-9]*\).*/\1/p' "$d/stderr"
         measure_pid=$srv_pid
         ;;
     nchan)
@@ -186,13 +192,7 @@ start_server() { # herald | nchan | mosquitto | raw; sets srv_pid, measure_pid, 
         # rawfan takes no config: it binds the address it is given and prints its port.
         taskset -c "$server_cpu" "$rawfan" 127.0.0.1 0 >"$d/port" 2>"$d/stderr" &
         srv_pid=$!
-        for _ in $(seq 100); do
-            port=$(head -1 "$d/port" 2>/dev/null || true)
-            [[ -n $port ]] && break
-            kill -0 "$srv_pid" 2>/dev/null || die "rawfan exited at start: $(cat "$d/stderr")"
-            sleep 0.1
-        done
-        [[ -n $port ]] || die "rawfan printed no port"
+        wait_told_port rawfan "$d/port" '1p' "$d/stderr"
         measure_pid=$srv_pid
         ;;
     esac

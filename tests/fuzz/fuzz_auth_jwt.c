@@ -100,8 +100,12 @@ static char *sign(const uint8_t *h, size_t hn, const uint8_t *p, size_t pn)
 
 static void check_identity(const struct hd_identity *id)
 {
-    if (id->everything || strlen(id->name) >= sizeof(id->name))
+    if (id->everything)
         abort(); /* an auth section is configured: nobody gets everything */
+    if (id->kind == HD_ID_JWT && strlen(hd_identity_name(id)) - 1 >= 63)
+        abort(); /* a JWT subject is 1-63 characters */
+    if (id->kind == HD_ID_ANONYMOUS && id->name)
+        abort();
     const struct hd_strlist *l[2] = {&id->pub, &id->sub};
     for (int k = 0; k < 2; k++)
         for (size_t i = 0; i < l[k]->n; i++)
