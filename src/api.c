@@ -2,7 +2,7 @@
 /*
  * HTTP API policy: which path and method does what, what a request must look like, and
  * what comes back. Every error answers with the documented JSON body and changes nothing.
- * The bytes on the wire are server.c's business.
+ * The bytes on the wire are the transport's business (src/server*.c).
  */
 #include "api.h"
 

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The HTTP API's policy (PROTOCOL.md sections 3-6 and 9): routing, methods, CORS, request
- * validation and response bodies. Transport-neutral: server.c copies what lws parsed into a
- * struct hd_http_req and writes back the struct hd_http_resp this module fills.
+ * validation and response bodies. Transport-neutral: server_http.c copies what lws parsed
+ * into a struct hd_http_req and writes back the struct hd_http_resp this module fills.
  */
 #ifndef HD_API_H
 #define HD_API_H

@@ -1,0 +1,711 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * HTTP requests: each is copied into a struct hd_http_req, routed by api.c, and the answer
+ * written back in one send. Request bodies are acted on at the end of the loop turn (see
+ * hd_broker_publish_held for when they wait). SSE streams and long polls attach a struct
+ * hd_conn like a WebSocket and are watched for a peer that leaves.
+ */
+#include "server_int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "api.h"
+#include "log.h"
+#include "peers.h"
+#include "topic.h"
+
+struct http_pending; /* a publish waiting for its commit */
+
+enum http_mode { H_PLAIN, H_SSE, H_POLL };
+
+struct http_pss {
+    struct hd_conn conn;    /* attached while streaming (SSE) or waiting (long poll) */
+    struct turn_link ready; /* in the server's http_ready list: the body is to be acted on */
+    uint64_t ready_ns;      /* when it was listed, for the backpressure bound */
+    enum http_mode mode;
+    lws_sorted_usec_list_t sul; /* SSE keepalive or long-poll deadline */
+    bool keepalive_due, poll_ready, stream_closing;
+    bool watched;   /* in the server's epoll set of held-open requests */
+    bool busy;      /* a request is being answered on this connection */
+    bool body_done; /* the body is complete; it is acted on at the end of the turn */
+    bool publish_started;
+    uint32_t ticks, deadline_ticks;
+    struct lws *wsi;
+    struct hd_http_req req;
+    /* This request's path, query and header copies, in one allocation sized to them: the
+     * pss is zeroed for every transaction, so it stays small. */
+    char *strings;
+    bool close_after; /* answered before its body was read: close instead of keep-alive */
+    char *body;
+    size_t body_len;
+    bool body_too_large;
+    bool reading_body;
+    bool response_ready;
+    bool head;
+    struct hd_http_resp resp;
+    struct http_pending *pending;
+};
+
+struct http_pending {
+    struct http_pss *pss; /* NULL when the client went away first */
+};
+
+static enum hd_method method_of(int m)
+{
+    switch (m) {
+    case LWSHUMETH_GET:
+        return HD_M_GET;
+    case LWSHUMETH_POST:
+        return HD_M_POST;
+    case LWSHUMETH_OPTIONS:
+        return HD_M_OPTIONS;
+    case LWSHUMETH_HEAD:
+        return HD_M_HEAD;
+    case LWSHUMETH_PUT:
+        return HD_M_PUT;
+    case LWSHUMETH_PATCH:
+        return HD_M_PATCH;
+    case LWSHUMETH_DELETE:
+        return HD_M_DELETE;
+    default:
+        return HD_M_OTHER;
+    }
+}
+
+static void stream_unwatch(struct hd_server *s, struct http_pss *pss)
+{
+    if (pss->watched) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, lws_get_socket_fd(pss->wsi), NULL);
+        pss->watched = false;
+    }
+}
+
+static void stream_watch(struct hd_server *s, struct http_pss *pss)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = pss};
+    if (s->epfd >= 0 && epoll_ctl(s->epfd, EPOLL_CTL_ADD, lws_get_socket_fd(pss->wsi), &ev) == 0)
+        pss->watched = true;
+}
+
+/* A held-open request's peer left or sent more than its one request: close it now. */
+void srv_http_on_ep_ready(uv_poll_t *h, int status, int events)
+{
+    struct hd_server *s = h->data;
+    struct epoll_event evs[64];
+    int n = epoll_wait(s->epfd, evs, 64, 0);
+    for (int i = 0; i < n; i++) {
+        struct http_pss *pss = evs[i].data.ptr;
+        stream_unwatch(s, pss);
+        lws_set_timeout(pss->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    }
+    if (n > 0)
+        lws_cancel_service(s->ctx); /* we run outside lws service: have it act now */
+}
+
+static void stream_end(struct hd_server *s, struct http_pss *pss)
+{
+    stream_unwatch(s, pss);
+    lws_sul_cancel(&pss->sul);
+    if (pss->conn.broker)
+        hd_conn_detach(&pss->conn);
+    struct hd_metrics *m = hd_broker_metrics(s->broker);
+    if (pss->mode == H_SSE)
+        m->sse_streams--;
+    else if (pss->mode == H_POLL)
+        m->long_polls--;
+    pss->mode = H_PLAIN;
+}
+
+/* Frees what one request holds. lws frees the pss itself when a transaction completes. */
+static void http_release(struct http_pss *pss)
+{
+    turn_del(&pss->ready);
+    if (pss->mode != H_PLAIN)
+        stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
+    free(pss->body);
+    pss->body = NULL;
+    free(pss->strings);
+    pss->strings = NULL;
+    hd_http_resp_clear(&pss->resp);
+    if (pss->pending) {
+        pss->pending->pss = NULL;
+        pss->pending = NULL;
+    }
+}
+
+static void http_reset(struct http_pss *pss)
+{
+    http_release(pss);
+    struct lws *wsi = pss->wsi;
+    memset(pss, 0, sizeof(*pss));
+    pss->wsi = wsi;
+}
+
+static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi);
+
+/*
+ * Writes the response now (a response is small; lws buffers what the socket does not take).
+ * Called from LWS_CALLBACK_HTTP for requests without a body, from the writable callback
+ * after acting on a body, and from a publish completion. Returns -1 to close.
+ */
+static int http_respond(struct hd_server *s, struct http_pss *pss)
+{
+    hd_api_cors(s->broker, &pss->req, &pss->resp);
+    pss->response_ready = true;
+    return http_writable(s, pss, pss->wsi);
+}
+
+/* Longest accepted: over these a header is ignored (the query refuses the request). */
+#define QUERY_MAX 4607
+#define CTYPE_MAX 127
+#define ORIGIN_MAX (HDR_SMALL - 1)
+#define LAST_EVENT_ID_MAX 255
+#define AUTHORIZATION_MAX 4199
+#define PEER_MAX 63
+
+/* The query's length as copy_query joins it; -1 when over QUERY_MAX. */
+static int query_length(struct lws *wsi)
+{
+    int total = 0;
+    for (int i = 0; i < 64; i++) {
+        int flen = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (flen <= 0)
+            break;
+        total += flen + (i ? 1 : 0);
+        if (total > QUERY_MAX)
+            return -1;
+    }
+    return total;
+}
+
+/* Joins the query string at *at: lws keeps each `&`-separated fragment apart. */
+static const char *copy_query(struct lws *wsi, char **at, const char *end)
+{
+    char *q = *at, *o = q;
+    for (int i = 0; i < 64; i++) {
+        if (o > q)
+            *o++ = '&';
+        int n = lws_hdr_copy_fragment(wsi, o, (int)(end - o), WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n <= 0) {
+            if (o > q)
+                o--; /* no fragment after the separator */
+            break;
+        }
+        o += n;
+    }
+    *o = '\0';
+    *at = o + 1;
+    return o > q ? q : NULL;
+}
+
+/* Copies header t to *at and moves past it; NULL when absent or longer than max. */
+static const char *take_header(struct lws *wsi, enum lws_token_indexes t, int max, char **at,
+                               const char *end)
+{
+    int n = lws_hdr_total_length(wsi, t);
+    if (n <= 0 || n > max || n + 1 > end - *at)
+        return NULL;
+    int c = lws_hdr_copy(wsi, *at, n + 1, t);
+    if (c < 0)
+        return NULL;
+    const char *r = *at;
+    *at += c + 1;
+    return r;
+}
+
+/* SSE keepalive comment period (the protocol promises one at least every 30 s). */
+#define SSE_KEEPALIVE_TICKS 15
+/* Timer resolution for keepalives and long-poll deadlines. */
+#define STREAM_TICK_US (LWS_US_PER_SEC / 2)
+
+static void stream_want_write(struct hd_conn *c)
+{
+    struct http_pss *pss = container_of(c, struct http_pss, conn);
+    if (pss->mode == H_POLL)
+        pss->poll_ready = true;
+    lws_callback_on_writable(pss->wsi);
+}
+
+static void stream_close(struct hd_conn *c, int code, const char *reason)
+{
+    (void)code;
+    (void)reason;
+    struct http_pss *pss = container_of(c, struct http_pss, conn);
+    if (pss->mode == H_POLL)
+        pss->poll_ready = true; /* a drain answers waiting polls at once */
+    else
+        pss->stream_closing = true;
+    lws_callback_on_writable(pss->wsi);
+}
+
+static const struct hd_conn_ops stream_ops = {.want_write = stream_want_write,
+                                              .close = stream_close};
+
+static void sul_stream_tick(lws_sorted_usec_list_t *sul)
+{
+    struct http_pss *pss = container_of(sul, struct http_pss, sul);
+    pss->ticks++;
+    if (pss->mode == H_POLL) {
+        if (pss->ticks >= pss->deadline_ticks) {
+            pss->poll_ready = true;
+            lws_callback_on_writable(pss->wsi);
+            return;
+        }
+    } else {
+        if (pss->ticks % (SSE_KEEPALIVE_TICKS * 2) == 0) {
+            pss->keepalive_due = true;
+            lws_callback_on_writable(pss->wsi);
+        }
+    }
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
+}
+
+/* Writes response headers with CORS; for SSE no Content-Length. Returns 0 or -1. */
+static int write_headers(struct hd_server *s, struct http_pss *pss, int status, const char *ctype,
+                         lws_filepos_t clen)
+{
+    unsigned char buf[LWS_PRE + 2048];
+    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof(buf) - 1;
+    struct hd_http_resp *r = &pss->resp;
+    if (lws_add_http_common_headers(pss->wsi, (unsigned int)status, ctype, clen, &p, end))
+        return -1;
+    for (size_t i = 0; i < r->n_headers; i++)
+        if (lws_add_http_header_by_name(pss->wsi, (const unsigned char *)r->headers[i].name,
+                                        (const unsigned char *)r->headers[i].value,
+                                        (int)strlen(r->headers[i].value), &p, end))
+            return -1;
+    const char *cc = pss->mode == H_SSE ? "no-cache" : "no-store";
+    if (lws_add_http_header_by_name(pss->wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)cc, (int)strlen(cc), &p, end))
+        return -1;
+    (void)s;
+    return lws_finalize_write_http_header(pss->wsi, start, &p, end) ? -1 : 0;
+}
+
+/* Gives a streaming request its identity (for rights, expiry and reload) and attaches it. */
+static int stream_attach(struct hd_server *s, struct http_pss *pss, enum hd_conn_kind kind)
+{
+    struct hd_http_resp scratch = {0};
+    int r = hd_api_authenticate(s->broker, &pss->req, &pss->conn.identity, &pss->conn.credential,
+                                &scratch);
+    hd_http_resp_clear(&scratch);
+    if (r)
+        return -1; /* the route already checked; only a reload in between gets here */
+    if (hd_conn_attach(s->broker, &pss->conn, kind, &stream_ops, pss->wsi)) {
+        hd_identity_clear(&pss->conn.identity);
+        free(pss->conn.credential);
+        pss->conn.credential = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int sse_start(struct hd_server *s, struct http_pss *pss)
+{
+    struct hd_http_stream st = pss->resp.stream;
+    hd_api_cors(s->broker, &pss->req, &pss->resp);
+    hd_http_resp_header(&pss->resp, "x-accel-buffering:", "no");
+    pss->mode = H_SSE;
+    hd_broker_metrics(s->broker)->sse_streams++;
+    if (stream_attach(s, pss, HD_CONN_SSE))
+        return -1;
+    if (write_headers(s, pss, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN))
+        return -1;
+    lws_http_mark_sse(pss->wsi);
+    lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
+    stream_watch(s, pss);
+    bool gap = false;
+    struct hd_error err;
+    /* The reply-free subscribe queues the replay; a gap is announced before it. */
+    if (hd_conn_subscribe(&pss->conn, st.pattern, st.has_since ? st.since : NULL, &gap, &err))
+        return -1;
+    if (gap) {
+        static const char note[] = "event: gap\ndata: {\"type\":\"gap\"}\n\n";
+        /* Put the notice first: the replay already queued follows it. */
+        struct hd_msg *m = hd_msg_new_text(note, sizeof(note) - 1);
+        if (!m)
+            return -1;
+        struct hd_queue *q = &pss->conn.q;
+        if (hd_queue_push(q, m, HD_PUSH_FORCE)) {
+            hd_msg_unref(m);
+            return -1;
+        }
+        hd_msg_unref(m);
+        /* rotate the notice to the front */
+        for (uint32_t i = 0; i + 1 < q->count; i++) {
+            struct hd_msg *x = hd_queue_pop(q);
+            hd_queue_push(q, x, x->seq ? HD_PUSH_SHARED : HD_PUSH_FORCE);
+            hd_msg_unref(x);
+        }
+    }
+    hd_http_resp_clear(&pss->resp);
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
+    lws_callback_on_writable(pss->wsi);
+    return 0;
+}
+
+static int poll_start(struct hd_server *s, struct http_pss *pss)
+{
+    pss->mode = H_POLL;
+    hd_broker_metrics(s->broker)->long_polls++;
+    if (stream_attach(s, pss, HD_CONN_POLL))
+        return -1;
+    bool gap;
+    struct hd_error err;
+    if (hd_conn_subscribe(&pss->conn, pss->resp.stream.pattern, NULL, &gap, &err))
+        return -1;
+    /* lws gives a request 5 s for its content; a long poll keeps its own deadline. */
+    lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
+    stream_watch(s, pss);
+    pss->deadline_ticks = pss->resp.stream.wait_s * 2;
+    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
+    return 0;
+}
+
+static int sse_writable(struct http_pss *pss, struct lws *wsi)
+{
+    if (pss->stream_closing)
+        return -1;
+    hd_conn_writable(&pss->conn);
+    struct hd_msg *m = hd_conn_peek(&pss->conn);
+    if (m) {
+        size_t len = m->len;
+        const char *data = m->seq ? hd_msg_sse(m, &len) : (const char *)hd_msg_payload(m);
+        if (!data || lws_write(wsi, (unsigned char *)data, len, LWS_WRITE_HTTP) < (int)len)
+            return -1;
+        hd_conn_wrote(&pss->conn);
+        if (hd_conn_peek(&pss->conn) || pss->keepalive_due) {
+            pss->conn.want_pending = true;
+            lws_callback_on_writable(wsi);
+        }
+        return 0;
+    }
+    if (pss->keepalive_due) {
+        unsigned char buf[LWS_PRE + 16];
+        memcpy(buf + LWS_PRE, ": keepalive\n\n", 13);
+        pss->keepalive_due = false;
+        if (lws_write(wsi, buf + LWS_PRE, 13, LWS_WRITE_HTTP) < 13)
+            return -1;
+    }
+    return 0;
+}
+
+/*
+ * The body is complete: act on it at the end of this loop turn, never here. lws 4.1 re-feeds
+ * stored input from the request line when the headers of a request with a body came from
+ * pipelined input, so the first body it reports may be garbage and a second completion
+ * follows; answering here would also hang lws in a loop that never returns to libuv.
+ */
+static int body_complete(struct http_pss *pss)
+{
+    if (pss->body_done)
+        return -1; /* a second completion: the pipelining bug above; drop the client */
+    pss->body_done = true;
+    pss->reading_body = false;
+    struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
+    pss->ready_ns = hd_now_ns();
+    srv_turn_add(s, &s->http_ready, &pss->ready);
+    return 0;
+}
+
+static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    http_reset(pss);
+    pss->wsi = wsi;
+    pss->busy = true; /* until the answer completes the transaction */
+    char *uri;
+    int ulen;
+    int m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
+    pss->req.method = method_of(m);
+    pss->head = pss->req.method == HD_M_HEAD;
+    /* lws has already percent-decoded the path and split off the query. */
+    if (ulen < 0 || ulen > HD_TOPIC_MAX + 63) {
+        pss->req.path = "/";
+        hd_api_error(&pss->resp, HD_ERR_NOT_FOUND, "path too long");
+        return http_respond(s, pss);
+    }
+    int qlen = query_length(wsi);
+    int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
+    size_t cap = (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
+                 (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
+                 (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX + 8;
+    pss->strings = malloc(cap);
+    if (!pss->strings) {
+        pss->req.path = "/";
+        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        pss->close_after = true;
+        return http_respond(s, pss);
+    }
+    char *at = pss->strings, *end = pss->strings + cap;
+    memcpy(at, uri, (size_t)ulen);
+    at[ulen] = '\0';
+    pss->req.path = at;
+    at += ulen + 1;
+    if (qlen < 0) {
+        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "the query string is too long");
+        pss->close_after = true;
+        return http_respond(s, pss);
+    }
+    pss->req.query = copy_query(wsi, &at, end);
+    pss->req.content_type = take_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, CTYPE_MAX, &at, end);
+    pss->req.origin = take_header(wsi, WSI_TOKEN_ORIGIN, ORIGIN_MAX, &at, end);
+    /* Last-Event-ID is not a token lws knows: read it as a custom header. */
+    if (lid > 0 && lid <= LAST_EVENT_ID_MAX &&
+        lws_hdr_custom_copy(wsi, at, (int)(end - at), "last-event-id:", 14) >= 0) {
+        pss->req.last_event_id = at;
+        at += strlen(at) + 1;
+    }
+    pss->req.authorization =
+        take_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, AUTHORIZATION_MAX, &at, end);
+    /* The address counted at accept, formatted without another getpeername(). */
+    const struct hd_peer *peer = lws_get_opaque_user_data(wsi);
+    if (peer) {
+        hd_peer_addr_format(hd_peer_addr_of(peer), at, PEER_MAX + 1);
+        pss->req.peer = at;
+    } else if (lws_get_peer_simple(wsi, at, PEER_MAX + 1)) {
+        pss->req.peer = at;
+    }
+    char cl[32];
+    pss->req.content_length = -1;
+    if (srv_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
+        pss->req.content_length = strtoll(cl, NULL, 10);
+
+    /* No long requests yet: keep lws's content timeout for the body, or respond now. */
+    enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
+    if (next == HD_HTTP_SSE)
+        return sse_start(s, pss) ? -1 : 0;
+    if (next == HD_HTTP_LONGPOLL) {
+        if (poll_start(s, pss) == 0)
+            return 0;
+        stream_end(s, pss);
+        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        return http_respond(s, pss);
+    }
+    if (next == HD_HTTP_READ_BODY) {
+        if (pss->req.content_length < 0) {
+            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
+                /* lws 4.1 does not decode chunked request bodies. */
+                hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
+                             "send the body with a Content-Length (chunked is not supported)");
+                pss->resp.status = 411;
+                pss->close_after = true;
+                return http_respond(s, pss);
+            }
+            /* No length and no chunking: an empty body, and lws reports no completion. */
+            pss->body_done = true;
+            pss->ready_ns = hd_now_ns();
+            srv_turn_add(s, &s->http_ready, &pss->ready);
+            return 0;
+        }
+        pss->reading_body = true; /* lws reports completion even for an empty body */
+        return 0;
+    }
+    /* Refused before its body was read: lws 4.1 would parse that body as the next request
+     * (and can hang doing so), so the connection closes after this answer. */
+    if (pss->req.content_length > 0 ||
+        lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+        pss->close_after = true;
+    return http_respond(s, pss);
+}
+
+static void http_publish_done(void *arg, struct hd_http_resp *resp)
+{
+    struct http_pending *p = arg;
+    struct http_pss *pss = p->pss;
+    if (pss) {
+        struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
+        pss->pending = NULL;
+        if (resp)
+            pss->resp = *resp;
+        else
+            hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        free(resp);
+        /* Outside any lws callback: a failed write closes the connection asynchronously. */
+        struct lws *wsi = pss->wsi; /* a completed transaction may free pss */
+        if (http_respond(s, pss))
+            lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    } else if (resp) {
+        hd_http_resp_clear(resp);
+        free(resp);
+    }
+    free(p);
+}
+
+static int http_body_complete(struct hd_server *s, struct http_pss *pss)
+{
+    pss->reading_body = false;
+    if (pss->body_too_large) {
+        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
+        return http_respond(s, pss);
+    }
+    struct http_pending *p = calloc(1, sizeof(*p));
+    if (!p) {
+        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        return http_respond(s, pss);
+    }
+    p->pss = pss;
+    int r = hd_api_publish(s->broker, &pss->req, pss->body ? pss->body : "", pss->body_len,
+                           &pss->resp, http_publish_done, p);
+    if (r == HD_HTTP_RESPOND) {
+        free(p);
+        return http_respond(s, pss);
+    }
+    pss->pending = p;
+    return 0;
+}
+
+static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
+{
+    if (!pss->reading_body || pss->body_too_large)
+        return 0;
+    size_t limit = hd_api_body_limit(s->broker);
+    if (pss->body_len + len > limit) {
+        pss->body_too_large = true;
+        free(pss->body);
+        pss->body = NULL;
+        pss->body_len = 0;
+        return 0;
+    }
+    if (!len)
+        return 0; /* lws may report an empty chunk with no buffer */
+    char *n = realloc(pss->body, pss->body_len + len + 1);
+    if (!n)
+        return -1;
+    pss->body = n;
+    memcpy(pss->body + pss->body_len, in, len);
+    pss->body_len += len;
+    pss->body[pss->body_len] = '\0';
+    return 0;
+}
+
+static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    if (pss->mode == H_SSE)
+        return sse_writable(pss, wsi);
+    if (pss->body_done && !pss->publish_started) {
+        pss->publish_started = true;
+        return http_body_complete(s, pss); /* responds, now or when the commit is done */
+    }
+    if (pss->mode == H_POLL) {
+        if (!pss->poll_ready)
+            return 0;
+        hd_conn_discard_queue(&pss->conn);
+        struct hd_http_stream st = pss->resp.stream;
+        stream_end(s, pss);
+        hd_api_poll_answer(s->broker, &st, &pss->resp);
+        hd_api_cors(s->broker, &pss->req, &pss->resp);
+        pss->response_ready = true;
+    }
+    if (!pss->response_ready)
+        return 0;
+    struct hd_http_resp *r = &pss->resp;
+    size_t hcap = 2048;
+    size_t body_len = pss->head ? 0 : r->body_len;
+    unsigned char *buf = malloc(LWS_PRE + hcap + body_len);
+    if (!buf)
+        return -1;
+    unsigned char *start = buf + LWS_PRE, *p = start, *end = start + hcap - 1;
+    int status = r->status ? r->status : 500;
+    /* RFC 9110: no Content-Length on a 204. */
+    if (lws_add_http_common_headers(wsi, (unsigned int)status, r->content_type,
+                                    status == 204 ? LWS_ILLEGAL_HTTP_CONTENT_LEN : r->body_len, &p,
+                                    end))
+        goto fail;
+    for (size_t i = 0; i < r->n_headers; i++)
+        if (lws_add_http_header_by_name(wsi, (const unsigned char *)r->headers[i].name,
+                                        (const unsigned char *)r->headers[i].value,
+                                        (int)strlen(r->headers[i].value), &p, end))
+            goto fail;
+    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end))
+        goto fail;
+    if (pss->close_after && lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
+                                                        (const unsigned char *)"close", 5, &p, end))
+        goto fail;
+    if (lws_finalize_http_header(wsi, &p, end))
+        goto fail;
+    /* Head and body in one send: a response is small, and a second send for the body cost
+     * a syscall per request. */
+    if (body_len)
+        memcpy(p, r->body, body_len);
+    p += body_len;
+    if (lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS) != (int)(p - start))
+        goto fail;
+    free(buf);
+    pss->response_ready = false;
+    /* lws frees and re-zeroes the pss when the transaction completes: release first and
+     * touch nothing after. */
+    bool close_after = pss->close_after;
+    http_release(pss);
+    pss->busy = false;
+    if (close_after)
+        return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+fail:
+    free(buf);
+    return -1;
+}
+
+static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                         size_t len)
+{
+    struct hd_server *s = lws_context_user(lws_get_context(wsi));
+    struct http_pss *pss = user;
+    int r;
+    if (srv_peer_lifecycle(s, wsi, reason, user, &r))
+        return r;
+    switch (reason) {
+    case LWS_CALLBACK_HTTP:
+        if (!pss)
+            return -1;
+        /* A new request while the last is unanswered is a pipelining client; lws 4.1
+         * cannot serve those reliably (see body_complete), so it is dropped. */
+        if (pss->busy)
+            return -1;
+        pss->wsi = wsi;
+        /* An inline answer completes the transaction and lws frees pss: do not touch it. */
+        return http_request(s, pss, wsi) ? -1 : 0;
+    case LWS_CALLBACK_HTTP_BODY:
+        return http_body(s, pss, in, len);
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return pss->reading_body || pss->body_done ? body_complete(pss) : 0;
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return http_writable(s, pss, wsi);
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (pss)
+            http_reset(pss);
+        return 0;
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+void srv_http_turn(struct hd_server *s, uint64_t now_ns)
+{
+    struct turn_link *l, held = {&held, &held};
+    while ((l = turn_pop(&s->http_ready))) {
+        struct http_pss *pss = container_of(l, struct http_pss, ready);
+        if (hd_broker_publish_held(s->broker, pss->ready_ns, now_ns)) {
+            turn_link_add(&held, l);
+            continue;
+        }
+        struct lws *wsi = pss->wsi; /* a completed transaction may free pss */
+        if (pss->body_done && !pss->publish_started) {
+            pss->publish_started = true;
+            if (http_body_complete(s, pss))
+                lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        }
+    }
+    while ((l = turn_pop(&held)))
+        turn_link_add(&s->http_ready, l);
+}
+
+const struct lws_protocols srv_http_protocol = {.name = "http",
+                                                .callback = callback_http,
+                                                .per_session_data_size = sizeof(struct http_pss),
+                                                .rx_buffer_size = 0,
+                                                .tx_packet_size = TX_CHUNK};

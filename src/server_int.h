@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Inside the transport: what server.c (context, listeners, accept-time limits, the end of
+ * each loop turn), server_ws.c (WebSocket connections) and server_http.c (HTTP requests,
+ * SSE, long polls) share. Nothing outside those three files includes it.
+ */
+#ifndef HD_SERVER_INT_H
+#define HD_SERVER_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <libwebsockets.h>
+#include <uv.h>
+
+#include "broker.h"
+#include "config.h"
+#include "protocol.h"
+
+#define HDR_SMALL 256
+#define HD_MAX_LISTENERS 64 /* the config allows at most 64 */
+/* Bytes gathered into one send when several frames are queued to a connection. */
+#define COALESCE_MAX (64 * 1024)
+/* lws 4.1 hands the socket at most tx_packet_size (else rx_buffer_size) bytes per send and
+ * parks the rest in a copy drained one writable callback at a time; it also closes after its
+ * own error pages without draining that copy (a 403 arrived cut at rx_buffer_size). One
+ * chunk must hold a whole coalesced write. */
+#define TX_CHUNK (COALESCE_MAX + 16)
+
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+/* Membership in one of the server's end-of-turn lists; all zero when in none. */
+struct turn_link {
+    struct turn_link *prev, *next;
+};
+
+struct hd_server {
+    struct lws_context *ctx;
+    struct hd_broker *broker;
+    const struct hd_config *cfg;
+    uv_loop_t *loop;
+    lws_retry_bo_t retry;
+    struct lws_protocol_vhost_options pvo_default, pvo;
+    /* Held-open requests (SSE, waiting long polls) are watched here for a peer that
+     * leaves or sends more: lws 4.1 reads neither in that state and would spin. */
+    int epfd;
+    uv_poll_t ep_watch;
+    bool ep_started;
+    char names[HD_MAX_LISTENERS][32];
+    struct lws_vhost *vhosts[HD_MAX_LISTENERS];
+    void *ssl_ctx[HD_MAX_LISTENERS]; /* each TLS vhost's SSL_CTX, for certificate reloads */
+    size_t creating;                 /* the listener whose vhost lws is creating */
+    /* Counted at accept, handed to the wsi lws creates for it right after. */
+    struct hd_peer *pending_peer;
+    uint64_t refused_logged_s, refused_unlogged;
+    bool failed; /* a listener could not be bound: tear down and exit */
+    /* Work done at the end of each loop turn, after libuv ran every ready socket: queued
+     * WebSocket frames written straight away and request bodies acted on, instead of
+     * asking lws for a writable callback (two epoll_ctl calls and a loop turn each). */
+    uv_check_t turn_end;
+    uv_idle_t turn_idle;   /* running while work is listed: the loop must not block */
+    uv_timer_t hold_timer; /* wakes the loop to look at held publishers again */
+    bool turn_started;
+    /* List heads: connections with frames to write, requests whose body is to be acted on
+     * (or held: see hd_broker_publish_held), WebSocket readers paused for backpressure. */
+    struct turn_link ws_dirty, http_ready, ws_paused;
+    struct lws_protocols protocols[3]; /* lws keeps the pointer */
+};
+
+/* Lists work for the end of this turn, which the loop then reaches without blocking. */
+void srv_turn_add(struct hd_server *s, struct turn_link *head, struct turn_link *l);
+
+static inline void turn_link_add(struct turn_link *head, struct turn_link *l)
+{
+    if (l->next)
+        return;
+    l->prev = head->prev;
+    l->next = head;
+    head->prev->next = l;
+    head->prev = l;
+}
+
+static inline bool turn_empty(const struct turn_link *head)
+{
+    return head->next == head;
+}
+
+static inline void turn_del(struct turn_link *l)
+{
+    if (!l->next)
+        return;
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = NULL;
+}
+
+static inline struct turn_link *turn_pop(struct turn_link *head)
+{
+    struct turn_link *l = head->next;
+    if (l == head)
+        return NULL;
+    turn_del(l);
+    return l;
+}
+
+/* Copies header t into out when present and shorter than cap. */
+bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int cap);
+
+/*
+ * A complete HTTP/1.1 error response with the JSON error body, written raw where lws would
+ * not answer properly (it labels its own status line HTTP/1.0). Returns its length, 0 when
+ * it does not fit.
+ */
+size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message);
+
+/*
+ * The accept-to-destroy life of every TCP connection, whichever protocol lws routes it to
+ * (the upgrade default makes that herald.v1 for some of these). True when handled, with
+ * the callback's return value in *ret.
+ */
+bool srv_peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callback_reasons reason,
+                        void *user, int *ret);
+
+/* server_ws.c */
+extern const struct lws_protocols srv_ws_protocol;
+/* Writes what every listed WebSocket connection has queued. */
+void srv_ws_flush_all(struct hd_server *s);
+/* Reads again from paused WebSocket publishers once they may go on. */
+void srv_ws_resume(struct hd_server *s, uint64_t now_ns);
+
+/* server_http.c */
+extern const struct lws_protocols srv_http_protocol;
+/* Acts on the request bodies completed this turn, unless publishers are held. */
+void srv_http_turn(struct hd_server *s, uint64_t now_ns);
+/* The watcher of held-open requests (SSE, waiting long polls) saw its epoll set ready. */
+void srv_http_on_ep_ready(uv_poll_t *h, int status, int events);
+
+#endif

@@ -1,0 +1,385 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * WebSocket connections (/v1/ws, subprotocol herald.v1). Each embeds a struct hd_conn; the
+ * broker queues shared, already encoded messages to it, and at the end of the loop turn
+ * every connection with frames queued gets them in one send (server.c runs the turn).
+ */
+#include "server_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "log.h"
+
+struct ws_pss {
+    struct hd_conn conn; /* first: the broker hands it back to us */
+    struct lws *wsi;
+    struct turn_link dirty;  /* in the server's ws_dirty list: frames to write this turn */
+    struct turn_link paused; /* in ws_paused: not read while publishers are held */
+    uint64_t paused_ns;
+    char *rx; /* reassembly buffer, only while a message spans several callbacks */
+    size_t rx_len;
+    int close_code;
+    const char *close_reason; /* a string literal (the broker's close contract) */
+    bool in_callback;         /* close requested from inside this wsi's own callback */
+    bool rx_discard;
+    bool authed; /* identity filled at the upgrade */
+    bool ping_due;
+};
+
+static void ws_want_write(struct hd_conn *c)
+{
+    struct ws_pss *pss = (struct ws_pss *)c;
+    struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
+    srv_turn_add(s, &s->ws_dirty, &pss->dirty);
+}
+
+/*
+ * Sends the close frame the broker asked for; the caller returns -1 from its callback.
+ * From a receive callback lws_close_reason() is enough, but lws 4.1.6 drops the frame when
+ * the close comes from a writable callback, so there we write it ourselves (opcode 8,
+ * LWS_WRITE_CLOSE, which lws keeps out of its public enum).
+ */
+static int ws_finish_close(struct ws_pss *pss, bool writable)
+{
+    /* A close frame's payload is at most 125 bytes: the code and up to 123 of reason. */
+    size_t rlen = pss->close_reason ? strnlen(pss->close_reason, 120) : 0;
+    if (!writable) {
+        lws_close_reason(pss->wsi, (enum lws_close_status)pss->close_code,
+                         (unsigned char *)pss->close_reason, rlen);
+        return -1;
+    }
+    unsigned char buf[LWS_PRE + 2 + 120];
+    unsigned char *p = buf + LWS_PRE;
+    p[0] = (unsigned char)(pss->close_code >> 8);
+    p[1] = (unsigned char)pss->close_code;
+    memcpy(p + 2, pss->close_reason, rlen);
+    lws_write(pss->wsi, p, 2 + rlen, (enum lws_write_protocol)4 /* LWS_WRITE_CLOSE */);
+    return -1;
+}
+
+static void ws_ping(struct hd_conn *c)
+{
+    struct ws_pss *pss = (struct ws_pss *)c;
+    pss->ping_due = true;
+    lws_callback_on_writable(pss->wsi);
+}
+
+static void ws_close(struct hd_conn *c, int code, const char *reason)
+{
+    struct ws_pss *pss = (struct ws_pss *)c;
+    if (!code) { /* an unresponsive peer: no close handshake to wait for */
+        lws_set_timeout(pss->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        /* Called from our timer, outside lws service: make lws look at its timers now. */
+        lws_cancel_service(lws_get_context(pss->wsi));
+        return;
+    }
+    pss->close_code = code;
+    pss->close_reason = reason;
+    if (pss->in_callback)
+        return; /* the callback's tail sees close_code */
+    /* Replies already queued go out first, then the close frame; a peer that stops reading
+     * is cut off after a short grace instead of holding the connection (and a drain) open. */
+    lws_callback_on_writable(pss->wsi);
+    lws_set_timeout(pss->wsi, PENDING_TIMEOUT_LAGGING, code == HD_CLOSE_SLOW_CONSUMER ? 2 : 4);
+    lws_cancel_service(lws_get_context(pss->wsi));
+}
+
+static const struct hd_conn_ops ws_ops = {
+    .want_write = ws_want_write, .close = ws_close, .ping = ws_ping};
+
+/*
+ * Refuses a WebSocket upgrade with the documented JSON error body. lws_return_http_status()
+ * would answer HTTP/1.0 with an HTML page, which WebSocket clients reject unread. Returns -1
+ * for the callback to close the connection.
+ */
+static int refuse_upgrade(struct lws *wsi, enum hd_err code, const char *message)
+{
+    unsigned char buf[LWS_PRE + 1024];
+    size_t n = srv_format_refusal((char *)buf + LWS_PRE, 1024, code, message);
+    if (n)
+        lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_HTTP_HEADERS);
+    return -1;
+}
+
+/* Decides whether an upgrade may proceed; answers the refusal itself. */
+static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
+{
+    char path[64];
+    if (!srv_copy_header(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)) ||
+        strcmp(path, "/v1/ws") != 0) {
+        return refuse_upgrade(wsi, HD_ERR_NOT_FOUND, "WebSocket is served on /v1/ws");
+    }
+    char origin[HDR_SMALL];
+    bool has_origin = srv_copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin));
+    if (!hd_api_origin_allowed(s->broker, has_origin ? origin : NULL)) {
+        hd_log_info("websocket upgrade refused", "reason=origin origin=\"%s\"", origin);
+        return refuse_upgrade(wsi, HD_ERR_FORBIDDEN, "this origin may not open WebSockets");
+    }
+    if (hd_broker_draining(s->broker)) {
+        return refuse_upgrade(wsi, HD_ERR_UNAVAILABLE, "the server is shutting down");
+    }
+    /* Browsers cannot set headers on a WebSocket: ?token= is accepted there too. */
+    static char auth[4200], token[4097];
+    struct hd_http_req req = {.method = HD_M_GET, .path = "/v1/ws", .content_length = -1};
+    char query[4200];
+    if (srv_copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof(auth)))
+        req.authorization = auth;
+    /* lws copies the whole "token=..." fragment and returns where the value starts. */
+    const char *value = lws_get_urlarg_by_name(wsi, "token=", token, sizeof(token));
+    if (value) {
+        snprintf(query, sizeof(query), "token=%s", value);
+        req.query = query;
+    }
+    struct hd_http_resp resp = {0};
+    memset(pss, 0, sizeof(*pss));
+    int r = hd_api_authenticate(s->broker, &req, &pss->conn.identity, &pss->conn.credential, &resp);
+    if (r) {
+        r = refuse_upgrade(wsi, HD_ERR_UNAUTHORIZED,
+                           resp.body ? "invalid or expired credentials" : "unauthorized");
+        hd_http_resp_clear(&resp);
+        return r;
+    }
+    hd_http_resp_clear(&resp);
+    pss->authed = true;
+    return 0;
+}
+
+/* Reassembles fragments and enforces the frame limit; returns -1 to close. */
+static int ws_receive(struct hd_server *s, struct ws_pss *pss, struct lws *wsi, const char *in,
+                      size_t len)
+{
+    size_t limit = (size_t)hd_broker_config(s->broker)->limits.max_event_bytes + 16384;
+    if (lws_frame_is_binary(wsi)) {
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+                         (unsigned char *)"binary frames are not supported", 31);
+        return -1;
+    }
+    bool first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
+    size_t remaining = lws_remaining_packet_payload(wsi);
+    if (first && final && !remaining && !pss->rx) {
+        if (len > limit)
+            goto too_big;
+        hd_conn_on_text(&pss->conn, in, len);
+        return 0;
+    }
+    if (first && !pss->rx_len) {
+        free(pss->rx);
+        pss->rx = NULL;
+    }
+    if (pss->rx_len + len + remaining > limit)
+        goto too_big;
+    char *n = realloc(pss->rx, pss->rx_len + len + 1);
+    if (!n) {
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
+        return -1;
+    }
+    pss->rx = n;
+    memcpy(pss->rx + pss->rx_len, in, len);
+    pss->rx_len += len;
+    if (final && !remaining) {
+        hd_conn_on_text(&pss->conn, pss->rx, pss->rx_len);
+        free(pss->rx);
+        pss->rx = NULL;
+        pss->rx_len = 0;
+    }
+    return 0;
+too_big:
+    lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"frame too large",
+                     15);
+    return -1;
+}
+
+/* Writes the RFC 6455 header of an unmasked final text frame; returns its length. */
+static size_t frame_header(unsigned char *p, size_t len)
+{
+    p[0] = 0x81;
+    if (len < 126) {
+        p[1] = (unsigned char)len;
+        return 2;
+    }
+    if (len < 65536) {
+        p[1] = 126;
+        p[2] = (unsigned char)(len >> 8);
+        p[3] = (unsigned char)len;
+        return 4;
+    }
+    p[1] = 127;
+    for (int i = 0; i < 8; i++)
+        p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+/*
+ * One send per writable callback. When several messages are queued (a burst of fan-out),
+ * their frames are gathered into one buffer and handed to lws as raw bytes (lws_write with
+ * LWS_WRITE_HTTP bypasses its framing on a WebSocket connection), so a connection that fell
+ * a few events behind catches up in one syscall instead of one per event. A single message
+ * goes out directly from its shared buffer, the frame header written into its headroom.
+ */
+/* Writes what is queued (one send); asks for a writable callback when more is left. */
+static int ws_write_queued(struct ws_pss *pss, struct lws *wsi)
+{
+    static unsigned char gather[LWS_PRE + COALESCE_MAX];
+    struct hd_queue *q = &pss->conn.q;
+    struct hd_msg *m = hd_conn_peek(&pss->conn);
+    if (!m)
+        return 0;
+    uint32_t n = 0;
+    size_t used = 0;
+    while (n < q->count) {
+        struct hd_msg *x = hd_queue_at(q, n);
+        if (used + 10 + x->len > COALESCE_MAX)
+            break;
+        used += frame_header(gather + LWS_PRE + used, x->len);
+        memcpy(gather + LWS_PRE + used, hd_msg_payload(x), x->len);
+        used += x->len;
+        n++;
+    }
+    if (n >= 2) {
+        if (lws_write(wsi, gather + LWS_PRE, used, LWS_WRITE_HTTP) < (int)used)
+            return -1;
+        while (n--)
+            hd_conn_wrote(&pss->conn);
+    } else {
+        if (lws_write(wsi, hd_msg_payload(m), m->len, LWS_WRITE_TEXT) < (int)m->len)
+            return -1;
+        hd_conn_wrote(&pss->conn);
+    }
+    if (hd_conn_peek(&pss->conn) || pss->close_code) {
+        pss->conn.want_pending = true;
+        lws_callback_on_writable(wsi);
+    }
+    return 0;
+}
+
+static int ws_writable(struct ws_pss *pss, struct lws *wsi)
+{
+    hd_conn_writable(&pss->conn);
+    if (pss->ping_due && !pss->close_code) {
+        /* lws 4.1 reports a pong to us only when it carries a payload. */
+        unsigned char ping[LWS_PRE + 2] = {[LWS_PRE] = 'h', [LWS_PRE + 1] = 'b'};
+        pss->ping_due = false;
+        if (lws_write(wsi, ping + LWS_PRE, 2, LWS_WRITE_PING) < 0)
+            return -1;
+        if (hd_conn_peek(&pss->conn)) {
+            pss->conn.want_pending = true;
+            lws_callback_on_writable(wsi);
+        }
+        return 0;
+    }
+    if (!hd_conn_peek(&pss->conn))
+        return pss->close_code ? ws_finish_close(pss, true) : 0;
+    return ws_write_queued(pss, wsi);
+}
+
+/*
+ * End of turn for one connection with frames queued: write them now, from outside any lws
+ * callback. While lws still holds part of an earlier send (or a ping or close is due), the
+ * frames wait for the writable callback instead, which keeps everything in order.
+ */
+static void ws_flush(struct ws_pss *pss)
+{
+    struct lws *wsi = pss->wsi;
+    if (pss->ping_due || pss->close_code || lws_partial_buffered(wsi)) {
+        lws_callback_on_writable(wsi);
+        return;
+    }
+    hd_conn_writable(&pss->conn);
+    if (ws_write_queued(pss, wsi) < 0) /* not inside a callback: close asynchronously */
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                       size_t len)
+{
+    struct hd_server *s = lws_context_user(lws_get_context(wsi));
+    struct ws_pss *pss = user;
+    int r = 0;
+    if (srv_peer_lifecycle(s, wsi, reason, user, &r))
+        return r;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        return ws_filter(s, wsi, pss);
+    case LWS_CALLBACK_ESTABLISHED:
+        if (!pss->authed) /* the filter runs before every upgrade; never trust a zero pss */
+            return -1;
+        pss->wsi = wsi;
+        if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_WS, &ws_ops, wsi)) {
+            hd_identity_clear(&pss->conn.identity);
+            free(pss->conn.credential);
+            pss->conn.credential = NULL;
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
+            return -1;
+        }
+        return 0;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        hd_conn_touch(&pss->conn);
+        return 0;
+    case LWS_CALLBACK_RECEIVE:
+        hd_conn_touch(&pss->conn);
+        pss->in_callback = true;
+        r = ws_receive(s, pss, wsi, in, len);
+        pss->in_callback = false;
+        if (!r && !pss->close_code && !pss->paused.next) {
+            /* Backpressure: read nothing more from this client until queues drain. */
+            uint64_t now = hd_now_ns();
+            if (hd_broker_publish_held(s->broker, now, now) && !lws_rx_flow_control(wsi, 0)) {
+                pss->paused_ns = now;
+                srv_turn_add(s, &s->ws_paused, &pss->paused);
+            }
+        }
+        if (r || !pss->close_code)
+            return r;
+        if (!hd_conn_peek(&pss->conn))
+            return ws_finish_close(pss, false);
+        lws_callback_on_writable(wsi); /* flush the replies that explain the close first */
+        lws_set_timeout(wsi, PENDING_TIMEOUT_LAGGING, 4);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return ws_writable(pss, wsi);
+    case LWS_CALLBACK_CLOSED:
+        turn_del(&pss->dirty);
+        turn_del(&pss->paused);
+        if (pss->conn.broker) {
+            hd_conn_detach(&pss->conn);
+        } else if (pss->authed) { /* closed between the upgrade and ESTABLISHED */
+            hd_identity_clear(&pss->conn.identity);
+            free(pss->conn.credential);
+            pss->conn.credential = NULL;
+        }
+        free(pss->rx);
+        pss->rx = NULL;
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+void srv_ws_flush_all(struct hd_server *s)
+{
+    struct turn_link *l;
+    while ((l = turn_pop(&s->ws_dirty)))
+        ws_flush(container_of(l, struct ws_pss, dirty));
+}
+
+void srv_ws_resume(struct hd_server *s, uint64_t now_ns)
+{
+    for (struct turn_link *next, *p = s->ws_paused.next; p != &s->ws_paused; p = next) {
+        next = p->next;
+        struct ws_pss *pss = container_of(p, struct ws_pss, paused);
+        if (!hd_broker_publish_held(s->broker, pss->paused_ns, now_ns)) {
+            turn_del(p);
+            lws_rx_flow_control(pss->wsi, 1);
+        }
+    }
+}
+
+const struct lws_protocols srv_ws_protocol = {.name = "herald.v1",
+                                              .callback = callback_ws,
+                                              .per_session_data_size = sizeof(struct ws_pss),
+                                              /* A chunk size, not a message limit (we reassemble):
+                                               * small keeps idle connections cheap. */
+                                              .rx_buffer_size = 128,
+                                              .tx_packet_size = TX_CHUNK};
