@@ -80,8 +80,13 @@ class ReplayTest(HeraldTestCase):
     @async_test()
     async def test_unknown_or_malformed_since_is_a_gap_with_everything(self):
         ids = self.publish_n("h.g", 3)
-        for since in ("zzzz", "0000000000000001", "ffffffffffffffff", ids[0].upper(),
-                      ids[0] + "0", ""):
+        bad = ["zzzz", "0000000000000001", "ffffffffffffffff", ids[0][:-1] + "G",
+               ids[0] + "0", ""]
+        # Ids are lowercase hex; an uppercase copy is another (unknown) cursor only when the
+        # id has a letter in it, and an all-digit id is likely enough to make this flaky.
+        if ids[0].upper() != ids[0]:
+            bad.append(ids[0].upper())
+        for since in bad:
             with self.subTest(since=since):
                 c = await WSClient.connect(self.d)
                 r = await c.subscribe("h.g", since=since)
