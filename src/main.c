@@ -22,6 +22,7 @@
 #include "server.h"
 #include "tls.h"
 #include "store.h"
+#include "uvpoll.h"
 
 /* How long a drain waits for clients to take their close frames before forcing the stop. */
 #define DRAIN_TIMEOUT_MS 5000
@@ -265,6 +266,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int rc = 2;
+    bool fast_poll = hd_uvpoll_init();
     if (uv_loop_init(&d.loop)) {
         hd_log_error("cannot start the event loop", "");
         goto out_cfg;
@@ -338,8 +340,9 @@ int main(int argc, char **argv)
     }
     uv_timer_start(&d.tick, on_tick, 1000, 1000);
     start_watchdog(&d);
-    hd_log_info("ready", "version=%s store=%s", HERALD_VERSION,
-                d.cfg.history.store == HD_STORE_SQLITE ? "sqlite" : "memory");
+    hd_log_info("ready", "version=%s store=%s uv_poll=%s", HERALD_VERSION,
+                d.cfg.history.store == HD_STORE_SQLITE ? "sqlite" : "memory",
+                fast_poll ? "fast" : "libuv");
     sd_notify(0, "READY=1");
     notify_status(&d);
 
@@ -354,6 +357,7 @@ int main(int argc, char **argv)
     uv_run(&d.loop, UV_RUN_DEFAULT);
     hd_server_free(d.server);
     rc = d.stopping ? 0 : 2;
+    hd_log_debug("event loop", "uv_poll_fast_changes=%" PRIu64, hd_uvpoll_fast_total());
     hd_log_info("stopped", "exit=%d", rc);
 out_broker:
     hd_broker_free(d.broker);

@@ -17,6 +17,9 @@
 #   HOLD=S         idle-memory hold in seconds (10; QUICK=1: 2)
 #   NETNS=0        do not re-run inside a private network namespace (see below)
 #   REPORT_ONLY=1  run nothing: rebuild compare.md and compare.png from OUT/compare.jsonl
+#   SCENARIOS="fan1k topics10k"   run only these (of fan1k fan10k topics10k lat1k idle)
+#   LABELS="herald-ws nchan"      and only these servers (of herald-http herald-ws nchan
+#                                 mosquitto raw)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -100,10 +103,14 @@ else
 fi
 scen[idle]="--subs $idle_subs --topics 100 --idle-hold $hold"
 title[idle]="$idle_subs connections held ${hold} s"
-scenarios=(fan1k fan10k topics10k lat1k idle)
+read -r -a scenarios <<<"${SCENARIOS:-fan1k fan10k topics10k lat1k idle}"
+for s in "${scenarios[@]}"; do [[ -v "scen[$s]" || $s == idle ]] || die "no scenario $s"; done
 # label -> server and loadgen arguments; nchan publishes over HTTP, Mosquitto over MQTT/WS,
 # rawfan (Herald's protocol, so loadgen drives it as herald) over HTTP like nchan.
-labels=(herald-http herald-ws nchan mosquitto raw)
+read -r -a labels <<<"${LABELS:-herald-http herald-ws nchan mosquitto raw}"
+for l in "${labels[@]}"; do
+    case $l in herald-http | herald-ws | nchan | mosquitto | raw) ;; *) die "no server $l" ;; esac
+done
 declare -A server=([herald-http]=herald [herald-ws]=herald [nchan]=nchan [mosquitto]=mosquitto
     [raw]=raw)
 declare -A lgargs=(

@@ -6,6 +6,7 @@ server-side heartbeat that drops silent peers but keeps live ones.
 """
 
 import asyncio
+import ctypes
 import os
 import re
 import signal
@@ -14,8 +15,8 @@ import subprocess
 import time
 import unittest
 
-from herald_testlib import (OP_PING, REPO, HeraldTestCase, RawWS, WSClient, async_test,
-                            heraldd_path, write_config)
+from herald_testlib import (OP_PING, REPO, HeraldTestCase, HTTPClient, RawWS, WSClient,
+                            async_test, heraldd_path, write_config)
 
 GOOD_CONFIG = {
     "listen": [{"address": "127.0.0.1", "port": 7070}],
@@ -75,6 +76,26 @@ class ShutdownTest(HeraldTestCase):
         d = self.start_daemon()
         r = d.get("/healthz")
         self.assertEqual((r.status, r.text.strip()), (200, "ok"))
+
+    def test_keepalive_requests_take_the_uv_poll_fast_path(self):
+        # src/uvpoll.c: on libuv 1.44, lws's POLLOUT changes go through heraldd's own
+        # uv_poll_start (one EPOLL_CTL_MOD, not libuv's remove-and-add). The daemon counts
+        # them; every keep-alive request turns POLLOUT on and off again.
+        uv = ctypes.CDLL("libuv.so.1")
+        fast_expected = (uv.uv_version() >> 8) == (1 << 8 | 44)
+        d = self.start_daemon(log_level="debug")
+        self.assertIn(f"uv_poll={'fast' if fast_expected else 'libuv'}",
+                      d.wait_for_log(r'msg="ready"').string)
+        with HTTPClient(d.port) as h:
+            for i in range(20):
+                self.assertEqual(h.publish("public.ka", {"i": i})[0], 202)
+        self.assertEqual(d.stop(signal.SIGTERM, 5), 0)
+        m = re.search(r"uv_poll_fast_changes=(\d+)", d.log)
+        self.assertIsNotNone(m, d.log_tail())
+        if fast_expected:
+            self.assertGreaterEqual(int(m.group(1)), 40)
+        else:
+            self.assertEqual(int(m.group(1)), 0)
 
 
 class CommandLineTest(HeraldTestCase):
