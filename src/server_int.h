@@ -64,6 +64,9 @@ struct hd_server {
     /* List heads: connections with frames to write, requests whose body is to be acted on
      * (or held: see hd_broker_publish_held), WebSocket readers paused for backpressure. */
     struct turn_link ws_dirty, http_ready, ws_paused;
+    /* The connection whose keep-alive transaction the last answer completed (see
+     * srv_http_turn), or NULL. */
+    struct lws *http_completed;
     struct lws_protocols protocols[3]; /* lws keeps the pointer */
 };
 
