@@ -21,9 +21,9 @@ struct hd_auth;
 enum hd_id_kind { HD_ID_ANONYMOUS, HD_ID_TOKEN, HD_ID_JWT };
 struct hd_identity {
     enum hd_id_kind kind;
+    bool everything;            /* no auth section configured: every right */
     char *name;                 /* token name or JWT subject (owned); NULL for anonymous */
     int64_t expires_ms;         /* JWT exp in ms since the epoch; 0 = does not expire */
-    bool everything;            /* no auth section configured: every right */
     struct hd_strlist pub, sub; /* patterns, `{sub}` already substituted */
 };
 

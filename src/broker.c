@@ -221,13 +221,12 @@ void hd_broker_drain(struct hd_broker *b)
 }
 
 int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kind,
-                   const struct hd_conn_ops *ops, void *transport)
+                   const struct hd_conn_ops *ops)
 {
     if (b->draining)
         return -ESHUTDOWN;
     c->broker = b;
     c->ops = ops;
-    c->transport = transport;
     c->kind = kind;
     c->id = ++b->next_conn_id;
     c->last_rx_ms = c->last_ping_ms = hd_now_ns() / 1000000;
@@ -404,7 +403,7 @@ static int subscribe_core(struct hd_conn *c, const char *pattern, const char *si
         return hd_error_set(err, HD_ERR_LIMIT_EXCEEDED, "at most %u subscriptions per connection",
                             b->cfg->limits.max_subscriptions_per_connection);
     if (c->n_subs == c->cap_subs) {
-        uint32_t ncap = c->cap_subs ? c->cap_subs * 2 : 2;
+        uint32_t ncap = c->cap_subs ? c->cap_subs * 2 : 1; /* most connections keep one */
         struct hd_conn_sub *n = realloc(c->subs, sizeof(*n) * ncap);
         if (!n)
             return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");

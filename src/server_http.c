@@ -295,7 +295,7 @@ static int stream_attach(struct hd_server *s, struct http_pss *pss, enum hd_conn
     hd_http_resp_clear(&scratch);
     if (r)
         return -1; /* the route already checked; only a reload in between gets here */
-    if (hd_conn_attach(s->broker, &pss->conn, kind, &stream_ops, pss->wsi)) {
+    if (hd_conn_attach(s->broker, &pss->conn, kind, &stream_ops)) {
         hd_identity_clear(&pss->conn.identity);
         free(pss->conn.credential);
         pss->conn.credential = NULL;

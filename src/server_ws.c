@@ -20,9 +20,9 @@ struct ws_pss {
     uint64_t paused_ns;
     char *rx; /* reassembly buffer, only while a message spans several callbacks */
     size_t rx_len;
-    int close_code;
     const char *close_reason; /* a string literal (the broker's close contract) */
-    bool in_callback;         /* close requested from inside this wsi's own callback */
+    int close_code;
+    bool in_callback; /* close requested from inside this wsi's own callback */
     bool rx_discard;
     bool authed; /* identity filled at the upgrade */
     bool ping_due;
@@ -306,7 +306,7 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
         if (!pss->authed) /* the filter runs before every upgrade; never trust a zero pss */
             return -1;
         pss->wsi = wsi;
-        if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_WS, &ws_ops, wsi)) {
+        if (hd_conn_attach(s->broker, &pss->conn, HD_CONN_WS, &ws_ops)) {
             hd_identity_clear(&pss->conn.identity);
             free(pss->conn.credential);
             pss->conn.credential = NULL;
@@ -379,7 +379,11 @@ void srv_ws_resume(struct hd_server *s, uint64_t now_ns)
 const struct lws_protocols srv_ws_protocol = {.name = "herald.v1",
                                               .callback = callback_ws,
                                               .per_session_data_size = sizeof(struct ws_pss),
-                                              /* A chunk size, not a message limit (we reassemble):
-                                               * small keeps idle connections cheap. */
-                                              .rx_buffer_size = 128,
+                                              /* A chunk size, not a message limit (we
+                                               * reassemble). lws allocates it per connection
+                                               * and reads at most this much per loop turn:
+                                               * 192 takes a small publish (100 bytes of data
+                                               * and its envelope) in one read while an idle
+                                               * connection stays under 2 KB. */
+                                              .rx_buffer_size = 192,
                                               .tx_packet_size = TX_CHUNK};

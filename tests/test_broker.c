@@ -127,7 +127,7 @@ static struct tconn *open_kind(enum hd_conn_kind kind)
     struct tconn *t = calloc(1, sizeof(*t));
     ck_assert_ptr_nonnull(t);
     conns[n_conns++] = t;
-    ck_assert_int_eq(hd_conn_attach(b, &t->c, kind, &t_ops, t), 0);
+    ck_assert_int_eq(hd_conn_attach(b, &t->c, kind, &t_ops), 0);
     return t;
 }
 
@@ -912,7 +912,7 @@ START_TEST(drain)
     /* New connections are refused. */
     struct tconn *late = calloc(1, sizeof(*late));
     ck_assert_ptr_nonnull(late);
-    ck_assert_int_eq(hd_conn_attach(b, &late->c, HD_CONN_WS, &t_ops, late), -ESHUTDOWN);
+    ck_assert_int_eq(hd_conn_attach(b, &late->c, HD_CONN_WS, &t_ops), -ESHUTDOWN);
     free(late);
     hd_broker_drain(b); /* twice is harmless */
     ck_assert_int_eq(a->closes, 1);
