@@ -27,6 +27,18 @@ struct pending_pub {
     int64_t id;
 };
 
+/*
+ * What the once-a-second tick looks at, one entry per connection in a dense array: scanning
+ * 18,000 connections through their list took 2-3 ms of cache misses every second, stalling
+ * every delivery behind it; the array is read in about a tenth of that.
+ */
+struct conn_clock {
+    struct hd_conn *c;
+    uint64_t last_rx_ms, last_ping_ms; /* monotonic */
+    int64_t expires_ms;                /* the identity's, wall clock; 0 = never */
+    bool pings;                        /* a WebSocket that the heartbeat applies to */
+};
+
 struct hd_broker {
     const struct hd_config *cfg;
     struct hd_registry *reg;
@@ -40,6 +52,8 @@ struct hd_broker {
     struct pending_pub *pending; /* publishes from WebSocket connections in flight */
     struct hd_auth *auth;
     struct hd_peers *peers; /* open connections per source address */
+    struct conn_clock *clocks;
+    uint32_t n_clocks, cap_clocks;
 };
 
 static struct hd_history_limits limits_of(const struct hd_config *cfg)
@@ -90,6 +104,7 @@ void hd_broker_free(struct hd_broker *b)
     hd_history_free(b->hist);
     hd_auth_free(b->auth);
     hd_peers_free(b->peers);
+    free(b->clocks);
     free(b);
 }
 
@@ -225,11 +240,27 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
 {
     if (b->draining)
         return -ESHUTDOWN;
+    if (b->n_clocks == b->cap_clocks) {
+        uint32_t ncap = b->cap_clocks ? b->cap_clocks * 2 : 64;
+        struct conn_clock *n = ncap > b->cap_clocks ? realloc(b->clocks, ncap * sizeof(*n)) : NULL;
+        if (!n)
+            return -ENOMEM;
+        b->clocks = n;
+        b->cap_clocks = ncap;
+    }
+    uint64_t now_ms = hd_now_ns() / 1000000;
+    c->clock = b->n_clocks++;
+    b->clocks[c->clock] = (struct conn_clock){
+        .c = c,
+        .last_rx_ms = now_ms,
+        .last_ping_ms = now_ms,
+        .expires_ms = c->identity.expires_ms,
+        .pings = kind == HD_CONN_WS && ops->ping,
+    };
     c->broker = b;
     c->ops = ops;
     c->kind = kind;
     c->id = ++b->next_conn_id;
-    c->last_rx_ms = c->last_ping_ms = hd_now_ns() / 1000000;
     hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
     c->q.shared_total = &b->metrics.queued_bytes;
     c->next = &b->conns;
@@ -283,6 +314,12 @@ void hd_conn_detach(struct hd_conn *c)
     c->prev->next = c->next;
     c->next->prev = c->prev;
     b->n_conns--;
+    /* The last entry takes its place (the tick walks backwards, so that is safe mid-tick). */
+    struct conn_clock *last = &b->clocks[--b->n_clocks];
+    if (c->clock != b->n_clocks) {
+        b->clocks[c->clock] = *last;
+        last->c->clock = c->clock;
+    }
     if (c->kind == HD_CONN_WS)
         b->metrics.connections--;
     c->broker = NULL;
@@ -652,7 +689,8 @@ size_t hd_broker_deliver(void *broker, struct hd_msg *msg)
 
 void hd_conn_touch(struct hd_conn *c)
 {
-    c->last_rx_ms = hd_now_ns() / 1000000;
+    if (c->broker)
+        c->broker->clocks[c->clock].last_rx_ms = hd_now_ns() / 1000000;
 }
 
 /*
@@ -661,18 +699,18 @@ void hd_conn_touch(struct hd_conn *c)
  * here costs less. A connection silent for a heartbeat gets a ping; silent for two, it is
  * dropped.
  */
-static void heartbeat(struct hd_broker *b, struct hd_conn *c, uint64_t now_ms)
+static void heartbeat(struct hd_broker *b, struct conn_clock *k, uint64_t now_ms)
 {
     /* The tick is 1 s: allow it some slack so a ping goes out once per heartbeat. */
-    uint64_t hb = (uint64_t)b->cfg->heartbeat_s * 1000, idle = now_ms - c->last_rx_ms;
-    if (c->kind != HD_CONN_WS || !c->ops->ping || c->closing)
-        return;
+    uint64_t hb = (uint64_t)b->cfg->heartbeat_s * 1000, idle = now_ms - k->last_rx_ms;
     if (idle >= 2 * hb) {
-        hd_log_debug("heartbeat timeout", "conn=%" PRIu64 " idle_ms=%" PRIu64, c->id, idle);
-        conn_close(c, 0, "heartbeat timeout");
-    } else if (idle + 200 >= hb && now_ms - c->last_ping_ms + 200 >= hb) {
-        c->last_ping_ms = now_ms;
-        c->ops->ping(c);
+        if (k->c->closing)
+            return;
+        hd_log_debug("heartbeat timeout", "conn=%" PRIu64 " idle_ms=%" PRIu64, k->c->id, idle);
+        conn_close(k->c, 0, "heartbeat timeout");
+    } else if (idle + 200 >= hb && now_ms - k->last_ping_ms + 200 >= hb && !k->c->closing) {
+        k->last_ping_ms = now_ms;
+        k->c->ops->ping(k->c);
     }
 }
 
@@ -680,14 +718,20 @@ void hd_broker_tick(struct hd_broker *b)
 {
     int64_t now = hd_wall_ms();
     uint64_t now_ms = hd_now_ns() / 1000000;
-    for (struct hd_conn *c = b->conns.next; c != &b->conns; c = c->next) {
+    /* Backwards: a connection detached meanwhile moves the last entry, already seen, into
+     * its slot. Only entries that are due touch their connection. */
+    for (uint32_t i = b->n_clocks; i-- > 0;) {
+        if (i >= b->n_clocks)
+            continue;
+        struct conn_clock *k = &b->clocks[i];
         /* The same 5 s of clock skew the JWT check allows (auth.c). */
-        if (c->identity.expires_ms && c->identity.expires_ms + 5000 <= now && !c->closing) {
-            hd_log_info("token expired", "conn=%" PRIu64 " name=%s", c->id,
-                        hd_identity_name(&c->identity));
-            conn_close(c, HD_CLOSE_POLICY, "token expired");
+        if (k->expires_ms && k->expires_ms + 5000 <= now && !k->c->closing) {
+            hd_log_info("token expired", "conn=%" PRIu64 " name=%s", k->c->id,
+                        hd_identity_name(&k->c->identity));
+            conn_close(k->c, HD_CLOSE_POLICY, "token expired");
         }
-        heartbeat(b, c, now_ms);
+        if (i < b->n_clocks && b->clocks[i].pings)
+            heartbeat(b, &b->clocks[i], now_ms);
     }
     hd_history_expire(b->hist, now);
     b->metrics.history_events = (int64_t)hd_history_events(b->hist);
@@ -720,6 +764,7 @@ void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a)
         }
         hd_identity_clear(&c->identity);
         c->identity = id;
+        b->clocks[c->clock].expires_ms = id.expires_ms;
         /* Keep only what the new rules still allow. */
         for (uint32_t i = 0; i < c->n_subs;) {
             if (hd_auth_can_subscribe(&c->identity, hd_sub_pattern(c->subs[i].reg)) ==

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- a tiny engine ---------------------------------------------------------------------- */
 
@@ -62,6 +63,8 @@ struct tconn {
     int want_writes;
     int closes;
     int close_code;
+    int pings;
+    bool detach_on_close; /* like a transport that tears down at once */
 };
 
 static void t_want_write(struct hd_conn *c)
@@ -75,9 +78,18 @@ static void t_close(struct hd_conn *c, int code, const char *reason)
     ck_assert_ptr_nonnull(reason);
     t->closes++;
     t->close_code = code;
+    if (t->detach_on_close)
+        hd_conn_detach(c);
+}
+
+static void t_ping(struct hd_conn *c)
+{
+    ((struct tconn *)c)->pings++;
 }
 
 static const struct hd_conn_ops t_ops = {.want_write = t_want_write, .close = t_close};
+static const struct hd_conn_ops t_ops_ping = {
+    .want_write = t_want_write, .close = t_close, .ping = t_ping};
 
 /* ---- fixture ---------------------------------------------------------------------------- */
 
@@ -889,6 +901,51 @@ START_TEST(receivers_exclude_slow_consumer)
 }
 END_TEST
 
+/* The tick reads every connection's times from a dense array that detaches reorder (the last
+ * entry moves into the hole), also while the tick itself closes and detaches connections. */
+START_TEST(tick_sees_every_connection)
+{
+    cfg.heartbeat_s = 1;
+    boot();
+    enum { N = 14 };
+    struct tconn *t[N];
+    for (int i = 0; i < N; i++) {
+        ck_assert_uint_lt(n_conns, MAX_CONNS);
+        t[i] = calloc(1, sizeof(*t[i]));
+        ck_assert_ptr_nonnull(t[i]);
+        conns[n_conns++] = t[i];
+        if (i == 3 || i == 7 || i == 10) { /* tokens that expired a while ago */
+            t[i]->c.identity.expires_ms = hd_wall_ms() - 10000;
+            t[i]->detach_on_close = true;
+        }
+        enum hd_conn_kind kind = i == 13 ? HD_CONN_SSE : HD_CONN_WS;
+        ck_assert_int_eq(hd_conn_attach(b, &t[i]->c, kind, &t_ops_ping), 0);
+    }
+    hd_conn_detach(&t[5]->c); /* 13 takes its place */
+    hd_conn_detach(&t[9]->c); /* and 12 this one */
+    /* Idle for most of a heartbeat, except connections 0 and 12, which just sent something. */
+    struct timespec nap = {.tv_nsec = 850 * 1000000L};
+    nanosleep(&nap, NULL);
+    hd_conn_touch(&t[0]->c);
+    hd_conn_touch(&t[12]->c);
+    hd_broker_tick(b);
+    for (int i = 0; i < N; i++) {
+        bool expired = i == 3 || i == 7 || i == 10;
+        ck_assert_int_eq(t[i]->closes, expired);
+        if (expired)
+            ck_assert_int_eq(t[i]->close_code, HD_CLOSE_POLICY);
+        bool pinged = !expired && i != 0 && i != 12 && i != 5 && i != 9 && i != 13;
+        ck_assert_msg(t[i]->pings == pinged, "connection %d pinged %d times", i, t[i]->pings);
+    }
+    /* Once per heartbeat: an immediate second tick pings nobody. */
+    hd_broker_tick(b);
+    int pings = 0;
+    for (int i = 0; i < N; i++)
+        pings += t[i]->pings;
+    ck_assert_int_eq(pings, 6);
+}
+END_TEST
+
 START_TEST(drain)
 {
     boot();
@@ -1014,6 +1071,7 @@ static Suite *broker_suite(void)
     tcase_add_test(tc, publish_backpressure_is_bounded);
     tcase_add_test(tc, receivers_exclude_slow_consumer);
     tcase_add_test(tc, global_queue_cap_sheds_publishes);
+    tcase_add_test(tc, tick_sees_every_connection);
     tcase_add_test(tc, drain);
     tcase_add_test(tc, detach_counts_dropped);
     tcase_add_test(tc, delivery_counters);
