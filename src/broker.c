@@ -34,10 +34,27 @@ struct pending_pub {
  */
 struct conn_clock {
     struct hd_conn *c;
-    uint64_t last_rx_ms, last_ping_ms; /* monotonic */
-    int64_t expires_ms;                /* the identity's, wall clock; 0 = never */
-    bool pings;                        /* a WebSocket that the heartbeat applies to */
+    /* Monotonic milliseconds, kept to 32 bits and compared by wrapping difference: a
+     * connection the heartbeat watches is never idle for more than 2 heartbeats, far below
+     * the 49 days that wrap at. Receiving also counts as the last ping, so neither lags. */
+    uint32_t last_rx_ms, last_ping_ms;
+    uint32_t expires_s; /* the identity's expiry, seconds since the epoch; 0 = never */
+    bool pings;         /* a WebSocket that the heartbeat applies to */
 };
+
+static uint32_t ms32(void)
+{
+    return (uint32_t)(hd_now_ns() / 1000000);
+}
+
+/* The identity's expiry in whole seconds, rounded up (JWT exp is in seconds anyway). */
+static uint32_t expiry_s(int64_t expires_ms)
+{
+    if (expires_ms <= 0)
+        return 0;
+    int64_t s = (expires_ms + 999) / 1000;
+    return s > UINT32_MAX ? UINT32_MAX : (uint32_t)s;
+}
 
 struct hd_broker {
     const struct hd_config *cfg;
@@ -248,13 +265,13 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
         b->clocks = n;
         b->cap_clocks = ncap;
     }
-    uint64_t now_ms = hd_now_ns() / 1000000;
+    uint32_t now_ms = ms32();
     c->clock = b->n_clocks++;
     b->clocks[c->clock] = (struct conn_clock){
         .c = c,
         .last_rx_ms = now_ms,
         .last_ping_ms = now_ms,
-        .expires_ms = c->identity.expires_ms,
+        .expires_s = expiry_s(c->identity.expires_ms),
         .pings = kind == HD_CONN_WS && ops->ping,
     };
     c->broker = b;
@@ -689,8 +706,10 @@ size_t hd_broker_deliver(void *broker, struct hd_msg *msg)
 
 void hd_conn_touch(struct hd_conn *c)
 {
-    if (c->broker)
-        c->broker->clocks[c->clock].last_rx_ms = hd_now_ns() / 1000000;
+    if (c->broker) {
+        struct conn_clock *k = &c->broker->clocks[c->clock];
+        k->last_rx_ms = k->last_ping_ms = ms32();
+    }
 }
 
 /*
@@ -699,16 +718,17 @@ void hd_conn_touch(struct hd_conn *c)
  * here costs less. A connection silent for a heartbeat gets a ping; silent for two, it is
  * dropped.
  */
-static void heartbeat(struct hd_broker *b, struct conn_clock *k, uint64_t now_ms)
+static void heartbeat(struct hd_broker *b, struct conn_clock *k, uint32_t now_ms)
 {
     /* The tick is 1 s: allow it some slack so a ping goes out once per heartbeat. */
-    uint64_t hb = (uint64_t)b->cfg->heartbeat_s * 1000, idle = now_ms - k->last_rx_ms;
+    uint64_t hb = (uint64_t)b->cfg->heartbeat_s * 1000;
+    uint32_t idle = now_ms - k->last_rx_ms, since_ping = now_ms - k->last_ping_ms;
     if (idle >= 2 * hb) {
         if (k->c->closing)
             return;
-        hd_log_debug("heartbeat timeout", "conn=%" PRIu64 " idle_ms=%" PRIu64, k->c->id, idle);
+        hd_log_debug("heartbeat timeout", "conn=%" PRIu64 " idle_ms=%" PRIu32, k->c->id, idle);
         conn_close(k->c, 0, "heartbeat timeout");
-    } else if (idle + 200 >= hb && now_ms - k->last_ping_ms + 200 >= hb && !k->c->closing) {
+    } else if (idle + 200ull >= hb && since_ping + 200ull >= hb && !k->c->closing) {
         k->last_ping_ms = now_ms;
         k->c->ops->ping(k->c);
     }
@@ -717,7 +737,7 @@ static void heartbeat(struct hd_broker *b, struct conn_clock *k, uint64_t now_ms
 void hd_broker_tick(struct hd_broker *b)
 {
     int64_t now = hd_wall_ms();
-    uint64_t now_ms = hd_now_ns() / 1000000;
+    uint32_t now_ms = ms32();
     /* Backwards: a connection detached meanwhile moves the last entry, already seen, into
      * its slot. Only entries that are due touch their connection. */
     for (uint32_t i = b->n_clocks; i-- > 0;) {
@@ -725,7 +745,7 @@ void hd_broker_tick(struct hd_broker *b)
             continue;
         struct conn_clock *k = &b->clocks[i];
         /* The same 5 s of clock skew the JWT check allows (auth.c). */
-        if (k->expires_ms && k->expires_ms + 5000 <= now && !k->c->closing) {
+        if (k->expires_s && (int64_t)k->expires_s * 1000 + 5000 <= now && !k->c->closing) {
             hd_log_info("token expired", "conn=%" PRIu64 " name=%s", k->c->id,
                         hd_identity_name(&k->c->identity));
             conn_close(k->c, HD_CLOSE_POLICY, "token expired");
@@ -764,7 +784,7 @@ void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a)
         }
         hd_identity_clear(&c->identity);
         c->identity = id;
-        b->clocks[c->clock].expires_ms = id.expires_ms;
+        b->clocks[c->clock].expires_s = expiry_s(id.expires_ms);
         /* Keep only what the new rules still allow. */
         for (uint32_t i = 0; i < c->n_subs;) {
             if (hd_auth_can_subscribe(&c->identity, hd_sub_pattern(c->subs[i].reg)) ==

@@ -18,14 +18,15 @@ struct ws_pss {
     struct turn_link dirty;  /* in the server's ws_dirty list: frames to write this turn */
     struct turn_link paused; /* in ws_paused: not read while publishers are held */
     uint64_t paused_ns;
-    char *rx; /* reassembly buffer, only while a message spans several callbacks */
-    size_t rx_len;
+    char *rx;                 /* reassembly buffer, only while a message spans several callbacks */
     const char *close_reason; /* a string literal (the broker's close contract) */
-    int close_code;
-    bool in_callback; /* close requested from inside this wsi's own callback */
-    bool rx_discard;
-    bool authed; /* identity filled at the upgrade */
-    bool ping_due;
+    /* Small fields packed: 18,000 idle connections pay for every byte here. */
+    uint32_t rx_len;      /* under max_event_bytes (at most 16 MiB) plus the envelope */
+    uint16_t close_code;  /* WebSocket close codes are under 5000 */
+    bool in_callback : 1; /* close requested from inside this wsi's own callback */
+    bool rx_discard : 1;
+    bool authed : 1; /* identity filled at the upgrade */
+    bool ping_due : 1;
 };
 
 static void ws_want_write(struct hd_conn *c)
@@ -75,7 +76,7 @@ static void ws_close(struct hd_conn *c, int code, const char *reason)
         lws_cancel_service(lws_get_context(pss->wsi));
         return;
     }
-    pss->close_code = code;
+    pss->close_code = (uint16_t)code;
     pss->close_reason = reason;
     if (pss->in_callback)
         return; /* the callback's tail sees close_code */
@@ -177,7 +178,7 @@ static int ws_receive(struct hd_server *s, struct ws_pss *pss, struct lws *wsi, 
     }
     pss->rx = n;
     memcpy(pss->rx + pss->rx_len, in, len);
-    pss->rx_len += len;
+    pss->rx_len += (uint32_t)len;
     if (final && !remaining) {
         hd_conn_on_text(&pss->conn, pss->rx, pss->rx_len);
         free(pss->rx);
