@@ -17,7 +17,7 @@
 #   HOLD=S         idle-memory hold in seconds (10; QUICK=1: 2)
 #   NETNS=0        do not re-run inside a private network namespace (see below)
 #   REPORT_ONLY=1  run nothing: rebuild compare.md and compare.png from OUT/compare.jsonl
-#   SCENARIOS="fan1k topics10k"   run only these (of fan1k fan10k topics10k lat1k idle)
+#   SCENARIOS="fan1k topics10k"   run only these (of fan1k fan10k fan18k topics10k lat1k idle)
 #   LABELS="herald-ws nchan"      and only these servers (of herald-http herald-ws nchan
 #                                 mosquitto raw)
 set -euo pipefail
@@ -79,6 +79,7 @@ fi
 [[ $quick == 1 ]] && idle_subs=2000
 
 # ---- scenarios and targets ----
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 common=(--inflight 8 --size 100 --timeout 300)
 declare -A scen title short
 add_scenario() { # name subs topics events title short-title [loadgen args]
@@ -89,12 +90,16 @@ add_scenario() { # name subs topics events title short-title [loadgen args]
 if [[ $quick == 1 ]]; then
     add_scenario fan1k 200 1 200 "1 topic, 200 subscribers, 200 events" "1 topic, 200 subs"
     add_scenario fan10k 1000 1 50 "1 topic, 1,000 subscribers, 50 events" "1 topic, 1k subs"
+    add_scenario fan18k 2000 1 20 "1 topic, 2,000 subscribers, 20 events" "1 topic, 2k subs"
     add_scenario topics10k 1000 1000 2000 "1,000 subscribers on 1,000 topics, 2,000 events" \
         "1k topics, 1k subs"
     add_scenario lat1k 200 1 100 "1 topic, 200 subscribers, 100 events at 100/s" "" "--rate 100"
 else
     add_scenario fan1k 1000 1 2000 "1 topic, 1,000 subscribers, 2,000 events" "1 topic, 1k subs"
     add_scenario fan10k 10000 1 200 "1 topic, 10,000 subscribers, 200 events" "1 topic, 10k subs"
+    # As many as the descriptor limit allows (18,000 here): is CPU per delivery still flat?
+    add_scenario fan18k "$idle_subs" 1 100 "1 topic, $(thousands "$idle_subs") subscribers, 100 events" \
+        "1 topic, $((idle_subs / 1000))k subs"
     add_scenario topics10k 10000 10000 20000 "10,000 subscribers on 10,000 topics, 20,000 events" \
         "10k topics, 10k subs"
     # Below every server's ceiling but Mosquitto's: latency where nobody is saturated.
@@ -103,7 +108,7 @@ else
 fi
 scen[idle]="--subs $idle_subs --topics 100 --idle-hold $hold"
 title[idle]="$idle_subs connections held ${hold} s"
-read -r -a scenarios <<<"${SCENARIOS:-fan1k fan10k topics10k lat1k idle}"
+read -r -a scenarios <<<"${SCENARIOS:-fan1k fan10k fan18k topics10k lat1k idle}"
 for s in "${scenarios[@]}"; do [[ -v "scen[$s]" || $s == idle ]] || die "no scenario $s"; done
 # label -> server and loadgen arguments; nchan publishes over HTTP, Mosquitto over MQTT/WS,
 # rawfan (Herald's protocol, so loadgen drives it as herald) over HTTP like nchan.
@@ -239,6 +244,9 @@ if [[ $report_only == 1 ]]; then
     runs=$(jq -s 'map(.run) | max' "$jsonl")
     idle_subs=$(jq -s 'map(select(.scenario == "idle") | .subs) | max // 0' "$jsonl")
     title[idle]="$idle_subs connections held $(jq -s 'map(select(.scenario == "idle") | .idle_hold_s) | max // 0' "$jsonl") s"
+    fan18k_subs=$(jq -s 'map(select(.scenario == "fan18k") | .subs) | max // 0' "$jsonl")
+    title[fan18k]="1 topic, $(thousands "$fan18k_subs") subscribers, 100 events"
+    short[fan18k]="1 topic, $((fan18k_subs / 1000))k subs"
 else
     : >"$jsonl"
 fi
@@ -325,7 +333,7 @@ md="$out/compare.md"
     echo
     echo "| scenario | server | deliveries/s | vs nchan | vs raw | p99 latency | server CPU per delivery | server RSS per connection | loadgen CPU busy | runs ok |"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    for s in fan1k fan10k topics10k lat1k; do
+    for s in fan1k fan10k fan18k topics10k lat1k; do
         base=$(cell "$s" nchan .dps)
         raw=$(cell "$s" raw .dps)
         for l in "${labels[@]}"; do
@@ -357,7 +365,7 @@ md="$out/compare.md"
 # Chart: deliveries/s per fan-out scenario (log scale), and memory per idle connection.
 dat="$work/chart.dat"
 {
-    for s in fan1k fan10k topics10k; do
+    for s in fan1k fan10k fan18k topics10k; do
         row="\"${short[$s]}\""
         for l in "${labels[@]}"; do
             v=$(cell "$s" "$l" .dps)
@@ -384,7 +392,7 @@ set key top right
 set title "Fan-out deliveries per second (log scale, higher is better)"
 set logscale y
 set yrange [500:*]
-set xrange [-0.6:2.6]
+set xrange [-0.6:3.6]
 set format y "%.0s%c"
 set size 0.60,0.95
 set origin 0,0
