@@ -17,7 +17,7 @@
 #   HOLD=S         idle-memory hold in seconds (10; QUICK=1: 2)
 #   NETNS=0        do not re-run inside a private network namespace (see below)
 #   REPORT_ONLY=1  run nothing: rebuild compare.md and compare.png from OUT/compare.jsonl
-#   SCENARIOS="fan1k topics10k"   run only these (of fan1k fan10k fan18k topics10k lat1k idle)
+#   SCENARIOS="fan1k topics10k"   run only these (of fan1k fan10k fan18k topics10k lat1k lat10k idle)
 #   LABELS="herald-ws nchan"      and only these servers (of herald-http herald-ws nchan
 #                                 mosquitto raw)
 set -euo pipefail
@@ -94,6 +94,8 @@ if [[ $quick == 1 ]]; then
     add_scenario topics10k 1000 1000 2000 "1,000 subscribers on 1,000 topics, 2,000 events" \
         "1k topics, 1k subs"
     add_scenario lat1k 200 1 100 "1 topic, 200 subscribers, 100 events at 100/s" "" "--rate 100"
+    add_scenario lat10k 1000 1000 1000 "1,000 subscribers on 1,000 topics, 1,000 events at 1,000/s" \
+        "" "--rate 1000"
 else
     add_scenario fan1k 1000 1 2000 "1 topic, 1,000 subscribers, 2,000 events" "1 topic, 1k subs"
     add_scenario fan10k 10000 1 200 "1 topic, 10,000 subscribers, 200 events" "1 topic, 10k subs"
@@ -105,10 +107,14 @@ else
     # Below every server's ceiling but Mosquitto's: latency where nobody is saturated.
     add_scenario lat1k 1000 1 600 "1 topic, 1,000 subscribers, 600 events at a fixed 100/s" "" \
         "--rate 100"
+    # Publishing to many topics at a rate every server but Mosquitto keeps up with: the
+    # latency of one publish, not of a queue.
+    add_scenario lat10k 10000 10000 20000 \
+        "10,000 subscribers on 10,000 topics, 20,000 events at a fixed 10,000/s" "" "--rate 10000"
 fi
 scen[idle]="--subs $idle_subs --topics 100 --idle-hold $hold"
 title[idle]="$idle_subs connections held ${hold} s"
-read -r -a scenarios <<<"${SCENARIOS:-fan1k fan10k fan18k topics10k lat1k idle}"
+read -r -a scenarios <<<"${SCENARIOS:-fan1k fan10k fan18k topics10k lat1k lat10k idle}"
 for s in "${scenarios[@]}"; do [[ -v "scen[$s]" || $s == idle ]] || die "no scenario $s"; done
 # label -> server and loadgen arguments; nchan publishes over HTTP, Mosquitto over MQTT/WS,
 # rawfan (Herald's protocol, so loadgen drives it as herald) over HTTP like nchan.
@@ -324,7 +330,7 @@ md="$out/compare.md"
         "rawfan (\`tests/bench/rawfan.c\`: one thread, epoll, one \`write()\` per event and subscriber)."
     echo "Server pinned to CPU $server_cpu, loadgen to CPU $loadgen_cpu; 100-byte events, 8 publishes in" \
         "flight, as fast as the replies allow; median of $runs run(s), a fresh server for each."
-    echo "Latency is publish-to-delivery: at that saturating rate, except in the fixed-rate row." \
+    echo "Latency is publish-to-delivery: at that saturating rate, except in the fixed-rate rows." \
         "Reproduce: \`tests/bench/compare.sh build\`."
     jq -r -s 'map(.busy_before_pct // empty) | select(length > 0) |
         if max >= 10 then "**Noisy run**: other processes kept the machine up to \(max)% busy before" +
@@ -333,7 +339,7 @@ md="$out/compare.md"
     echo
     echo "| scenario | server | deliveries/s | vs nchan | vs raw | p99 latency | server CPU per delivery | server RSS per connection | loadgen CPU busy | runs ok |"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    for s in fan1k fan10k fan18k topics10k lat1k; do
+    for s in fan1k fan10k fan18k topics10k lat1k lat10k; do
         base=$(cell "$s" nchan .dps)
         raw=$(cell "$s" raw .dps)
         for l in "${labels[@]}"; do
