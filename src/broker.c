@@ -63,13 +63,12 @@ struct hd_broker {
     struct hd_engine *engine;
     struct hd_metrics metrics;
     struct hd_conn conns; /* list head (sentinel) */
-    size_t n_conns;
     uint64_t next_conn_id;
     bool draining;
     struct pending_pub *pending; /* publishes from WebSocket connections in flight */
     struct hd_auth *auth;
-    struct hd_peers *peers; /* open connections per source address */
-    struct conn_clock *clocks;
+    struct hd_peers *peers;    /* open connections per source address */
+    struct conn_clock *clocks; /* one per attached connection */
     uint32_t n_clocks, cap_clocks;
 };
 
@@ -178,7 +177,7 @@ bool hd_broker_draining(const struct hd_broker *b)
 }
 size_t hd_broker_connections(const struct hd_broker *b)
 {
-    return b->n_conns;
+    return b->n_clocks; /* one clock per attached connection */
 }
 
 void hd_broker_reload(struct hd_broker *b, const struct hd_config *cfg)
@@ -284,7 +283,6 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
     c->prev = b->conns.prev;
     c->prev->next = c;
     b->conns.prev = c;
-    b->n_conns++;
     if (kind == HD_CONN_WS) {
         b->metrics.connections++;
         b->metrics.connections_total++;
@@ -330,7 +328,6 @@ void hd_conn_detach(struct hd_conn *c)
     c->credential = NULL;
     c->prev->next = c->next;
     c->next->prev = c->prev;
-    b->n_conns--;
     /* The last entry takes its place (the tick walks backwards, so that is safe mid-tick). */
     struct conn_clock *last = &b->clocks[--b->n_clocks];
     if (c->clock != b->n_clocks) {
