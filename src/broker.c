@@ -586,17 +586,18 @@ static int ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_err
                             "more than %u events per second; retry in %u s",
                             b->cfg->limits.publish_rate, wait);
     size_t dlen;
-    char *data = hd_json_dump_compact(cmd->data, &dlen);
+    char *owned;
+    const char *data = hd_cmd_data(cmd, &dlen, &owned);
     if (!data)
         return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
     if (dlen > b->cfg->limits.max_event_bytes) {
-        free(data);
+        free(owned);
         return hd_error_set(err, HD_ERR_TOO_LARGE, "data is %zu bytes, the limit is %u", dlen,
                             b->cfg->limits.max_event_bytes);
     }
     struct pending_pub *p = calloc(1, sizeof(*p));
     if (!p) {
-        free(data);
+        free(owned);
         return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
     }
     *p = (struct pending_pub){.broker = b, .conn = c, .has_id = cmd->has_id, .id = cmd->id};
@@ -607,7 +608,7 @@ static int ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_err
     struct hd_pub pub = {
         .topic = cmd->topic, .event = cmd->event, .data_json = data, .data_len = dlen};
     int r = hd_broker_publish(b, &pub, ws_publish_done, p, err);
-    free(data);
+    free(owned);
     if (r) {
         pending_unlink(p);
         free(p);

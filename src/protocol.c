@@ -86,6 +86,185 @@ static size_t utf8_seq_len(const unsigned char *s, size_t left)
     return n;
 }
 
+/* ---- canonical JSON recognizer ------------------------------------------------------- */
+
+/*
+ * hd_json_canonical and the in-place command reader. Every rule here mirrors what jansson
+ * accepts and what dump() below writes; anything outside the rules is "not proven" and goes
+ * to jansson. fuzz_cmd checks the two paths against each other.
+ */
+#define CANON_MAX_DEPTH 32
+#define CANON_MAX_KEYS 16
+#define CANON_MAX_DIGITS 18 /* always fits json_int_t, so wr_i64 writes the same digits */
+
+struct canon_member {
+    const char *key;
+    size_t key_len;
+    const char *val;
+    size_t val_len;
+};
+
+static bool canon_value(const unsigned char **pp, const unsigned char *end, int depth);
+
+/* A string with no escapes: printable ASCII but '"', '\\' and DEL (wr_jesc escapes those),
+ * or valid UTF-8 (wr_jesc and jansson agree on what that is: utf8_seq_len). */
+static bool canon_string(const unsigned char **pp, const unsigned char *end)
+{
+    const unsigned char *p = *pp + 1;
+    while (p < end) {
+        unsigned c = *p;
+        if (c == '"') {
+            *pp = p + 1;
+            return true;
+        }
+        if (c < 0x20 || c == '\\' || c == 0x7f)
+            return false;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        size_t n = utf8_seq_len(p, (size_t)(end - p));
+        if (!n)
+            return false;
+        p += n;
+    }
+    return false;
+}
+
+/* An integer as wr_i64 writes it: no "-0", no leading zeros, no fraction or exponent. */
+static bool canon_integer(const unsigned char **pp, const unsigned char *end)
+{
+    const unsigned char *p = *pp;
+    bool neg = *p == '-';
+    if (neg)
+        p++;
+    if (p == end || *p < '0' || *p > '9')
+        return false;
+    const unsigned char *digits = p;
+    if (*p == '0') {
+        p++;
+        if (neg)
+            return false;
+    } else {
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p - digits > CANON_MAX_DIGITS)
+            return false;
+    }
+    if (p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == 'e' || *p == 'E'))
+        return false;
+    *pp = p;
+    return true;
+}
+
+static bool canon_literal(const unsigned char **pp, const unsigned char *end, const char *lit)
+{
+    size_t n = strlen(lit);
+    if ((size_t)(end - *pp) < n || memcmp(*pp, lit, n) != 0)
+        return false;
+    *pp += n;
+    return true;
+}
+
+/* An object whose keys are distinct (compared as bytes: they hold no escapes). Its members
+ * go to out[] (CANON_MAX_KEYS entries) when out is not NULL. */
+static bool canon_object(const unsigned char **pp, const unsigned char *end, int depth,
+                         struct canon_member *out, size_t *n_out)
+{
+    struct canon_member m[CANON_MAX_KEYS];
+    size_t n = 0;
+    const unsigned char *p = *pp + 1;
+    if (p < end && *p == '}') {
+        *pp = p + 1;
+        if (n_out)
+            *n_out = 0;
+        return true;
+    }
+    for (;;) {
+        if (p == end || *p != '"' || n == CANON_MAX_KEYS)
+            return false;
+        const unsigned char *key = p + 1;
+        if (!canon_string(&p, end))
+            return false;
+        size_t key_len = (size_t)(p - 1 - key);
+        for (size_t i = 0; i < n; i++)
+            if (m[i].key_len == key_len && memcmp(m[i].key, key, key_len) == 0)
+                return false;
+        if (p == end || *p != ':')
+            return false;
+        const unsigned char *val = ++p;
+        if (!canon_value(&p, end, depth + 1))
+            return false;
+        m[n++] = (struct canon_member){.key = (const char *)key,
+                                       .key_len = key_len,
+                                       .val = (const char *)val,
+                                       .val_len = (size_t)(p - val)};
+        if (p < end && *p == ',') {
+            p++;
+            continue;
+        }
+        if (p == end || *p != '}')
+            return false;
+        *pp = p + 1;
+        if (out)
+            memcpy(out, m, n * sizeof(m[0]));
+        if (n_out)
+            *n_out = n;
+        return true;
+    }
+}
+
+static bool canon_array(const unsigned char **pp, const unsigned char *end, int depth)
+{
+    const unsigned char *p = *pp + 1;
+    if (p < end && *p == ']') {
+        *pp = p + 1;
+        return true;
+    }
+    for (;;) {
+        if (!canon_value(&p, end, depth + 1))
+            return false;
+        if (p < end && *p == ',') {
+            p++;
+            continue;
+        }
+        if (p == end || *p != ']')
+            return false;
+        *pp = p + 1;
+        return true;
+    }
+}
+
+static bool canon_value(const unsigned char **pp, const unsigned char *end, int depth)
+{
+    if (*pp == end || depth >= CANON_MAX_DEPTH)
+        return false;
+    switch (**pp) {
+    case '{':
+        return canon_object(pp, end, depth, NULL, NULL);
+    case '[':
+        return canon_array(pp, end, depth);
+    case '"':
+        return canon_string(pp, end);
+    case 't':
+        return canon_literal(pp, end, "true");
+    case 'f':
+        return canon_literal(pp, end, "false");
+    case 'n':
+        return canon_literal(pp, end, "null");
+    default:
+        return canon_integer(pp, end);
+    }
+}
+
+bool hd_json_canonical(const char *s, size_t len)
+{
+    if (!s || len == 0)
+        return false;
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    return canon_value(&p, end, 0) && p == end;
+}
+
 /*
  * Sets err (when not NULL) and returns -1. The message is truncated to fit; a truncation that
  * would split a UTF-8 sequence drops the partial sequence so the message stays valid text.
@@ -332,27 +511,103 @@ bool hd_event_kind_valid(const char *s, size_t len)
 }
 
 /*
+ * Where a command's members are read from: jansson's tree, or the members of a canonical frame
+ * read in place. Both give the same answers (fuzz_cmd compares them).
+ */
+struct fields {
+    json_t *root; /* NULL: read m[] */
+    const struct canon_member *m;
+    size_t n;
+};
+
+enum field_kind { F_ABSENT, F_STRING, F_INTEGER, F_OTHER };
+
+static const struct canon_member *span_find(const struct fields *f, const char *key)
+{
+    size_t klen = strlen(key);
+    for (size_t i = 0; i < f->n; i++)
+        if (f->m[i].key_len == klen && memcmp(f->m[i].key, key, klen) == 0)
+            return &f->m[i];
+    return NULL;
+}
+
+/* The kind of member `key`, with its text (strings: not NUL-terminated when read in place)
+ * or its value (integers). */
+static enum field_kind field(const struct fields *f, const char *key, const char **s, size_t *len,
+                             int64_t *i)
+{
+    if (f->root) {
+        json_t *v = json_object_get(f->root, key);
+        if (!v)
+            return F_ABSENT;
+        if (json_is_string(v)) {
+            *s = json_string_value(v);
+            *len = json_string_length(v);
+            return F_STRING;
+        }
+        if (json_is_integer(v)) {
+            *i = (int64_t)json_integer_value(v);
+            return F_INTEGER;
+        }
+        return F_OTHER;
+    }
+    const struct canon_member *m = span_find(f, key);
+    if (!m)
+        return F_ABSENT;
+    char c = m->val[0];
+    if (c == '"') {
+        *s = m->val + 1;
+        *len = m->val_len - 2;
+        return F_STRING;
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) { /* canon_integer: at most 18 digits */
+        int64_t v = 0;
+        for (size_t k = c == '-'; k < m->val_len; k++)
+            v = v * 10 + (m->val[k] - '0');
+        *i = c == '-' ? -v : v;
+        return F_INTEGER;
+    }
+    return F_OTHER;
+}
+
+/*
  * Looks up an optional string member. Returns 1 with s and len set when present, 0 when absent,
  * or -1 (err set to bad_request) when present but not a string.
  */
-static int get_str(json_t *root, const char *key, const char **s, size_t *len, struct hd_error *err)
+static int get_str(const struct fields *f, const char *key, const char **s, size_t *len,
+                   struct hd_error *err)
 {
-    json_t *v = json_object_get(root, key);
-    if (!v)
+    int64_t ignored;
+    switch (field(f, key, s, len, &ignored)) {
+    case F_ABSENT:
         return 0;
-    if (!json_is_string(v))
+    case F_STRING:
+        return 1;
+    default:
         return hd_error_set(err, HD_ERR_BAD_REQUEST, "\"%s\" must be a string", key);
-    *s = json_string_value(v);
-    *len = json_string_length(v);
-    return 1;
+    }
 }
 
-static int parse_pattern(struct hd_cmd *cmd, struct hd_error *err)
+/* A validated member as a C string: jansson's own, or a copy (it fits: validated lengths). */
+static const char *keep(const struct fields *f, char *buf, size_t cap, const char *s, size_t len)
+{
+    if (f->root || len >= cap)
+        return s;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    return buf;
+}
+
+_Static_assert(sizeof(((struct hd_cmd *)0)->topic_buf) > HD_TOPIC_MAX, "topic_buf");
+_Static_assert(sizeof(((struct hd_cmd *)0)->since_buf) > SINCE_MAX, "since_buf");
+_Static_assert(sizeof(((struct hd_cmd *)0)->event_buf) > HD_EVENT_KIND_MAX, "event_buf");
+
+static int parse_pattern(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
 {
     const char *s = NULL;
     size_t len = 0;
     char e[ECHO_MAX + 4];
-    int r = get_str(cmd->root, "topic", &s, &len, err);
+    int r = get_str(f, "topic", &s, &len, err);
     if (r < 0)
         return -1;
     if (r == 0)
@@ -362,17 +617,17 @@ static int parse_pattern(struct hd_cmd *cmd, struct hd_error *err)
                             "invalid pattern \"%s\": use '.'-separated segments of "
                             "[A-Za-z0-9_:@-], '*' for one segment or a final '>'",
                             echo(e, s, len));
-    cmd->topic = s;
+    cmd->topic = keep(f, cmd->topic_buf, sizeof(cmd->topic_buf), s, len);
     return 0;
 }
 
-static int parse_subscribe(struct hd_cmd *cmd, struct hd_error *err)
+static int parse_subscribe(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
 {
     const char *s = NULL;
     size_t len = 0;
-    if (parse_pattern(cmd, err) < 0)
+    if (parse_pattern(cmd, f, err) < 0)
         return -1;
-    int r = get_str(cmd->root, "since", &s, &len, err);
+    int r = get_str(f, "since", &s, &len, err);
     if (r < 0)
         return -1;
     if (r == 0)
@@ -386,16 +641,16 @@ static int parse_subscribe(struct hd_cmd *cmd, struct hd_error *err)
                             SINCE_MAX);
     if (memchr(s, '\0', len))
         return hd_error_set(err, HD_ERR_BAD_REQUEST, "\"since\" must not contain NUL");
-    cmd->since = s;
+    cmd->since = keep(f, cmd->since_buf, sizeof(cmd->since_buf), s, len);
     return 0;
 }
 
-static int parse_publish(struct hd_cmd *cmd, struct hd_error *err)
+static int parse_publish(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
 {
     const char *s = NULL;
     size_t len = 0;
     char e[ECHO_MAX + 4];
-    int r = get_str(cmd->root, "topic", &s, &len, err);
+    int r = get_str(f, "topic", &s, &len, err);
     if (r < 0)
         return -1;
     if (r == 0)
@@ -413,9 +668,9 @@ static int parse_publish(struct hd_cmd *cmd, struct hd_error *err)
                             "invalid topic \"%s\": use 1-255 bytes of '.'-separated segments of "
                             "[A-Za-z0-9_:@-]",
                             echo(e, s, len));
-    cmd->topic = s;
+    cmd->topic = keep(f, cmd->topic_buf, sizeof(cmd->topic_buf), s, len);
 
-    r = get_str(cmd->root, "event", &s, &len, err);
+    r = get_str(f, "event", &s, &len, err);
     if (r < 0)
         return -1;
     if (r == 0) {
@@ -425,12 +680,18 @@ static int parse_publish(struct hd_cmd *cmd, struct hd_error *err)
                             "invalid event kind \"%s\": use 1-%d bytes of [A-Za-z0-9_.:-]",
                             echo(e, s, len), HD_EVENT_KIND_MAX);
     } else {
-        cmd->event = s;
+        cmd->event = keep(f, cmd->event_buf, sizeof(cmd->event_buf), s, len);
     }
 
-    cmd->data = json_object_get(cmd->root, "data");
-    if (!cmd->data)
-        cmd->data = json_null(); /* a static singleton: nothing to release */
+    if (f->root) {
+        cmd->data = json_object_get(f->root, "data");
+        if (!cmd->data)
+            cmd->data = json_null(); /* a static singleton: nothing to release */
+        return 0;
+    }
+    const struct canon_member *m = span_find(f, "data");
+    cmd->data_json = m ? m->val : "null";
+    cmd->data_len = m ? m->val_len : 4;
     return 0;
 }
 
@@ -445,23 +706,26 @@ static const struct {
     {.name = "ping", .len = 4, .op = HD_OP_PING},
 };
 
-static int parse_fields(struct hd_cmd *cmd, struct hd_error *err)
+static int parse_fields(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
 {
-    json_t *root = cmd->root;
     char e[ECHO_MAX + 4];
-
-    /* The id comes first so that every later error can be matched to its command. */
-    json_t *id = json_object_get(root, "id");
-    if (id) {
-        if (!json_is_integer(id))
-            return hd_error_set(err, HD_ERR_BAD_REQUEST, "\"id\" must be an integer");
-        cmd->has_id = true;
-        cmd->id = (int64_t)json_integer_value(id);
-    }
-
     const char *s = NULL;
     size_t len = 0;
-    int r = get_str(root, "op", &s, &len, err);
+    int64_t id;
+
+    /* The id comes first so that every later error can be matched to its command. */
+    switch (field(f, "id", &s, &len, &id)) {
+    case F_ABSENT:
+        break;
+    case F_INTEGER:
+        cmd->has_id = true;
+        cmd->id = id;
+        break;
+    default:
+        return hd_error_set(err, HD_ERR_BAD_REQUEST, "\"id\" must be an integer");
+    }
+
+    int r = get_str(f, "op", &s, &len, err);
     if (r < 0)
         return -1;
     if (r == 0)
@@ -477,11 +741,11 @@ static int parse_fields(struct hd_cmd *cmd, struct hd_error *err)
 
     switch (cmd->op) {
     case HD_OP_SUBSCRIBE:
-        return parse_subscribe(cmd, err);
+        return parse_subscribe(cmd, f, err);
     case HD_OP_UNSUBSCRIBE:
-        return parse_pattern(cmd, err);
+        return parse_pattern(cmd, f, err);
     case HD_OP_PUBLISH:
-        return parse_publish(cmd, err);
+        return parse_publish(cmd, f, err);
     case HD_OP_PING:
         return 0;
     }
@@ -493,21 +757,34 @@ static int parse_fields(struct hd_cmd *cmd, struct hd_error *err)
  * hd_cmd_clear). On failure returns -1 with `err` filled, cmd->has_id/id set when the id was
  * read, and nothing left to release (hd_cmd_clear is still harmless).
  *
- * jansson flags: JSON_DECODE_ANY so that `42` or `"x"` get the precise "must be a JSON object"
- * rather than a parser message; JSON_REJECT_DUPLICATES because two "topic" keys would let
- * different readers of the same frame (a proxy, a log, us) disagree about what was asked;
- * JSON_ALLOW_NUL because "\u0000" is valid JSON inside data: members we hand on as C strings are
- * checked by length, so an embedded NUL fails validation instead of truncating. Invalid UTF-8,
- * trailing garbage and nesting beyond JSON_PARSER_MAX_DEPTH (2048) are refused by jansson.
+ * A frame already in canonical form is read in place (no allocation). Anything else goes to
+ * jansson with these flags: JSON_DECODE_ANY so that `42` or `"x"` get the precise "must be a
+ * JSON object" rather than a parser message; JSON_REJECT_DUPLICATES because two "topic" keys
+ * would let different readers of the same frame (a proxy, a log, us) disagree about what was
+ * asked; JSON_ALLOW_NUL because "\u0000" is valid JSON inside data: members we hand on as C
+ * strings are checked by length, so an embedded NUL fails validation instead of truncating.
+ * Invalid UTF-8, trailing garbage and nesting beyond JSON_PARSER_MAX_DEPTH (2048) are refused
+ * by jansson.
  */
 int hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_error *err)
 {
     json_error_t jerr;
     char e[sizeof(jerr.text)];
+    struct canon_member m[CANON_MAX_KEYS];
+    struct fields f = {.m = m};
 
-    *cmd = (struct hd_cmd){.root = NULL};
+    cmd->root = NULL;
+    cmd->data = NULL;
+    cmd->data_json = cmd->topic = cmd->since = cmd->event = NULL;
+    cmd->data_len = 0;
+    cmd->has_id = false;
+    cmd->id = 0;
+    cmd->op = HD_OP_PING;
     if (!buf || len == 0)
         return hd_error_set(err, HD_ERR_BAD_REQUEST, "empty command: expected a JSON object");
+    const unsigned char *p = (const unsigned char *)buf, *end = p + len;
+    if (*p == '{' && canon_object(&p, end, 0, m, &f.n) && p == end)
+        goto fields;
     cmd->root =
         json_loadb(buf, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (!cmd->root) {
@@ -523,7 +800,9 @@ int hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_erro
         hd_cmd_clear(cmd);
         return hd_error_set(err, HD_ERR_BAD_REQUEST, "command must be a JSON object");
     }
-    if (parse_fields(cmd, err) < 0) {
+    f.root = cmd->root;
+fields:
+    if (parse_fields(cmd, &f, err) < 0) {
         bool has_id = cmd->has_id;
         int64_t id = cmd->id;
         hd_cmd_clear(cmd);
@@ -540,7 +819,23 @@ void hd_cmd_clear(struct hd_cmd *cmd)
     if (!cmd)
         return;
     json_decref(cmd->root);
-    *cmd = (struct hd_cmd){.root = NULL};
+    cmd->root = cmd->data = NULL;
+    cmd->data_json = cmd->topic = cmd->since = cmd->event = NULL;
+    cmd->data_len = 0;
+    cmd->has_id = false;
+    cmd->id = 0;
+    cmd->op = HD_OP_PING;
+}
+
+const char *hd_cmd_data(const struct hd_cmd *cmd, size_t *len, char **owned)
+{
+    *owned = NULL;
+    if (cmd->data_json) {
+        *len = cmd->data_len;
+        return cmd->data_json;
+    }
+    *owned = hd_json_dump_compact(cmd->data ? cmd->data : json_null(), len);
+    return *owned;
 }
 
 /* ---- encoders ------------------------------------------------------------------------- */

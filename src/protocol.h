@@ -52,18 +52,26 @@ bool hd_event_kind_valid(const char *s, size_t len);
 enum hd_op { HD_OP_SUBSCRIBE, HD_OP_UNSUBSCRIBE, HD_OP_PUBLISH, HD_OP_PING };
 
 /*
- * One parsed client command. String pointers borrow from `root`, which the struct owns;
- * release with hd_cmd_clear.
+ * One parsed client command; release with hd_cmd_clear. A frame that is already in compact
+ * canonical form (what clients almost always send) is read in place without building a jansson
+ * tree: then `root` and `data` are NULL, the strings live in the buffers below and the publish
+ * data is a span of the frame, so the frame must outlive the command, and the struct points
+ * into itself, so it must not be copied. Read the data with hd_cmd_data, which covers both.
  */
 struct hd_cmd {
     enum hd_op op;
     bool has_id; /* the frame had an integer "id" */
     int64_t id;
-    const char *topic; /* subscribe/unsubscribe: pattern; publish: topic. Validated. */
-    const char *since; /* subscribe only; NULL when absent */
-    const char *event; /* publish only; defaults to HD_DEFAULT_EVENT */
-    json_t *data;      /* publish only; borrowed from root; JSON null when absent */
+    const char *topic;     /* subscribe/unsubscribe: pattern; publish: topic. Validated. */
+    const char *since;     /* subscribe only; NULL when absent */
+    const char *event;     /* publish only; defaults to HD_DEFAULT_EVENT */
+    json_t *data;          /* publish, jansson path: borrowed from root; JSON null when absent */
+    const char *data_json; /* publish, in-place path: the data's text in the frame */
+    size_t data_len;
     json_t *root;
+    char topic_buf[256]; /* in-place path: NUL-terminated copies of validated members */
+    char since_buf[256];
+    char event_buf[HD_EVENT_KIND_MAX + 1];
 };
 
 /*
@@ -76,6 +84,12 @@ struct hd_cmd {
  */
 int hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_error *err);
 void hd_cmd_clear(struct hd_cmd *cmd);
+
+/*
+ * A publish command's data as compact JSON text (length in *len): the frame's own bytes when
+ * it was read in place, else written into *owned, which the caller frees. NULL on OOM.
+ */
+const char *hd_cmd_data(const struct hd_cmd *cmd, size_t *len, char **owned);
 
 /*
  * Encoders. Each returns a malloc'd NUL-terminated string (length in *len when len is not
@@ -118,5 +132,16 @@ int hd_event_id_parse(const char *s, uint64_t *seq);
  * Used once per event so every receiver shares the bytes.
  */
 char *hd_json_dump_compact(const json_t *data, size_t *len);
+
+/*
+ * True when `s` (len bytes) is one JSON value that hd_json_dump_compact would write back
+ * byte for byte after jansson parsed it (JSON_DECODE_ANY | JSON_REJECT_DUPLICATES |
+ * JSON_ALLOW_NUL): no whitespace, no escapes, no 0x7f, integers of at most 18 digits and no
+ * reals, at most 32 levels deep and 16 keys per object, no duplicate keys, valid UTF-8.
+ * False means only "not proven", and the caller takes the jansson path; jansson stays the
+ * judge of every input this does not recognise. It exists because parsing and re-dumping a
+ * small publish costs more than all of the rest of the broker's work for it.
+ */
+bool hd_json_canonical(const char *s, size_t len);
 
 #endif

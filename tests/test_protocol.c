@@ -16,17 +16,75 @@
 
 /* ---- helpers -------------------------------------------------------------------------- */
 
+/* A struct hd_cmd may point into itself, so outcomes point to one of these, never copy it. */
+static struct hd_cmd cmd_pool[8];
+static unsigned cmd_next;
+
 struct outcome {
     int rc;
-    struct hd_cmd cmd;
+    struct hd_cmd *cmd;
     struct hd_error err;
 };
 
+/* The publish data as a malloc'd C string, whichever path read the frame. */
+static char *data_text(const struct hd_cmd *cmd)
+{
+    size_t len = 0;
+    char *owned = NULL;
+    const char *d = hd_cmd_data(cmd, &len, &owned);
+    ck_assert_ptr_nonnull(d);
+    char *copy = strndup(d, len);
+    ck_assert_ptr_nonnull(copy);
+    ck_assert_uint_eq(strlen(copy), len);
+    free(owned);
+    return copy;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/*
+ * Parses the frame; a frame in canonical form (read in place, without jansson) is parsed a
+ * second time with a trailing space, which sends it through jansson, and the two results must
+ * agree in every field. So every test here also checks the in-place reader against jansson.
+ */
 static struct outcome parse_n(const char *buf, size_t len)
 {
-    struct outcome o = {.rc = 0};
+    struct outcome o = {.cmd = &cmd_pool[cmd_next++ % 8]};
     o.err.code = HD_ERR_NONE;
-    o.rc = hd_cmd_parse(buf, len, &o.cmd, &o.err);
+    o.rc = hd_cmd_parse(buf, len, o.cmd, &o.err);
+    if (!hd_json_canonical(buf, len) || buf[0] != '{')
+        return o;
+    ck_assert_ptr_null(o.cmd->root);
+    char *spaced = malloc(len + 1);
+    ck_assert_ptr_nonnull(spaced);
+    memcpy(spaced, buf, len);
+    spaced[len] = ' ';
+    struct hd_cmd jcmd;
+    struct outcome j = {.cmd = &jcmd};
+    j.rc = hd_cmd_parse(spaced, len + 1, j.cmd, &j.err);
+    ck_assert_int_eq(o.rc, j.rc);
+    ck_assert_int_eq(o.err.code, j.err.code);
+    ck_assert_str_eq(o.err.message, j.err.message);
+    ck_assert_int_eq(o.cmd->has_id, j.cmd->has_id);
+    ck_assert(o.cmd->id == j.cmd->id);
+    if (o.rc == 0) {
+        ck_assert_ptr_nonnull(j.cmd->root);
+        ck_assert_int_eq(o.cmd->op, j.cmd->op);
+        ck_assert(same_str(o.cmd->topic, j.cmd->topic));
+        ck_assert(same_str(o.cmd->since, j.cmd->since));
+        ck_assert(same_str(o.cmd->event, j.cmd->event));
+        if (o.cmd->op == HD_OP_PUBLISH) {
+            char *a = data_text(o.cmd), *b = data_text(j.cmd);
+            ck_assert_str_eq(a, b);
+            free(a);
+            free(b);
+        }
+    }
+    hd_cmd_clear(j.cmd);
+    free(spaced);
     return o;
 }
 
@@ -40,10 +98,10 @@ static struct outcome parse(const char *s)
     do {                                                                                           \
         ck_assert_int_eq((o).rc, -1);                                                              \
         ck_assert_str_eq(hd_err_name((o).err.code), hd_err_name(code_));                           \
-        ck_assert_int_eq((o).cmd.has_id, (has_id_));                                               \
+        ck_assert_int_eq((o).cmd->has_id, (has_id_));                                              \
         if (has_id_)                                                                               \
-            ck_assert_int_eq((o).cmd.id, (id_));                                                   \
-        ck_assert_ptr_null((o).cmd.root);                                                          \
+            ck_assert_int_eq((o).cmd->id, (id_));                                                  \
+        ck_assert_ptr_null((o).cmd->root);                                                         \
         ck_assert_uint_gt(strlen((o).err.message), 0);                                             \
     } while (0)
 
@@ -218,12 +276,10 @@ START_TEST(refuse_deep_nesting)
     buf[n++] = '}';
     o = parse_n(buf, n);
     ck_assert_int_eq(o.rc, 0);
-    size_t dlen = 0;
-    char *dump = hd_json_dump_compact(o.cmd.data, &dlen);
-    ck_assert_ptr_nonnull(dump);
-    ck_assert_uint_eq(dlen, 2 * (depth - 2));
+    char *dump = data_text(o.cmd);
+    ck_assert_uint_eq(strlen(dump), 2 * (depth - 2));
     free(dump);
-    hd_cmd_clear(&o.cmd);
+    hd_cmd_clear(o.cmd);
     free(buf);
 }
 END_TEST
@@ -395,21 +451,21 @@ START_TEST(accept_subscribe)
     struct outcome o = parse("{\"op\":\"subscribe\",\"id\":1,\"topic\":\"chat.>\",\"since\":"
                              "\"00000000000000a0\"}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert_int_eq(o.cmd.op, HD_OP_SUBSCRIBE);
-    ck_assert(o.cmd.has_id);
-    ck_assert_int_eq(o.cmd.id, 1);
-    ck_assert_str_eq(o.cmd.topic, "chat.>");
-    ck_assert_str_eq(o.cmd.since, "00000000000000a0");
-    hd_cmd_clear(&o.cmd);
-    ck_assert_ptr_null(o.cmd.root);
-    hd_cmd_clear(&o.cmd); /* twice is harmless */
+    ck_assert_int_eq(o.cmd->op, HD_OP_SUBSCRIBE);
+    ck_assert(o.cmd->has_id);
+    ck_assert_int_eq(o.cmd->id, 1);
+    ck_assert_str_eq(o.cmd->topic, "chat.>");
+    ck_assert_str_eq(o.cmd->since, "00000000000000a0");
+    hd_cmd_clear(o.cmd);
+    ck_assert_ptr_null(o.cmd->root);
+    hd_cmd_clear(o.cmd); /* twice is harmless */
 
     o = parse("  {\"topic\":\"user.42.*\",\"op\":\"subscribe\"}\n");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert(!o.cmd.has_id);
-    ck_assert_str_eq(o.cmd.topic, "user.42.*");
-    ck_assert_ptr_null(o.cmd.since);
-    hd_cmd_clear(&o.cmd);
+    ck_assert(!o.cmd->has_id);
+    ck_assert_str_eq(o.cmd->topic, "user.42.*");
+    ck_assert_ptr_null(o.cmd->since);
+    hd_cmd_clear(o.cmd);
 
     /* Any since string is accepted (unknown ids mean a gap later), up to 255 bytes. */
     static const char *const since[] = {"all", "latest", "", "garbage!", "\\u00e9\\n"};
@@ -418,23 +474,23 @@ START_TEST(accept_subscribe)
         snprintf(f, sizeof(f), "{\"op\":\"subscribe\",\"topic\":\">\",\"since\":\"%s\"}", since[i]);
         o = parse(f);
         ck_assert_msg(o.rc == 0, "%s: %s", f, o.err.message);
-        ck_assert_ptr_nonnull(o.cmd.since);
-        hd_cmd_clear(&o.cmd);
+        ck_assert_ptr_nonnull(o.cmd->since);
+        hd_cmd_clear(o.cmd);
     }
     char *s = repeat('f', 255);
     char *frame = fmt("{\"op\":\"subscribe\",\"topic\":\"a\",\"since\":\"%s\"}", s);
     o = parse(frame);
     ck_assert_int_eq(o.rc, 0);
-    ck_assert_str_eq(o.cmd.since, s);
-    hd_cmd_clear(&o.cmd);
+    ck_assert_str_eq(o.cmd->since, s);
+    hd_cmd_clear(o.cmd);
     free(frame);
     free(s);
 
     /* Reserved topics may be subscribed to; extra members are ignored. */
     o = parse("{\"op\":\"subscribe\",\"topic\":\"$sys.>\",\"data\":1,\"event\":\"bad kind\"}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert_str_eq(o.cmd.topic, "$sys.>");
-    hd_cmd_clear(&o.cmd);
+    ck_assert_str_eq(o.cmd->topic, "$sys.>");
+    hd_cmd_clear(o.cmd);
 }
 END_TEST
 
@@ -442,32 +498,32 @@ START_TEST(accept_unsubscribe_ping)
 {
     struct outcome o = parse("{\"op\":\"unsubscribe\",\"id\":2,\"topic\":\"chat.>\",\"since\":5}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert_int_eq(o.cmd.op, HD_OP_UNSUBSCRIBE);
-    ck_assert_int_eq(o.cmd.id, 2);
-    ck_assert_str_eq(o.cmd.topic, "chat.>");
-    ck_assert_ptr_null(o.cmd.since); /* since does not belong to unsubscribe: ignored */
-    hd_cmd_clear(&o.cmd);
+    ck_assert_int_eq(o.cmd->op, HD_OP_UNSUBSCRIBE);
+    ck_assert_int_eq(o.cmd->id, 2);
+    ck_assert_str_eq(o.cmd->topic, "chat.>");
+    ck_assert_ptr_null(o.cmd->since); /* since does not belong to unsubscribe: ignored */
+    hd_cmd_clear(o.cmd);
 
     o = parse("{\"op\":\"ping\",\"id\":4}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert_int_eq(o.cmd.op, HD_OP_PING);
-    ck_assert(o.cmd.has_id);
-    ck_assert_int_eq(o.cmd.id, 4);
-    hd_cmd_clear(&o.cmd);
+    ck_assert_int_eq(o.cmd->op, HD_OP_PING);
+    ck_assert(o.cmd->has_id);
+    ck_assert_int_eq(o.cmd->id, 4);
+    hd_cmd_clear(o.cmd);
 
     o = parse("{\"op\":\"ping\",\"topic\":\"not..checked\"}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert(!o.cmd.has_id);
-    hd_cmd_clear(&o.cmd);
+    ck_assert(!o.cmd->has_id);
+    hd_cmd_clear(o.cmd);
 
     o = parse("{\"op\":\"ping\",\"id\":-9223372036854775808}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert(o.cmd.id == INT64_MIN);
-    hd_cmd_clear(&o.cmd);
+    ck_assert(o.cmd->id == INT64_MIN);
+    hd_cmd_clear(o.cmd);
     o = parse("{\"op\":\"ping\",\"id\":9223372036854775807}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert(o.cmd.id == INT64_MAX);
-    hd_cmd_clear(&o.cmd);
+    ck_assert(o.cmd->id == INT64_MAX);
+    hd_cmd_clear(o.cmd);
 }
 END_TEST
 
@@ -476,35 +532,38 @@ START_TEST(accept_publish)
     struct outcome o = parse("{\"op\":\"publish\",\"id\":3,\"topic\":\"chat.room1\",\"event\":"
                              "\"login\",\"data\":{\"from\":\"alice\",\"text\":\"hi\"}}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert_int_eq(o.cmd.op, HD_OP_PUBLISH);
-    ck_assert_int_eq(o.cmd.id, 3);
-    ck_assert_str_eq(o.cmd.topic, "chat.room1");
-    ck_assert_str_eq(o.cmd.event, "login");
-    ck_assert(json_is_object(o.cmd.data));
-    ck_assert_str_eq(json_string_value(json_object_get(o.cmd.data, "from")), "alice");
-    hd_cmd_clear(&o.cmd);
+    ck_assert_int_eq(o.cmd->op, HD_OP_PUBLISH);
+    ck_assert_int_eq(o.cmd->id, 3);
+    ck_assert_str_eq(o.cmd->topic, "chat.room1");
+    ck_assert_str_eq(o.cmd->event, "login");
+    char *d = data_text(o.cmd);
+    ck_assert_str_eq(d, "{\"from\":\"alice\",\"text\":\"hi\"}");
+    free(d);
+    hd_cmd_clear(o.cmd);
 
     /* Defaults: event "message", data null. */
     o = parse("{\"op\":\"publish\",\"topic\":\"logins\"}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert(!o.cmd.has_id);
-    ck_assert_str_eq(o.cmd.event, "message");
-    ck_assert(json_is_null(o.cmd.data));
-    hd_cmd_clear(&o.cmd);
+    ck_assert(!o.cmd->has_id);
+    ck_assert_str_eq(o.cmd->event, "message");
+    d = data_text(o.cmd);
+    ck_assert_str_eq(d, "null");
+    free(d);
+    hd_cmd_clear(o.cmd);
 
     char *k64 = repeat('K', 64);
     char *frame = fmt("{\"op\":\"publish\",\"topic\":\"t\",\"event\":\"%s\"}", k64);
     o = parse(frame);
     ck_assert_int_eq(o.rc, 0);
-    ck_assert_str_eq(o.cmd.event, k64);
-    hd_cmd_clear(&o.cmd);
+    ck_assert_str_eq(o.cmd->event, k64);
+    hd_cmd_clear(o.cmd);
     free(frame);
     free(k64);
 
     o = parse("{\"op\":\"publish\",\"topic\":\"t\",\"event\":\"a.B-9_:z\"}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert_str_eq(o.cmd.event, "a.B-9_:z");
-    hd_cmd_clear(&o.cmd);
+    ck_assert_str_eq(o.cmd->event, "a.B-9_:z");
+    hd_cmd_clear(o.cmd);
 
     /* Data of every JSON type, serialized back as it came. */
     static const char *const data[] = {
@@ -531,19 +590,26 @@ START_TEST(accept_publish)
                  data[i]);
         o = parse(f);
         ck_assert_msg(o.rc == 0, "%s: %s", f, o.err.message);
-        ck_assert_ptr_nonnull(o.cmd.data);
-        size_t len = 0;
-        char *d = hd_json_dump_compact(o.cmd.data, &len);
-        ck_assert_ptr_nonnull(d);
+        d = data_text(o.cmd);
         ck_assert_str_eq(d, data[i]);
-        ck_assert_uint_eq(len, strlen(data[i]));
         free(d);
-        hd_cmd_clear(&o.cmd);
+        hd_cmd_clear(o.cmd);
     }
     o = parse("{\"op\":\"publish\",\"topic\":\"t\",\"data\":null}");
     ck_assert_int_eq(o.rc, 0);
-    ck_assert(json_is_null(o.cmd.data));
-    hd_cmd_clear(&o.cmd);
+    d = data_text(o.cmd);
+    ck_assert_str_eq(d, "null");
+    free(d);
+    hd_cmd_clear(o.cmd);
+
+    /* Not canonical (spaces, an escape, a real): jansson reads it and the data is dumped. */
+    o = parse("{ \"op\": \"publish\", \"topic\": \"t\", \"data\": {\"a\": [1.50, \"\\u0041\"]} }");
+    ck_assert_int_eq(o.rc, 0);
+    ck_assert_ptr_nonnull(o.cmd->root);
+    d = data_text(o.cmd);
+    ck_assert_str_eq(d, "{\"a\":[1.5,\"A\"]}");
+    free(d);
+    hd_cmd_clear(o.cmd);
 }
 END_TEST
 
@@ -819,6 +885,102 @@ static void dump_is(json_t *v, const char *want)
     json_decref(v);
 }
 
+/*
+ * hd_json_canonical: what it accepts must be exactly what jansson plus hd_json_dump_compact
+ * give back; what it refuses includes everything where they would differ or jansson refuses.
+ */
+START_TEST(json_canonical)
+{
+    static const char *const yes[] = {
+        "{}",
+        "[]",
+        "\"\"",
+        "0",
+        "-1",
+        "123456789012345678",
+        "-123456789012345678",
+        "true",
+        "false",
+        "null",
+        "{\"a\":1,\"b\":[true,false,null],\"c\":{\"d\":\"e\"}}",
+        "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"",
+        "[[[[]]]]",
+        "{\"s\":1,\"t\":2,\"p\":\"xxxxxxxxxxxxxxxx\"}",
+        "{\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k9\":9,"
+        "\"k10\":10,\"k11\":11,\"k12\":12,\"k13\":13,\"k14\":14,\"k15\":15,\"k16\":16}",
+    };
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        size_t n = strlen(yes[i]);
+        ck_assert_msg(hd_json_canonical(yes[i], n), "refused %s", yes[i]);
+        json_error_t je;
+        json_t *j = json_loadb(yes[i], n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
+        ck_assert_msg(j != NULL, "jansson refuses %s", yes[i]);
+        size_t dlen = 0;
+        char *d = hd_json_dump_compact(j, &dlen);
+        ck_assert_str_eq(d, yes[i]);
+        free(d);
+        json_decref(j);
+    }
+    static const char *const no[] = {
+        "",
+        " {}",
+        "{} ",
+        "{ }",
+        "[1, 2]",
+        "{\"a\" :1}",
+        "\"\\n\"",
+        "\"\\u0041\"",
+        "\"a\\/b\"",
+        "1.0",
+        "1e3",
+        "1E3",
+        "-0",
+        "01",
+        "-01",
+        "1234567890123456789",
+        "+1",
+        "-",
+        "tru",
+        "nul",
+        "truex",
+        "\"\x7f\"",
+        "\"\x01\"",
+        "\"\xc3\"",
+        "\"\xc0\xaf\"",
+        "\"\xed\xa0\x80\"",
+        "\"\xf4\x90\x80\x80\"",
+        "\"\xff\"",
+        "{\"a\":1,\"a\":2}",
+        "{\"a\":1,}",
+        "[1,]",
+        "{,}",
+        "[",
+        "{",
+        "\"abc",
+        "{\"a\"}",
+        "{\"a\":}",
+        "{1:2}",
+        "[]]",
+        "{}{}",
+        "nan",
+        "{\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k9\":9,"
+        "\"k10\":10,\"k11\":11,\"k12\":12,\"k13\":13,\"k14\":14,\"k15\":15,\"k16\":16,\"k17\":17}",
+    };
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        ck_assert_msg(!hd_json_canonical(no[i], strlen(no[i])), "accepted %s", no[i]);
+    ck_assert(!hd_json_canonical(NULL, 0));
+    ck_assert(!hd_json_canonical("\"a\0b\"", 5)); /* a raw NUL is not JSON */
+
+    /* 33 levels is one too many for the in-place path (jansson still takes it). */
+    char deep[80];
+    for (int levels = 32; levels <= 33; levels++) {
+        memset(deep, '[', (size_t)levels);
+        memset(deep + levels, ']', (size_t)levels);
+        ck_assert(hd_json_canonical(deep, 2 * (size_t)levels) == (levels == 32));
+    }
+}
+END_TEST
+
 START_TEST(json_dump)
 {
     dump_is(json_null(), "null");
@@ -892,6 +1054,7 @@ static Suite *protocol_suite(void)
     tcase_add_test(tc, event_ids);
     tcase_add_test(tc, event_kinds);
     tcase_add_test(tc, json_dump);
+    tcase_add_test(tc, json_canonical);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -5,6 +5,7 @@ metrics and CORS. Delivered data is checked through a real WebSocket subscriber,
 a publisher cares about is what subscribers get.
 """
 
+import asyncio
 import json
 import unittest
 
@@ -58,6 +59,22 @@ class PublishTest(HeraldTestCase):
                                                        json.dumps(value).encode(),
                                                        "application/json")
                 self.assertEqual(ev["data"], value)
+
+    @async_test()
+    async def test_json_body_is_delivered_compact(self):
+        # A compact body is published as it came; any other is parsed and written compact.
+        sub = await WSClient.connect(self.d)
+        await sub.subscribe("chat.room1")
+        cases = ((b'{"a":[1,"x"],"b":{"c":null},"d":"caf\xc3\xa9"}',
+                  '{"a":[1,"x"],"b":{"c":null},"d":"caf\u00e9"}'),
+                 (b'{ "a" : [ 1.50 , "\\u0041" ] }', '{"a":[1.5,"A"]}'),
+                 (b'{"a":1,"a":2}', '{"a":2}'))
+        for body, want in cases:
+            with self.subTest(body=body):
+                status, _, reply = self.d.publish("chat.room1", body, "application/json")
+                self.assertEqual(status, 202, reply)
+                raw = await asyncio.wait_for(sub.ws.recv(), 5)
+                self.assertTrue(raw.endswith('"data":' + want + '}'), raw)
 
     @async_test()
     async def test_json_content_type_with_charset(self):

@@ -273,6 +273,38 @@ class WebSocketTest(HeraldTestCase):
         self.assertEqual((await c.recv_event())["data"], value)
 
     @async_test()
+    async def test_data_is_delivered_compact_whatever_the_frame_looks_like(self):
+        # Compact frames are read in place and the data bytes go out as they came; any other
+        # frame goes through the JSON parser and its data is written compact. Subscribers
+        # cannot tell the two apart, and both refuse duplicate keys.
+        sub = await self.connect()
+        await sub.subscribe("chat.room1")
+        pub = await self.connect()
+        cases = (
+            ('{"op":"publish","id":1,"topic":"chat.room1","data":{"k":[true,-3,"caf\\u00e9"]}}',
+             '{"k":[true,-3,"caf\u00e9"]}'),
+            ('{"op":"publish","id":2,"topic":"chat.room1","data":{"k":[true,-3,"café"]}}',
+             '{"k":[true,-3,"café"]}'),
+            ('{ "op": "publish", "id": 3, "topic": "chat.room1", "data": {"k": [1.50, "\\u0041"]} }',
+             '{"k":[1.5,"A"]}'),
+            ('{"op":"publish","id":4,"topic":"chat.room1"}', 'null'),
+        )
+        for frame, want in cases:
+            with self.subTest(frame=frame):
+                await pub.send_raw(frame)
+                r = await pub.recv_frame()
+                self.assertEqual(r["type"], "ok", r)
+                raw = await asyncio.wait_for(sub.ws.recv(), 5)
+                self.assertTrue(raw.endswith('"data":' + want + '}'), raw)
+        for n, frame in enumerate(('{"op":"publish","id":9,"topic":"a","data":{"k":1,"k":2}}',
+                                   '{"op":"publish","id":9,"topic":"a","topic":"b"}',
+                                   '{"op":"publish","id":9,"topic":"a","data":01}')):
+            with self.subTest(frame=frame):
+                await pub.send_raw(frame)
+                r = await pub.recv_frame()
+                self.assertEqual((r["type"], r["id"], r["code"]), ("error", None, "bad_request"), r)
+
+    @async_test()
     async def test_many_subscribers_same_topic(self):
         clients = []
         for _ in range(20):
