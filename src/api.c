@@ -323,10 +323,14 @@ static uint32_t rate_check(struct hd_broker *b, const struct hd_identity *id,
     if (!hd_broker_config(b)->limits.publish_rate)
         return 0;
     char key[80];
-    if (id->kind == HD_ID_ANONYMOUS)
-        snprintf(key, sizeof(key), "ip:%s", req->peer ? req->peer : "?");
-    else
+    if (id->kind != HD_ID_ANONYMOUS) {
         snprintf(key, sizeof(key), "id:%s", hd_identity_name(id));
+    } else if (req->peer_addr) {
+        memcpy(key, "ip:", 3);
+        hd_peer_addr_format(req->peer_addr, key + 3, sizeof(key) - 3);
+    } else {
+        snprintf(key, sizeof(key), "ip:%s", req->peer ? req->peer : "?");
+    }
     uint32_t h = 2166136261u;
     for (const char *p = key; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;

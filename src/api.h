@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "broker.h"
+#include "peers.h"
 #include "topic.h"
 
 enum hd_method {
@@ -30,7 +31,10 @@ struct hd_http_req {
     const char *path;  /* percent-decoded, NUL-terminated, without the query */
     const char *query; /* raw query string without '?', or NULL */
     const char *content_type, *origin, *authorization, *last_event_id; /* NULL when absent */
-    const char *peer;       /* the client's address, for per-address limits; NULL when unknown */
+    /* The client's address, for per-address limits: peer_addr (formatted only when a limit
+     * needs it), else the text in peer, else unknown. */
+    const struct hd_peer_addr *peer_addr;
+    const char *peer;
     int64_t content_length; /* -1 when absent */
 };
 

@@ -461,11 +461,10 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     pss->req.authorization =
         take_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, AUTHORIZATION_MAX, &at, end);
-    /* The address counted at accept, formatted without another getpeername(). */
+    /* The address counted at accept: no getpeername(), and text only if a limit asks. */
     const struct hd_peer *peer = lws_get_opaque_user_data(wsi);
     if (peer) {
-        hd_peer_addr_format(hd_peer_addr_of(peer), at, PEER_MAX + 1);
-        pss->req.peer = at;
+        pss->req.peer_addr = hd_peer_addr_of(peer);
     } else if (lws_get_peer_simple(wsi, at, PEER_MAX + 1)) {
         pss->req.peer = at;
     }
