@@ -17,22 +17,31 @@
 #include "log.h"
 #include "topic.h"
 
-int hd_http_resp_header(struct hd_http_resp *resp, const char *name, const char *fmt, ...)
+int hd_http_resp_header(struct hd_http_resp *resp, const char *name, const char *value)
 {
     if (resp->n_headers >= HD_HTTP_MAX_HEADERS)
         return -ENOSPC;
-    va_list ap;
-    va_start(ap, fmt);
     resp->headers[resp->n_headers].name = name;
-    vsnprintf(resp->headers[resp->n_headers].value, sizeof(resp->headers[0].value), fmt, ap);
-    va_end(ap);
+    resp->headers[resp->n_headers].value = value;
     resp->n_headers++;
+    return 0;
+}
+
+int hd_http_resp_header_uint(struct hd_http_resp *resp, const char *name, unsigned value)
+{
+    char *at = resp->text + resp->text_used;
+    size_t left = sizeof(resp->text) - resp->text_used;
+    int n = snprintf(at, left, "%u", value);
+    if (n < 0 || (size_t)n >= left || hd_http_resp_header(resp, name, at))
+        return -ENOSPC;
+    resp->text_used += (size_t)n + 1;
     return 0;
 }
 
 void hd_http_resp_clear(struct hd_http_resp *resp)
 {
     free(resp->body);
+    free(resp->stream);
     memset(resp, 0, sizeof(*resp));
 }
 
@@ -140,7 +149,7 @@ void hd_api_cors(const struct hd_broker *b, const struct hd_http_req *req,
     if (star) {
         hd_http_resp_header(resp, "access-control-allow-origin:", "*");
     } else if (req->origin && hd_api_origin_allowed(b, req->origin)) {
-        hd_http_resp_header(resp, "access-control-allow-origin:", "%s", req->origin);
+        hd_http_resp_header(resp, "access-control-allow-origin:", req->origin);
         hd_http_resp_header(resp, "vary:", "Origin");
     }
     hd_http_resp_header(resp, "access-control-expose-headers:", "Retry-After");
@@ -357,7 +366,7 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool pub
         snprintf(msg, sizeof(msg), "more than %u events per second; retry in %u s",
                  hd_broker_config(b)->limits.publish_rate, wait);
         hd_api_error(resp, HD_ERR_RATE_LIMITED, msg);
-        hd_http_resp_header(resp, "retry-after:", "%u", wait);
+        hd_http_resp_header_uint(resp, "retry-after:", wait);
         return false;
     }
     if (right == HD_ERR_NONE)
@@ -455,8 +464,13 @@ void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,
 static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_req *req,
                                     const char *pattern, struct hd_http_resp *resp)
 {
-    struct hd_http_stream *st = &resp->stream;
-    memset(st, 0, sizeof(*st));
+    struct hd_http_stream *st = calloc(1, sizeof(*st));
+    if (!st) {
+        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+        return HD_HTTP_RESPOND;
+    }
+    free(resp->stream);
+    resp->stream = st;
     if (!pattern_param(pattern, st, resp) || !allowed(b, req, false, st->pattern, resp))
         return HD_HTTP_RESPOND;
     if (query_uint(req->query, "limit", 1, 1000, 100, &st->limit)) {
@@ -485,8 +499,13 @@ static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_re
 static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req *req,
                                    const char *pattern, struct hd_http_resp *resp)
 {
-    struct hd_http_stream *st = &resp->stream;
-    memset(st, 0, sizeof(*st));
+    struct hd_http_stream *st = calloc(1, sizeof(*st));
+    if (!st) {
+        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+        return HD_HTTP_RESPOND;
+    }
+    free(resp->stream);
+    resp->stream = st;
     if (!pattern_param(pattern, st, resp) || !allowed(b, req, false, st->pattern, resp))
         return HD_HTTP_RESPOND;
     if (hd_broker_draining(b)) {
@@ -548,8 +567,8 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
         resp->body_len = 0;
         resp->status = 204;
         resp->content_type = NULL;
-        hd_http_resp_header(resp, "allow:", "%s", route_allow[r]);
-        hd_http_resp_header(resp, "access-control-allow-methods:", "%s", route_allow[r]);
+        hd_http_resp_header(resp, "allow:", route_allow[r]);
+        hd_http_resp_header(resp, "access-control-allow-methods:", route_allow[r]);
         hd_http_resp_header(
             resp, "access-control-allow-headers:", "Authorization, Content-Type, Last-Event-ID");
         hd_http_resp_header(resp, "access-control-max-age:", "86400");
@@ -557,7 +576,7 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
     }
     if (!method_ok(r, req->method)) {
         hd_api_error(resp, HD_ERR_METHOD_NOT_ALLOWED, "method not allowed on this path");
-        hd_http_resp_header(resp, "allow:", "%s", route_allow[r]);
+        hd_http_resp_header(resp, "allow:", route_allow[r]);
         return HD_HTTP_RESPOND;
     }
     switch (r) {

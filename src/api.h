@@ -59,9 +59,11 @@ struct hd_http_resp {
     size_t n_headers;
     struct {
         const char *name;
-        char value[192];
+        const char *value; /* static, the request's, or in text[] */
     } headers[HD_HTTP_MAX_HEADERS];
-    struct hd_http_stream stream; /* for HD_HTTP_SSE and HD_HTTP_LONGPOLL */
+    char text[24]; /* formatted header values */
+    size_t text_used;
+    struct hd_http_stream *stream; /* HD_HTTP_SSE and HD_HTTP_LONGPOLL: owned, NULL otherwise */
 };
 
 /* What the transport does next with a routed request. */
@@ -72,9 +74,15 @@ enum hd_http_next {
     HD_HTTP_LONGPOLL,  /* wait up to stream.wait_s for an event, then hd_api_poll_answer */
 };
 
-/* Adds a response header (value copied, truncated to fit). Returns 0 or -ENOSPC. */
-int hd_http_resp_header(struct hd_http_resp *resp, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/*
+ * Adds a response header. The value is borrowed: a static string or one of the request's
+ * strings, which live until the response is written. Returns 0 or -ENOSPC. The response is
+ * kept small because the transport holds one in every HTTP connection's state, which lws
+ * allocates and zeroes for every request.
+ */
+int hd_http_resp_header(struct hd_http_resp *resp, const char *name, const char *value);
+/* Adds a header whose value is a number, formatted into the response. 0 or -ENOSPC. */
+int hd_http_resp_header_uint(struct hd_http_resp *resp, const char *name, unsigned value);
 /* Frees what the response owns and zeroes it. */
 void hd_http_resp_clear(struct hd_http_resp *resp);
 
