@@ -461,17 +461,30 @@ void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,
     set_body(resp, 200, "application/json", body, o);
 }
 
-static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_req *req,
-                                    const char *pattern, struct hd_http_resp *resp)
+/*
+ * The parameters of an SSE or long-poll request, attached to resp; NULL when resp already holds
+ * the answer (out of memory, a bad pattern, no right to read it).
+ */
+static struct hd_http_stream *stream_begin(struct hd_broker *b, const struct hd_http_req *req,
+                                           const char *pattern, struct hd_http_resp *resp)
 {
     struct hd_http_stream *st = calloc(1, sizeof(*st));
     if (!st) {
         hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
-        return HD_HTTP_RESPOND;
+        return NULL;
     }
     free(resp->stream);
     resp->stream = st;
     if (!pattern_param(pattern, st, resp) || !allowed(b, req, false, st->pattern, resp))
+        return NULL;
+    return st;
+}
+
+static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_req *req,
+                                    const char *pattern, struct hd_http_resp *resp)
+{
+    struct hd_http_stream *st = stream_begin(b, req, pattern, resp);
+    if (!st)
         return HD_HTTP_RESPOND;
     if (query_uint(req->query, "limit", 1, 1000, 100, &st->limit)) {
         hd_api_error(resp, HD_ERR_BAD_REQUEST, "limit must be a whole number from 1 to 1000");
@@ -499,14 +512,8 @@ static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_re
 static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req *req,
                                    const char *pattern, struct hd_http_resp *resp)
 {
-    struct hd_http_stream *st = calloc(1, sizeof(*st));
-    if (!st) {
-        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
-        return HD_HTTP_RESPOND;
-    }
-    free(resp->stream);
-    resp->stream = st;
-    if (!pattern_param(pattern, st, resp) || !allowed(b, req, false, st->pattern, resp))
+    struct hd_http_stream *st = stream_begin(b, req, pattern, resp);
+    if (!st)
         return HD_HTTP_RESPOND;
     if (hd_broker_draining(b)) {
         hd_api_error(resp, HD_ERR_UNAVAILABLE, "the server is shutting down");

@@ -51,12 +51,11 @@ struct hd_conn {
     struct hd_subscriber subscriber; /* registry owner; first member */
     const struct hd_conn_ops *ops;
     struct hd_broker *broker;
-    struct hd_conn *prev, *next; /* the broker's list of connections */
     uint64_t id;
     struct hd_queue q;
     struct hd_conn_sub *subs;
     uint32_t n_subs, cap_subs;
-    uint32_t clock; /* index of its heartbeat and expiry times in the broker's dense array */
+    uint32_t clock; /* its entry in the broker's dense array of attached connections */
     /* Small fields together: an idle connection's size is what 18,000 of them cost. */
     enum hd_conn_kind kind;
     uint16_t bad_in_row; /* at most HD_MAX_BAD_IN_ROW */

@@ -976,6 +976,32 @@ START_TEST(drain)
 }
 END_TEST
 
+/* Drain closes every connection once, also when some transports detach inside the close. */
+START_TEST(drain_with_detaching_closes)
+{
+    boot();
+    enum { N = 9 };
+    struct tconn *t[N];
+    for (int i = 0; i < N; i++) {
+        ck_assert_uint_lt(n_conns, MAX_CONNS);
+        t[i] = calloc(1, sizeof(*t[i]));
+        ck_assert_ptr_nonnull(t[i]);
+        conns[n_conns++] = t[i];
+        t[i]->detach_on_close = i % 3 != 1;
+        ck_assert_int_eq(hd_conn_attach(b, &t[i]->c, HD_CONN_WS, &t_ops), 0);
+    }
+    hd_conn_detach(&t[2]->c); /* the array is no longer in attach order */
+    ck_assert_uint_eq(hd_broker_connections(b), N - 1);
+    hd_broker_drain(b);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(t[i]->closes == (i != 2), "connection %d closed %d times", i, t[i]->closes);
+        if (i != 2)
+            ck_assert_int_eq(t[i]->close_code, HD_CLOSE_GOING_AWAY);
+    }
+    ck_assert_uint_eq(hd_broker_connections(b), 3); /* 1, 4, 7 close later */
+}
+END_TEST
+
 START_TEST(detach_counts_dropped)
 {
     boot();
@@ -1073,6 +1099,7 @@ static Suite *broker_suite(void)
     tcase_add_test(tc, global_queue_cap_sheds_publishes);
     tcase_add_test(tc, tick_sees_every_connection);
     tcase_add_test(tc, drain);
+    tcase_add_test(tc, drain_with_detaching_closes);
     tcase_add_test(tc, detach_counts_dropped);
     tcase_add_test(tc, delivery_counters);
     suite_add_tcase(s, tc);
