@@ -133,12 +133,19 @@ static void boot(void)
     hd_broker_set_engine(b, &eng->base);
 }
 
-static struct tconn *open_kind(enum hd_conn_kind kind)
+/* A test connection, not yet attached; teardown frees it. */
+static struct tconn *new_tconn(void)
 {
     ck_assert_uint_lt(n_conns, MAX_CONNS);
     struct tconn *t = calloc(1, sizeof(*t));
     ck_assert_ptr_nonnull(t);
     conns[n_conns++] = t;
+    return t;
+}
+
+static struct tconn *open_kind(enum hd_conn_kind kind)
+{
+    struct tconn *t = new_tconn();
     ck_assert_int_eq(hd_conn_attach(b, &t->c, kind, &t_ops), 0);
     return t;
 }
@@ -910,10 +917,7 @@ START_TEST(tick_sees_every_connection)
     enum { N = 14 };
     struct tconn *t[N];
     for (int i = 0; i < N; i++) {
-        ck_assert_uint_lt(n_conns, MAX_CONNS);
-        t[i] = calloc(1, sizeof(*t[i]));
-        ck_assert_ptr_nonnull(t[i]);
-        conns[n_conns++] = t[i];
+        t[i] = new_tconn();
         if (i == 3 || i == 7 || i == 10) { /* tokens that expired a while ago */
             t[i]->c.identity.expires_ms = hd_wall_ms() - 10000;
             t[i]->detach_on_close = true;
@@ -983,10 +987,7 @@ START_TEST(drain_with_detaching_closes)
     enum { N = 9 };
     struct tconn *t[N];
     for (int i = 0; i < N; i++) {
-        ck_assert_uint_lt(n_conns, MAX_CONNS);
-        t[i] = calloc(1, sizeof(*t[i]));
-        ck_assert_ptr_nonnull(t[i]);
-        conns[n_conns++] = t[i];
+        t[i] = new_tconn();
         t[i]->detach_on_close = i % 3 != 1;
         ck_assert_int_eq(hd_conn_attach(b, &t[i]->c, HD_CONN_WS, &t_ops), 0);
     }
