@@ -68,7 +68,9 @@ struct hd_conn {
     uint16_t bad_in_row; /* at most HD_MAX_BAD_IN_ROW */
     bool closing;        /* close requested: nothing more is queued */
     bool want_pending;
-    uint8_t ended; /* enum hd_err: why the server ended the subscription (long polls) */
+    uint8_t ended;         /* enum hd_err: why the server ended the subscription (long polls) */
+    uint16_t replays;      /* engine replays in flight for new subscriptions */
+    struct hd_queue *held; /* live events waiting behind those replays, else NULL */
     /* Who this is: set by the transport before hd_conn_attach, released by detach. The raw
      * credential (malloc'd, NULL for anonymous) is kept to re-check it on SIGHUP. */
     struct hd_identity identity;
