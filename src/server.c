@@ -49,23 +49,34 @@ bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int c
     return lws_hdr_copy(wsi, out, cap, t) >= 0;
 }
 
-size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message)
+size_t srv_format_error(char *out, size_t cap, int status, enum hd_err code, const char *message,
+                        const char *extra)
 {
     static const char *const reasons[] = {
-        [400] = "Bad Request", [401] = "Unauthorized",      [403] = "Forbidden",
-        [404] = "Not Found",   [429] = "Too Many Requests", [503] = "Service Unavailable"};
+        [400] = "Bad Request",        [401] = "Unauthorized",
+        [403] = "Forbidden",          [404] = "Not Found",
+        [405] = "Method Not Allowed", [411] = "Length Required",
+        [413] = "Content Too Large",  [414] = "URI Too Long",
+        [429] = "Too Many Requests",  [431] = "Request Header Fields Too Large",
+        [503] = "Service Unavailable"};
     size_t blen = 0;
     char *body = hd_encode_error(false, false, 0, code, message, &blen);
-    int status = hd_err_http(code);
     int n = -1;
-    if (body && status < 600)
+    if (body && status >= 100 && status < 600)
         n = snprintf(out, cap,
                      "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                      "content-length: %zu\r\n%sconnection: close\r\nserver: heraldd\r\n\r\n%s",
-                     status, reasons[status] ? reasons[status] : "Error", blen,
-                     status == 429 ? "retry-after: 1\r\n" : "", body);
+                     status, reasons[status] ? reasons[status] : "Error", blen, extra ? extra : "",
+                     body);
     free(body);
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message)
+{
+    int status = hd_err_http(code);
+    return srv_format_error(out, cap, status, code, message,
+                            status == 429 ? "retry-after: 1\r\n" : NULL);
 }
 
 static bool vhost_is_tls(const struct hd_server *s, const struct lws_vhost *vh)
@@ -84,6 +95,7 @@ static bool vhost_is_tls(const struct hd_server *s, const struct lws_vhost *vh)
 static int peer_filter(struct hd_server *s, struct lws *wsi,
                        const struct lws_filter_network_conn_args *a)
 {
+    srv_guard_open(a->accept_fd, vhost_is_tls(s, lws_get_vhost(wsi)));
     /* lws adopted nothing for the last accepted socket: its count must not stay behind. */
     hd_broker_peer_close(s->broker, s->pending_peer);
     s->pending_peer = NULL;
@@ -203,7 +215,9 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     info.foreign_loops = foreign;
     info.user = s;
     info.protocols = s->protocols;
-    info.max_http_header_data = (unsigned short)cfg->limits.max_header_bytes;
+    /* limits.max_header_bytes is enforced before lws parses (server_guard.c). */
+    srv_guard_init(cfg);
+    info.max_http_header_data = (unsigned short)srv_guard_lws_header_bytes(cfg);
     info.timeout_secs = cfg->limits.handshake_timeout_s;
     info.timeout_secs_ah_idle = cfg->limits.handshake_timeout_s;
     info.keepalive_timeout = 60;

@@ -626,6 +626,10 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                     (const unsigned char *)"no-store", 8, &p, end))
         goto fail;
+    /* The client sent more before this answer: that cannot be served (server_guard.c), and
+     * the close tells it to send again (RFC 9112 9.3.2). */
+    if (srv_guard_pipelined(lws_get_socket_fd(wsi)))
+        pss->close_after = true;
     if (pss->close_after && lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
                                                         (const unsigned char *)"close", 5, &p, end))
         goto fail;
@@ -647,6 +651,7 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     pss->busy = false;
     if (close_after)
         return -1;
+    srv_guard_answered(lws_get_socket_fd(wsi));
     if (lws_http_transaction_completed(wsi))
         return -1;
     s->http_completed = wsi;

@@ -106,14 +106,33 @@ static inline struct turn_link *turn_pop(struct turn_link *head)
     return l;
 }
 
+/*
+ * The size of a reassembly buffer holding `need` bytes: the next power of two from 1 KiB,
+ * at most `max` (but never under need). Growing by doubling keeps a message of many small
+ * fragments from being copied once per fragment.
+ */
+static inline size_t srv_rx_capacity(size_t need, size_t max)
+{
+    size_t c = 1024;
+    while (c < need)
+        c *= 2;
+    if (c > max)
+        c = max;
+    return c < need ? need : c;
+}
+
 /* Copies header t into out when present and shorter than cap. */
 bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int cap);
 
 /*
- * A complete HTTP/1.1 error response with the JSON error body, written raw where lws would
- * not answer properly (it labels its own status line HTTP/1.0). Returns its length, 0 when
- * it does not fit.
+ * A complete HTTP/1.1 error response with the JSON error body and `Connection: close`,
+ * written raw where lws would not answer properly (it labels its own status line HTTP/1.0).
+ * `extra` (borrowed, may be NULL) is more header lines, each ending in CRLF. Returns its
+ * length, 0 when it does not fit.
  */
+size_t srv_format_error(char *out, size_t cap, int status, enum hd_err code, const char *message,
+                        const char *extra);
+/* The same with the status of `code` (and Retry-After on a 429). */
 size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message);
 
 /*
@@ -130,6 +149,18 @@ extern const struct lws_protocols srv_ws_protocol;
 void srv_ws_flush_all(struct hd_server *s);
 /* Reads again from paused WebSocket publishers once they may go on. */
 void srv_ws_resume(struct hd_server *s, uint64_t now_ns);
+
+/* server_guard.c: HTTP/1.1 framing checked below lws (see hd_guard_recv in server.h) */
+/* Takes the limits from cfg (borrowed for the call). */
+void srv_guard_init(const struct hd_config *cfg);
+/* The header buffer lws needs so that it never refuses a head the framing let through. */
+unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg);
+/* A connection was accepted on fd: checked from its first byte unless it is TLS. */
+void srv_guard_open(int fd, bool tls);
+/* True when the client sent more after its request, before the answer: answer, then close. */
+bool srv_guard_pipelined(int fd);
+/* The request on fd was answered and the connection stays open for the next one. */
+void srv_guard_answered(int fd);
 
 /* server_http.c */
 extern const struct lws_protocols srv_http_protocol;
