@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -76,7 +78,7 @@ size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *m
 {
     int status = hd_err_http(code);
     return srv_format_error(out, cap, status, code, message,
-                            status == 429 ? "retry-after: 1\r\n" : NULL);
+                            status == 429 || status == 503 ? "retry-after: 1\r\n" : NULL);
 }
 
 static bool vhost_is_tls(const struct hd_server *s, const struct lws_vhost *vh)
@@ -87,34 +89,79 @@ static bool vhost_is_tls(const struct hd_server *s, const struct lws_vhost *vh)
     return false;
 }
 
+static void conn_free(struct hd_server *s, struct srv_conn *c)
+{
+    if (c) {
+        hd_broker_peer_close(s->broker, c->peer);
+        free(c);
+    }
+}
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
 /*
- * A new TCP connection, before lws reads a byte of it: the broker counts it against its
- * address (limits.max_connections_per_ip). A refused plaintext peer still gets a short
- * 429 so a person with curl learns why; a TLS peer just sees the connection close.
+ * A new TCP connection, before lws reads a byte of it: it counts against
+ * limits.max_connections (a loopback peer past it gets one of a few reserve places, for
+ * health checks and metrics only) and against its address (limits.max_connections_per_ip).
+ * A refused plaintext peer still gets a short 503 or 429 so a person with curl learns why;
+ * a TLS peer just sees the connection close.
  */
 static int peer_filter(struct hd_server *s, struct lws *wsi,
                        const struct lws_filter_network_conn_args *a)
 {
-    srv_guard_open(a->accept_fd, vhost_is_tls(s, lws_get_vhost(wsi)));
+    bool tls = vhost_is_tls(s, lws_get_vhost(wsi));
+    srv_guard_open(a->accept_fd, tls);
     /* lws adopted nothing for the last accepted socket: its count must not stay behind. */
-    hd_broker_peer_close(s->broker, s->pending_peer);
-    s->pending_peer = NULL;
-    bool refused;
+    conn_free(s, s->pending);
+    s->pending = NULL;
     struct hd_error err = {0};
-    s->pending_peer = hd_broker_peer_open(s->broker, (const struct sockaddr *)&a->cli_addr,
-                                          a->clilen, &refused, &err);
-    if (!refused)
+    const char *why = "max_connections";
+    uint32_t max = s->cfg->limits.max_connections;
+    struct srv_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        hd_error_set(&err, HD_ERR_UNAVAILABLE, "out of memory");
+        goto refuse;
+    }
+    if (s->conns_open >= max) {
+        if (!is_loopback(&a->cli_addr) || s->reserve_open >= SRV_RESERVE_CONNS) {
+            hd_error_set(&err, HD_ERR_UNAVAILABLE,
+                         "the server is at limits.max_connections (%u); try again later", max);
+            hd_broker_metrics(s->broker)->connections_refused++;
+            goto refuse;
+        }
+        c->reserve = true;
+    }
+    bool refused;
+    c->peer = hd_broker_peer_open(s->broker, (const struct sockaddr *)&a->cli_addr, a->clilen,
+                                  &refused, &err);
+    if (!refused) {
+        s->pending = c;
         return 0;
+    }
+    why = "per_ip_limit";
+refuse:
+    free(c);
     /* One line a second at most: a flood must not turn into a log flood. */
     uint64_t now_s = hd_now_ns() / 1000000000u;
     s->refused_unlogged++;
     if (now_s != s->refused_logged_s) {
-        hd_log_info("connection refused", "reason=per_ip_limit count=%" PRIu64 " error=\"%s\"",
+        hd_log_info("connection refused", "reason=%s count=%" PRIu64 " error=\"%s\"", why,
                     s->refused_unlogged, err.message);
         s->refused_logged_s = now_s;
         s->refused_unlogged = 0;
     }
-    if (!vhost_is_tls(s, lws_get_vhost(wsi))) {
+    if (!tls) {
         char buf[1024];
         size_t n = srv_format_refusal(buf, sizeof(buf), err.code, err.message);
         /* Best effort into an empty socket buffer: never blocks, never raises SIGPIPE. */
@@ -137,15 +184,23 @@ bool srv_peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callback_
         if (s->creating < HD_MAX_LISTENERS)
             s->ssl_ctx[s->creating] = user;
         return true;
-    case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+    case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED: {
         /* The wsi's opaque pointer outlives the per-transaction pss and the upgrade. */
-        lws_set_opaque_user_data(wsi, s->pending_peer);
-        s->pending_peer = NULL;
+        struct srv_conn *c = s->pending;
+        s->pending = NULL;
+        lws_set_opaque_user_data(wsi, c);
+        if (c)
+            (*(c->reserve ? &s->reserve_open : &s->conns_open))++;
         return true;
-    case LWS_CALLBACK_WSI_DESTROY:
-        hd_broker_peer_close(s->broker, lws_get_opaque_user_data(wsi));
+    }
+    case LWS_CALLBACK_WSI_DESTROY: {
+        struct srv_conn *c = lws_get_opaque_user_data(wsi);
+        if (c)
+            (*(c->reserve ? &s->reserve_open : &s->conns_open))--;
+        conn_free(s, c);
         lws_set_opaque_user_data(wsi, NULL);
         return true;
+    }
     default:
         return false;
     }
@@ -222,9 +277,12 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     info.timeout_secs_ah_idle = cfg->limits.handshake_timeout_s;
     info.keepalive_timeout = 60;
     info.server_string = "heraldd";
-    /* lws stops accepting at its fd table size: that is limits.max_connections (plus the
-     * listeners, the store and lws's own descriptors), bounded by RLIMIT_NOFILE. */
-    info.fd_limit_per_thread = cfg->limits.max_connections + 32 + (unsigned)cfg->n_listeners;
+    /* limits.max_connections is held at accept (peer_filter), where the connections past it
+     * are answered: lws's fd table, which silently stops accepting when full, has room for
+     * them, the reserve, the listeners, the store and lws's own descriptors. Bounded by
+     * RLIMIT_NOFILE. */
+    info.fd_limit_per_thread =
+        cfg->limits.max_connections + SRV_RESERVE_CONNS + 64 + (unsigned)cfg->n_listeners;
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
         hd_log_error("cannot create the libwebsockets context",
@@ -400,6 +458,6 @@ void hd_server_free(struct hd_server *s)
         lws_context_destroy(s->ctx);
     if (s->epfd >= 0)
         close(s->epfd);
-    hd_broker_peer_close(s->broker, s->pending_peer);
+    conn_free(s, s->pending);
     free(s);
 }

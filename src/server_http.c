@@ -466,9 +466,9 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     pss->req.authorization =
         take_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, AUTHORIZATION_MAX, &at, end);
     /* The address counted at accept: no getpeername(), and text only if a limit asks. */
-    const struct hd_peer *peer = lws_get_opaque_user_data(wsi);
-    if (peer) {
-        pss->req.peer_addr = hd_peer_addr_of(peer);
+    const struct srv_conn *sc = srv_conn_of(wsi);
+    if (sc && sc->peer) {
+        pss->req.peer_addr = hd_peer_addr_of(sc->peer);
     } else if (lws_get_peer_simple(wsi, at, PEER_MAX + 1)) {
         pss->req.peer = at;
     }
@@ -477,6 +477,19 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     if (srv_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
         pss->req.content_length = strtoll(cl, NULL, 10);
 
+    if (sc && sc->reserve) {
+        /* Past limits.max_connections, from loopback: health and metrics only, then close. */
+        pss->close_after = true;
+        if (strcmp(pss->req.path, "/healthz") != 0 && strcmp(pss->req.path, "/metrics") != 0) {
+            char msg[100];
+            snprintf(msg, sizeof(msg), "the server is at limits.max_connections (%u)",
+                     s->cfg->limits.max_connections);
+            hd_api_error(&pss->resp, HD_ERR_UNAVAILABLE, msg);
+            hd_http_resp_header(&pss->resp, "retry-after:", "1");
+            hd_broker_metrics(s->broker)->connections_refused++;
+            return http_respond(s, pss);
+        }
+    }
     /* No long requests yet: keep lws's content timeout for the body, or respond now. */
     enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
     if (next == HD_HTTP_SSE)

@@ -29,6 +29,21 @@
 
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
+/* Loopback connections past limits.max_connections kept for /healthz and /metrics. */
+#define SRV_RESERVE_CONNS 8
+
+/* Each accepted TCP connection's record: the wsi's opaque pointer, from accept to destroy. */
+struct srv_conn {
+    struct hd_peer *peer; /* counted for limits.max_connections_per_ip, or NULL */
+    bool reserve;         /* past limits.max_connections: health and metrics, then close */
+};
+
+/* The record of an accepted connection's wsi, NULL for any other wsi. */
+static inline const struct srv_conn *srv_conn_of(struct lws *wsi)
+{
+    return lws_get_opaque_user_data(wsi);
+}
+
 /* Membership in one of the server's end-of-turn lists; all zero when in none. */
 struct turn_link {
     struct turn_link *prev, *next;
@@ -50,8 +65,11 @@ struct hd_server {
     struct lws_vhost *vhosts[HD_MAX_LISTENERS];
     void *ssl_ctx[HD_MAX_LISTENERS]; /* each TLS vhost's SSL_CTX, for certificate reloads */
     size_t creating;                 /* the listener whose vhost lws is creating */
-    /* Counted at accept, handed to the wsi lws creates for it right after. */
-    struct hd_peer *pending_peer;
+    /* Made at accept, handed to the wsi lws creates for it right after. */
+    struct srv_conn *pending;
+    /* Accepted connections open: counted against limits.max_connections, and loopback ones
+     * past it that may only ask for /healthz or /metrics. */
+    uint32_t conns_open, reserve_open;
     uint64_t refused_logged_s, refused_unlogged;
     bool failed; /* a listener could not be bound: tear down and exit */
     /* Work done at the end of each loop turn, after libuv ran every ready socket: queued
@@ -132,7 +150,7 @@ bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int c
  */
 size_t srv_format_error(char *out, size_t cap, int status, enum hd_err code, const char *message,
                         const char *extra);
-/* The same with the status of `code` (and Retry-After on a 429). */
+/* The same with the status of `code` (and Retry-After on a 429 or 503). */
 size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message);
 
 /*

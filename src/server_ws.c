@@ -112,6 +112,12 @@ static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
         strcmp(path, "/v1/ws") != 0) {
         return refuse_upgrade(wsi, HD_ERR_NOT_FOUND, "WebSocket is served on /v1/ws");
     }
+    const struct srv_conn *sc = srv_conn_of(wsi);
+    if (sc && sc->reserve) {
+        hd_broker_metrics(s->broker)->connections_refused++;
+        return refuse_upgrade(wsi, HD_ERR_UNAVAILABLE,
+                              "the server is at limits.max_connections; try again later");
+    }
     char origin[HDR_SMALL];
     bool has_origin = srv_copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin));
     if (!hd_api_origin_allowed(s->broker, has_origin ? origin : NULL)) {
