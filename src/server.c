@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -234,13 +235,47 @@ static void on_turn_end(uv_check_t *h)
 
 enum { PROTO_HTTP, PROTO_WS };
 
+/*
+ * lws's own lines, at heraldd's debug level only its warnings (its notice and info levels
+ * are a line per socket event, which buried heraldd's own records). Errors heraldd already
+ * reports better itself, or that are not errors, are dropped.
+ */
 static void lws_logger(int level, const char *line)
 {
+    /* lws_http_mark_sse() on HTTP/1 calls lws_mux_mark_immortal(), which complains that
+     * the connection is not an h2 stream: once per SSE stream, and harmless. */
+    if (strstr(line, "not h2 substream"))
+        return;
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == ' '))
         n--;
     hd_log(level & LLL_ERR ? HD_LOG_WARN : HD_LOG_DEBUG, "libwebsockets", "lws=\"%.*s\"", (int)n,
            line);
+}
+
+/* Why lws could not listen: it does not say, so the bind is tried once more to find out. */
+static const char *bind_error(const char *address, unsigned port, char *buf, size_t cap)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    char service[8];
+    snprintf(service, sizeof(service), "%u", port);
+    int r = getaddrinfo(address, service, &hints, &ai);
+    if (r) {
+        snprintf(buf, cap, "%s", gai_strerror(r));
+        return buf;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), e = 0;
+    int one = 1;
+    if (fd < 0)
+        e = errno;
+    else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+             bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1))
+        e = errno;
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    snprintf(buf, cap, "%s", e ? strerror(e) : "libwebsockets could not set it up");
+    return buf;
 }
 
 struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg)
@@ -258,9 +293,7 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->ws_paused.prev = s->ws_paused.next = &s->ws_paused;
     s->protocols[PROTO_HTTP] = srv_http_protocol;
     s->protocols[PROTO_WS] = srv_ws_protocol;
-    lws_set_log_level(LLL_ERR |
-                          (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0),
-                      lws_logger);
+    lws_set_log_level(LLL_ERR | (hd_log_enabled(HD_LOG_DEBUG) ? LLL_WARN : 0), lws_logger);
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
@@ -331,7 +364,12 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         struct lws_vhost *vh = lws_create_vhost(s->ctx, &vi);
         s->creating = SIZE_MAX;
         if (!vh) {
-            hd_log_error("cannot listen", "address=%s port=%u", l->address, l->port);
+            char why[128], msg[300];
+            snprintf(msg, sizeof(msg), "cannot listen on %s%s%s:%u: %s",
+                     strchr(l->address, ':') ? "[" : "", l->address,
+                     strchr(l->address, ':') ? "]" : "", l->port,
+                     bind_error(l->address, l->port, why, sizeof(why)));
+            hd_log_error(msg, "address=%s port=%u", l->address, l->port);
             s->failed = true;
             return s;
         }

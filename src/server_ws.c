@@ -6,6 +6,7 @@
  */
 #include "server_int.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -358,6 +359,9 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
                              (unsigned char *)"a close frame's payload cannot be 1 byte", 40);
             return -1;
         }
+        hd_log_debug("peer closed", "conn=%" PRIu64 " code=%d", pss->conn.id,
+                     len >= 2 ? ((const unsigned char *)in)[0] << 8 | ((const unsigned char *)in)[1]
+                              : 1005);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return ws_writable(pss, wsi);
