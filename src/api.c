@@ -161,6 +161,16 @@ size_t hd_api_body_limit(const struct hd_broker *b)
     return (size_t)hd_broker_config(b)->limits.max_event_bytes + 16384;
 }
 
+void hd_api_body_too_large(const struct hd_broker *b, struct hd_http_resp *resp)
+{
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "the request body is larger than %zu bytes (limits.max_event_bytes %u, plus 16384 "
+             "for the JSON around the data)",
+             hd_api_body_limit(b), hd_broker_config(b)->limits.max_event_bytes);
+    hd_api_error(resp, HD_ERR_TOO_LARGE, msg);
+}
+
 static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool publish,
                     const char *what, struct hd_http_resp *resp);
 
@@ -271,7 +281,7 @@ static enum hd_http_next publish_route(struct hd_broker *b, const struct hd_http
     if (!allowed(b, req, true, topic, resp))
         return HD_HTTP_RESPOND;
     if (req->content_length >= 0 && (uint64_t)req->content_length > hd_api_body_limit(b)) {
-        hd_api_error(resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
+        hd_api_body_too_large(b, resp);
         return HD_HTTP_RESPOND;
     }
     if (hd_broker_draining(b)) {

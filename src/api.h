@@ -92,6 +92,8 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
 
 /* The largest request body accepted (bigger bodies get 413 without being read). */
 size_t hd_api_body_limit(const struct hd_broker *b);
+/* Fills resp with that 413, naming the limit and its key. */
+void hd_api_body_too_large(const struct hd_broker *b, struct hd_http_resp *resp);
 
 /* Completion of an HTTP publish: `resp` is owned by the callee (clear it when written). */
 typedef void (*hd_api_done_fn)(void *arg, struct hd_http_resp *resp);

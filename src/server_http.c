@@ -555,7 +555,7 @@ static int http_body_complete(struct hd_server *s, struct http_pss *pss)
 {
     pss->reading_body = false;
     if (pss->body_too_large) {
-        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
+        hd_api_body_too_large(s->broker, &pss->resp);
         return http_respond(s, pss);
     }
     struct http_pending *p = calloc(1, sizeof(*p));
