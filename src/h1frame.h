@@ -72,10 +72,11 @@ struct hd_h1_refusal {
 
 /*
  * Feeds the n bytes the peer sent next (in, borrowed) and says what to do with them. On
- * H1_OK the first *consumed bytes are taken from the peer and the *out_len bytes written to
- * out (capacity cap, at least 2) are what lws is to parse: the bytes of this request, less
- * an absolute-form target's scheme and authority; bytes past *consumed are for the next
- * call. On H1_REFUSE, `ref` says what to answer; nothing more is to be read.
+ * H1_OK the first *consumed bytes are taken from the peer (all n when cap > n) and the
+ * *out_len bytes written to out (capacity cap) are what lws is to parse: the bytes of this
+ * request, less an absolute-form target's scheme and authority, and none of a request sent
+ * before this one was answered (hd_h1_opts.pipelining). On H1_REFUSE or H1_WS_CLOSE, `ref`
+ * says what to answer; nothing more is to be read.
  */
 enum hd_h1_verdict hd_h1_feed(struct hd_h1 *h, const struct hd_h1_opts *o, const char *in, size_t n,
                               char *out, size_t cap, size_t *consumed, size_t *out_len,
