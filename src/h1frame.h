@@ -24,6 +24,10 @@ struct hd_h1_opts {
      * bytes after a complete request are discarded and the answer closes the connection, so
      * the client retries them (RFC 9112 9.3.2). */
     bool pipelining;
+    /* lws decodes a chunked request body. When false the request is answered (411 for a
+     * publish) and closed, and the body is dropped unparsed; when true lws frames it, and
+     * the connection's later bytes are lws's alone (this check has no chunk decoder). */
+    bool chunked;
 };
 
 enum hd_h1_state {

@@ -19,15 +19,21 @@
 #include "server_int.h"
 
 /*
- * THE lws version decision for HTTP/1.1 framing. lws 4.1 (Debian 12) mis-parses a request
- * that arrives before the previous one is answered (a pipelined body is re-read from the
- * start of its buffer, LWS_NOTES.md) and does not decode chunked request bodies. lws 4.3
- * fixes both; turning them on there is issue 17's to test. Until then: one request per
- * read, and a pipelining client gets `Connection: close` and retries (RFC 9112 9.3.2).
+ * THE lws version decision for HTTP/1.1 framing, the one place that knows. lws 4.1 (Debian
+ * 12) mis-parses a request that arrives before the previous one is answered (a pipelined
+ * body is re-read from the start of its buffer, LWS_NOTES.md) and does not decode chunked
+ * request bodies. lws 4.3 is said to do both; turning them on there (a version check here,
+ * and tests that pipelined and chunked requests are served) is issue 17's. Until then: one
+ * request per read, a pipelining client gets `Connection: close` and retries (RFC 9112
+ * 9.3.2), and a chunked body gets 411.
  */
-static bool lws_h1_pipelining_works(void)
+static const struct {
+    bool pipelining, chunked;
+} lws_h1 = {.pipelining = false, .chunked = false};
+
+bool srv_lws_decodes_chunked(void)
 {
-    return false;
+    return lws_h1.chunked;
 }
 
 /* lws keeps each known header and each query part in a fragment of a fixed table
@@ -50,7 +56,8 @@ void srv_guard_init(const struct hd_config *cfg)
     opts = (struct hd_h1_opts){.max_head_bytes = cfg->limits.max_header_bytes,
                                .max_headers = GUARD_MAX_HEADERS,
                                .max_params = GUARD_MAX_PARAMS,
-                               .pipelining = lws_h1_pipelining_works()};
+                               .pipelining = lws_h1.pipelining,
+                               .chunked = lws_h1.chunked};
 }
 
 unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg)

@@ -503,8 +503,12 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     if (next == HD_HTTP_READ_BODY) {
         if (pss->req.content_length < 0) {
-            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
-                /* lws 4.1 does not decode chunked request bodies. */
+            bool chunked = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
+            if (chunked && srv_lws_decodes_chunked()) {
+                pss->reading_body = true; /* lws hands over the decoded body */
+                return 0;
+            }
+            if (chunked) {
                 hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
                              "send the body with a Content-Length (chunked is not supported)");
                 pss->resp.status = 411;

@@ -173,6 +173,8 @@ void srv_ws_resume(struct hd_server *s, uint64_t now_ns);
 void srv_guard_init(const struct hd_config *cfg);
 /* The header buffer lws needs so that it never refuses a head the framing let through. */
 unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg);
+/* Whether lws decodes chunked request bodies (false on 4.1: 411). */
+bool srv_lws_decodes_chunked(void);
 /* A connection was accepted on fd: checked from its first byte unless it is TLS. */
 void srv_guard_open(int fd, bool tls);
 /* True when the client sent more after its request, before the answer: answer, then close. */
