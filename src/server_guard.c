@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "api.h"
 #include "h1frame.h"
 #include "log.h"
 #include "server.h"
@@ -125,11 +126,14 @@ static ssize_t discard(int fd)
 
 static void send_refusal(int fd, const struct hd_h1_refusal *ref)
 {
-    char extra[96] = "";
+    struct hd_http_resp resp = {0};
+    hd_api_error(&resp, ref->code, ref->message);
+    resp.status = ref->status; /* 414 and 431 carry too_large's body */
     if (ref->allow)
-        snprintf(extra, sizeof(extra), "allow: %s\r\n", ref->allow);
+        hd_http_resp_header(&resp, "allow:", ref->allow);
     char buf[1024];
-    size_t n = srv_format_error(buf, sizeof(buf), ref->status, ref->code, ref->message, extra);
+    size_t n = srv_format_resp(buf, sizeof(buf), &resp);
+    hd_http_resp_clear(&resp);
     /* Into an empty send buffer (nothing else was written on this request): never blocks. */
     if (n && send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
         hd_log_debug("refusal not sent", "errno=%d", errno);

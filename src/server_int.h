@@ -13,6 +13,7 @@
 #include <libwebsockets.h>
 #include <uv.h>
 
+#include "api.h"
 #include "broker.h"
 #include "config.h"
 #include "protocol.h"
@@ -143,15 +144,14 @@ static inline size_t srv_rx_capacity(size_t need, size_t max)
 bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int cap);
 
 /*
- * A complete HTTP/1.1 error response with the JSON error body and `Connection: close`,
- * written raw where lws would not answer properly (it labels its own status line HTTP/1.0).
- * `extra` (borrowed, may be NULL) is more header lines, each ending in CRLF. Returns its
- * length, 0 when it does not fit.
+ * A complete HTTP/1.1 error response with the JSON error body, written raw where lws would
+ * not answer properly (it labels its own status line HTTP/1.0), with Retry-After on a 429
+ * or 503. Returns its length, 0 when it does not fit.
  */
-size_t srv_format_error(char *out, size_t cap, int status, enum hd_err code, const char *message,
-                        const char *extra);
-/* The same with the status of `code` (and Retry-After on a 429 or 503). */
 size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message);
+/* The same for a whole response the API filled (status, headers, body), with
+ * `connection: close`. Returns its length, 0 when it does not fit. */
+size_t srv_format_resp(char *out, size_t cap, const struct hd_http_resp *resp);
 
 /*
  * The accept-to-destroy life of every TCP connection, whichever protocol lws routes it to
