@@ -168,6 +168,7 @@ static void send_ws_close(int fd, const struct hd_h1_refusal *ref)
 ssize_t hd_guard_recv(int fd, void *buf, size_t len, int flags)
 {
     struct guard *g = flags ? NULL : guard_of(fd);
+    /* (lws reads into buffers of hundreds of bytes or more; a 1-byte read is not its.) */
     if (!g || g->h.state == H1_PASS || len < 2)
         return recvfrom(fd, buf, len, flags, NULL, NULL);
     if (g->h.state == H1_DISCARD || g->h.state == H1_REFUSED)

@@ -373,7 +373,8 @@ static int sse_writable(struct http_pss *pss, struct lws *wsi)
  * The body is complete: act on it at the end of this loop turn, never here. lws 4.1 re-feeds
  * stored input from the request line when the headers of a request with a body came from
  * pipelined input, so the first body it reports may be garbage and a second completion
- * follows; answering here would also hang lws in a loop that never returns to libuv.
+ * follows (on TLS connections: plaintext ones never give lws pipelined input, see
+ * server_guard.c); answering here would also hang lws in a loop that never returns to libuv.
  */
 static int body_complete(struct http_pss *pss)
 {
@@ -521,9 +522,11 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
     if (pss) {
         struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
         pss->pending = NULL;
-        if (resp)
+        if (resp) {
+            /* What the route left in the response (its identity) goes first, or it leaks. */
+            hd_http_resp_clear(&pss->resp);
             pss->resp = *resp;
-        else
+        } else
             hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         free(resp);
         /* Outside any lws callback: a failed write closes the connection asynchronously. */
@@ -685,7 +688,9 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
         if (!pss)
             return -1;
         /* A new request while the last is unanswered is a pipelining client; lws 4.1
-         * cannot serve those reliably (see body_complete), so it is dropped. */
+         * cannot serve those reliably (see body_complete), so it is dropped. Only TLS
+         * connections get here: plaintext ones are handed to lws one request at a time,
+         * and the pipelined rest is refused politely (server_guard.c). */
         if (pss->busy)
             return -1;
         pss->wsi = wsi;
