@@ -305,6 +305,8 @@ enum hd_err hd_broker_publish_submit(struct hd_broker *b, const struct hd_publis
     struct hd_pub ep = *p;
     ep.key = op->key;
     int r = b->engine->ops->publish(b->engine, &ep, on_ack, op);
+    hd_log_debug("publish", "topic=%s event=%s bytes=%zu result=%d", ep.topic,
+                 ep.event ? ep.event : "message", ep.data_len, r);
     if (r) {
         if (op->key)
             hd_dedupe_abort(b->dedupe, op->key, r);
