@@ -124,6 +124,7 @@ int cmd_poll(struct cli *cli, int argc, char **argv)
     herald_error e = {0};
     char *body = NULL;
     int rc;
+    cli_exit_on_signals();
     if (herald_poll(cli->url, &o, pattern, since, (unsigned)limit, (unsigned)wait_s, &body, &e) !=
         0) {
         json_decref(cursors);
@@ -182,6 +183,7 @@ int cmd_status(struct cli *cli, int argc, char **argv)
     cli_lib_options(cli, &o);
     herald_error e = {0};
     char *body = NULL;
+    cli_exit_on_signals();
     if (herald_event_status(cli->url, &o, argv[optind], &body, &e) != 0)
         return e.status == HERALD_E_SERVER || e.status == HERALD_E_AUTH ? cli_fail(&e)
                                                                         : cli_fail_connect(&e);

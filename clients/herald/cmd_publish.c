@@ -88,7 +88,9 @@ static void on_reply(herald_client *c, const herald_reply *r, void *arg)
 static void fail_line(struct lines *l, unsigned long line, const herald_error *e)
 {
     int code = cli_exit_code(e);
-    if (code == EXIT_REJECTED)
+    if (e->status == HERALD_E_TOO_LARGE)
+        fprintf(stderr, "herald: line %lu: %s: %s\n", line, e->server_code, e->message);
+    else if (code == EXIT_REJECTED)
         fprintf(stderr, "herald: line %lu: rejected by the server: %s\n", line, e->message);
     else
         fprintf(stderr, "herald: line %lu: %s\n", line, e->message);

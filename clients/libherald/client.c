@@ -283,7 +283,7 @@ static void sub_gap_event(struct herald_client *c, const struct herald__sub *s, 
 static void subscribe_ok(struct herald_client *c, const struct herald__frame *f)
 {
     struct herald__sub *s = f->has_id ? herald__subs_find_wire(&c->subs, f->id) : NULL;
-    herald__subs_on_ok(&c->subs, s, f->replayed, f->gap);
+    herald__subs_on_ok(&c->subs, s, f->replayed, f->gap, f->next);
     if (!s)
         return; /* unsubscribed meanwhile; its replay is still counted */
     if (f->gap || s->blind)
@@ -340,7 +340,7 @@ static int event_frame(struct herald_client *c, const char *text, size_t len,
          * (before the cursors moved) so the subscription resumes before this event. */
         return herald__err(why, HERALD_E_NOMEM, NULL, "out of memory receiving an event");
     }
-    if (!herald__subs_on_event(&c->subs, f->topic, f->ev_id)) {
+    if (!herald__subs_on_event(&c->subs, f->topic, f->ev_id, &it->mark)) {
         herald_event_free(&it->ev); /* delivered before, through an overlapping pattern */
         return 0;
     }
@@ -368,6 +368,7 @@ static int event_frame(struct herald_client *c, const char *text, size_t len,
     it->ev.json = p;
     it->ev.json_len = len;
     it->ev.time_ms = f->time_ms;
+    it->has_mark = true;
     herald__push_event(c, it);
     return 0;
 }

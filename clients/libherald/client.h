@@ -46,6 +46,8 @@ struct herald__req {
 struct herald__evitem {
     struct herald__evitem *next;
     size_t bytes;
+    bool has_mark; /* an EVENT: handing it over moves the saved cursors (subs.c) */
+    struct herald__evmark mark;
     herald_event ev;
     char buf[];
 };
@@ -98,6 +100,7 @@ struct herald_client {
     int64_t next_wire_id;
     struct herald__evitem *evq, *evq_tail;
     size_t evq_n, evq_bytes;
+    size_t in_hand; /* taken off evq by herald_process(), callbacks not yet run */
     struct herald__req *cbq, *cbq_tail; /* async completions for herald_process */
     bool closing, stop_thread, fatal;
     herald_error fatal_err;

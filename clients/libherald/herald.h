@@ -53,24 +53,28 @@ extern "C" {
 /* What a call returns. 0 is success; everything else is negative. */
 typedef enum herald_status {
     HERALD_OK = 0,
-    HERALD_E_INVALID = -1,     /* a bad argument: NULL, too long, bad URL, data not JSON */
-    HERALD_E_NOMEM = -2,       /* out of memory */
-    HERALD_E_CONNECT = -3,     /* could not connect, or the TLS/WebSocket handshake failed */
-    HERALD_E_TIMEOUT = -4,     /* no answer within the timeout; nothing more is known */
-    HERALD_E_SERVER = -5,      /* the server refused the request: see error.server_code */
-    HERALD_E_AUTH = -6,        /* credentials refused (HTTP 401/403 on connect, close 1008) */
-    HERALD_E_CLOSED = -7,      /* the client is closed, or stopped after a fatal error */
-    HERALD_E_PROTOCOL = -8,    /* the peer does not speak herald.v1 as documented */
-    HERALD_E_STATE = -9,       /* the call does not fit the client's mode (see the function) */
-    HERALD_E_BUSY = -10,       /* too many requests waiting to be sent */
-    HERALD_E_INTERRUPTED = -11 /* the connection dropped after the request was sent: a
-                                * publish may or may not have happened */
+    HERALD_E_INVALID = -1,      /* a bad argument: NULL, too long, bad URL, data not JSON */
+    HERALD_E_NOMEM = -2,        /* out of memory */
+    HERALD_E_CONNECT = -3,      /* could not connect, or the TLS/WebSocket handshake failed */
+    HERALD_E_TIMEOUT = -4,      /* no answer within the timeout; nothing more is known */
+    HERALD_E_SERVER = -5,       /* the server refused the request: see error.server_code */
+    HERALD_E_AUTH = -6,         /* credentials refused (HTTP 401/403 on connect, close 1008) */
+    HERALD_E_CLOSED = -7,       /* the client is closed, or stopped after a fatal error */
+    HERALD_E_PROTOCOL = -8,     /* the peer does not speak herald.v1 as documented */
+    HERALD_E_STATE = -9,        /* the call does not fit the client's mode (see the function) */
+    HERALD_E_BUSY = -10,        /* too many requests waiting to be sent */
+    HERALD_E_INTERRUPTED = -11, /* the connection dropped after the request was sent: a
+                                 * publish may or may not have happened */
+    HERALD_E_TOO_LARGE = -12    /* the event's data is over the size the server announced
+                                 * (max_event_bytes); it was not sent (server_code
+                                 * "too_large", as when the server refuses it) */
 } herald_status;
 
 /* An error: the status, the server's error code when it sent one, and a sentence. */
 typedef struct herald_error {
     int status;           /* a herald_status */
-    char server_code[32]; /* e.g. "invalid_topic", "forbidden"; "" when not from the server */
+    char server_code[32]; /* the protocol's code: e.g. "invalid_topic", "forbidden" from the
+                           * server, "too_large" also for HERALD_E_TOO_LARGE; else "" */
     char message[256];    /* one line, no trailing newline, valid UTF-8 */
 } herald_error;
 
@@ -262,10 +266,13 @@ HERALD_API int herald_process(herald_client *c, int timeout_ms);
 HERALD_API bool herald_connected(const herald_client *c);
 
 /*
- * Copies into `out` (HERALD_ID_SIZE bytes) where `pattern` would resume: the id of the last
- * event delivered for it, else the `since` it was subscribed with ("all" or an id), else "".
- * Save it and pass it as `since` in a later run to continue there. Returns 0, or
- * HERALD_E_INVALID when the client has no such subscription.
+ * Copies into `out` (HERALD_ID_SIZE bytes) where a later run may resume `pattern`: the
+ * position of the last event of it handed to the application (returned by
+ * herald_next_event() or passed to on_event; events still queued inside the client do not
+ * count), else where the subscription started (the server's `next`, or the `since` it was
+ * subscribed with: "all" or an id), else "". Save it and pass it as `since` in a later run
+ * to continue there with nothing missed. Returns 0, or HERALD_E_INVALID when the client has
+ * no such subscription.
  */
 HERALD_API int herald_subscription_cursor(herald_client *c, const char *pattern, char *out);
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -24,8 +25,20 @@ struct http_req {
     bool done, failed, too_big;
     char error[160];
     lws_sorted_usec_list_t sul;
+    struct lws_context *ctx;
+    uint64_t deadline_us; /* CLOCK_MONOTONIC */
     bool timed_out;
 };
+
+/* How often the request loop looks at its deadline. */
+#define TICK_US (100 * LWS_US_PER_MS)
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static int append(struct http_req *h, const char *in, size_t len)
 {
@@ -103,11 +116,21 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
     }
 }
 
-static void on_timeout(lws_sorted_usec_list_t *sul)
+/*
+ * The whole request has one deadline, checked on our own clock: a single lws timer for it
+ * was seen to be skipped when lws closed a silent connection on its own timeout at the same
+ * moment (the call then took 30 s instead of 2). A short periodic tick keeps lws_service()
+ * returning, and lws's own per-state timeouts are set beyond the deadline.
+ */
+static void on_tick(lws_sorted_usec_list_t *sul)
 {
     struct http_req *h = lws_container_of(sul, struct http_req, sul);
-    h->timed_out = true;
-    h->done = true;
+    if (mono_us() >= h->deadline_us) {
+        h->timed_out = true;
+        h->done = true;
+        return;
+    }
+    lws_sul_schedule(h->ctx, 0, &h->sul, on_tick, TICK_US);
 }
 
 int herald__pct_encode(char *out, size_t cap, const char *s)
@@ -148,7 +171,7 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
     info.user = &h;
     info.gid = (gid_t)-1;
     info.uid = (uid_t)-1;
-    info.timeout_secs = (unsigned)(timeout_ms + 999) / 1000;
+    info.timeout_secs = (unsigned)(timeout_ms + 999) / 1000 + 10; /* ours comes first */
     if (u->tls) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.client_ssl_ca_filepath = o->ca_file;
@@ -176,15 +199,22 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
             i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
                                 LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
     }
-    lws_sul_schedule(ctx, 0, &h.sul, on_timeout, (lws_usec_t)timeout_ms * LWS_US_PER_MS);
+    h.ctx = ctx;
+    h.deadline_us = mono_us() + (uint64_t)timeout_ms * 1000u;
+    lws_sul_schedule(ctx, 0, &h.sul, on_tick, TICK_US);
     if (!lws_client_connect_via_info(&i) && !h.done) {
         h.failed = true;
         h.done = true;
         snprintf(h.error, sizeof(h.error), "cannot start the request");
     }
-    while (!h.done)
+    while (!h.done) {
         if (lws_service(ctx, 0) < 0)
             break;
+        if (!h.done && mono_us() >= h.deadline_us) {
+            h.timed_out = true;
+            h.done = true;
+        }
+    }
     lws_sul_cancel(&h.sul);
     herald__lws_global_lock();
     lws_context_destroy(ctx);

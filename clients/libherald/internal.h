@@ -33,6 +33,7 @@ void herald__sanitize(char *dst, size_t cap, const char *src, size_t len);
 /* ---- URLs (url.c) ----------------------------------------------------------------------- */
 
 #define HERALD__HOST_MAX 253
+#define HERALD__DEFAULT_PORT 7070 /* heraldd's, for URLs typed without a scheme */
 #define HERALD__PATH_MAX 1024
 
 struct herald__url {
@@ -47,7 +48,8 @@ struct herald__url {
 
 /*
  * Parses ws://, wss://, http:// or https:// URLs: host (name, IPv4 or [IPv6]), optional
- * port 1-65535, optional path and query. A ws(s) path names the WebSocket endpoint (default
+ * port 1-65535, optional path and query. Without a scheme (no "://"), HOST[:PORT][/PATH] is
+ * taken as ws:// with port 7070 unless given. A ws(s) path names the WebSocket endpoint (default
  * /v1/ws; the HTTP endpoints live under what precedes "/v1/ws"); an http(s) path names the
  * server's base (the WebSocket is at base + "/v1/ws"). Refuses user info, fragments,
  * whitespace and control bytes and anything longer than the fields. Returns 0 or
@@ -97,6 +99,7 @@ struct herald__frame {
     bool is_subscribe_ok; /* it carried "replayed" */
     size_t replayed;
     bool gap;
+    const char *next;     /* subscribe ok: where its live part begins (NULL: not sent) */
     const char *event_id; /* publish ok */
     size_t receivers;
     /* error */
@@ -137,6 +140,11 @@ unsigned char *herald__encode_ping(size_t headroom, int64_t id, size_t *len);
  * HERALD_E_INVALID with the parser's complaint in `err`. */
 int herald__check_json(const char *text, herald_error *err);
 
+/* The length of `text` (valid JSON) without its insignificant whitespace: the size the
+ * server measures against max_event_bytes at most. With `out` (strlen(text) + 1 bytes) also
+ * writes that compact text there. */
+size_t herald__json_compact(const char *text, char *out);
+
 /* Returns the JSON string literal for `text` (malloc'd), or NULL when not UTF-8 / OOM. */
 char *herald__json_quote(const char *text);
 
@@ -173,7 +181,23 @@ struct herald__sub {
     char lo[HERALD_ID_SIZE], hi[HERALD_ID_SIZE];
     enum herald__start start_kind;
     char start[HERALD_ID_SIZE];
+    /* The ok's `next` when it replayed nothing: where a resume starts while no event has
+     * arrived yet (then nothing is missed and no gap is reported). "" when unknown. */
+    char next_pos[HERALD_ID_SIZE];
+    /* What the application was handed, as opposed to what reached the queue (hi): the
+     * cursor it may save. `uid` names the subscription in queued events; an event counts
+     * for a live subscription when it arrived after `live_since` (see herald__evmark). */
+    uint64_t uid, live_since;
+    bool has_handed;
+    char handed[HERALD_ID_SIZE];
     struct herald__req *waiters; /* application requests waiting for the ok */
+};
+
+/* Which subscriptions an accepted event advanced: its replay's owner (uid), or, when
+ * owner is 0, every subscription that was live before `rseq`. Kept with the queued event
+ * so that handing it to the application can move the saved cursors exactly that far. */
+struct herald__evmark {
+    uint64_t rseq, owner;
 };
 
 struct herald__subs {
@@ -183,6 +207,8 @@ struct herald__subs {
      * until `replay_left` reaches 0 events belong to that replay (the sub may be gone). */
     struct herald__sub *replay_sub;
     size_t replay_left;
+    uint64_t rseq;     /* events seen (each gets the next value) */
+    uint64_t next_uid; /* last uid given to a subscription */
 };
 
 struct herald__sub *herald__subs_find(struct herald__subs *s, const char *pattern);
@@ -206,17 +232,32 @@ void herald__subs_disconnected(struct herald__subs *s);
  */
 void herald__sub_sent(struct herald__sub *sub, int64_t wire_id, char out[HERALD_ID_SIZE]);
 
-/* The server accepted `sub` (NULL when the application dropped it meanwhile). */
-void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed, bool gap);
+/* The server accepted `sub` (NULL when the application dropped it meanwhile). `next` is the
+ * ok's `next` (NULL when the server did not send one). */
+void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed, bool gap,
+                        const char *next);
 
 /*
  * An event arrived. Updates the ranges and returns true when the application should get it,
- * false when it is one it already got.
+ * false when it is one it already got. `mark` (may be NULL) receives what to pass to
+ * herald__subs_handed() when the event reaches the application.
  */
-bool herald__subs_on_event(struct herald__subs *s, const char *topic, const char *id);
+bool herald__subs_on_event(struct herald__subs *s, const char *topic, const char *id,
+                           struct herald__evmark *mark);
 
-/* Where `sub` would resume (see herald_subscription_cursor) into `out`. */
+/* The event `id` with `mark` was handed to the application: moves the saved cursors of the
+ * subscriptions it advanced. */
+void herald__subs_handed(struct herald__subs *s, const char *id, const struct herald__evmark *mark);
+
+/* Nothing is waiting for the application: everything every range covers was handed. */
+void herald__subs_caught_up(struct herald__subs *s);
+
+/* Where `sub` resumes on the next connection (the top of what reached the queue). */
 void herald__sub_cursor(const struct herald__sub *sub, char out[HERALD_ID_SIZE]);
+
+/* Where the application may resume `sub` in a later run (herald_subscription_cursor): the
+ * last position it was handed, else where the subscription started, else "". */
+void herald__sub_app_cursor(const struct herald__sub *sub, char out[HERALD_ID_SIZE]);
 
 /* ---- HTTP (http.c) ----------------------------------------------------------------------- */
 

@@ -33,8 +33,8 @@ static bool path_char(unsigned char c)
 }
 
 /* Splits the authority [start, end) into host and port. */
-static int parse_authority(const char *url, const char *a, const char *end, struct herald__url *u,
-                           herald_error *err)
+static int parse_authority(const char *url, const char *a, const char *end, int def_port,
+                           struct herald__url *u, herald_error *err)
 {
     const char *host, *host_end, *p;
     bool v6 = false;
@@ -66,7 +66,7 @@ static int parse_authority(const char *url, const char *a, const char *end, stru
     u->host[hl] = '\0';
 
     int def = u->tls ? 443 : 80;
-    u->port = def;
+    u->port = def_port ? def_port : def;
     if (p < end) {
         if (*p != ':')
             return bad(err, url, "unexpected character after host");
@@ -121,13 +121,17 @@ int herald__url_parse(const char *url, struct herald__url *u, herald_error *err)
     while (k < sizeof(schemes) / sizeof(schemes[0]) &&
            strncasecmp(url, schemes[k].name, strlen(schemes[k].name)) != 0)
         k++;
-    if (k == sizeof(schemes) / sizeof(schemes[0]))
+    /* HOST[:PORT][/PATH] without a scheme is what people type: ws:// on Herald's port. */
+    bool bare = k == sizeof(schemes) / sizeof(schemes[0]) && !strstr(url, "://");
+    if (bare)
+        k = 0;
+    else if (k == sizeof(schemes) / sizeof(schemes[0]))
         return bad(err, url, "use ws://, wss://, http:// or https://");
     u->tls = schemes[k].tls;
 
-    const char *a = url + strlen(schemes[k].name);
+    const char *a = bare ? url : url + strlen(schemes[k].name);
     const char *end = a + strcspn(a, "/?");
-    int r = parse_authority(url, a, end, u, err);
+    int r = parse_authority(url, a, end, bare ? HERALD__DEFAULT_PORT : 0, u, err);
     if (r) {
         memset(u, 0, sizeof(*u));
         return r;

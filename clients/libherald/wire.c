@@ -41,6 +41,33 @@ int herald__check_json(const char *text, herald_error *err)
     return 0;
 }
 
+size_t herald__json_compact(const char *text, char *out)
+{
+    size_t n = 0;
+    bool in_str = false, esc = false;
+    for (const char *p = text; *p; p++) {
+        char ch = *p;
+        if (in_str) {
+            if (esc)
+                esc = false;
+            else if (ch == '\\')
+                esc = true;
+            else if (ch == '"')
+                in_str = false;
+        } else if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r') {
+            continue;
+        } else if (ch == '"') {
+            in_str = true;
+        }
+        if (out)
+            out[n] = ch;
+        n++;
+    }
+    if (out)
+        out[n] = '\0';
+    return n;
+}
+
 /* A growing byte buffer with `headroom` reserved in front; `oom` latches. */
 struct buf {
     unsigned char *p;
@@ -220,6 +247,9 @@ int herald__frame_parse(const char *text, size_t len, struct herald__frame *f, h
                 return proto(err, f, "\"replayed\" is not a count");
             f->is_subscribe_ok = true;
             f->gap = json_is_true(json_object_get(f->root, "gap"));
+            f->next = str_member(f->root, "next");
+            if (f->next && (!*f->next || strlen(f->next) > HERALD_ID_MAX))
+                return proto(err, f, "\"next\" is not an id");
         }
         f->event_id = str_member(f->root, "event_id");
         if (f->event_id && strlen(f->event_id) > HERALD_ID_MAX)

@@ -88,11 +88,28 @@ START_TEST(ipv6)
 }
 END_TEST
 
+START_TEST(without_a_scheme_is_ws_on_heralds_port)
+{
+    struct herald__url u = parse_ok("localhost:7070");
+    ck_assert(!u.tls);
+    ck_assert_str_eq(u.host, "localhost");
+    ck_assert_int_eq(u.port, 7070);
+    ck_assert_str_eq(u.path, "/v1/ws");
+    u = parse_ok("10.0.0.5");
+    ck_assert_int_eq(u.port, 7070);
+    ck_assert_str_eq(u.host_header, "10.0.0.5:7070");
+    u = parse_ok("[::1]:8080/base/v1/ws");
+    ck_assert_int_eq(u.port, 8080);
+    ck_assert_str_eq(u.prefix, "/base");
+    parse_bad("not a url", "spaces");
+}
+END_TEST
+
 START_TEST(refusals)
 {
     parse_bad(NULL, "no URL");
-    parse_bad("", "use ws://");
-    parse_bad("127.0.0.1:7070", "use ws://");
+    parse_bad("", "missing host");
+    parse_bad("x://h", "use ws://");
     parse_bad("ftp://h", "use ws://");
     parse_bad("ws://", "missing host");
     parse_bad("ws://:7070", "missing host");
@@ -149,6 +166,7 @@ int main(void)
     tcase_add_test(tc, http_schemes_name_the_server);
     tcase_add_test(tc, ws_path_and_query);
     tcase_add_test(tc, ipv6);
+    tcase_add_test(tc, without_a_scheme_is_ws_on_heralds_port);
     tcase_add_test(tc, refusals);
     tcase_add_test(tc, bounds);
     tcase_add_test(tc, error_messages_are_printable);

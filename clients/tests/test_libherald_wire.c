@@ -117,6 +117,11 @@ START_TEST(reply_frames)
     ck_assert(f.type == HERALD__F_OK && f.is_subscribe_ok && f.has_id && f.id == 1);
     ck_assert_uint_eq(f.replayed, 3);
     ck_assert(f.gap);
+    ck_assert_ptr_null(f.next); /* an older server: no next */
+    herald__frame_clear(&f);
+    f = parse("{\"type\":\"ok\",\"id\":1,\"topic\":\"a\",\"replayed\":0,\"gap\":false,"
+              "\"next\":\"00000000000000ff\"}");
+    ck_assert_str_eq(f.next, "00000000000000ff");
     herald__frame_clear(&f);
     f = parse("{\"type\":\"ok\",\"id\":2,\"event_id\":\"abc\",\"receivers\":4}");
     ck_assert(!f.is_subscribe_ok);
@@ -151,6 +156,7 @@ START_TEST(bad_frames)
         "{\"type\":\"event\",\"topic\":\"t\",\"id\":\"1\",\"time\":\"x\"}",
         "{\"type\":\"ok\",\"replayed\":-1}",
         "{\"type\":\"ok\",\"replayed\":\"3\"}",
+        "{\"type\":\"ok\",\"replayed\":0,\"next\":\"\"}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct herald__frame f;

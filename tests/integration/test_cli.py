@@ -271,6 +271,24 @@ class Resume(CLITestCase):
         with open(state) as f:
             self.assertEqual(json.load(f)["cursors"]["st.>"], third)
 
+    def test_state_records_only_printed_events(self):
+        # Issue 16: --count 2 on three retained events must not save the third one's id (the
+        # library had it queued, it was never printed): the next run prints it.
+        d = self.start_daemon()
+        url = d.ws_url
+        state = os.path.join(tempfile.mkdtemp(prefix="herald-state-"), "s.json")
+        self.addCleanup(shutil.rmtree, os.path.dirname(state), True)
+        ids = [self.run_cli("publish", "cnt", f"e{i}", url=url, expect=0).stdout.strip()
+               for i in range(3)]
+        p = self.run_cli("subscribe", "--since", "all", "--count", "2", "--state", state,
+                         "cnt", url=url, expect=0)
+        self.assertEqual([e["id"] for e in events(p.stdout.splitlines())], ids[:2])
+        with open(state) as f:
+            self.assertEqual(json.load(f)["cursors"]["cnt"], ids[1])
+        p = self.run_cli("subscribe", "--count", "1", "--state", state, "cnt", url=url,
+                         expect=0)
+        self.assertEqual([e["id"] for e in events(p.stdout.splitlines())], ids[2:])
+
     def test_bad_state_file_is_a_usage_error(self):
         d = self.start_daemon()
         fd, path = tempfile.mkstemp()
@@ -283,11 +301,48 @@ class Resume(CLITestCase):
 
 class Errors(CLITestCase):
 
-    def test_bad_url_exit_2(self):
+    def test_bad_url_is_a_usage_error(self):
+        # Issue 16: a malformed --url is bad input (1), not a failed connection (2).
         for url in ("foo://x", "ws://", "ws://h:99999", "not a url"):
-            p = self.run_cli("publish", "t", "x", url=url)
-            line = self.one_line_error(p, 2)
-            self.assertIn("URL", line)
+            for args in (("publish", "t", "x"), ("subscribe", "t"), ("poll", "t")):
+                p = self.run_cli(*args, url=url)
+                line = self.one_line_error(p, 1)
+                self.assertIn("URL", line)
+
+    def test_url_without_scheme_is_ws(self):
+        # Issue 16: `--url localhost:7070` is what people type.
+        d = self.start_daemon()
+        url = f"127.0.0.1:{d.port}"
+        eid = self.run_cli("publish", "bare", "x", url=url, expect=0).stdout.strip()
+        p = self.run_cli("subscribe", "--since", "all", "-n", "1", "bare", url=url, expect=0)
+        self.assertEqual(events(p.stdout.splitlines())[0]["id"], eid)
+        self.run_cli("status", eid, url=url, expect=0)
+
+    def test_http_calls_honour_timeout(self):
+        # Issue 16: a server that accepts and never answers: poll and status give up after
+        # --timeout (a deadline for the whole request), not after lws's own 30 s.
+        with FakeServer(silent=True) as fake:
+            for args in (("status", "0000000000000001"), ("poll", "t")):
+                t0 = time.monotonic()
+                p = self.run_cli("--timeout", "2000", *args, url=fake.url, timeout=25)
+                self.assertIn("within 2000 ms", self.one_line_error(p, 2))
+                self.assertLess(time.monotonic() - t0, 2 + 4 * SLOW, args)
+
+    def test_interrupted_long_poll_exits_130(self):
+        # Issue 16: SIGINT during `poll -w 30` must not look like a successful empty poll.
+        d = self.start_daemon()
+        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            p = self.spawn("poll", "-w", "30", "--since", "latest", "ip", url=d.ws_url)
+            deadline = time.monotonic() + 10 * SLOW
+            while (d.metric("herald_long_polls") or 0) < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertGreaterEqual(d.metric("herald_long_polls") or 0, 1)
+            p.signal(sig)
+            self.finish(p, code)
+            self.assertEqual(p.out, [])
+            self.assertIn("interrupted", p.stderr)
+            while (d.metric("herald_long_polls") or 0) > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def test_refused_connection_exit_2(self):
         url = f"ws://127.0.0.1:{free_port()}"
@@ -345,9 +400,22 @@ class Errors(CLITestCase):
             self.assertIn(code, line, args)
 
     def test_too_large_exit_3(self):
+        # Issue 16: the library checks the data (not the frame) against the welcome's
+        # max_event_bytes, and says the event was not sent rather than "rejected by the
+        # server", which never saw it.
         d = self.start_daemon()
-        p = self.run_cli("publish", "big", "-", url=d.ws_url, input="x" * 70000)
-        self.assertIn("too_large", self.one_line_error(p, 3))
+        for size in (65537, 70000, 100000):
+            p = self.run_cli("publish", "big", "-", url=d.ws_url, input="x" * (size - 2))
+            line = self.one_line_error(p, 3)
+            self.assertIn("too_large", line)
+            self.assertIn("65536", line)
+            self.assertIn("not sent", line)
+            self.assertNotIn("rejected by the server", line)
+        self.assertEqual(d.metric("herald_publish_rejected_total") or 0, 0)
+        # At the limit it goes out; insignificant whitespace does not count.
+        self.run_cli("publish", "big", "-", url=d.ws_url, input="x" * 65534, expect=0)
+        spaced = "[" + ", ".join(["1"] * 30000) + "]"  # 90,000 bytes, 60,001 compact
+        self.run_cli("publish", "--json", "big", spaced, url=d.ws_url, expect=0)
 
     def test_usage_errors_exit_1(self):
         cases = [
@@ -540,16 +608,68 @@ class ExampleApp(CLITestCase):
                      url=d.ws_url, expect=0)
         line = w.read_lines(1)[0]
         self.assertRegex(line, r"alice logged in from 10\.0\.0\.7$")
+        logout = self.run_cli("publish", "-j", "-e", "logout", "logins", '{"user":"carol"}',
+                              url=d.ws_url, expect=0).stdout.strip()
+        # Issue 16: the cursor moves past every event seen, logouts too.
+        deadline = time.monotonic() + 10 * SLOW
+        while time.monotonic() < deadline:
+            with open(cursor) as f:
+                if f.read().strip() == logout:
+                    break
+            time.sleep(0.02)
+        with open(cursor) as f:
+            self.assertEqual(f.read().strip(), logout)
         w.signal(signal.SIGINT)
         self.finish(w, 0)
-        # While the watcher is down, bob logs in; the next run reports him.
+        # While the watcher is down, bob logs in and dave out; the next run reports bob, and
+        # counts one login (before, the logouts were replayed and counted as logins).
         self.run_cli("publish", "-j", "-e", "login", "logins", '{"user":"bob"}',
+                     url=d.ws_url, expect=0)
+        self.run_cli("publish", "-j", "-e", "logout", "logins", '{"user":"dave"}',
                      url=d.ws_url, expect=0)
         w2 = self.spawn(d.ws_url, cursor, program=prog)
         self.assertRegex(w2.read_lines(1)[0], r"bob logged in$")
+        w2.wait_stderr("1 login happened while we were away")
         w2.no_more_lines(0.3)
         w2.signal(signal.SIGTERM)
         self.finish(w2, 0)
+
+    def test_example_builds_with_pkg_config(self):
+        # Issue 16: the installed pkg-config file gives plain paths (no .../pkgconfig/../..),
+        # and the example builds as its comment says, installed or from the build tree.
+        cc, pkgconf, cmake = shutil.which("cc"), shutil.which("pkg-config"), shutil.which("cmake")
+        self.assertTrue(cc and pkgconf and cmake, "cc, pkg-config and cmake are required")
+        build = os.path.dirname(os.path.dirname(example_path("herald_login_watch")))
+        src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "..", "clients", "examples", "login_watch.c")
+        tmp = tempfile.mkdtemp(prefix="herald-pc-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        prefix = os.path.join(tmp, "prefix")
+        subprocess.run([cmake, "--install", build, "--prefix", prefix, "--component",
+                        "libherald"], check=True, capture_output=True)
+        for pcdir, run_env in ((os.path.join(prefix, "lib", "pkgconfig"),
+                                {"LD_LIBRARY_PATH": os.path.join(prefix, "lib")}),
+                               (os.path.join(build, "clients", "pkgconfig"), {})):
+            env = dict(os.environ, PKG_CONFIG_PATH=pcdir)
+            flags = subprocess.run([pkgconf, "--cflags", "--libs", "libherald"], env=env,
+                                   check=True, capture_output=True, text=True).stdout.split()
+            self.assertTrue(flags, pcdir)
+            for f in flags:
+                self.assertNotIn("..", f, flags)
+            if pcdir.startswith(prefix):
+                self.assertIn(f"-I{prefix}/include", flags)
+            out = os.path.join(tmp, "watch")
+            p = subprocess.run([cc, "-Wall", "-Werror", "-o", out, src] + flags, env=env,
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            # It runs and reaches a daemon.
+            d = self.start_daemon() if not hasattr(self, "_pc_d") else self._pc_d
+            self._pc_d = d
+            w = self.spawn(d.ws_url, os.path.join(tmp, "cursor"), program=out,
+                           env=dict(self.env(), **run_env))
+            w.wait_stderr("connected")
+            w.signal(signal.SIGTERM)
+            self.finish(w, 0)
 
 
 if __name__ == "__main__":
