@@ -156,14 +156,18 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    herald_options o;
-    herald_options_init(&o);
-    o.token = getenv("HERALD_TOKEN");
-    o.retry_first_connect = true; /* a watcher waits for its broker */
-    o.on_event = on_event;
-    o.user = &a;
+    herald_options *o = herald_options_new();
+    if (!o || herald_options_set_token(o, getenv("HERALD_TOKEN")) != 0) {
+        fprintf(stderr, "login_watch: %s\n",
+                o ? "HERALD_TOKEN is not a valid token" : "out of memory");
+        herald_options_free(o);
+        return 1;
+    }
+    herald_options_set_retry_first_connect(o, true); /* a watcher waits for its broker */
+    herald_options_set_event_callback(o, on_event, &a);
     herald_error err;
-    herald_client *c = herald_connect_async(url, &o, &err);
+    herald_client *c = herald_connect_async(url, o, &err);
+    herald_options_free(o); /* the client keeps its own copy */
     if (!c) {
         fprintf(stderr, "login_watch: %s\n", err.message);
         return 2;

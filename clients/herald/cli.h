@@ -70,8 +70,9 @@ enum {
  */
 int cli_global_option(struct cli *cli, const char *cmd, int opt, const char *arg);
 
-/* Fills library options from the command line. */
-void cli_lib_options(const struct cli *cli, herald_options *o);
+/* Library options from the command line (free with herald_options_free), or NULL after
+ * printing why (a bad token: a usage error). */
+herald_options *cli_lib_options(const struct cli *cli);
 
 /* Maps a library error to an exit code. */
 int cli_exit_code(const herald_error *e);

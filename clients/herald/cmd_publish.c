@@ -297,10 +297,14 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
         json_decref(v);
     }
 
-    herald_options o;
-    cli_lib_options(cli, &o);
+    herald_options *o = cli_lib_options(cli);
+    if (!o) {
+        free(input);
+        return EXIT_USAGE;
+    }
     herald_error e = {0};
-    herald_client *c = herald_connect(cli->url, &o, &e);
+    herald_client *c = herald_connect(cli->url, o, &e);
+    herald_options_free(o);
     if (!c) {
         free(input);
         return cli_fail_connect(&e);

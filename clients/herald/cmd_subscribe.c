@@ -216,10 +216,14 @@ int cmd_subscribe(struct cli *cli, int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    herald_options o;
-    cli_lib_options(cli, &o);
+    herald_options *o = cli_lib_options(cli);
+    if (!o) {
+        json_decref(s.cursors);
+        return EXIT_USAGE;
+    }
     herald_error e = {0};
-    s.c = herald_connect(cli->url, &o, &e);
+    s.c = herald_connect(cli->url, o, &e);
+    herald_options_free(o);
     if (!s.c) {
         json_decref(s.cursors);
         return cli_fail_connect(&e);

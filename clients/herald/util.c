@@ -46,13 +46,27 @@ int cli_global_option(struct cli *cli, const char *cmd, int opt, const char *arg
     }
 }
 
-void cli_lib_options(const struct cli *cli, herald_options *o)
+herald_options *cli_lib_options(const struct cli *cli)
 {
-    herald_options_init(o);
-    o->token = cli->token && *cli->token ? cli->token : NULL;
-    o->ca_file = cli->cacert;
-    o->insecure = cli->insecure;
-    o->connect_timeout_ms = cli->timeout_ms;
+    herald_options *o = herald_options_new();
+    if (!o) {
+        fprintf(stderr, "herald: out of memory\n");
+        return NULL;
+    }
+    if (herald_options_set_token(o, cli->token) != 0) {
+        fprintf(stderr, "herald: the token must be 1-4096 bytes of printable ASCII without "
+                        "spaces\n");
+        herald_options_free(o);
+        return NULL;
+    }
+    if (herald_options_set_ca_file(o, cli->cacert) != 0 ||
+        herald_options_set_insecure(o, cli->insecure) != 0 ||
+        herald_options_set_connect_timeout(o, cli->timeout_ms) != 0) {
+        fprintf(stderr, "herald: out of memory\n");
+        herald_options_free(o);
+        return NULL;
+    }
+    return o;
 }
 
 int cli_exit_code(const herald_error *e)

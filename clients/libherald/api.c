@@ -18,8 +18,6 @@
 
 #include "client.h"
 
-#define DEFAULT_CONNECT_TIMEOUT_MS 10000
-#define TOKEN_MAX 4096
 #define KIND_MAX 64
 
 /* ---- process-wide libwebsockets state ------------------------------------------------------ */
@@ -54,37 +52,6 @@ void herald__lws_quiet(const herald_options *o)
 
 /* ---- creating and closing ------------------------------------------------------------------- */
 
-HERALD_API void herald_options_init(herald_options *o)
-{
-    if (!o)
-        return;
-    *o = (herald_options){
-        .connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS,
-        .backoff_initial_ms = 250,
-        .backoff_max_ms = 30000,
-        .max_queued_events = 10000,
-        .max_queued_bytes = 64u << 20,
-        .max_pending = 10000,
-    };
-}
-
-static char *dup_str(const char *s)
-{
-    return s ? strdup(s) : NULL;
-}
-
-static int check_token(const char *t, herald_error *err)
-{
-    size_t n = strnlen(t, TOKEN_MAX + 1);
-    if (n == 0 || n > TOKEN_MAX)
-        return herald__err(err, HERALD_E_INVALID, NULL, "the token must be 1-%d bytes", TOKEN_MAX);
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)t[i] <= 0x20 || (unsigned char)t[i] >= 0x7f)
-            return herald__err(err, HERALD_E_INVALID, NULL,
-                               "the token may contain only printable ASCII without spaces");
-    return 0;
-}
-
 static void destroy(struct herald_client *c)
 {
     if (c->pipe_rd >= 0)
@@ -93,29 +60,13 @@ static void destroy(struct herald_client *c)
         close(c->pipe_wr);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->mu);
-    free(c->token);
-    free(c->ca_file);
+    herald__options_clear(&c->opts);
     free(c->rx);
     free(c);
 }
 
 static struct herald_client *create(const char *url, const herald_options *opts, herald_error *err)
 {
-    herald_options o;
-    herald_options_init(&o);
-    if (opts)
-        o = *opts;
-    if (o.connect_timeout_ms <= 0)
-        o.connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
-    if (!o.max_queued_events)
-        o.max_queued_events = 10000;
-    if (!o.max_queued_bytes)
-        o.max_queued_bytes = 64u << 20;
-    if (!o.max_pending)
-        o.max_pending = 10000;
-    if (o.token && check_token(o.token, err))
-        return NULL;
-
     struct herald_client *c = calloc(1, sizeof(*c));
     if (!c) {
         herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
@@ -126,11 +77,12 @@ static struct herald_client *create(const char *url, const herald_options *opts,
         free(c);
         return NULL;
     }
-    c->opts = o;
-    c->token = dup_str(o.token);
-    c->ca_file = dup_str(o.ca_file);
-    c->opts.token = c->token;
-    c->opts.ca_file = c->ca_file;
+    if (herald__options_copy(&c->opts, opts)) {
+        free(c);
+        herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
+        return NULL;
+    }
+    const struct herald_options o = c->opts; /* a view for the set-up below */
     c->max_event_bytes = 65536;
     pthread_mutexattr_t ma;
     pthread_condattr_t ca;
@@ -145,8 +97,7 @@ static struct herald_client *create(const char *url, const herald_options *opts,
     pthread_cond_init(&c->cond, &ca);
     pthread_condattr_destroy(&ca);
     int fds[2];
-    if ((o.token && !c->token) || (o.ca_file && !c->ca_file) ||
-        pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
         herald__err(err, HERALD_E_NOMEM, NULL, "cannot allocate the client: %s", strerror(errno));
         destroy(c);
         return NULL;

@@ -588,11 +588,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     switch (reason) {
     case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
-        if (!c->token)
+        if (!c->opts.token)
             return 0;
         unsigned char **p = in, *end = *p + len;
         char hdr[8 + 4096 + 1];
-        int n = snprintf(hdr, sizeof(hdr), "Bearer %s", c->token);
+        int n = snprintf(hdr, sizeof(hdr), "Bearer %s", c->opts.token);
         if (n < 0 || (size_t)n >= sizeof(hdr) ||
             lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, (unsigned char *)hdr, n,
                                          p, end))
@@ -734,7 +734,7 @@ int herald__ctx_create(struct herald_client *c, herald_error *err)
     info.timeout_secs = (unsigned)(c->opts.connect_timeout_ms + 999) / 1000;
     if (c->url.tls) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-        info.client_ssl_ca_filepath = c->ca_file;
+        info.client_ssl_ca_filepath = c->opts.ca_file;
     }
     /* The server pings every heartbeat; ours only matter when it stops talking altogether. */
     c->idle_policy = (lws_retry_bo_t){.secs_since_valid_ping = 30, .secs_since_valid_hangup = 75};

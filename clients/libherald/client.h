@@ -72,8 +72,7 @@ struct herald_client {
     /* Immutable after creation. */
     struct lws_context *ctx;
     struct herald__url url;
-    herald_options opts;
-    char *token, *ca_file;
+    struct herald_options opts; /* the client's own copy */
     lws_retry_bo_t idle_policy;
     struct lws_protocols protocols[2];
 

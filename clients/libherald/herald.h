@@ -40,9 +40,9 @@ extern "C" {
 #endif
 
 #define HERALD_VERSION_MAJOR 0
-#define HERALD_VERSION_MINOR 1
+#define HERALD_VERSION_MINOR 2
 #define HERALD_VERSION_PATCH 0
-#define HERALD_VERSION_STRING "0.1.0"
+#define HERALD_VERSION_STRING "0.2.0"
 
 /* Event ids and `since` cursors are at most this many bytes (plus the NUL). */
 #define HERALD_ID_MAX 255
@@ -119,34 +119,59 @@ HERALD_API void herald_event_free(herald_event *ev);
 
 typedef void (*herald_event_fn)(herald_client *c, const herald_event *ev, void *user);
 
-/* Connection options. Initialize with herald_options_init(), then set what you need. */
-typedef struct herald_options {
-    const char *token;           /* sent as "Authorization: Bearer <token>"; NULL: none */
-    const char *ca_file;         /* PEM file of CAs to trust for wss:// (default: the system's) */
-    bool insecure;               /* wss:// without certificate checks (tests only) */
-    int connect_timeout_ms;      /* herald_connect(): give up after this long (default 10000) */
-    bool retry_first_connect;    /* keep retrying when the first connection fails (default:
-                                  * no, the failure is returned; later losses always retry) */
-    unsigned backoff_initial_ms; /* first reconnect delay (default 250) */
-    unsigned backoff_max_ms;     /* the delay doubles up to this (default 30000); each delay is
-                                  * jittered to between half and all of its value */
-    size_t max_queued_events;    /* events waiting for the application before the client stops
-                                  * reading from the socket (default 10000) */
-    size_t max_queued_bytes;     /* the same bound in bytes (default 64 MiB) */
-    size_t max_pending;          /* requests waiting to be sent or answered (default 10000) */
-    herald_event_fn on_event;    /* deliver events by callback from herald_process(); NULL:
-                                  * they wait for herald_next_event() */
-    void *user;                  /* passed to on_event */
-    bool keep_lws_log;           /* leave libwebsockets' process-wide logging alone (default:
-                                  * the library silences it, since a library must not print) */
-} herald_options;
+/*
+ * Connection options: an opaque object made by herald_options_new() and changed only through
+ * the setters below, the way nats.c (natsOptions), libcurl and zstd do it. A public struct
+ * cannot grow without breaking every program compiled against the smaller one (the library
+ * would read fields past its end); a leading size field needs every caller to get the size
+ * right, and every library version to carry the old layouts. With an opaque object the
+ * library alone knows the layout, so options can be added in any release of libherald.so.0
+ * and old programs keep working. One options object may serve any number of clients: it is
+ * copied (with its strings) when a client is made, and may be freed or changed afterwards.
+ * Every setter returns 0, or HERALD_E_INVALID for a NULL object or an argument out of range
+ * (the object is then unchanged), or HERALD_E_NOMEM.
+ */
+typedef struct herald_options herald_options;
 
-HERALD_API void herald_options_init(herald_options *opts);
+/* Returns options with every default, or NULL when out of memory. */
+HERALD_API herald_options *herald_options_new(void);
+/* Frees `o`; NULL is ignored. Clients made with it keep their copy. */
+HERALD_API void herald_options_free(herald_options *o);
+
+/* Sent as "Authorization: Bearer <token>" (1-4096 printable ASCII bytes, no spaces; copied).
+ * NULL or "": none (the default). */
+HERALD_API int herald_options_set_token(herald_options *o, const char *token);
+/* A PEM file of CAs to trust for wss:// and https:// (copied; NULL: the system's). */
+HERALD_API int herald_options_set_ca_file(herald_options *o, const char *path);
+/* wss:// without certificate checks (tests only; default false). */
+HERALD_API int herald_options_set_insecure(herald_options *o, bool insecure);
+/* herald_connect() gives up after `ms` (1 or more; default 10000); also the deadline of one
+ * HTTP request (herald_poll adds its wait to it). */
+HERALD_API int herald_options_set_connect_timeout(herald_options *o, int ms);
+/* Keep retrying when the first connection fails (default false: the failure is returned;
+ * later losses are always retried). */
+HERALD_API int herald_options_set_retry_first_connect(herald_options *o, bool retry);
+/* Reconnect delays: the first `initial_ms` (default 250), doubling up to `max_ms` (default
+ * 30000); each is jittered to between half and all of its value. */
+HERALD_API int herald_options_set_backoff(herald_options *o, unsigned initial_ms, unsigned max_ms);
+/* Events waiting for the application before the client stops reading from the socket
+ * (default 10000 events, 64 MiB); 0 keeps the default. */
+HERALD_API int herald_options_set_queue_limits(herald_options *o, size_t max_events,
+                                               size_t max_bytes);
+/* Requests waiting to be sent or answered (default 10000; 0 keeps the default). */
+HERALD_API int herald_options_set_max_pending(herald_options *o, size_t max_pending);
+/* Deliver events by callback from herald_process() (`fn` NULL: they wait for
+ * herald_next_event(), the default); `user` is passed to it. */
+HERALD_API int herald_options_set_event_callback(herald_options *o, herald_event_fn fn, void *user);
+/* Leave libwebsockets' process-wide logging alone (default false: the library silences it,
+ * since a library must not print). */
+HERALD_API int herald_options_set_keep_lws_log(herald_options *o, bool keep);
 
 /*
  * Connects to `url` (ws://host[:port][/path], wss://...; http:// and https:// are taken as
- * ws:// and wss://; the path defaults to /v1/ws; a ?token= query is passed on as is) and
- * waits for the server's welcome. `opts` may be NULL for the defaults; it is copied.
+ * ws:// and wss://; host[:port] without a scheme as ws:// on port 7070; the path defaults to
+ * /v1/ws; a ?token= query is passed on as is) and waits for the server's welcome. `opts` may
+ * be NULL for the defaults; it is copied.
  * Returns the client, or NULL with `err` filled (HERALD_E_INVALID for a bad URL,
  * HERALD_E_CONNECT, HERALD_E_AUTH, HERALD_E_TIMEOUT). With opts->retry_first_connect it waits
  * for success until connect_timeout_ms passes.

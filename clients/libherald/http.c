@@ -258,10 +258,11 @@ static int http_error(int status, char *body, herald_error *err)
 static int get_json(const struct herald__url *u, const herald_options *opts, const char *path,
                     int timeout, char **body_out, herald_error *err)
 {
-    herald_options o;
-    herald_options_init(&o);
+    struct herald_options o;
     if (opts)
-        o = *opts;
+        o = *opts; /* borrowed: the strings stay the caller's */
+    else
+        herald__options_defaults(&o);
     char full[3 * HERALD__PATH_MAX];
     const char *sep = u->query[0] ? (strchr(path, '?') ? "&" : "?") : "";
     int n = snprintf(full, sizeof(full), "%s%s%s", path, sep, u->query);
@@ -331,8 +332,8 @@ HERALD_API int herald_poll(const char *url, const herald_options *opts, const ch
         if (herald__pct_encode(path, sizeof(path), since) < 0)
             return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
     }
-    int timeout = (int)wait_s * 1000 +
-                  (opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000);
+    int timeout =
+        (int)wait_s * 1000 + (opts ? opts->connect_timeout_ms : HERALD__DEFAULT_CONNECT_TIMEOUT_MS);
     return get_json(&u, opts, path, timeout, body_out, err);
 }
 
@@ -352,6 +353,6 @@ HERALD_API int herald_event_status(const char *url, const herald_options *opts, 
     snprintf(path, sizeof(path), "%s/v1/events/", u.prefix);
     if (herald__pct_encode(path, sizeof(path), id) < 0)
         return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
-    int timeout = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000;
+    int timeout = opts ? opts->connect_timeout_ms : HERALD__DEFAULT_CONNECT_TIMEOUT_MS;
     return get_json(&u, opts, path, timeout, body_out, err);
 }

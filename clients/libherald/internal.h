@@ -30,6 +30,33 @@ int herald__err(herald_error *err, int status, const char *server_code, const ch
 /* Copies src (any bytes) into dst of `cap` bytes as printable ASCII, for messages. */
 void herald__sanitize(char *dst, size_t cap, const char *src, size_t len);
 
+/* ---- options (options.c) ---------------------------------------------------------------- */
+
+#define HERALD__DEFAULT_CONNECT_TIMEOUT_MS 10000
+
+/* The options object behind the opaque herald_options; strings are owned. */
+struct herald_options {
+    char *token, *ca_file;
+    bool insecure;
+    int connect_timeout_ms;
+    bool retry_first_connect;
+    unsigned backoff_initial_ms, backoff_max_ms;
+    size_t max_queued_events, max_queued_bytes, max_pending;
+    herald_event_fn on_event;
+    void *user;
+    bool keep_lws_log;
+};
+
+void herald__options_defaults(struct herald_options *o);
+/* Makes `dst` a deep copy of `src` (NULL: the defaults). Returns 0 or HERALD_E_NOMEM (then
+ * `dst` holds nothing to free). */
+int herald__options_copy(struct herald_options *dst, const struct herald_options *src);
+/* Frees the strings `o` owns. */
+void herald__options_clear(struct herald_options *o);
+/* Checks a bearer token: 1-4096 printable ASCII bytes without spaces. Returns 0 or
+ * HERALD_E_INVALID with a sentence in `err` (may be NULL). */
+int herald__check_token(const char *t, herald_error *err);
+
 /* ---- URLs (url.c) ----------------------------------------------------------------------- */
 
 #define HERALD__HOST_MAX 253
