@@ -17,16 +17,19 @@
 
 static void usage(FILE *out)
 {
-    fprintf(
-        out,
-        "Usage: herald publish [OPTIONS] TOPIC [DATA|-]\n\n"
-        "Publishes DATA (or standard input when DATA is '-' or absent) to TOPIC and\n"
-        "prints the event id. Data is sent as a JSON string unless --json is given.\n\n"
-        "Options:\n"
-        "  -e, --event KIND  the event kind (default: message)\n"
-        "  -j, --json        DATA is JSON (an object, array, number, ...)\n"
-        "  -l, --lines       publish each line of standard input as one event,\n"
-        "                    printing one id per line (blank lines are skipped)\n" CLI_GLOBAL_HELP);
+    fprintf(out,
+            "Usage: herald publish [OPTIONS] TOPIC [DATA|-]\n\n"
+            "Publishes DATA (or standard input when DATA is '-' or absent) to TOPIC and\n"
+            "prints the event id. Data is sent as a JSON string unless --json is given.\n\n"
+            "Options:\n"
+            "  -e, --event KIND  the event kind (default: message)\n"
+            "  -j, --json        DATA is JSON (an object, array, number, ...)\n"
+            "  -l, --lines       publish each line of standard input as one event,\n"
+            "                    printing one id per line (blank lines are skipped)\n"
+            "  -k, --key KEY     idempotency key (1-128 visible ASCII bytes): publishing again\n"
+            "                    with the same key publishes nothing new and prints the first\n"
+            "                    event's id (default: a fresh key, which the client reuses\n"
+            "                    when it resends after a lost connection)\n" CLI_GLOBAL_HELP);
 }
 
 /* Turns input into the data JSON for the library: as given for --json, else a string. */
@@ -41,7 +44,7 @@ static char *to_json(const char *text, bool json)
 }
 
 static int publish_one(struct cli *cli, herald_client *c, const char *topic, const char *kind,
-                       const char *text, bool json)
+                       const char *key, const char *text, bool json)
 {
     char *data = to_json(text, json);
     if (!data) {
@@ -50,10 +53,13 @@ static int publish_one(struct cli *cli, herald_client *c, const char *topic, con
     }
     char id[HERALD_ID_SIZE];
     herald_error e = {0};
-    int r = herald_publish(c, topic, kind, data, cli->timeout_ms, id, &e);
+    bool dup = false;
+    int r = herald_publish_key(c, topic, kind, data, key, cli->timeout_ms, id, &dup, &e);
     free(data);
     if (r)
         return cli_fail(&e);
+    if (dup)
+        cli_notice(cli, "the server already had this event (same key); nothing new was published");
     printf("%s\n", id);
     return fflush(stdout) == 0 ? EXIT_OK : EXIT_CONNECT;
 }
@@ -220,13 +226,14 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
         {"event", required_argument, NULL, 'e'},
         {"json", no_argument, NULL, 'j'},
         {"lines", no_argument, NULL, 'l'},
+        {"key", required_argument, NULL, 'k'},
         {NULL, 0, NULL, 0},
     };
-    const char *kind = NULL;
+    const char *kind = NULL, *key = NULL;
     bool json = false, lines = false;
     int opt;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":e:jlqh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":e:jlk:qh", longopts, NULL)) != -1) {
         int g = cli_global_option(cli, "publish", opt, optarg);
         if (g < 0)
             return EXIT_USAGE;
@@ -241,6 +248,16 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
             break;
         case 'l':
             lines = true;
+            break;
+        case 'k':
+            if (!*optarg || strlen(optarg) > HERALD_KEY_MAX)
+                return cli_usage_error("publish", "--key needs 1-%d visible ASCII bytes",
+                                       HERALD_KEY_MAX);
+            for (const char *p = optarg; *p; p++)
+                if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+                    return cli_usage_error("publish", "--key needs 1-%d visible ASCII bytes",
+                                           HERALD_KEY_MAX);
+            key = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -261,6 +278,8 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
     bool from_stdin = !data || strcmp(data, "-") == 0;
     if (lines && !from_stdin)
         return cli_usage_error("publish", "--lines reads standard input: give '-' or no DATA");
+    if (lines && key)
+        return cli_usage_error("publish", "--key names one event; it cannot go with --lines");
 
     char *input = NULL;
     if (from_stdin && !lines) {
@@ -310,7 +329,7 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
         return cli_fail_connect(&e);
     }
     int rc = lines ? publish_lines(cli, c, topic, kind, json)
-                   : publish_one(cli, c, topic, kind, data, json);
+                   : publish_one(cli, c, topic, kind, key, data, json);
     herald_close(c);
     free(input);
     return rc;

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,6 +63,7 @@ static void destroy(struct herald_client *c)
     pthread_mutex_destroy(&c->mu);
     herald__options_clear(&c->opts);
     free(c->rx);
+    free(c->wbuf);
     free(c);
 }
 
@@ -109,6 +111,12 @@ static struct herald_client *create(const char *url, const herald_options *opts,
     uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
                     ((uint64_t)getpid() << 40) ^ (uint64_t)(uintptr_t)c;
     herald__backoff_init(&c->backoff, o.backoff_initial_ms, o.backoff_max_ms, seed);
+    /* Keys must not collide with another client's within the server's dedupe window:
+     * 64 random bits from the kernel (the clock and address mix as a last resort). */
+    uint64_t rnd = 0;
+    if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != (ssize_t)sizeof(rnd))
+        rnd = seed * 0x9E3779B97F4A7C15ull;
+    snprintf(c->key_prefix, sizeof(c->key_prefix), "hl%016llx", (unsigned long long)rnd);
     if (herald__ctx_create(c, err)) {
         destroy(c);
         return NULL;
@@ -474,12 +482,15 @@ HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern, h
 }
 
 static int publish(struct herald_client *c, enum herald__req_kind kind, const char *topic,
-                   const char *kind_name, const char *data_json, bool sync, herald_reply_fn cb,
-                   void *arg, struct herald__req **out, herald_error *err)
+                   const char *kind_name, const char *key, const char *data_json, bool sync,
+                   herald_reply_fn cb, void *arg, struct herald__req **out, herald_error *err)
 {
     int r;
     if (!c)
         return herald__err(err, HERALD_E_INVALID, NULL, "no client");
+    if (key && !herald__key_valid(key))
+        return herald__err(err, HERALD_E_INVALID, NULL, "the key must be 1-%d visible ASCII bytes",
+                           HERALD_KEY_MAX);
     if (kind == HERALD__REQ_PUB) {
         if ((r = check_name(topic, HERALD_TOPIC_MAX, "topic", err)) != 0)
             return r;
@@ -511,6 +522,10 @@ static int publish(struct herald_client *c, enum herald__req_kind kind, const ch
     }
     req->wire_id = ++c->next_wire_id;
     if (kind == HERALD__REQ_PUB) {
+        if (key)
+            snprintf(req->key, sizeof(req->key), "%s", key);
+        else
+            herald__key_make(req->key, sizeof(req->key), c->key_prefix, ++c->key_seq);
         /* Whitespace could push a frame whose data fits past the frame limit (the server
          * closes such a connection with 1009): send the compact text then. */
         char *compact = NULL;
@@ -520,7 +535,7 @@ static int publish(struct herald_client *c, enum herald__req_kind kind, const ch
             if (compact)
                 herald__json_compact(data_json, compact);
         }
-        req->frame = herald__encode_publish(LWS_PRE, req->wire_id, topic, kind_name,
+        req->frame = herald__encode_publish(LWS_PRE, req->wire_id, topic, kind_name, req->key,
                                             compact ? compact : data_json, &req->frame_len);
         free(compact);
     } else {
@@ -539,12 +554,12 @@ static int publish(struct herald_client *c, enum herald__req_kind kind, const ch
     return 0;
 }
 
-HERALD_API int herald_publish(herald_client *c, const char *topic, const char *kind,
-                              const char *data_json, int timeout_ms, char *id_out,
-                              herald_error *err)
+HERALD_API int herald_publish_key(herald_client *c, const char *topic, const char *kind,
+                                  const char *data_json, const char *key, int timeout_ms,
+                                  char *id_out, bool *duplicate, herald_error *err)
 {
     struct herald__req *req = NULL;
-    int r = publish(c, HERALD__REQ_PUB, topic, kind, data_json, true, NULL, NULL, &req, err);
+    int r = publish(c, HERALD__REQ_PUB, topic, kind, key, data_json, true, NULL, NULL, &req, err);
     if (r)
         return r;
     pthread_mutex_lock(&c->mu);
@@ -553,10 +568,19 @@ HERALD_API int herald_publish(herald_client *c, const char *topic, const char *k
         r = req->status;
         if (r == 0 && id_out)
             memcpy(id_out, req->event_id, HERALD_ID_SIZE);
+        if (r == 0 && duplicate)
+            *duplicate = req->duplicate;
         herald__req_free(req);
     }
     pthread_mutex_unlock(&c->mu);
     return r;
+}
+
+HERALD_API int herald_publish(herald_client *c, const char *topic, const char *kind,
+                              const char *data_json, int timeout_ms, char *id_out,
+                              herald_error *err)
+{
+    return herald_publish_key(c, topic, kind, data_json, NULL, timeout_ms, id_out, NULL, err);
 }
 
 HERALD_API int herald_publish_text(herald_client *c, const char *topic, const char *kind,
@@ -578,13 +602,21 @@ HERALD_API int herald_publish_async(herald_client *c, const char *topic, const c
                                     herald_error *err)
 {
     struct herald__req *req = NULL;
-    return publish(c, HERALD__REQ_PUB, topic, kind, data_json, false, cb, arg, &req, err);
+    return publish(c, HERALD__REQ_PUB, topic, kind, NULL, data_json, false, cb, arg, &req, err);
+}
+
+HERALD_API int herald_publish_key_async(herald_client *c, const char *topic, const char *kind,
+                                        const char *data_json, const char *key, herald_reply_fn cb,
+                                        void *arg, herald_error *err)
+{
+    struct herald__req *req = NULL;
+    return publish(c, HERALD__REQ_PUB, topic, kind, key, data_json, false, cb, arg, &req, err);
 }
 
 HERALD_API int herald_ping(herald_client *c, int timeout_ms, herald_error *err)
 {
     struct herald__req *req = NULL;
-    int r = publish(c, HERALD__REQ_PING, NULL, NULL, NULL, true, NULL, NULL, &req, err);
+    int r = publish(c, HERALD__REQ_PING, NULL, NULL, NULL, NULL, true, NULL, NULL, &req, err);
     if (r)
         return r;
     pthread_mutex_lock(&c->mu);

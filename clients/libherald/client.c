@@ -75,13 +75,27 @@ static void after_loss(struct herald_client *c)
     herald__err(&e, HERALD_E_INTERRUPTED, NULL,
                 "the connection was lost before the server answered; the request may or may "
                 "not have taken effect");
+    /* A publish carries its idempotency key: sent once more on the next connection, the
+     * server answers it (with "duplicate" when it already had it) and it exists once. */
+    struct herald__req *again = NULL, **again_tail = &again;
     while (c->inflight) {
         struct herald__req *r = c->inflight;
         c->inflight = r->next;
-        if (r->kind == HERALD__REQ_UNSUB)
+        if (r->kind == HERALD__REQ_UNSUB) {
             herald__complete(c, r, 0, NULL);
-        else
+        } else if (r->kind == HERALD__REQ_PUB && !r->resent && !r->abandoned && r->frame) {
+            r->resent = true;
+            r->sent = false;
+            r->next = NULL;
+            *again_tail = r;
+            again_tail = &r->next;
+        } else {
             herald__complete(c, r, HERALD_E_INTERRUPTED, &e);
+        }
+    }
+    if (again) {
+        *again_tail = c->outq;
+        c->outq = again;
     }
     struct herald__req **pp = &c->outq;
     c->outq_tail = NULL;
@@ -399,6 +413,7 @@ static int handle_text(struct herald_client *c, const char *text, size_t len, he
             if (f.event_id)
                 snprintf(r->event_id, sizeof(r->event_id), "%s", f.event_id);
             r->receivers = f.receivers;
+            r->duplicate = f.duplicate;
             herald__complete(c, r, 0, NULL);
         }
         break;
@@ -516,7 +531,23 @@ static int writable(struct herald_client *c, struct lws *wsi, herald_error *why)
             }
             break;
         }
-        int n = lws_write(wsi, r->frame + LWS_PRE, r->frame_len, LWS_WRITE_TEXT);
+        /* Written from a scratch copy: lws masks the payload in place, and a publish keeps
+         * its frame until answered, to be sent again after a lost connection. */
+        if (c->wbuf_cap < LWS_PRE + r->frame_len) {
+            unsigned char *nb = realloc(c->wbuf, LWS_PRE + r->frame_len);
+            if (!nb) {
+                r->next = c->outq;
+                c->outq = r;
+                if (!c->outq_tail)
+                    c->outq_tail = r;
+                herald__err(why, HERALD_E_NOMEM, NULL, "out of memory writing a request");
+                return -1;
+            }
+            c->wbuf = nb;
+            c->wbuf_cap = LWS_PRE + r->frame_len;
+        }
+        memcpy(c->wbuf + LWS_PRE, r->frame + LWS_PRE, r->frame_len);
+        int n = lws_write(wsi, c->wbuf + LWS_PRE, r->frame_len, LWS_WRITE_TEXT);
         if (n < (int)r->frame_len) {
             r->next = c->outq; /* not sent: it goes out on the next connection */
             c->outq = r;
@@ -526,8 +557,10 @@ static int writable(struct herald_client *c, struct lws *wsi, herald_error *why)
             return -1;
         }
         r->sent = true;
-        free(r->frame);
-        r->frame = NULL;
+        if (r->kind != HERALD__REQ_PUB) {
+            free(r->frame);
+            r->frame = NULL;
+        }
         push_inflight(c, r);
         break;
     }

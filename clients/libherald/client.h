@@ -30,6 +30,8 @@ struct herald__req {
     char pattern[HERALD_TOPIC_MAX + 1]; /* pattern or topic */
     unsigned char *frame;               /* LWS_PRE headroom, then frame_len bytes of text */
     size_t frame_len;
+    char key[HERALD_KEY_MAX + 1]; /* publish: its idempotency key */
+    bool resent;                  /* publish: already sent again after a lost connection */
     bool sent;
     bool sync, done, abandoned;
     herald_reply_fn cb;
@@ -39,7 +41,7 @@ struct herald__req {
     herald_error err;
     char event_id[HERALD_ID_SIZE];
     size_t receivers, replayed;
-    bool gap;
+    bool gap, duplicate;
 };
 
 /* An item of the event stream: the public event plus its strings in one allocation. */
@@ -78,6 +80,8 @@ struct herald_client {
 
     /* I/O thread only. */
     struct lws *wsi;
+    unsigned char *wbuf; /* lws masks what it writes in place: frames are written from here */
+    size_t wbuf_cap;
     struct herald__backoff backoff;
     lws_sorted_usec_list_t sul_retry, sul_deadline, sul_close;
     uint64_t open_since_us;
@@ -97,6 +101,8 @@ struct herald_client {
     struct herald__req *inflight;         /* sent, waiting for the reply */
     size_t n_pending;
     int64_t next_wire_id;
+    char key_prefix[24]; /* random per client: its publishes' keys are "<prefix>-<n>" */
+    uint64_t key_seq;
     struct herald__evitem *evq, *evq_tail;
     size_t evq_n, evq_bytes;
     size_t in_hand; /* taken off evq by herald_process(), callbacks not yet run */

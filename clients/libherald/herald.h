@@ -49,6 +49,8 @@ extern "C" {
 #define HERALD_ID_SIZE (HERALD_ID_MAX + 1)
 /* Topics and patterns are at most this many bytes. */
 #define HERALD_TOPIC_MAX 255
+/* Idempotency keys are 1 to this many visible ASCII bytes. */
+#define HERALD_KEY_MAX 128
 
 /* What a call returns. 0 is success; everything else is negative. */
 typedef enum herald_status {
@@ -221,12 +223,27 @@ HERALD_API int herald_unsubscribe(herald_client *c, const char *pattern, int tim
 /*
  * Publishes to `topic` an event of kind `kind` (NULL: "message") whose data is the JSON text
  * `data_json` (NULL: null; it must be one JSON value). On success copies the event id into
- * `id_out` (HERALD_ID_SIZE bytes, may be NULL). A timeout or HERALD_E_INTERRUPTED leaves it
- * unknown whether the event was published.
+ * `id_out` (HERALD_ID_SIZE bytes, may be NULL). Every publish carries an idempotency key (a
+ * random per-client prefix and a counter): when the connection drops before the answer, the
+ * client sends it once more, with the same key, on the next connection, and the server
+ * publishes it at most once (PROTOCOL.md section 3). A timeout, or HERALD_E_INTERRUPTED
+ * (the second connection dropped too), leaves it unknown whether the event was published.
+ * Data over the server's max_event_bytes gives HERALD_E_TOO_LARGE without sending.
  */
 HERALD_API int herald_publish(herald_client *c, const char *topic, const char *kind,
                               const char *data_json, int timeout_ms, char *id_out,
                               herald_error *err);
+
+/*
+ * herald_publish() with the caller's idempotency key (1-HERALD_KEY_MAX visible ASCII bytes;
+ * NULL: one the client makes): resending with the same key, even from another process,
+ * publishes nothing new while the server remembers it (history.dedupe_window_s) and answers
+ * with the first publish's id. `*duplicate` (may be NULL) is then set true: the server
+ * already had this key, so this call published nothing new.
+ */
+HERALD_API int herald_publish_key(herald_client *c, const char *topic, const char *kind,
+                                  const char *data_json, const char *key, int timeout_ms,
+                                  char *id_out, bool *duplicate, herald_error *err);
 
 /* herald_publish() with a string as data: `text` (UTF-8) is sent as a JSON string. */
 HERALD_API int herald_publish_text(herald_client *c, const char *topic, const char *kind,
@@ -246,6 +263,8 @@ HERALD_API int herald_next_event(herald_client *c, herald_event **ev, int timeou
 
 /* ---- asynchronous calls: return at once; `cb` runs later from herald_process() ----------- */
 
+/* The library fills it and the application only reads it, so members may be added at the
+ * end in later versions without breaking programs built against this one. */
 typedef struct herald_reply {
     int status;           /* 0 or a negative herald_status */
     herald_error error;   /* when status != 0 */
@@ -254,6 +273,8 @@ typedef struct herald_reply {
     size_t receivers;     /* publish: connections the server queued the event to */
     size_t replayed;      /* subscribe */
     bool gap;             /* subscribe */
+    bool duplicate;       /* publish: the server already had its key; nothing new published */
+    const char *key;      /* publish: the idempotency key it carried */
 } herald_reply;
 
 typedef void (*herald_reply_fn)(herald_client *c, const herald_reply *r, void *arg);
@@ -270,6 +291,9 @@ HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern, h
 HERALD_API int herald_publish_async(herald_client *c, const char *topic, const char *kind,
                                     const char *data_json, herald_reply_fn cb, void *arg,
                                     herald_error *err);
+HERALD_API int herald_publish_key_async(herald_client *c, const char *topic, const char *kind,
+                                        const char *data_json, const char *key, herald_reply_fn cb,
+                                        void *arg, herald_error *err);
 
 /*
  * A file descriptor that becomes readable when herald_process() has work (completions, or

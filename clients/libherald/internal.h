@@ -129,6 +129,7 @@ struct herald__frame {
     const char *next;     /* subscribe ok: where its live part begins (NULL: not sent) */
     const char *event_id; /* publish ok */
     size_t receivers;
+    bool duplicate; /* publish ok: the server already had this key (PROTOCOL.md section 3) */
     /* error */
     const char *code, *message;
     /* event */
@@ -158,9 +159,16 @@ unsigned char *herald__encode_subscribe(size_t headroom, int64_t id, const char 
                                         const char *since, size_t *len);
 unsigned char *herald__encode_unsubscribe(size_t headroom, int64_t id, const char *pattern,
                                           size_t *len);
-/* `data_json` must already have passed herald__check_json. */
+/* `data_json` must already have passed herald__check_json; `key` (NULL or "": none) is the
+ * idempotency key (PROTOCOL.md section 3). */
 unsigned char *herald__encode_publish(size_t headroom, int64_t id, const char *topic,
-                                      const char *kind, const char *data_json, size_t *len);
+                                      const char *kind, const char *key, const char *data_json,
+                                      size_t *len);
+
+/* An idempotency key as the protocol allows it: 1-128 visible ASCII bytes. */
+bool herald__key_valid(const char *key);
+/* The key the client makes for its `seq`th publish: "<prefix>-<seq>" into `out`. */
+void herald__key_make(char *out, size_t cap, const char *prefix, uint64_t seq);
 unsigned char *herald__encode_ping(size_t headroom, int64_t id, size_t *len);
 
 /* Checks that `text` is exactly one JSON value without duplicate object keys. Returns 0 or

@@ -234,6 +234,8 @@ void herald__run_completions(struct herald_client *c, struct herald__req *list)
                 .receivers = r->receivers,
                 .replayed = r->replayed,
                 .gap = r->gap,
+                .duplicate = r->kind == HERALD__REQ_PUB && r->status == 0 && r->duplicate,
+                .key = r->kind == HERALD__REQ_PUB ? r->key : NULL,
             };
             r->cb(c, &rep, r->arg);
         }

@@ -68,6 +68,22 @@ size_t herald__json_compact(const char *text, char *out)
     return n;
 }
 
+bool herald__key_valid(const char *key)
+{
+    size_t n = strnlen(key, HERALD_KEY_MAX + 1);
+    if (n == 0 || n > HERALD_KEY_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)key[i] <= 0x20 || (unsigned char)key[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+void herald__key_make(char *out, size_t cap, const char *prefix, uint64_t seq)
+{
+    snprintf(out, cap, "%s-%llu", prefix, (unsigned long long)seq);
+}
+
 /* A growing byte buffer with `headroom` reserved in front; `oom` latches. */
 struct buf {
     unsigned char *p;
@@ -159,7 +175,8 @@ unsigned char *herald__encode_unsubscribe(size_t headroom, int64_t id, const cha
 }
 
 unsigned char *herald__encode_publish(size_t headroom, int64_t id, const char *topic,
-                                      const char *kind, const char *data_json, size_t *len)
+                                      const char *kind, const char *key, const char *data_json,
+                                      size_t *len)
 {
     struct buf b;
     start(&b, headroom, "publish", id);
@@ -168,6 +185,10 @@ unsigned char *herald__encode_publish(size_t headroom, int64_t id, const char *t
     if (kind) {
         puts_(&b, ",\"event\":");
         put_quoted(&b, kind);
+    }
+    if (key && *key) {
+        puts_(&b, ",\"key\":");
+        put_quoted(&b, key);
     }
     puts_(&b, ",\"data\":");
     puts_(&b, data_json ? data_json : "null");
@@ -255,6 +276,7 @@ int herald__frame_parse(const char *text, size_t len, struct herald__frame *f, h
         if (f->event_id && strlen(f->event_id) > HERALD_ID_MAX)
             return proto(err, f, "event id too long");
         count_member(f->root, "receivers", &f->receivers);
+        f->duplicate = json_is_true(json_object_get(f->root, "duplicate"));
         return 0;
     }
     if (strcmp(type, "error") == 0) {

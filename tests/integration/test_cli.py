@@ -384,6 +384,21 @@ class Errors(CLITestCase):
             sub.signal(signal.SIGINT)
             self.finish(sub, 0)
 
+    def test_quiet_subscription_resumes_from_next_without_gap(self):
+        # Issue 13: a live subscription that received nothing resumes from the ok's `next`
+        # (nothing missed), not from "latest" with a gap warning.
+        with FakeServer(close_code=4000, next_id="00000000000000aa") as fake:
+            sub = self.spawn("subscribe", "t", url=fake.url)
+            deadline = time.monotonic() + 10 * SLOW
+            while len(fake.subscribes) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertGreaterEqual(len(fake.subscribes), 2, sub.stderr)
+            sub.signal(signal.SIGINT)
+            self.finish(sub, 0)
+            self.assertNotIn("since", fake.subscribes[0])
+            self.assertEqual(fake.subscribes[1].get("since"), "00000000000000aa")
+            self.assertNotIn("missed", sub.stderr)
+
     def test_server_errors_exit_3_with_code(self):
         d = self.start_daemon()
         cases = [
@@ -439,6 +454,41 @@ class Errors(CLITestCase):
             self.assertEqual(p.stderr, "")
         p = self.run_cli("--version", expect=0)
         self.assertRegex(p.stdout, r"^herald \d+\.\d+\.\d+")
+
+
+class Idempotency(CLITestCase):
+    """Issue 13: every publish carries a key, and a publish whose connection dropped before
+    the answer is sent once more with the same key; the server's "duplicate" is surfaced."""
+
+    def test_publish_is_resent_with_its_key_after_a_lost_connection(self):
+        with FakeServer(drop_publishes=1) as fake:
+            p = self.run_cli("publish", "t", "x", url=fake.url, expect=0)
+            self.assertEqual(p.stdout, "0000000000000001\n")
+            self.assertIn("already had this event", p.stderr)
+            self.assertEqual(fake.connections, 2)
+            keys = [c.get("key") for c in fake.publishes]
+            self.assertEqual(len(keys), 2, fake.publishes)
+            self.assertEqual(keys[0], keys[1])
+            self.assertRegex(keys[0], r"^[!-~]{1,128}$")
+
+    def test_keys_differ_between_publishes_and_clients(self):
+        with FakeServer() as fake:
+            p = self.run_cli("publish", "--lines", "t", url=fake.url, input="a\nb\n", expect=0)
+            self.run_cli("publish", "t", "c", url=fake.url, expect=0)
+            keys = [c.get("key") for c in fake.publishes]
+            self.assertEqual(len(set(keys)), 3, keys)
+            self.assertEqual(len(p.stdout.split()), 2)
+
+    def test_caller_key_and_duplicate(self):
+        with FakeServer() as fake:
+            a = self.run_cli("publish", "--key", "order-42", "t", "x", url=fake.url, expect=0)
+            self.assertEqual(a.stderr, "")
+            b = self.run_cli("publish", "--key", "order-42", "t", "x", url=fake.url, expect=0)
+            self.assertEqual(a.stdout, b.stdout)
+            self.assertIn("already had this event", b.stderr)
+            self.assertEqual([c["key"] for c in fake.publishes], ["order-42", "order-42"])
+        for bad in ("", "has space", "k" * 129):
+            self.run_cli("publish", "--key", bad, "t", "x", url="ws://127.0.0.1:1", expect=1)
 
 
 class Auth(CLITestCase):
