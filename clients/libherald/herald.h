@@ -345,6 +345,47 @@ HERALD_API int herald_poll(const char *url, const herald_options *opts, const ch
 HERALD_API int herald_event_status(const char *url, const herald_options *opts, const char *id,
                                    char **body_out, herald_error *err);
 
+/* ---- batches: many events in one HTTP request (POST /v1/publish, NDJSON) ---------------- */
+
+/*
+ * A batch of events to publish in one request: all are checked by the server before any is
+ * published, and the first bad one refuses the whole batch. Every event carries an
+ * idempotency key (the caller's, or one the batch makes), so sending the same batch again
+ * after a timeout or a 503 publishes each event at most once.
+ */
+typedef struct herald_batch herald_batch;
+
+/* Returns an empty batch, or NULL when out of memory. */
+HERALD_API herald_batch *herald_batch_new(void);
+HERALD_API void herald_batch_free(herald_batch *b);
+/* How many events `b` holds. */
+HERALD_API size_t herald_batch_count(const herald_batch *b);
+/*
+ * Appends an event: `topic`, `kind` (NULL: "message"), `data_json` (one JSON value; NULL:
+ * null) and `key` (NULL: the batch makes one), checked as herald_publish() checks them.
+ * Returns 0, HERALD_E_INVALID (nothing appended) or HERALD_E_NOMEM.
+ */
+HERALD_API int herald_batch_add(herald_batch *b, const char *topic, const char *kind,
+                                const char *data_json, const char *key, herald_error *err);
+/*
+ * Appends an event given as one NDJSON line: a JSON object with "topic" and optionally
+ * "event", "data" and "key" (nothing else), as PROTOCOL.md section 3 writes batch lines.
+ */
+HERALD_API int herald_batch_add_line(herald_batch *b, const char *line, herald_error *err);
+/*
+ * POST /v1/publish with the batch on the server of `url` (ws:// or http:// forms alike),
+ * within opts' connect timeout. On success *body_out is the answer
+ * {"events":[{"id":..,"topic":..,"time":..,"receivers":..}, ...]}, one per event in order
+ * (free with herald_free()). A refused batch gives HERALD_E_SERVER (or HERALD_E_AUTH) with
+ * the server's code; when the server named the event at fault, *bad_line (may be NULL) is
+ * its 1-based position in the batch, else 0. A batch refused with a 4xx published nothing;
+ * one cut short (503, a timeout, a lost connection) may have published a prefix: send the
+ * same batch again, its keys make that safe.
+ */
+HERALD_API int herald_publish_batch(const char *url, const herald_options *opts,
+                                    const herald_batch *b, char **body_out, size_t *bad_line,
+                                    herald_error *err);
+
 /* Frees memory the library handed over (herald_poll, herald_event_status). */
 HERALD_API void herald_free(void *p);
 

@@ -16,9 +16,13 @@
 #include <libwebsockets.h>
 
 #define BODY_MAX (16u << 20)
+#define BODY_SLICE 16384
 
 struct http_req {
     const herald_options *opts;
+    const char *ctype;          /* request body's Content-Type; NULL: no body */
+    const unsigned char *rbody; /* borrowed */
+    size_t rlen, roff;
     int status;
     char *body;
     size_t len, cap;
@@ -71,15 +75,40 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
         return 0;
     switch (reason) {
     case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
+        unsigned char **p = in, *end = *p + len;
+        if (h->ctype) {
+            if (lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE,
+                                             (const unsigned char *)h->ctype, (int)strlen(h->ctype),
+                                             p, end) ||
+                lws_add_http_header_content_length(wsi, h->rlen, p, end))
+                return -1;
+            lws_client_http_body_pending(wsi, 1);
+            lws_callback_on_writable(wsi);
+        }
         if (!h->opts->token)
             return 0;
-        unsigned char **p = in, *end = *p + len;
         char hdr[8 + 4096 + 1];
         int n = snprintf(hdr, sizeof(hdr), "Bearer %s", h->opts->token);
         if (n < 0 || (size_t)n >= sizeof(hdr) ||
             lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, (unsigned char *)hdr, n,
                                          p, end))
             return -1;
+        return 0;
+    }
+    case LWS_CALLBACK_CLIENT_HTTP_WRITEABLE: {
+        /* The body in slices, one per writable callback (lws writes from its own headroom). */
+        unsigned char buf[LWS_PRE + BODY_SLICE];
+        size_t n = h->rlen - h->roff < BODY_SLICE ? h->rlen - h->roff : BODY_SLICE;
+        bool last = h->roff + n == h->rlen;
+        memcpy(buf + LWS_PRE, h->rbody + h->roff, n);
+        if (lws_write(wsi, buf + LWS_PRE, n, last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) !=
+            (int)n)
+            return -1;
+        h->roff += n;
+        if (last)
+            lws_client_http_body_pending(wsi, 0);
+        else
+            lws_callback_on_writable(wsi);
         return 0;
     }
     case LWS_CALLBACK_ESTABLISHED_CLIENT_HTTP:
@@ -159,11 +188,20 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
                      const char *path_and_query, int timeout_ms, int *status, char **body,
                      size_t *body_len, herald_error *err)
 {
+    return herald__http_request(u, o, NULL, NULL, 0, path_and_query, timeout_ms, status, body,
+                                body_len, err);
+}
+
+int herald__http_request(const struct herald__url *u, const herald_options *o, const char *ctype,
+                         const void *req_body, size_t req_len, const char *path_and_query,
+                         int timeout_ms, int *status, char **body, size_t *body_len,
+                         herald_error *err)
+{
     static const struct lws_protocols protocols[] = {
         {.name = "herald-http", .callback = http_cb},
         {.name = NULL},
     };
-    struct http_req h = {.opts = o};
+    struct http_req h = {.opts = o, .ctype = ctype, .rbody = req_body, .rlen = req_len};
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
     info.port = CONTEXT_PORT_NO_LISTEN;
@@ -190,7 +228,7 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
     i.port = u->port;
     i.path = path_and_query;
     i.host = u->host_header;
-    i.method = "GET";
+    i.method = ctype ? "POST" : "GET";
     i.protocol = protocols[0].name;
     i.alpn = "http/1.1";
     if (u->tls) {

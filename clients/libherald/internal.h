@@ -165,6 +165,11 @@ unsigned char *herald__encode_publish(size_t headroom, int64_t id, const char *t
                                       const char *kind, const char *key, const char *data_json,
                                       size_t *len);
 
+/* One NDJSON line of a batch (without the newline): {"topic","event","data","key"}; `kind`
+ * and `key` may be NULL; `data_json` compact. malloc'd, NULL when out of memory or not UTF-8. */
+unsigned char *herald__encode_batch_line(const char *topic, const char *kind, const char *key,
+                                         const char *data_json, size_t *len);
+
 /* An idempotency key as the protocol allows it: 1-128 visible ASCII bytes. */
 bool herald__key_valid(const char *key);
 /* The key the client makes for its `seq`th publish: "<prefix>-<seq>" into `out`. */
@@ -294,6 +299,19 @@ void herald__sub_cursor(const struct herald__sub *sub, char out[HERALD_ID_SIZE])
  * last position it was handed, else where the subscription started, else "". */
 void herald__sub_app_cursor(const struct herald__sub *sub, char out[HERALD_ID_SIZE]);
 
+/* ---- batches (batch.c) ---------------------------------------------------------------- */
+
+/* The NDJSON body of `b` (borrowed) and its length. */
+const char *herald__batch_body(const struct herald_batch *b, size_t *len);
+/*
+ * Reads a POST /v1/publish answer for a batch of `lines` events: 2xx with one event per line
+ * gives 0; an error gives HERALD_E_SERVER or HERALD_E_AUTH with the server's code and, when
+ * it named one, the 1-based `line` in *bad_line (may be NULL) and the message; a 2xx that
+ * does not list one event per line gives HERALD_E_PROTOCOL.
+ */
+int herald__batch_answer(int status, const char *body, size_t len, size_t lines, size_t *bad_line,
+                         herald_error *err);
+
 /* ---- HTTP (http.c) ----------------------------------------------------------------------- */
 
 /*
@@ -304,6 +322,13 @@ void herald__sub_app_cursor(const struct herald__sub *sub, char out[HERALD_ID_SI
 int herald__http_get(const struct herald__url *u, const herald_options *o,
                      const char *path_and_query, int timeout_ms, int *status, char **body,
                      size_t *body_len, herald_error *err);
+
+/* herald__http_get, or with `ctype` a POST of `req_len` bytes of `req_body` (borrowed) with
+ * that Content-Type. */
+int herald__http_request(const struct herald__url *u, const herald_options *o, const char *ctype,
+                         const void *req_body, size_t req_len, const char *path_and_query,
+                         int timeout_ms, int *status, char **body, size_t *body_len,
+                         herald_error *err);
 
 /* Appends `s` percent-encoded for a path segment or query value to `out`; returns 0 or -1
  * when it does not fit. */

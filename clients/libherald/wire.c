@@ -195,6 +195,25 @@ unsigned char *herald__encode_publish(size_t headroom, int64_t id, const char *t
     return finish(&b, len);
 }
 
+unsigned char *herald__encode_batch_line(const char *topic, const char *kind, const char *key,
+                                         const char *data_json, size_t *len)
+{
+    struct buf b = {.head = 0};
+    puts_(&b, "{\"topic\":");
+    put_quoted(&b, topic);
+    if (kind) {
+        puts_(&b, ",\"event\":");
+        put_quoted(&b, kind);
+    }
+    puts_(&b, ",\"data\":");
+    puts_(&b, data_json ? data_json : "null");
+    if (key && *key) {
+        puts_(&b, ",\"key\":");
+        put_quoted(&b, key);
+    }
+    return finish(&b, len);
+}
+
 unsigned char *herald__encode_ping(size_t headroom, int64_t id, size_t *len)
 {
     struct buf b;

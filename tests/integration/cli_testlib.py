@@ -356,3 +356,58 @@ def stop_gracefully(d, timeout=10.0):
     rc = d.stop(signal.SIGTERM, timeout)
     if rc != 0:
         raise AssertionError(f"heraldd exited {rc} on SIGTERM")
+
+
+class FakeBatchServer:
+    """POST /v1/publish as PROTOCOL.md section 3 describes it, for the client side of
+    batches: records each request (headers and NDJSON lines) and answers 202 with one event
+    per line, or, when a line's topic is "bad", 400 invalid_topic naming that line."""
+
+    def __init__(self):
+        import http.server
+
+        outer = self
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n).decode()
+                lines = [json.loads(x) for x in body.split("\n") if x]
+                outer.requests.append({"path": self.path, "type":
+                                       self.headers.get("Content-Type"), "lines": lines,
+                                       "raw": body})
+                bad = [i for i, x in enumerate(lines, 1) if x.get("topic") == "bad"]
+                if bad:
+                    code, answer = 400, {"type": "error", "code": "invalid_topic",
+                                         "message": "invalid topic \"bad\"", "line": bad[0]}
+                else:
+                    code, answer = 202, {"events": [
+                        {"id": f"{i:016x}", "topic": x["topic"], "time": 1, "receivers": 0}
+                        for i, x in enumerate(lines, 1)]}
+                data = json.dumps(answer).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+    @property
+    def url(self):
+        return f"ws://127.0.0.1:{self.port}"

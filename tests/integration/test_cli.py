@@ -18,8 +18,8 @@ import tempfile
 import time
 import unittest
 
-from cli_testlib import (SLOW, VALGRIND, VALGRIND_RC, CLITestCase, FakeServer, example_path,
-                         free_port, stop_gracefully, wrap)
+from cli_testlib import (SLOW, VALGRIND, VALGRIND_RC, CLITestCase, FakeBatchServer, FakeServer,
+                         example_path, free_port, stop_gracefully, wrap)
 from herald_testlib import ID_RE, DaemonError
 
 
@@ -90,6 +90,12 @@ class PublishSubscribe(CLITestCase):
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertEqual(len(p.stdout.split()), 2)
         self.assertIn("line 2", p.stderr)
+
+    def test_publish_lines_starting_with_a_blank_line(self):
+        # A blank first line used to crash the line reader (nothing allocated yet).
+        d = self.start_daemon()
+        p = self.run_cli("publish", "--lines", "bl", url=d.ws_url, input="\nx\n", expect=0)
+        self.assertEqual(len(p.stdout.split()), 1)
 
     def test_patterns(self):
         d = self.start_daemon()
@@ -489,6 +495,52 @@ class Idempotency(CLITestCase):
             self.assertEqual([c["key"] for c in fake.publishes], ["order-42", "order-42"])
         for bad in ("", "has space", "k" * 129):
             self.run_cli("publish", "--key", bad, "t", "x", url="ws://127.0.0.1:1", expect=1)
+
+
+class Batch(CLITestCase):
+    """Issue 18: `herald publish --batch FILE|-` sends the NDJSON lines in one POST
+    /v1/publish (PROTOCOL.md section 3) and prints one id per line; the client side against
+    a scripted server until heraldd serves batches."""
+
+    def test_batch_from_stdin_and_file(self):
+        text = ('{"topic":"a.b","event":"login","data":{"n": 1.50}}\n'
+                "\n"
+                '{"topic":"c","key":"mine-1"}\n'
+                '{"topic":"d","data":"x y"}\n')
+        with FakeBatchServer() as fake:
+            p = self.run_cli("publish", "--batch", "-", url=fake.url, input=text, expect=0)
+            self.assertEqual(p.stdout.split(), [f"{i:016x}" for i in (1, 2, 3)])
+            req = fake.requests[0]
+            self.assertEqual(req["path"], "/v1/publish")
+            self.assertEqual(req["type"], "application/x-ndjson")
+            self.assertEqual([x["topic"] for x in req["lines"]], ["a.b", "c", "d"])
+            self.assertEqual(req["lines"][0]["event"], "login")
+            self.assertIn('"data":{"n":1.50}', req["raw"])  # as written, on one line
+            self.assertEqual(req["lines"][1]["key"], "mine-1")
+            keys = [x["key"] for x in req["lines"]]
+            self.assertEqual(len(set(keys)), 3)  # every line has its own key
+            path = os.path.join(tempfile.mkdtemp(prefix="herald-batch-"), "b.ndjson")
+            self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+            with open(path, "w") as f:
+                f.write(text)
+            p = self.run_cli("publish", "-b", path, url=fake.url, expect=0)
+            self.assertEqual(len(p.stdout.split()), 3)
+
+    def test_refused_batch_names_the_input_line(self):
+        with FakeBatchServer() as fake:
+            text = '{"topic":"ok"}\n\n{"topic":"bad"}\n'
+            p = self.run_cli("publish", "--batch", "-", url=fake.url, input=text)
+            line = self.one_line_error(p, 3)
+            self.assertIn("line 3", line)  # the input line, counting the blank one
+            self.assertIn("invalid_topic", line)
+
+    def test_bad_batch_input_is_a_usage_error(self):
+        for text, where in (('{"topic":"a"}\nnot json\n', "line 2"),
+                            ('{"topic":"a","extra":1}\n', "line 1"), ("\n\n", "no events")):
+            p = self.run_cli("publish", "--batch", "-", url="ws://127.0.0.1:1", input=text)
+            self.assertIn(where, self.one_line_error(p, 1))
+        self.run_cli("publish", "--batch", "-", "t", url="ws://127.0.0.1:1", input="",
+                     expect=1)
 
 
 class Auth(CLITestCase):
