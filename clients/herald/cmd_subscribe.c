@@ -88,8 +88,8 @@ static int handle(struct sub_run *s, const herald_event *ev, enum cli_format fmt
         cli_notice(s->cli, "%s; reconnecting in %.1f s", ev->error.message, ev->retry_ms / 1000.0);
         return -1;
     case HERALD_EV_CONNECTED:
-        if (*was_down)
-            cli_notice(s->cli, "reconnected to %s", s->cli->url);
+        if (*was_down) /* the library says which server: with a list it may be another */
+            cli_notice(s->cli, "re%s", ev->error.message);
         *was_down = false;
         return -1;
     case HERALD_EV_ERROR:

@@ -62,6 +62,7 @@ static void destroy(struct herald_client *c)
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->mu);
     herald__options_clear(&c->opts);
+    free(c->urls);
     free(c->rx);
     free(c->wbuf);
     free(c);
@@ -75,11 +76,12 @@ static struct herald_client *create(const char *url, const herald_options *opts,
         return NULL;
     }
     c->pipe_rd = c->pipe_wr = -1;
-    if (herald__url_parse(url, &c->url, err)) {
+    if (herald__url_list_parse(url, &c->urls, &c->n_urls, err)) {
         free(c);
         return NULL;
     }
     if (herald__options_copy(&c->opts, opts)) {
+        free(c->urls);
         free(c);
         herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
         return NULL;
@@ -147,8 +149,11 @@ HERALD_API herald_client *herald_connect(const char *url, const herald_options *
     if (!c)
         return NULL;
     struct timespec dl;
-    /* Without retries the I/O thread's own deadline fires first and says more. */
-    herald__deadline_in(&dl, c->opts.connect_timeout_ms + (c->opts.retry_first_connect ? 0 : 2000));
+    /* Without retries each server gets its own attempt, and the I/O thread's deadlines fire
+     * first and say more. */
+    herald__deadline_in(&dl, c->opts.retry_first_connect
+                                 ? c->opts.connect_timeout_ms
+                                 : (int)c->n_urls * (c->opts.connect_timeout_ms + 100) + 2000);
     pthread_mutex_lock(&c->mu);
     int rc = 0;
     while (!c->connected && !c->fatal && rc != ETIMEDOUT)
@@ -159,7 +164,7 @@ HERALD_API herald_client *herald_connect(const char *url, const herald_options *
             *err = c->fatal_err;
         else
             herald__err(err, HERALD_E_TIMEOUT, NULL, "could not connect to %s within %d ms",
-                        c->url.host_header, c->opts.connect_timeout_ms);
+                        herald__cur_url(c)->host_header, c->opts.connect_timeout_ms);
     }
     pthread_mutex_unlock(&c->mu);
     if (!ok) {

@@ -239,25 +239,12 @@ HERALD_API int herald_publish_batch(const char *url, const herald_options *opts,
     *body_out = NULL;
     if (!b->n)
         return herald__err(err, HERALD_E_INVALID, NULL, "the batch is empty");
-    struct herald__url u;
-    int r = herald__url_parse(url, &u, err);
-    if (r)
-        return r;
-    struct herald_options o;
-    if (opts)
-        o = *opts; /* borrowed: the strings stay the caller's */
-    else
-        herald__options_defaults(&o);
-    char path[3 * HERALD__PATH_MAX];
-    int n =
-        snprintf(path, sizeof(path), "%s/v1/publish%s%s", u.prefix, u.query[0] ? "?" : "", u.query);
-    if (n < 0 || (size_t)n >= sizeof(path))
-        return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
     int status = 0;
     char *body = NULL;
     size_t len = 0, blen;
     const char *req = herald__batch_body(b, &blen);
-    r = herald__http_request(&u, &o, "application/x-ndjson", req, blen, path, o.connect_timeout_ms,
+    int timeout = opts ? opts->connect_timeout_ms : HERALD__DEFAULT_CONNECT_TIMEOUT_MS;
+    int r = herald__http_any(url, opts, "application/x-ndjson", req, blen, "/v1/publish", timeout,
                              &status, &body, &len, err);
     if (r)
         return r;

@@ -53,7 +53,10 @@ static void schedule_retry(struct herald_client *c, const herald_error *why)
     if (c->open_since_us && (uint64_t)now - c->open_since_us >= STEADY_US)
         herald__backoff_reset(&c->backoff);
     c->open_since_us = 0;
-    unsigned delay = herald__backoff_next(&c->backoff);
+    /* Before any connection, the rest of the list is tried at once; after that the delays
+     * grow as usual whichever server comes next. */
+    unsigned delay =
+        !c->ever_connected && c->attempts < c->n_urls ? 1 : herald__backoff_next(&c->backoff);
     c->cstate = HERALD__C_WAITING;
     struct herald__evitem *it = herald__event_new(HERALD_EV_DISCONNECTED, NULL, why, 0);
     if (it) {
@@ -131,8 +134,10 @@ static void ended(struct herald_client *c, herald_error *why, bool fatal)
         return;
     after_loss(c);
     if (why->status == 0)
-        herald__err(why, HERALD_E_CONNECT, NULL, "connection to %s lost", c->url.host_header);
-    if (fatal || (!c->ever_connected && !c->opts.retry_first_connect)) {
+        herald__err(why, HERALD_E_CONNECT, NULL, "connection to %s lost",
+                    herald__cur_url(c)->host_header);
+    /* A first connection that fails is returned, once every server was tried. */
+    if (fatal || (!c->ever_connected && !c->opts.retry_first_connect && c->attempts >= c->n_urls)) {
         go_fatal(c, why);
         return;
     }
@@ -153,7 +158,7 @@ static void on_deadline(lws_sorted_usec_list_t *sul)
     if (c->cstate == HERALD__C_CONNECTING || c->cstate == HERALD__C_HANDSHAKE) {
         herald_error why = {0};
         herald__err(&why, HERALD_E_TIMEOUT, NULL, "no answer from %s within %d ms",
-                    c->url.host_header, c->opts.connect_timeout_ms);
+                    herald__cur_url(c)->host_header, c->opts.connect_timeout_ms);
         if (c->wsi)
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         ended(c, &why, false);
@@ -171,20 +176,25 @@ static void start_connect(struct herald_client *c)
     c->cstate = HERALD__C_CONNECTING;
     c->close_code = 0;
     c->close_reason[0] = '\0';
+    /* Each new attempt goes to the next server of the list (the same one when there is
+     * one); subscriptions resume there from their cursors as they would on the same one. */
+    if (c->attempts++)
+        c->cur_url = herald__url_next(c->cur_url, c->n_urls);
+    const struct herald__url *u = herald__cur_url(c); /* the array never changes */
     pthread_mutex_unlock(&c->mu);
 
     struct lws_client_connect_info i;
     memset(&i, 0, sizeof(i));
     i.context = c->ctx;
-    i.address = c->url.host;
-    i.port = c->url.port;
-    i.path = c->url.path;
-    i.host = c->url.host_header;
+    i.address = u->host;
+    i.port = u->port;
+    i.path = u->path;
+    i.host = u->host_header;
     i.origin = NULL; /* no Origin: not a browser, so not an outside origin */
     i.protocol = "herald.v1";
     i.pwsi = &c->wsi;
     i.retry_and_idle_policy = &c->idle_policy;
-    if (c->url.tls) {
+    if (u->tls) {
         i.ssl_connection = LCCSCF_USE_SSL;
         if (c->opts.insecure)
             i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
@@ -197,7 +207,8 @@ static void start_connect(struct herald_client *c)
         pthread_mutex_lock(&c->mu);
         if (c->cstate == HERALD__C_CONNECTING) { /* no error callback reported it */
             herald_error why = {0};
-            herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s", c->url.host_header);
+            herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s",
+                        herald__cur_url(c)->host_header);
             ended(c, &why, false);
         }
         pthread_mutex_unlock(&c->mu);
@@ -267,7 +278,9 @@ static int welcome(struct herald_client *c, const struct herald__frame *f, heral
             c->outq_tail = last;
         c->outq = head;
     }
-    struct herald__evitem *it = herald__event_new(HERALD_EV_CONNECTED, NULL, NULL, 0);
+    herald_error hello;
+    herald__err(&hello, 0, NULL, "connected to %s", herald__cur_url(c)->host_header);
+    struct herald__evitem *it = herald__event_new(HERALD_EV_CONNECTED, NULL, &hello, 0);
     if (it)
         herald__push_event(c, it);
     if (c->outq)
@@ -595,17 +608,17 @@ static void connection_error(struct herald_client *c, const char *in)
     bool fatal = false;
     if (status == 401 || status == 403) {
         herald__err(&why, HERALD_E_AUTH, status == 401 ? "unauthorized" : "forbidden",
-                    "%s refused the connection with HTTP %u: %s", c->url.host_header, status,
-                    status == 401 ? "missing or invalid credentials" : "not allowed");
+                    "%s refused the connection with HTTP %u: %s", herald__cur_url(c)->host_header,
+                    status, status == 401 ? "missing or invalid credentials" : "not allowed");
         fatal = true; /* retrying the same credentials cannot help */
     } else if (status) {
         herald__err(&why, HERALD_E_CONNECT, NULL,
                     "%s refused the WebSocket upgrade with HTTP "
                     "%u",
-                    c->url.host_header, status);
+                    herald__cur_url(c)->host_header, status);
     } else {
-        herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s", c->url.host_header,
-                    msg[0] ? msg : "connection failed");
+        herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s",
+                    herald__cur_url(c)->host_header, msg[0] ? msg : "connection failed");
     }
     ended(c, &why, fatal);
 }
@@ -765,7 +778,10 @@ int herald__ctx_create(struct herald_client *c, herald_error *err)
     info.gid = (gid_t)-1;
     info.uid = (uid_t)-1;
     info.timeout_secs = (unsigned)(c->opts.connect_timeout_ms + 999) / 1000;
-    if (c->url.tls) {
+    bool tls = false;
+    for (size_t k = 0; k < c->n_urls; k++)
+        tls = tls || c->urls[k].tls;
+    if (tls) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.client_ssl_ca_filepath = c->opts.ca_file;
     }
@@ -777,6 +793,6 @@ int herald__ctx_create(struct herald_client *c, herald_error *err)
     herald__lws_global_unlock();
     if (!c->ctx)
         return herald__err(err, HERALD_E_CONNECT, NULL, "cannot set up libwebsockets%s",
-                           c->url.tls ? " with TLS" : "");
+                           tls ? " with TLS" : "");
     return 0;
 }

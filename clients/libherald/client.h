@@ -73,7 +73,8 @@ struct herald_client {
 
     /* Immutable after creation. */
     struct lws_context *ctx;
-    struct herald__url url;
+    struct herald__url *urls; /* the servers, tried in turn (herald__url_list_parse) */
+    size_t n_urls;
     struct herald_options opts; /* the client's own copy */
     lws_retry_bo_t idle_policy;
     struct lws_protocols protocols[2];
@@ -93,6 +94,8 @@ struct herald_client {
     bool rx_paused;
 
     /* Guarded by mu. */
+    size_t cur_url;  /* index in urls of the current or last attempt */
+    size_t attempts; /* connection attempts made, the first included */
     enum herald__cstate cstate;
     bool connected, ever_connected;
     size_t max_event_bytes;
@@ -110,6 +113,12 @@ struct herald_client {
     bool closing, stop_thread, fatal;
     herald_error fatal_err;
 };
+
+/* The server of the current (or last) connection attempt; mu held, or the I/O thread. */
+static inline const struct herald__url *herald__cur_url(const struct herald_client *c)
+{
+    return &c->urls[c->cur_url];
+}
 
 /* client.c: runs on the I/O thread. */
 void *herald__thread_main(void *arg);

@@ -92,7 +92,8 @@ typedef enum herald_event_type {
     HERALD_EV_EVENT = 1,    /* an event published to a topic you subscribed to */
     HERALD_EV_GAP,          /* events matching `pattern` may have been missed: resynchronize */
     HERALD_EV_DISCONNECTED, /* the connection was lost; the client retries in `retry_ms` */
-    HERALD_EV_CONNECTED,    /* the client (re)connected; subscriptions are being restored */
+    HERALD_EV_CONNECTED,    /* the client (re)connected ("connected to HOST:PORT" in error.message,
+                             * status 0); subscriptions are being restored */
     HERALD_EV_ERROR         /* see `error`; when `fatal` the client has stopped for good */
 } herald_event_type;
 
@@ -172,7 +173,12 @@ HERALD_API int herald_options_set_keep_lws_log(herald_options *o, bool keep);
 /*
  * Connects to `url` (ws://host[:port][/path], wss://...; http:// and https:// are taken as
  * ws:// and wss://; host[:port] without a scheme as ws:// on port 7070; the path defaults to
- * /v1/ws; a ?token= query is passed on as is) and waits for the server's welcome. `opts` may
+ * /v1/ws; a ?token= query is passed on as is) and waits for the server's welcome. `url` may
+ * list up to 16 servers separated by commas ("ws://a:7070,ws://b:7070"; a comma inside a URL
+ * is written %2C): the first connection tries each in turn (failing once all failed), and
+ * every later reconnect goes to the next server of the list, resuming each subscription
+ * there from its last id. The HTTP calls below take the same lists and use the first
+ * server that accepts the connection. `opts` may
  * be NULL for the defaults; it is copied.
  * Returns the client, or NULL with `err` filled (HERALD_E_INVALID for a bad URL,
  * HERALD_E_CONNECT, HERALD_E_AUTH, HERALD_E_TIMEOUT). With opts->retry_first_connect it waits

@@ -293,23 +293,47 @@ static int http_error(int status, char *body, herald_error *err)
     return st;
 }
 
-static int get_json(const struct herald__url *u, const herald_options *opts, const char *path,
-                    int timeout, char **body_out, herald_error *err)
+int herald__http_any(const char *list, const herald_options *opts, const char *ctype,
+                     const void *req_body, size_t req_len, const char *path, int timeout_ms,
+                     int *status, char **body, size_t *body_len, herald_error *err)
 {
+    struct herald__url *urls;
+    size_t n;
+    int r = herald__url_list_parse(list, &urls, &n, err);
+    if (r)
+        return r;
     struct herald_options o;
     if (opts)
         o = *opts; /* borrowed: the strings stay the caller's */
     else
         herald__options_defaults(&o);
-    char full[3 * HERALD__PATH_MAX];
-    const char *sep = u->query[0] ? (strchr(path, '?') ? "&" : "?") : "";
-    int n = snprintf(full, sizeof(full), "%s%s%s", path, sep, u->query);
-    if (n < 0 || (size_t)n >= sizeof(full))
-        return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+    for (size_t k = 0; k < n; k++) {
+        const struct herald__url *u = &urls[k];
+        char full[4 * HERALD__PATH_MAX];
+        const char *sep = u->query[0] ? (strchr(path, '?') ? "&" : "?") : "";
+        int len = snprintf(full, sizeof(full), "%s%s%s%s", u->prefix, path, sep, u->query);
+        if (len < 0 || (size_t)len >= sizeof(full)) {
+            r = herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+            break;
+        }
+        r = herald__http_request(u, &o, ctype, req_body, req_len, full, timeout_ms, status, body,
+                                 body_len, err);
+        /* Only a server that could not be reached is skipped: after a timeout the request
+         * may be under way there, and the deadline is spent. */
+        if (r != HERALD_E_CONNECT)
+            break;
+    }
+    free(urls);
+    return r;
+}
+
+static int get_json(const char *list, const herald_options *opts, const char *path, int timeout,
+                    char **body_out, herald_error *err)
+{
     int status = 0;
     char *body = NULL;
     size_t len = 0;
-    int r = herald__http_get(u, &o, full, timeout, &status, &body, &len, err);
+    int r = herald__http_any(list, opts, NULL, NULL, 0, path, timeout, &status, &body, &len, err);
     if (r)
         return r;
     if (status < 200 || status > 299)
@@ -344,13 +368,8 @@ HERALD_API int herald_poll(const char *url, const herald_options *opts, const ch
         return herald__err(err, HERALD_E_INVALID, NULL, "wait must be 0-60 seconds");
     if (limit > 1000)
         return herald__err(err, HERALD_E_INVALID, NULL, "limit must be 1-1000");
-    struct herald__url u;
-    int r = herald__url_parse(url, &u, err);
-    if (r)
-        return r;
-    char path[2 * HERALD__PATH_MAX] = "";
+    char path[2 * HERALD__PATH_MAX] = "/v1/topics/"; /* after each server's prefix */
     char num[48];
-    snprintf(path, sizeof(path), "%s/v1/topics/", u.prefix); /* the prefix is a path already */
     if (herald__pct_encode(path, sizeof(path), pattern) < 0)
         return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
     snprintf(num, sizeof(num), "/events?wait=%u", wait_s);
@@ -372,7 +391,7 @@ HERALD_API int herald_poll(const char *url, const herald_options *opts, const ch
     }
     int timeout =
         (int)wait_s * 1000 + (opts ? opts->connect_timeout_ms : HERALD__DEFAULT_CONNECT_TIMEOUT_MS);
-    return get_json(&u, opts, path, timeout, body_out, err);
+    return get_json(url, opts, path, timeout, body_out, err);
 }
 
 HERALD_API int herald_event_status(const char *url, const herald_options *opts, const char *id,
@@ -383,14 +402,9 @@ HERALD_API int herald_event_status(const char *url, const herald_options *opts, 
     *body_out = NULL;
     if (!id || !*id || strlen(id) > HERALD_ID_MAX)
         return herald__err(err, HERALD_E_INVALID, NULL, "the id must be 1-%d bytes", HERALD_ID_MAX);
-    struct herald__url u;
-    int r = herald__url_parse(url, &u, err);
-    if (r)
-        return r;
-    char path[2 * HERALD__PATH_MAX];
-    snprintf(path, sizeof(path), "%s/v1/events/", u.prefix);
+    char path[2 * HERALD__PATH_MAX] = "/v1/events/";
     if (herald__pct_encode(path, sizeof(path), id) < 0)
         return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
     int timeout = opts ? opts->connect_timeout_ms : HERALD__DEFAULT_CONNECT_TIMEOUT_MS;
-    return get_json(&u, opts, path, timeout, body_out, err);
+    return get_json(url, opts, path, timeout, body_out, err);
 }

@@ -84,6 +84,20 @@ struct herald__url {
  */
 int herald__url_parse(const char *url, struct herald__url *u, herald_error *err);
 
+#define HERALD__URL_LIST_MAX 16
+
+/*
+ * Parses a comma-separated list of 1-16 URLs (spaces around the commas ignored; a comma
+ * inside a URL must be written %2C), each as herald__url_parse does. On success *out is a
+ * malloc'd array of *n URLs. Returns 0, HERALD_E_INVALID (an empty entry, a bad URL, too
+ * many) or HERALD_E_NOMEM, with *out NULL.
+ */
+int herald__url_list_parse(const char *list, struct herald__url **out, size_t *n,
+                           herald_error *err);
+
+/* The URL a new connection attempt uses after `cur`: the next one, round the list. */
+size_t herald__url_next(size_t cur, size_t n);
+
 /* ---- backoff (backoff.c) ---------------------------------------------------------------- */
 
 struct herald__backoff {
@@ -329,6 +343,15 @@ int herald__http_request(const struct herald__url *u, const herald_options *o, c
                          const void *req_body, size_t req_len, const char *path_and_query,
                          int timeout_ms, int *status, char **body, size_t *body_len,
                          herald_error *err);
+
+/*
+ * herald__http_request on the servers of the URL list `list` in turn: `path` (with its
+ * query) goes after each server's prefix, and the next server is tried only when one could
+ * not be reached (HERALD_E_CONNECT). Returns as herald__http_request.
+ */
+int herald__http_any(const char *list, const herald_options *opts, const char *ctype,
+                     const void *req_body, size_t req_len, const char *path, int timeout_ms,
+                     int *status, char **body, size_t *body_len, herald_error *err);
 
 /* Appends `s` percent-encoded for a path segment or query value to `out`; returns 0 or -1
  * when it does not fit. */

@@ -7,6 +7,7 @@
  */
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -178,4 +179,60 @@ int herald__url_parse(const char *url, struct herald__url *u, herald_error *err)
         return bad(err, url, "path too long");
     }
     return 0;
+}
+
+int herald__url_list_parse(const char *list, struct herald__url **out, size_t *n, herald_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (!list)
+        return herald__err(err, HERALD_E_INVALID, NULL, "no URL given");
+    size_t len = strnlen(list, HERALD__URL_LIST_MAX * 4096 + 1);
+    if (len > HERALD__URL_LIST_MAX * 4096)
+        return herald__err(err, HERALD_E_INVALID, NULL, "URL list too long");
+    size_t count = 1;
+    for (size_t i = 0; i < len; i++)
+        count += list[i] == ',';
+    if (count > HERALD__URL_LIST_MAX)
+        return herald__err(err, HERALD_E_INVALID, NULL, "at most %d URLs in a list",
+                           HERALD__URL_LIST_MAX);
+    struct herald__url *urls = calloc(count, sizeof(*urls));
+    if (!urls)
+        return herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
+    const char *p = list;
+    for (size_t k = 0; k < count; k++) {
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = list + len;
+        /* Spaces around the commas are for the reader ("ws://a:7070, ws://b:7070"). */
+        const char *a = p, *b = end;
+        while (a < b && (*a == ' ' || *a == '\t'))
+            a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+            b--;
+        char one[4096];
+        if (a == b || (size_t)(b - a) >= sizeof(one)) {
+            free(urls);
+            return herald__err(err, HERALD_E_INVALID, NULL,
+                               a == b ? "invalid URL list \"%.60s\": an empty entry"
+                                      : "invalid URL list \"%.60s\": an entry is too long",
+                               list);
+        }
+        memcpy(one, a, (size_t)(b - a));
+        one[b - a] = '\0';
+        int r = herald__url_parse(one, &urls[k], err);
+        if (r) {
+            free(urls);
+            return r;
+        }
+        p = end + 1;
+    }
+    *out = urls;
+    *n = count;
+    return 0;
+}
+
+size_t herald__url_next(size_t cur, size_t n)
+{
+    return n ? (cur + 1) % n : 0;
 }

@@ -543,6 +543,46 @@ class Batch(CLITestCase):
                      expect=1)
 
 
+class Failover(CLITestCase):
+    """Issue 14: several server URLs (--url A,B or HERALD_URL): a connection that is lost
+    moves to the next server and resumes every subscription with its last id. Two
+    independent daemons (their ids differ, so the test checks the move and the resume,
+    not continuity: B does not know A's id and says so with a gap)."""
+
+    def test_subscriber_moves_to_the_next_server_and_resumes(self):
+        a, b = self.start_daemon(), self.start_daemon()
+        urls = f"{a.ws_url},{b.ws_url}"
+        sub = self.spawn("subscribe", "--count", "2", "fo.>", url=urls)
+        self.wait_subscriptions(a, 1)
+        first = self.run_cli("publish", "fo.x", "one", url=a.ws_url, expect=0).stdout.strip()
+        self.assertEqual(events(sub.read_lines(1))[0]["id"], first)
+        a.kill()
+        self.wait_subscriptions(b, 1)
+        # Resumed with since=<A's last id>: B does not know it and answers with a gap.
+        sub.wait_stderr(f"after \"{first}\"")
+        sub.wait_stderr(f"reconnected to 127.0.0.1:{b.port}")
+        second = self.run_cli("publish", "fo.y", "two", url=b.ws_url, expect=0).stdout.strip()
+        self.assertEqual(events(sub.read_lines(1))[0]["id"], second)
+        self.finish(sub, 0)
+
+    def test_first_connection_and_http_try_every_server(self):
+        dead = f"ws://127.0.0.1:{free_port()}"
+        d = self.start_daemon()
+        env = self.env(HERALD_URL=f"{dead}, {d.ws_url}")
+        eid = self.run_cli("publish", "fl", "x", env=env, expect=0).stdout.strip()
+        p = self.run_cli("poll", "--since", "all", "fl", env=env, expect=0)
+        self.assertEqual(events(p.stdout.splitlines())[0]["id"], eid)
+        self.run_cli("status", eid, env=env, expect=0)
+        p = self.run_cli("subscribe", "--since", "all", "-n", "1", "fl", env=env, expect=0)
+        self.assertEqual(events(p.stdout.splitlines())[0]["id"], eid)
+        # Every server refused: one error naming the last one tried, exit 2.
+        dead2 = f"ws://127.0.0.1:{free_port()}"
+        p = self.run_cli("publish", "fl", "x", url=f"{dead},{dead2}")
+        self.assertIn(dead2.split("//")[1], self.one_line_error(p, 2))
+        p = self.run_cli("publish", "fl", "x", url=f"{d.ws_url},,{dead}")
+        self.assertIn("empty", self.one_line_error(p, 1))
+
+
 class Auth(CLITestCase):
 
     def test_token_flag_env_and_refusals(self):
