@@ -316,7 +316,7 @@ static int wait_req(struct herald_client *c, struct herald__req *r, int timeout_
         if (timeout_ms < 0) {
             pthread_cond_wait(&c->cond, &c->mu);
         } else if (pthread_cond_timedwait(&c->cond, &c->mu, &dl) == ETIMEDOUT && !r->done) {
-            bool sent = r->sent;
+            bool sent = r->sent || r->resent; /* a requeued publish went out once */
             abandon(c, r);
             if (sent)
                 return herald__err(err, HERALD_E_TIMEOUT, NULL,

@@ -494,6 +494,19 @@ class Idempotency(CLITestCase):
             self.assertEqual(keys[0], keys[1])
             self.assertRegex(keys[0], r"^[!-~]{1,128}$")
 
+    def test_pipelined_publishes_are_resent_in_order(self):
+        # The asynchronous path (--lines keeps many publishes in flight): all those without
+        # an answer go again, in order, with their keys; each line's id is printed once.
+        with FakeServer(drop_publishes=1) as fake:
+            p = self.run_cli("publish", "--lines", "t", url=fake.url, input="a\nb\nc\n",
+                             expect=0)
+            self.assertEqual(p.stdout.split(), [f"{i:016x}" for i in (1, 2, 3)])
+            keys = [c["key"] for c in fake.publishes]
+            first = keys[0]
+            resent = keys[1:]
+            self.assertEqual(resent[0], first)  # the dropped one first, same key
+            self.assertEqual(len(set(resent)), 3, keys)
+
     def test_keys_differ_between_publishes_and_clients(self):
         with FakeServer() as fake:
             p = self.run_cli("publish", "--lines", "t", url=fake.url, input="a\nb\n", expect=0)
