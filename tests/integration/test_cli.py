@@ -21,6 +21,7 @@ import unittest
 from cli_testlib import (SLOW, VALGRIND, VALGRIND_RC, CLITestCase, FakeBatchServer, FakeServer,
                          example_path, free_port, stop_gracefully, wrap)
 from herald_testlib import ID_RE
+from history_testlib import wait_until
 
 
 def events(lines):
@@ -356,16 +357,13 @@ class Errors(CLITestCase):
         d = self.start_daemon()
         for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
             p = self.spawn("poll", "-w", "30", "--since", "latest", "ip", url=d.ws_url)
-            deadline = time.monotonic() + 10 * SLOW
-            while (d.metric("herald_long_polls") or 0) < 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            self.assertGreaterEqual(d.metric("herald_long_polls") or 0, 1)
+            self.assertTrue(wait_until(lambda: d.metric("herald_long_polls") == 1, 10 * SLOW),
+                            "the long poll did not reach the daemon")
             p.signal(sig)
             self.finish(p, code)
             self.assertEqual(p.out, [])
             self.assertIn("interrupted", p.stderr)
-            while (d.metric("herald_long_polls") or 0) > 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            self.assertTrue(wait_until(lambda: d.metric("herald_long_polls") == 0, 10 * SLOW))
 
     def test_refused_connection_exit_2(self):
         url = f"ws://127.0.0.1:{free_port()}"
@@ -412,9 +410,7 @@ class Errors(CLITestCase):
         # (nothing missed), not from "latest" with a gap warning.
         with FakeServer(close_code=4000, next_id="00000000000000aa") as fake:
             sub = self.spawn("subscribe", "t", url=fake.url)
-            deadline = time.monotonic() + 10 * SLOW
-            while len(fake.subscribes) < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: len(fake.subscribes) >= 2, 10 * SLOW)
             self.assertGreaterEqual(len(fake.subscribes), 2, sub.stderr)
             sub.signal(signal.SIGINT)
             self.finish(sub, 0)
@@ -711,7 +707,8 @@ class HTTP(CLITestCase):
     def test_long_poll_returns_on_publish(self):
         d = self.start_daemon()
         poll = self.spawn("poll", "lp", "--since", "latest", "--wait", "20", url=d.ws_url)
-        time.sleep(0.5 * SLOW)
+        self.assertTrue(wait_until(lambda: d.metric("herald_long_polls") == 1, 10 * SLOW),
+                        "the CLI's long poll never reached the server")
         t0 = time.monotonic()
         self.run_cli("publish", "lp", "wake", url=d.ws_url, expect=0)
         self.assertEqual(events(poll.read_lines(1))[0]["data"], "wake")
@@ -818,12 +815,12 @@ class ExampleApp(CLITestCase):
         logout = self.run_cli("publish", "-j", "-e", "logout", "logins", '{"user":"carol"}',
                               url=d.ws_url, expect=0).stdout.strip()
         # Issue 16: the cursor moves past every event seen, logouts too.
-        deadline = time.monotonic() + 10 * SLOW
-        while time.monotonic() < deadline:
+
+        def saved():
             with open(cursor) as f:
-                if f.read().strip() == logout:
-                    break
-            time.sleep(0.02)
+                return f.read().strip()
+
+        wait_until(lambda: saved() == logout, 10 * SLOW)
         with open(cursor) as f:
             self.assertEqual(f.read().strip(), logout)
         w.signal(signal.SIGINT)
