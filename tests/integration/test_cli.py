@@ -176,6 +176,28 @@ class PublishSubscribe(CLITestCase):
             p.stderr.close()
         self.assertEqual(rc, 0)
 
+    def test_state_does_not_claim_events_stdout_refused(self):
+        # Issue 16 (--state moves only past events handed to the user): with nobody reading
+        # stdout the event cannot be written, so the state must not move past it.
+        d = self.start_daemon()
+        eid = self.run_cli("publish", "gone", "one", url=d.ws_url, expect=0).stdout.strip()
+        tmp = tempfile.mkdtemp(prefix="herald-state-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        state = os.path.join(tmp, "s.json")
+        r, w = os.pipe()
+        os.close(r)  # the reader is gone before anything is written
+        try:
+            p = subprocess.run(self.cli("--url", d.ws_url, "subscribe", "--since", "all",
+                                        "--state", state, "gone"),
+                               stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               env=self.env(), timeout=15 * SLOW)
+        finally:
+            os.close(w)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        if os.path.exists(state):
+            with open(state) as f:
+                self.assertNotEqual(json.load(f)["cursors"].get("gone"), eid)
+
     def test_sigint_stops_cleanly(self):
         d = self.start_daemon()
         sub = self.spawn("subscribe", "quiet", url=d.ws_url)
