@@ -8,6 +8,7 @@
  * It shows the asynchronous style: the program owns the event loop (poll() on the client's
  * fd and on a signal pipe), and libherald delivers events through a callback run by
  * herald_process(). Build: cc login_watch.c $(pkg-config --cflags --libs libherald)
+ * (from a build tree: PKG_CONFIG_PATH=build/clients/pkgconfig first; see clients/README.md)
  *
  *   login_watch [URL] [CURSOR_FILE]   (defaults: $HERALD_URL or ws://127.0.0.1:7070,
  *                                      ./login_watch.cursor)
