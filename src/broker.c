@@ -234,6 +234,8 @@ static void conn_close(struct hd_conn *c, int code, const char *reason)
     if (c->closing)
         return;
     c->closing = true;
+    hd_log_debug("close", "conn=%" PRIu64 " code=%d reason=\"%s\"", c->id, code,
+                 reason ? reason : "");
     c->ops->close(c, code, reason);
 }
 
@@ -276,6 +278,10 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
     c->ops = ops;
     c->kind = kind;
     c->id = ++b->next_conn_id;
+    hd_log_debug("connect", "conn=%" PRIu64 " kind=%s", c->id,
+                 kind == HD_CONN_WS    ? "ws"
+                 : kind == HD_CONN_SSE ? "sse"
+                                       : "poll");
     hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
     c->q.shared_total = &b->metrics.queued_bytes;
     if (kind == HD_CONN_WS) {
@@ -329,6 +335,7 @@ void hd_conn_detach(struct hd_conn *c)
     }
     if (c->kind == HD_CONN_WS)
         b->metrics.connections--;
+    hd_log_debug("disconnect", "conn=%" PRIu64 " dropped=%zu", c->id, dropped);
     c->broker = NULL;
 }
 
@@ -502,6 +509,8 @@ int hd_conn_subscribe(struct hd_conn *c, const char *pattern, const char *since,
     size_t n;
     if (subscribe_core(c, pattern, since, gap, &replay, &n, err))
         return -1;
+    hd_log_debug("subscribe", "conn=%" PRIu64 " pattern=%s replayed=%zu gap=%d", c->id, pattern, n,
+                 *gap);
     push_replay(c, replay, n);
     return 0;
 }
@@ -514,6 +523,8 @@ static int subscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pat
     bool gap;
     if (subscribe_core(c, pattern, since, &gap, &replay, &n, err))
         return -1;
+    hd_log_debug("subscribe", "conn=%" PRIu64 " pattern=%s replayed=%zu gap=%d", c->id, pattern, n,
+                 gap);
     char *text = hd_encode_ok_subscribe(has_id, id, pattern, n, gap, &len);
     send_owned(c, text, len);
     push_replay(c, replay, n);
@@ -655,6 +666,8 @@ int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done
         return -EBUSY;
     }
     int r = b->engine->ops->publish(b->engine, pub, done, arg);
+    hd_log_debug("publish", "topic=%s event=%s bytes=%zu result=%d", pub->topic,
+                 pub->event ? pub->event : "message", pub->data_len, r);
     if (r) {
         b->metrics.publish_rejected++;
         if (r == -ESHUTDOWN)

@@ -466,9 +466,9 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     pss->req.authorization =
         take_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, AUTHORIZATION_MAX, &at, end);
     /* The address counted at accept: no getpeername(), and text only if a limit asks. */
-    const struct hd_peer *peer = lws_get_opaque_user_data(wsi);
-    if (peer) {
-        pss->req.peer_addr = hd_peer_addr_of(peer);
+    const struct srv_conn *sc = srv_conn_of(wsi);
+    if (sc && sc->peer) {
+        pss->req.peer_addr = hd_peer_addr_of(sc->peer);
     } else if (lws_get_peer_simple(wsi, at, PEER_MAX + 1)) {
         pss->req.peer = at;
     }
@@ -477,6 +477,19 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     if (srv_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
         pss->req.content_length = strtoll(cl, NULL, 10);
 
+    if (sc && sc->reserve) {
+        /* Past limits.max_connections, from loopback: health and metrics only, then close. */
+        pss->close_after = true;
+        if (strcmp(pss->req.path, "/healthz") != 0 && strcmp(pss->req.path, "/metrics") != 0) {
+            char msg[100];
+            snprintf(msg, sizeof(msg), "the server is at limits.max_connections (%u)",
+                     s->cfg->limits.max_connections);
+            hd_api_error(&pss->resp, HD_ERR_UNAVAILABLE, msg);
+            hd_http_resp_header(&pss->resp, "retry-after:", "1");
+            hd_broker_metrics(s->broker)->connections_refused++;
+            return http_respond(s, pss);
+        }
+    }
     /* No long requests yet: keep lws's content timeout for the body, or respond now. */
     enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
     if (next == HD_HTTP_SSE)
@@ -626,6 +639,10 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                     (const unsigned char *)"no-store", 8, &p, end))
         goto fail;
+    /* The client sent more before this answer: that cannot be served (server_guard.c), and
+     * the close tells it to send again (RFC 9112 9.3.2). */
+    if (srv_guard_pipelined(lws_get_socket_fd(wsi)))
+        pss->close_after = true;
     if (pss->close_after && lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
                                                         (const unsigned char *)"close", 5, &p, end))
         goto fail;
@@ -647,6 +664,7 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     pss->busy = false;
     if (close_after)
         return -1;
+    srv_guard_answered(lws_get_socket_fd(wsi));
     if (lws_http_transaction_completed(wsi))
         return -1;
     s->http_completed = wsi;
