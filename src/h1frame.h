@@ -24,6 +24,9 @@ struct hd_h1_opts {
      * bytes after a complete request are discarded and the answer closes the connection, so
      * the client retries them (RFC 9112 9.3.2). */
     bool pipelining;
+    /* heraldd reads a chunked request body itself (lws 4.3): after such a head the bytes go to
+     * lws unchecked, and the answer closes the connection. When false, the body is discarded. */
+    bool chunked;
 };
 
 enum hd_h1_state {

@@ -182,6 +182,9 @@ void srv_guard_answered(int fd);
 
 /* server_http.c */
 extern const struct lws_protocols srv_http_protocol;
+/* True when heraldd reads chunked request bodies itself (lws 4.3, which hands them over raw);
+ * false on lws 4.1, where such a request is answered 411. */
+bool srv_http_chunked_ok(void);
 /* Acts on the request bodies completed this turn, unless publishers are held. */
 void srv_http_turn(struct hd_server *s, uint64_t now_ns);
 /* The watcher of held-open requests (SSE, waiting long polls) saw its epoll set ready. */

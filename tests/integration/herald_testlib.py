@@ -107,6 +107,16 @@ def build_dir():
     return os.path.dirname(os.path.abspath(exe))
 
 
+def lws_version():
+    """The libwebsockets version heraldd was built against, as a tuple: (4, 1, 6) on Debian 12,
+    (4, 3, 5) on Debian 13. From the build directory's CMake cache."""
+    with open(os.path.join(build_dir(), "CMakeCache.txt")) as f:
+        m = re.search(r"^LWS_VERSION:INTERNAL=(\d+)\.(\d+)\.(\d+)", f.read(), re.M)
+    if not m:
+        raise AssertionError("LWS_VERSION not in the build's CMakeCache.txt")
+    return tuple(int(x) for x in m.groups())
+
+
 def raise_nofile_limit():
     # Fan-out tests hold thousands of sockets; the default soft limit of 1024 is too low.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
