@@ -215,6 +215,7 @@ class DebTest(unittest.TestCase):
         want = {
             "/usr/bin/heraldd": "-rwxr-xr-x",
             UNIT: "-rw-r--r--",
+            "/usr/lib/systemd/system/heraldd.socket": "-rw-r--r--",
             CONFIG: "-rw-r--r--",
             "/usr/share/doc/herald/copyright": "-rw-r--r--",
         }
