@@ -756,6 +756,33 @@ START_TEST(idempotency_window_zero_ignores_keys)
 }
 END_TEST
 
+/*
+ * BUG: a repeated key gets "the first publish's answer again" (PROTOCOL.md section 3), but the
+ * answer's "topic" is the repeat's own topic, not the first publish's: with the same key sent
+ * to another topic, the reply pairs the first event's id with a topic that event does not
+ * have (src/api_publish.c fill_publish_reply uses ctx->topic, and batch_answer the line's
+ * topic; the dedupe answer keeps no topic). Not registered until the answer carries the
+ * first topic (or the repeat is refused).
+ */
+START_TEST(idempotency_repeat_answers_first_topic)
+{
+    boot();
+    struct hd_http_req req = req_of(HD_M_POST, "/v1/topics/t.one", NULL);
+    req.idempotency_key = "same";
+    ck_assert_int_eq(post(&req, "x"), 202);
+    req = req_of(HD_M_POST, "/v1/topics/t.two", NULL);
+    req.idempotency_key = "same";
+    ck_assert_int_eq(post(&req, "x"), 202);
+    json_t *j = body_json();
+    ck_assert(json_is_true(json_object_get(j, "duplicate")));
+    struct hd_msg *m = hd_history_get(hd_broker_history(b), id_of(j));
+    ck_assert_ptr_nonnull(m);
+    ck_assert_str_eq(m->topic, "t.one");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "topic")), m->topic);
+    json_decref(j);
+}
+END_TEST
+
 /* ---- rate limiting, auth ----------------------------------------------------------------------
  */
 
@@ -1145,8 +1172,10 @@ START_TEST(poll_unknown_cursor_gap)
     boot();
     json_decref(publish_ok("g", "1"));
     json_decref(publish_ok("g", "2"));
-    static const char *const cursors[] = {"since=garbage", "since=0000000000000001", "since=%zz"};
-    for (size_t i = 0; i < 3; i++) {
+    /* Malformed, older than this server's first id, undecodable, and newer than any event. */
+    static const char *const cursors[] = {"since=garbage", "since=0000000000000001", "since=%zz",
+                                          "since=7fffffffffffffff"};
+    for (size_t i = 0; i < sizeof(cursors) / sizeof(cursors[0]); i++) {
         json_t *j = poll("g", cursors[i]);
         ck_assert_msg(json_is_true(json_object_get(j, "gap")), "no gap for %s", cursors[i]);
         ck_assert_uint_eq(json_array_size(json_object_get(j, "events")), 2);
@@ -1283,6 +1312,8 @@ static Suite *api_suite(void)
     tcase_add_test(tc, idempotency_scoped_to_identity);
     tcase_add_test(tc, idempotency_invalid_key_400);
     tcase_add_test(tc, idempotency_window_zero_ignores_keys);
+    /* BUG (see the test): tcase_add_test(tc, idempotency_repeat_answers_first_topic); */
+    (void)idempotency_repeat_answers_first_topic;
     tcase_add_test(tc, rate_limit_per_address);
     tcase_add_test(tc, rate_limit_token_shared);
     tcase_add_test(tc, auth_refusals);

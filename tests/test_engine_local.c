@@ -503,6 +503,16 @@ START_TEST(sqlite_restart_recovers)
     ck_assert_uint_eq(history_count(), 4);
     struct result r2 = publish_wait("r.a", NULL);
     ck_assert_uint_gt(r2.res.seq, r.res.seq);
+
+    /* Ids stay above the stored ones when the clock is behind them (stepped back an hour). */
+    shutdown_broker();
+    uint64_t ahead = (uint64_t)hd_wall_ms() * 1000 + 3600ull * 1000000;
+    char sql[128];
+    snprintf(sql, sizeof(sql), "UPDATE meta SET value = %" PRIu64 " WHERE key = 'last_seq'", ahead);
+    db_exec(sql);
+    boot();
+    struct result r3 = publish_wait("r.a", NULL);
+    ck_assert_uint_eq(r3.res.seq, ahead + 1);
 }
 END_TEST
 
@@ -539,6 +549,44 @@ START_TEST(sqlite_key_survives_restart)
     ck_assert(!n.res.duplicate);
     ck_assert_uint_gt(n.res.seq, d.res.seq);
     ck_assert_uint_eq(history_count(), 3);
+}
+END_TEST
+
+/* A repeat that arrives while the first publish waits for its commit waits with it, and gets
+ * its answer; within one batch too. */
+START_TEST(sqlite_same_key_in_flight)
+{
+    use_sqlite();
+    boot();
+    struct tconn *sub = subscriber(">");
+    struct result first = {0}, repeat = {0};
+    ck_assert_int_eq(publish("i", "twice", &first), HD_ERR_NONE);
+    ck_assert_int_eq(publish("i", "twice", &repeat), HD_ERR_NONE);
+    ck_assert_int_eq(first.calls + repeat.calls, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(first.calls, 1);
+    ck_assert_int_eq(repeat.calls, 1);
+    ck_assert(!first.res.duplicate);
+    ck_assert(repeat.res.duplicate);
+    ck_assert_uint_eq(repeat.res.seq, first.res.seq);
+    ck_assert_int_eq(repeat.res.time_ms, first.res.time_ms);
+    ck_assert_uint_eq(repeat.res.receivers, 1);
+    ck_assert_uint_eq(queued(sub), 1);
+    ck_assert_uint_eq(history_count(), 1);
+
+    int status;
+    json_t *j =
+        http_post("/v1/publish", "application/x-ndjson", NULL,
+                  "{\"topic\":\"i\",\"key\":\"b\"}\n{\"topic\":\"i\",\"key\":\"b\"}\n", &status);
+    ck_assert_int_eq(status, 202);
+    json_t *ev = json_object_get(j, "events");
+    ck_assert_uint_eq(json_array_size(ev), 2);
+    ck_assert_uint_eq(id_of(json_array_get(ev, 0)), id_of(json_array_get(ev, 1)));
+    ck_assert_ptr_null(json_object_get(json_array_get(ev, 0), "duplicate"));
+    ck_assert(json_is_true(json_object_get(json_array_get(ev, 1), "duplicate")));
+    json_decref(j);
+    ck_assert_uint_eq(queued(sub), 2);
+    ck_assert_uint_eq(history_count(), 2);
 }
 END_TEST
 
@@ -602,11 +650,14 @@ START_TEST(sqlite_store_failure_503)
     ck_assert_uint_eq(history_count(), 1);
     struct tconn *sub = subscriber(">");
 
-    struct result r = {.watch = sub};
+    struct result r = {.watch = sub}, repeat = {0};
     ck_assert_int_eq(publish("f", "retry-me", &r), HD_ERR_NONE);
+    ck_assert_int_eq(publish("f", "retry-me", &repeat), HD_ERR_NONE); /* waits for the first */
     ck_assert_int_eq(r.calls, 0);
     uv_run(&loop, UV_RUN_DEFAULT);
     ck_assert_int_eq(r.calls, 1);
+    ck_assert_int_eq(repeat.calls, 1);
+    ck_assert_int_eq(repeat.code, HD_ERR_UNAVAILABLE); /* the first one's failure */
     ck_assert_int_eq(r.code, HD_ERR_UNAVAILABLE);
     ck_assert_int_eq(hd_err_http(r.code), 503);
     ck_assert_uint_eq(r.retry_after, 1);
@@ -622,7 +673,15 @@ START_TEST(sqlite_store_failure_503)
     ck_assert_int_eq(status, 503);
     ck_assert_str_eq(json_string_value(json_object_get(j, "code")), "unavailable");
     json_decref(j);
+    /* A batch admitted before its commits failed: 503 naming the first line that failed. */
+    j = http_post("/v1/publish", "application/x-ndjson", NULL,
+                  "{\"topic\":\"f\"}\n{\"topic\":\"f\"}\n", &status);
+    ck_assert_int_eq(status, 503);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "code")), "unavailable");
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "line")), 1);
+    json_decref(j);
     ck_assert_uint_eq(history_count(), 1);
+    ck_assert_uint_eq(queued(sub), 0);
 
     shutdown_broker();
     ck_assert_int_eq(db_count("events", "1"), 1);
@@ -674,6 +733,7 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, sqlite_ack_after_commit);
     tcase_add_test(tc, sqlite_restart_recovers);
     tcase_add_test(tc, sqlite_key_survives_restart);
+    tcase_add_test(tc, sqlite_same_key_in_flight);
     tcase_add_test(tc, sqlite_keys_expire_with_window);
     tcase_add_test(tc, sqlite_window_zero_keeps_no_keys);
     tcase_add_test(tc, sqlite_store_failure_503);
