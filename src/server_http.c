@@ -342,17 +342,18 @@ static int poll_start(struct hd_server *s, struct http_pss *pss)
 
 static int sse_writable(struct http_pss *pss, struct lws *wsi)
 {
-    if (pss->stream_closing)
-        return -1;
     hd_conn_writable(&pss->conn);
     struct hd_msg *m = hd_conn_peek(&pss->conn);
+    /* A stream the broker ended still sends what it queued first (the notice saying why). */
+    if (pss->stream_closing && !m)
+        return -1;
     if (m) {
         size_t len = m->len;
         const char *data = m->seq ? hd_msg_sse(m, &len) : (const char *)hd_msg_payload(m);
         if (!data || lws_write(wsi, (unsigned char *)data, len, LWS_WRITE_HTTP) < (int)len)
             return -1;
         hd_conn_wrote(&pss->conn);
-        if (hd_conn_peek(&pss->conn) || pss->keepalive_due) {
+        if (hd_conn_peek(&pss->conn) || pss->keepalive_due || pss->stream_closing) {
             pss->conn.want_pending = true;
             lws_callback_on_writable(wsi);
         }

@@ -245,9 +245,9 @@ static void replay_done(void *arg, int err, struct hd_msg **msgs, size_t n, bool
     if (rw->ws_reply) {
         char next[HD_EVENT_ID_LEN + 1];
         hd_event_id_format(rw->upto, next);
-        size_t len;
-        hd__conn_send_owned(
-            c, hd_encode_ok_subscribe(rw->has_id, rw->id, rw->pattern, kept, gap, next, &len), len);
+        size_t len = 0;
+        char *text = hd_encode_ok_subscribe(rw->has_id, rw->id, rw->pattern, kept, gap, next, &len);
+        hd__conn_send_owned(c, text, len);
     } else if (gap && c->kind == HD_CONN_SSE) {
         send_gap(c, rw->pattern, 0);
     }
