@@ -5,8 +5,8 @@
  * hands the body to hd_api_publish when the route asks for it, and reads the struct
  * hd_http_resp back. Behind it is a real broker with the authenticator built from the config
  * and the local engine on the memory store, so publishes answer within the call and land in
- * the broker's history, which the tests inspect. Subscribers are SSE connections on a fake
- * transport: what the answers report as receivers is what their queues hold.
+ * the broker's history, which the tests inspect. Subscribers are SSE connections on the
+ * shared fake transport (fake_conn.h): what answers report as receivers is what they hold.
  */
 #define _GNU_SOURCE /* strcasestr */
 #include <check.h>
@@ -18,6 +18,7 @@
 #include "api.h"
 #include "broker.h"
 #include "engine.h"
+#include "fake_conn.h"
 
 /* Static tokens of the auth configs below: sha256 digests of "svc-token" and "lim-token". */
 #define SVC_TOKEN "svc-token"
@@ -33,36 +34,10 @@
     "\"subscribe\":[\">\"]},{\"name\":\"lim\",\"sha256\":\"" LIM_SHA "\","                         \
     "\"publish\":[\"lim.out\"],\"subscribe\":[\"lim.*\"]}]}}"
 
-/* ---- a fake transport for subscribers ------------------------------------------------------ */
-
-struct tconn {
-    struct hd_conn c; /* first: the ops get &c */
-    int want_writes;
-    int closes;
-};
-
-static void t_want_write(struct hd_conn *c)
-{
-    ((struct tconn *)c)->want_writes++;
-}
-
-static void t_close(struct hd_conn *c, int code, const char *reason)
-{
-    (void)code;
-    (void)reason;
-    ((struct tconn *)c)->closes++;
-}
-
-static const struct hd_conn_ops t_ops = {.want_write = t_want_write, .close = t_close};
-
 /* ---- fixture ------------------------------------------------------------------------------- */
 
-#define MAX_CONNS 8
 static struct hd_config cfg;
-static struct hd_broker *b;
 static struct hd_http_resp resp;
-static struct tconn *conns[MAX_CONNS];
-static size_t n_conns;
 
 static void setup(void)
 {
@@ -111,10 +86,7 @@ static void boot(void)
 /* An SSE subscriber on `pattern`; its queue holds what it was sent. */
 static struct tconn *subscriber(const char *pattern)
 {
-    ck_assert_uint_lt(n_conns, MAX_CONNS);
-    struct tconn *t = calloc(1, sizeof(*t));
-    ck_assert_ptr_nonnull(t);
-    conns[n_conns++] = t;
+    struct tconn *t = new_tconn();
     t->c.identity.everything = true; /* what a config without an auth section grants */
     ck_assert_int_eq(hd_conn_attach(b, &t->c, HD_CONN_SSE, &t_ops), 0);
     struct hd_error err = {0};

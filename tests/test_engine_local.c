@@ -9,7 +9,8 @@
  * history.dedupe_window_s and no longer, and a failing store refuses with 503 and changes
  * nothing. Publishes go through hd_broker_publish and, where the answer's shape matters, the
  * HTTP API (hd_api_route / hd_api_publish), whose asynchronous completion only a durable
- * store exercises.
+ * store exercises. Subscribers are SSE connections on the shared fake transport
+ * (fake_conn.h).
  */
 #include <check.h>
 #include <errno.h>
@@ -24,38 +25,14 @@
 #include "api.h"
 #include "broker.h"
 #include "engine.h"
-
-/* ---- a fake transport for subscribers ------------------------------------------------------ */
-
-struct tconn {
-    struct hd_conn c; /* first: the ops get &c */
-    int want_writes;
-};
-
-static void t_want_write(struct hd_conn *c)
-{
-    ((struct tconn *)c)->want_writes++;
-}
-
-static void t_close(struct hd_conn *c, int code, const char *reason)
-{
-    (void)c;
-    (void)code;
-    (void)reason;
-}
-
-static const struct hd_conn_ops t_ops = {.want_write = t_want_write, .close = t_close};
+#include "fake_conn.h"
 
 /* ---- fixture ------------------------------------------------------------------------------- */
 
-#define MAX_CONNS 4
 static char dir[64];
 static uv_loop_t loop;
 static struct hd_config cfg;
-static struct hd_broker *b;
 static struct hd_engine *eng; /* owned by b */
-static struct tconn *conns[MAX_CONNS];
-static size_t n_conns;
 
 /* The publisher of the direct publishes: anonymous, as over HTTP without credentials. */
 static struct hd_identity anon = {.kind = HD_ID_ANONYMOUS, .everything = true};
@@ -139,10 +116,7 @@ static void restart(void)
 
 static struct tconn *subscriber(const char *pattern)
 {
-    ck_assert_uint_lt(n_conns, MAX_CONNS);
-    struct tconn *t = calloc(1, sizeof(*t));
-    ck_assert_ptr_nonnull(t);
-    conns[n_conns++] = t;
+    struct tconn *t = new_tconn();
     t->c.identity.everything = true; /* what a config without an auth section grants */
     ck_assert_int_eq(hd_conn_attach(b, &t->c, HD_CONN_SSE, &t_ops), 0);
     struct hd_error err = {0};
