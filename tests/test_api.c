@@ -598,6 +598,29 @@ START_TEST(publish_bad_bodies_400)
 }
 END_TEST
 
+/*
+ * BUG: an ?event= that cannot be decoded (a bad percent escape, or longer than the 66-byte
+ * buffer, e.g. 70 letters) is taken as absent: the publish succeeds with 202 and the event
+ * kind "message" instead of the 400 a 65-byte kind gets (src/api_publish.c
+ * hd__api_publish_route and publish_one treat hd_query_get's -1 as "absent"). Not registered
+ * until a present but unreadable event kind is refused.
+ */
+START_TEST(publish_unreadable_event_kind_400)
+{
+    boot();
+    char query[96] = "event=";
+    memset(query + 6, 'e', 70);
+    query[76] = '\0';
+    const char *queries[] = {"event=%zz", query};
+    for (size_t i = 0; i < 2; i++) {
+        struct hd_http_req req = req_of(HD_M_POST, "/v1/topics/ev", queries[i]);
+        post(&req, "x");
+        expect_error(400, "bad_request");
+    }
+    ck_assert_uint_eq(history_count(">"), 0);
+}
+END_TEST
+
 START_TEST(publish_topic_errors)
 {
     boot();
@@ -1254,6 +1277,25 @@ START_TEST(poll_parameters)
 }
 END_TEST
 
+/*
+ * BUG: a limit or wait that cannot be decoded (a bad escape, or longer than the 16-byte buffer
+ * in src/api.c query_uint, e.g. limit=00000000000000001) is taken as absent and the default
+ * applies, where any other bad value gets 400 (hd_query_get's -1 means both). Not registered
+ * until a present but unreadable parameter is refused.
+ */
+START_TEST(poll_unreadable_parameters_400)
+{
+    boot();
+    static const char *const bad[] = {"limit=%zz", "limit=00000000000000001", "wait=%zz",
+                                      "wait=00000000000000001"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct hd_http_req req = req_of(HD_M_GET, "/v1/topics/p/events", bad[i]);
+        route(&req);
+        ck_assert_msg(resp.status == 400, "%s: status %d", bad[i], resp.status);
+    }
+}
+END_TEST
+
 START_TEST(sse_route_params)
 {
     boot();
@@ -1335,6 +1377,8 @@ static Suite *api_suite(void)
     tcase_add_test(tc, publish_canonical_json_as_sent);
     tcase_add_test(tc, publish_plain_text);
     tcase_add_test(tc, publish_bad_bodies_400);
+    /* BUG (see the test): tcase_add_test(tc, publish_unreadable_event_kind_400); */
+    (void)publish_unreadable_event_kind_400;
     tcase_add_test(tc, publish_topic_errors);
     tcase_add_test(tc, publish_too_large_413);
     tcase_add_test(tc, idempotency_same_key);
@@ -1365,6 +1409,8 @@ static Suite *api_suite(void)
     tcase_add_test(tc, poll_pages);
     tcase_add_test(tc, poll_unknown_cursor_gap);
     tcase_add_test(tc, poll_parameters);
+    /* BUG (see the test): tcase_add_test(tc, poll_unreadable_parameters_400); */
+    (void)poll_unreadable_parameters_400;
     tcase_add_test(tc, sse_route_params);
     tcase_add_test(tc, status_route);
     suite_add_tcase(s, tc);
