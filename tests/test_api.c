@@ -34,7 +34,7 @@
     "\"subscribe\":[\">\"]},{\"name\":\"lim\",\"sha256\":\"" LIM_SHA "\","                         \
     "\"publish\":[\"lim.out\"],\"subscribe\":[\"lim.*\"]}]}}"
 
-/* ---- fixture ------------------------------------------------------------------------------- */
+/* ---- fixture ------------------------------------------------------------------------- */
 
 static struct hd_config cfg;
 static struct hd_http_resp resp;
@@ -215,8 +215,7 @@ static uint64_t id_of(json_t *o)
     return seq;
 }
 
-/* ---- routes, methods, CORS, health, metrics ----------------------------------------------------
- */
+/* ---- routes, methods, CORS, health, metrics ------------------------------------------ */
 
 START_TEST(unknown_paths_404)
 {
@@ -388,7 +387,7 @@ START_TEST(metrics_route)
 }
 END_TEST
 
-/* ---- the WebSocket route ------------------------------------------------------------------- */
+/* ---- the WebSocket route ------------------------------------------------------------- */
 
 START_TEST(ws_plain_get_426)
 {
@@ -494,8 +493,7 @@ START_TEST(ws_malformed_query_token_401)
 }
 END_TEST
 
-/* ---- one event --------------------------------------------------------------------------------
- */
+/* ---- one event ----------------------------------------------------------------------- */
 
 START_TEST(publish_json)
 {
@@ -674,8 +672,7 @@ START_TEST(publish_too_large_413)
 }
 END_TEST
 
-/* ---- idempotency keys ---------------------------------------------------------------------------
- */
+/* ---- idempotency keys ---------------------------------------------------------------- */
 
 START_TEST(idempotency_same_key)
 {
@@ -821,8 +818,7 @@ START_TEST(idempotency_repeat_answers_first_topic)
 }
 END_TEST
 
-/* ---- rate limiting, auth ----------------------------------------------------------------------
- */
+/* ---- rate limiting, auth ------------------------------------------------------------- */
 
 START_TEST(rate_limit_per_address)
 {
@@ -931,8 +927,7 @@ START_TEST(auth_refusals)
 }
 END_TEST
 
-/* ---- batches
- * ------------------------------------------------------------------------------------- */
+/* ---- batches ------------------------------------------------------------------------- */
 
 static struct hd_http_req batch_req(void)
 {
@@ -1162,8 +1157,7 @@ START_TEST(batch_auth)
 }
 END_TEST
 
-/* ---- polls and status
- * ----------------------------------------------------------------------------- */
+/* ---- polls and status ---------------------------------------------------------------- */
 
 /* Polls `pattern` with `query` and returns the answer (caller decrefs). */
 static json_t *poll(const char *pattern, const char *query)

@@ -27,7 +27,7 @@
 #include "engine.h"
 #include "fake_conn.h"
 
-/* ---- fixture ------------------------------------------------------------------------------- */
+/* ---- fixture ------------------------------------------------------------------------- */
 
 static char dir[64];
 static uv_loop_t loop;
@@ -184,8 +184,7 @@ static void sleep_loop(unsigned ms)
     uv_run(&loop, UV_RUN_DEFAULT);
 }
 
-/* ---- publishing --------------------------------------------------------------------------------
- */
+/* ---- publishing ---------------------------------------------------------------------- */
 
 /* What one publish's completion said, and what the world looked like then. */
 struct result {
@@ -241,8 +240,7 @@ static struct result publish_wait(const char *topic, const char *key)
     return r;
 }
 
-/* ---- over HTTP
- * ------------------------------------------------------------------------------------ */
+/* ---- over HTTP ----------------------------------------------------------------------- */
 
 static struct hd_http_resp *late; /* the asynchronous answer, owned here once it came */
 static int late_calls;
@@ -305,8 +303,7 @@ static uint64_t id_of(json_t *o)
     return seq;
 }
 
-/* ---- memory store -------------------------------------------------------------------------------
- */
+/* ---- memory store -------------------------------------------------------------------- */
 
 START_TEST(memory_ids_increase_delivered_first)
 {
@@ -379,8 +376,7 @@ START_TEST(memory_drain_refuses)
 }
 END_TEST
 
-/* ---- SQLite store
- * -------------------------------------------------------------------------------- */
+/* ---- SQLite store -------------------------------------------------------------------- */
 
 START_TEST(sqlite_ack_after_commit)
 {
