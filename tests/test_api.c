@@ -1271,12 +1271,8 @@ START_TEST(poll_parameters)
 }
 END_TEST
 
-/*
- * BUG: a limit or wait that cannot be decoded (a bad escape, or longer than the 16-byte buffer
- * in src/api.c query_uint, e.g. limit=00000000000000001) is taken as absent and the default
- * applies, where any other bad value gets 400 (hd_query_get's -1 means both). Not registered
- * until a present but unreadable parameter is refused.
- */
+/* A limit or wait that is there but cannot be decoded (a bad escape, or longer than any
+ * number in range) is refused like any other bad value, not taken as absent. */
 START_TEST(poll_unreadable_parameters_400)
 {
     boot();
@@ -1403,8 +1399,7 @@ static Suite *api_suite(void)
     tcase_add_test(tc, poll_pages);
     tcase_add_test(tc, poll_unknown_cursor_gap);
     tcase_add_test(tc, poll_parameters);
-    /* BUG (see the test): tcase_add_test(tc, poll_unreadable_parameters_400); */
-    (void)poll_unreadable_parameters_400;
+    tcase_add_test(tc, poll_unreadable_parameters_400);
     tcase_add_test(tc, sse_route_params);
     tcase_add_test(tc, status_route);
     suite_add_tcase(s, tc);

@@ -36,7 +36,7 @@ static struct hd_engine *eng; /* owned by b */
 
 /* The publisher of the direct publishes: anonymous, as over HTTP without credentials. */
 static struct hd_identity anon = {.kind = HD_ID_ANONYMOUS, .everything = true};
-static const struct hd_publisher who = {.identity = &anon, .anon_rate_key = "ip:192.0.2.1"};
+static const struct hd_publisher who = {.identity = &anon, .peer = "192.0.2.1"};
 
 static void setup(void)
 {
