@@ -293,11 +293,9 @@ START_TEST(options_preflight)
 END_TEST
 
 /*
- * BUG: a browser that publishes with an Idempotency-Key header (PROTOCOL.md section 3) from
- * another origin sends a preflight asking for it, and the preflight's
- * Access-Control-Allow-Headers ("Authorization, Content-Type, Last-Event-ID", src/api.c
- * hd_api_route) does not list it, so the browser never sends the publish. Not registered
- * until api.c lists Idempotency-Key.
+ * A browser that publishes with an Idempotency-Key header (PROTOCOL.md section 3) from another
+ * origin sends a preflight asking for it: the preflight must allow it, or the browser never
+ * sends the publish.
  */
 START_TEST(preflight_allows_idempotency_key)
 {
@@ -469,11 +467,8 @@ START_TEST(ws_refusals)
 END_TEST
 
 /*
- * BUG: a ?token= that cannot be decoded (a bad percent escape, or longer than the 4096-byte
- * buffer in src/api.c hd_api_authenticate) is taken as no credential at all, so the request
- * goes on as anonymous, although auth.h promises that malformed credentials get 401 and
- * never fall back to anonymous (hd_query_get's -1 means both "absent" and "malformed").
- * Not registered until a present but unreadable token answers 401.
+ * A ?token= that cannot be decoded (a bad percent escape, or longer than 4096 bytes) is a
+ * wrong credential, 401, never no credential at all (which would fall back to anonymous).
  */
 START_TEST(ws_malformed_query_token_401)
 {
@@ -597,11 +592,8 @@ START_TEST(publish_bad_bodies_400)
 END_TEST
 
 /*
- * BUG: an ?event= that cannot be decoded (a bad percent escape, or longer than the 66-byte
- * buffer, e.g. 70 letters) is taken as absent: the publish succeeds with 202 and the event
- * kind "message" instead of the 400 a 65-byte kind gets (src/api_publish.c
- * hd__api_publish_route and publish_one treat hd_query_get's -1 as "absent"). Not registered
- * until a present but unreadable event kind is refused.
+ * An ?event= that cannot be decoded (a bad percent escape, or longer than any kind) is refused
+ * like an invalid kind, never taken as absent (which would publish kind "message").
  */
 START_TEST(publish_unreadable_event_kind_400)
 {
@@ -792,12 +784,8 @@ START_TEST(idempotency_max_keys_oldest_forgotten)
 END_TEST
 
 /*
- * BUG: a repeated key gets "the first publish's answer again" (PROTOCOL.md section 3), but the
- * answer's "topic" is the repeat's own topic, not the first publish's: with the same key sent
- * to another topic, the reply pairs the first event's id with a topic that event does not
- * have (src/api_publish.c fill_publish_reply uses ctx->topic, and batch_answer the line's
- * topic; the dedupe answer keeps no topic). Not registered until the answer carries the
- * first topic (or the repeat is refused).
+ * A repeated key gets "the first publish's answer again" (PROTOCOL.md section 3), its topic
+ * included, also when the repeat names another topic.
  */
 START_TEST(idempotency_repeat_answers_first_topic)
 {
@@ -1349,7 +1337,7 @@ static Suite *api_suite(void)
     tcase_add_test(tc, unknown_paths_404);
     tcase_add_test(tc, wrong_method_405_with_allow);
     tcase_add_test(tc, options_preflight);
-    /* BUG (see the test): tcase_add_test(tc, preflight_allows_idempotency_key); */
+    tcase_add_test(tc, preflight_allows_idempotency_key);
     (void)preflight_allows_idempotency_key;
     tcase_add_test(tc, cors_headers);
     tcase_add_test(tc, health_and_drain);
@@ -1357,7 +1345,7 @@ static Suite *api_suite(void)
     tcase_add_test(tc, ws_plain_get_426);
     tcase_add_test(tc, ws_upgrade_identity);
     tcase_add_test(tc, ws_refusals);
-    /* BUG (see the test): tcase_add_test(tc, ws_malformed_query_token_401); */
+    tcase_add_test(tc, ws_malformed_query_token_401);
     (void)ws_malformed_query_token_401;
     suite_add_tcase(s, tc);
 
@@ -1367,7 +1355,7 @@ static Suite *api_suite(void)
     tcase_add_test(tc, publish_canonical_json_as_sent);
     tcase_add_test(tc, publish_plain_text);
     tcase_add_test(tc, publish_bad_bodies_400);
-    /* BUG (see the test): tcase_add_test(tc, publish_unreadable_event_kind_400); */
+    tcase_add_test(tc, publish_unreadable_event_kind_400);
     (void)publish_unreadable_event_kind_400;
     tcase_add_test(tc, publish_topic_errors);
     tcase_add_test(tc, publish_too_large_413);
@@ -1376,7 +1364,7 @@ static Suite *api_suite(void)
     tcase_add_test(tc, idempotency_invalid_key_400);
     tcase_add_test(tc, idempotency_window_zero_ignores_keys);
     tcase_add_test(tc, idempotency_max_keys_oldest_forgotten);
-    /* BUG (see the test): tcase_add_test(tc, idempotency_repeat_answers_first_topic); */
+    tcase_add_test(tc, idempotency_repeat_answers_first_topic);
     (void)idempotency_repeat_answers_first_topic;
     tcase_add_test(tc, rate_limit_per_address);
     tcase_add_test(tc, rate_limit_token_shared);
