@@ -27,7 +27,17 @@ struct test_engine {
     size_t last_receivers; /* what the broker's deliver returned for the last event */
 };
 
-static int te_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_done_fn done, void *arg)
+static int te_start(struct hd_engine *e, char *why, size_t why_len)
+{
+    (void)why;
+    (void)why_len;
+    e->sink.recover_base(e->sink.broker, 1);
+    e->sink.ready(e->sink.broker, true);
+    return 0;
+}
+
+/* Delivers, then acknowledges, at once: what engine_local.c does with the memory store. */
+static int te_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_ack_fn ack, void *arg)
 {
     struct test_engine *te = (struct test_engine *)e;
     if (te->drained)
@@ -37,9 +47,8 @@ static int te_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_done
     if (!m)
         return -ENOMEM;
     m->accept_ns = hd_now_ns();
-    te->last_receivers = e->deliver(e->broker, m);
-    m->receivers = (uint32_t)te->last_receivers; /* as engine_local.c does */
-    done(arg, 0, m);
+    te->last_receivers = e->sink.deliver(e->sink.broker, m, pub->key);
+    ack(arg, 0, &(struct hd_pub_ack){.seq = m->seq, .time_ms = m->time_ms});
     hd_msg_unref(m);
     return 0;
 }
@@ -48,13 +57,21 @@ static void te_drain(struct hd_engine *e)
 {
     ((struct test_engine *)e)->drained = true;
 }
+static void te_stop(struct hd_engine *e)
+{
+    (void)e;
+}
 static void te_destroy(struct hd_engine *e)
 {
     free(e);
 }
 
-static const struct hd_engine_ops te_ops = {
-    .name = "test", .publish = te_publish, .drain = te_drain, .destroy = te_destroy};
+static const struct hd_engine_ops te_ops = {.name = "test",
+                                            .start = te_start,
+                                            .publish = te_publish,
+                                            .drain = te_drain,
+                                            .stop = te_stop,
+                                            .destroy = te_destroy};
 
 /* ---- a fake transport ------------------------------------------------------------------- */
 
@@ -124,13 +141,15 @@ static void teardown(void)
 /* Creates the broker over cfg as the test adjusted it. */
 static void boot(void)
 {
-    b = hd_broker_new(&cfg, 1);
+    b = hd_broker_new(&cfg);
     ck_assert_ptr_nonnull(b);
     eng = calloc(1, sizeof(*eng));
     ck_assert_ptr_nonnull(eng);
     eng->base.ops = &te_ops;
     eng->next_seq = 1;
     hd_broker_set_engine(b, &eng->base);
+    char why[64];
+    ck_assert_int_eq(hd_broker_start(b, why, sizeof(why)), 0);
 }
 
 /* A test connection, not yet attached; teardown frees it. */
@@ -240,21 +259,22 @@ static int64_t subscribe(struct tconn *t, const char *pattern, const char *since
 }
 
 struct pub_result {
-    int err;
-    uint64_t seq;
-    uint32_t queued;
-    struct hd_msg *msg; /* a reference, when kept */
+    bool done;
+    enum hd_err err;
+    struct hd_publish_result res;
 };
 
-static void pub_done(void *arg, int err, struct hd_msg *msg)
+static void pub_done(void *arg, const struct hd_error *err, const struct hd_publish_result *res)
 {
     struct pub_result *r = arg;
-    r->err = err;
-    r->seq = msg ? msg->seq : 0;
-    r->queued = msg ? msg->queued : 0;
-    if (msg)
-        r->msg = hd_msg_ref(msg);
+    r->done = true;
+    r->err = err ? err->code : HD_ERR_NONE;
+    if (res)
+        r->res = *res;
 }
+
+static const struct hd_identity anon = {.kind = HD_ID_ANONYMOUS, .everything = true};
+static const struct hd_publisher anon_pub = {.identity = &anon, .anon_rate_key = "ip:test"};
 
 /* Publishes as the HTTP API would; returns the event (a reference the caller drops). */
 static struct hd_msg *publish(const char *topic, const char *data)
@@ -263,10 +283,13 @@ static struct hd_msg *publish(const char *topic, const char *data)
         .topic = topic, .event = "message", .data_json = data, .data_len = strlen(data)};
     struct pub_result r = {0};
     struct hd_error err;
-    ck_assert_int_eq(hd_broker_publish(b, &p, pub_done, &r, &err), 0);
-    ck_assert_int_eq(r.err, 0);
-    ck_assert_ptr_nonnull(r.msg);
-    return r.msg;
+    ck_assert_int_eq(hd_broker_publish(b, &anon_pub, &p, pub_done, &r, &err), HD_ERR_NONE);
+    ck_assert(r.done);
+    ck_assert_int_eq(r.err, HD_ERR_NONE);
+    struct hd_msg *m = hd_history_get(hd_broker_history(b), r.res.seq);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_uint_eq(m->receivers, r.res.receivers);
+    return hd_msg_ref(m);
 }
 
 static void publish_drop(const char *topic, const char *data)
@@ -966,9 +989,9 @@ START_TEST(drain)
     struct hd_pub p = {.topic = "a", .event = "message", .data_json = "1", .data_len = 1};
     struct pub_result r = {0};
     struct hd_error err = {0};
-    ck_assert_int_lt(hd_broker_publish(b, &p, pub_done, &r, &err), 0);
+    ck_assert_int_eq(hd_broker_publish(b, &anon_pub, &p, pub_done, &r, &err), HD_ERR_UNAVAILABLE);
     ck_assert_int_eq(err.code, HD_ERR_UNAVAILABLE);
-    ck_assert_ptr_null(r.msg); /* done never ran */
+    ck_assert(!r.done); /* done never ran */
     ck_assert_uint_eq(hd_history_events(hd_broker_history(b)), 0);
     /* New connections are refused. */
     struct tconn *late = calloc(1, sizeof(*late));
