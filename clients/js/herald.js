@@ -110,6 +110,10 @@ export class Subscription {
     this._next = undefined; // the last ok's (or gap frame's) `next`
     // The newest `next` whose replay was wholly delivered: a resume may start there.
     this._checkpoint = undefined;
+    // Where the stream of the current subscribe begins: its since when that is an id, the ok's
+    // next for live or latest, none for all. Events held for several subscriptions (see
+    // Herald#_maybeFlush) reach this one only after it.
+    this._floor = undefined;
     this._everReady = false;
     /** Resolves with the first subscribe ok frame; rejects with a HeraldError if refused. */
     this.ready = new Promise((resolve, reject) => {
@@ -125,7 +129,9 @@ export class Subscription {
   }
 
   _deliver(ev) {
-    if (this.ended || (this.lastId !== undefined && ev.id <= this.lastId)) return;
+    // Nothing twice, and nothing from before where this subscription's stream begins.
+    const after = later(this.lastId, this._floor);
+    if (this.ended || (after !== undefined && ev.id <= after)) return;
     this.lastId = ev.id;
     try {
       this._onEvent(ev, this);
@@ -352,6 +358,10 @@ export class Herald extends EventTarget {
       } else if (f.type === "ok") {
         sub.active = true;
         sub._since = sub._attemptSince;
+        const since = sub._attemptSince;
+        if (f.gap || since === "all") sub._floor = undefined;
+        else if (since === undefined || since === "latest") sub._floor = f.next;
+        else sub._floor = since;
         if (f.next !== undefined) sub._next = f.next;
         this._replayLeft += f.replayed || 0;
         if (!sub._everReady) {

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { Daemon, launchBrowser, newPage, sha256hex, until } from "./lib.js";
+import { Daemon, launchBrowser, lossyProxy, newPage, sha256hex, until } from "./lib.js";
 
 let browser;
 before(async () => {
@@ -19,6 +19,25 @@ async function clientPage(d) {
   const page = await newPage(browser);
   await page.goto(`${d.base}/healthz`);
   await page.evaluate(async () => {
+    // Timers still pending, to check that close() leaves none behind.
+    window.liveTimers = new Set();
+    const st = window.setTimeout, ct = window.clearTimeout;
+    const si = window.setInterval, ci = window.clearInterval;
+    window.setTimeout = (f, ms, ...a) => {
+      const id = st(() => {
+        window.liveTimers.delete(id);
+        f(...a);
+      }, ms);
+      window.liveTimers.add(id);
+      return id;
+    };
+    window.clearTimeout = (id) => (window.liveTimers.delete(id), ct(id));
+    window.setInterval = (f, ms, ...a) => {
+      const id = si(f, ms, ...a);
+      window.liveTimers.add(id);
+      return id;
+    };
+    window.clearInterval = (id) => (window.liveTimers.delete(id), ci(id));
     window.H = await import("/v1/herald.js");
     window.log = { events: [], gaps: [], states: [], ends: [] };
   });
@@ -88,8 +107,12 @@ test("replay and live events arrive in order, once, from a since=all subscriptio
       window.h.close();
     });
     await d.publish("chat.room1", { n: 99 });
-    const after = await page.evaluate(() => ({ n: window.log.events.length, s: window.h.state }));
-    assert.deepEqual(after, { n: 15, s: "closed" });
+    const after = await page.evaluate(() => ({
+      n: window.log.events.length,
+      s: window.h.state,
+      timers: window.liveTimers.size,
+    }));
+    assert.deepEqual(after, { n: 15, s: "closed", timers: 0 });
     await page.close();
   } finally {
     await d.cleanup();
@@ -147,6 +170,72 @@ test("a restart of heraldd (SQLite store) while events are published: every even
     await page.evaluate(() => window.h.close());
     await page.close();
   } finally {
+    await d.cleanup();
+  }
+});
+
+test("a subscription that has delivered nothing resumes from the ok's next after a restart", async () => {
+  const d = await new Daemon({ config: { history: { store: "sqlite" } } }).start();
+  try {
+    const page = await clientPage(d);
+    await page.evaluate(async () => {
+      // Slow reconnects: the events below are published before the client is back.
+      window.h = new window.H.Herald(`ws://${location.host}`, { minBackoffMs: 3000, maxBackoffMs: 3000 });
+      window.sub = window.h.subscribe("quiet.>", {}, (ev) => window.log.events.push(ev));
+      window.ok = await window.sub.ready;
+    });
+    assert.match(await page.evaluate(() => window.ok.next), /^[0-9a-f]{16}$/, "the ok carries next");
+    await d.stop();
+    await until(() => page.evaluate(() => window.h.state === "reconnecting"), 5000, "reconnecting");
+    await d.start();
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push((await d.publish("quiet.t", { i })).body.id);
+    assert.equal(await page.evaluate(() => window.h.state), "reconnecting", "published before the client came back");
+    await until(async () => (await events(page)).length === 3, 10000, "the 3 events published while away");
+    assert.deepEqual(
+      (await events(page)).map((e) => e.id),
+      ids,
+    );
+    await page.evaluate(() => window.h.close());
+    await page.close();
+  } finally {
+    await d.cleanup();
+  }
+});
+
+test("a publish whose answer was lost is sent again with its key: the event exists once", async () => {
+  const d = await new Daemon().start();
+  const proxy = await lossyProxy(d.port);
+  try {
+    const page = await clientPage(d);
+    await page.evaluate(async (port) => {
+      window.h = new window.H.Herald(`ws://127.0.0.1:${port}`, {
+        minBackoffMs: 50,
+        maxBackoffMs: 100,
+        onStateChange: (s) => window.log.states.push(s),
+      });
+      await new Promise((r) => window.h.addEventListener("statechange", () => window.h.state === "open" && r()));
+    }, proxy.port);
+    proxy.dropNextAnswer(); // the server will publish, the page will not hear it
+    const r = await page.evaluate(() => window.h.publish("once.t", { n: 1 }, { key: "browser-once-1" }));
+    assert.equal(proxy.armed, false, "the answer was dropped");
+    assert.equal(r.duplicate, true, "answered by the second send, as a duplicate");
+    assert.equal(r.key, "browser-once-1");
+    const poll = await (await fetch(`${d.base}/v1/topics/once.t/events?since=all`)).json();
+    assert.deepEqual(
+      poll.events.map((e) => e.id),
+      [r.id],
+      "exactly one event",
+    );
+    // The same key again, on purpose: the first answer again, nothing new.
+    const again = await page.evaluate(() => window.h.publish("once.t", { n: 1 }, { key: "browser-once-1" }));
+    assert.deepEqual([again.id, again.duplicate], [r.id, true]);
+    const states = await page.evaluate(() => window.log.states);
+    assert.ok(states.includes("reconnecting"), states.join(","));
+    await page.evaluate(() => window.h.close());
+    await page.close();
+  } finally {
+    await proxy.close();
     await d.cleanup();
   }
 });
@@ -258,6 +347,28 @@ test("a token in the query authenticates the WebSocket; a subscribe it may not d
       return states;
     });
     assert.ok(!anon.includes("open"), anon.join(","));
+    await page.evaluate(() => window.h.close());
+    await page.close();
+  } finally {
+    await d.cleanup();
+  }
+});
+
+test("a reload that takes the right away ends the subscription through onEnd", async () => {
+  const d = await new Daemon({ config: authConfig }).start();
+  try {
+    const page = await clientPage(d);
+    await subscribe(page, "chat.>", { token: TOKEN });
+    const narrowed = structuredClone(authConfig);
+    narrowed.auth.tokens[0].subscribe = ["other.>"];
+    await d.reload(narrowed);
+    await until(() => page.evaluate(() => window.log.ends.length === 1), 5000, "onEnd");
+    assert.deepEqual(await page.evaluate(() => window.log.ends), ["forbidden"]);
+    assert.equal(await page.evaluate(() => window.sub.ended), true);
+    // Nothing reaches the ended subscription, and the connection itself stays up.
+    await d.publish("chat.room1", { late: true }, { token: TOKEN });
+    assert.equal(await page.evaluate(() => window.h.state), "open");
+    assert.equal((await events(page)).length, 0);
     await page.evaluate(() => window.h.close());
     await page.close();
   } finally {

@@ -3,6 +3,7 @@
 // tests/integration/herald_testlib.py does), launches Debian's chromium through playwright-core
 // with a fresh profile and no background networking, and publishes over plain HTTP.
 import { spawn } from "node:child_process";
+import { createServer, connect as tcpConnect } from "node:net";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -46,7 +47,7 @@ export class Daemon {
   }
 
   async start() {
-    const cfg = join(this.dir, `heraldd-${Date.now()}.json`);
+    const cfg = (this.configPath = join(this.dir, `heraldd-${Date.now()}.json`));
     writeFileSync(cfg, JSON.stringify(this.config));
     this.proc = spawn(heralddPath(), ["-c", cfg, "--listen", `127.0.0.1:${this.wantPort}`], {
       stdio: ["ignore", "pipe", "pipe"],
@@ -83,6 +84,15 @@ export class Daemon {
     this.port = this.wantPort = port;
     this.base = `http://127.0.0.1:${port}`;
     return this;
+  }
+
+  /** Rewrites the config file and sends SIGHUP; resolves when the daemon logged the reload. */
+  async reload(config) {
+    this.config = { data_dir: this.dataDir, ...config };
+    writeFileSync(this.configPath, JSON.stringify(this.config));
+    const seen = this.log.length;
+    this.proc.kill("SIGHUP");
+    await until(() => this.log.slice(seen).some((l) => /configuration reloaded/.test(l)), 5000, "the reload");
   }
 
   tail(n = 30) {
@@ -183,4 +193,52 @@ export async function until(fn, ms = 5000, what = "condition") {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/**
+ * A TCP proxy on a free loopback port to `port`. dropNextAnswer() makes it swallow what the
+ * server sends next and then cut both sides: the client's request was processed, its answer
+ * lost, which is the case idempotency keys exist for.
+ */
+export async function lossyProxy(port) {
+  const pairs = new Set();
+  let armed = false;
+  const server = createServer((client) => {
+    const upstream = tcpConnect(port, "127.0.0.1");
+    const pair = { client, upstream };
+    pairs.add(pair);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      pairs.delete(pair);
+    };
+    client.on("data", (d) => upstream.write(d));
+    upstream.on("data", (d) => {
+      if (armed) {
+        armed = false;
+        end();
+        return;
+      }
+      client.write(d);
+    });
+    client.on("error", end).on("close", end);
+    upstream.on("error", end).on("close", end);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: server.address().port,
+    dropNextAnswer() {
+      armed = true;
+    },
+    get armed() {
+      return armed;
+    },
+    close() {
+      for (const p of pairs) {
+        p.client.destroy();
+        p.upstream.destroy();
+      }
+      return new Promise((r) => server.close(r));
+    },
+  };
 }
