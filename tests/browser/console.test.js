@@ -118,6 +118,9 @@ test("the console loads under a strict CSP with no errors, and a published event
     await shot(page, "live");
     await page.setViewportSize({ width: 375, height: 760 });
     await shot(page, "live-phone");
+    await page.emulateMedia({ colorScheme: "dark" });
+    await shot(page, "live-phone-dark");
+    await page.emulateMedia({ colorScheme: "light" });
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
     await page.setViewportSize({ width: 1280, height: 800 });
@@ -165,6 +168,9 @@ test("a publish from the form reaches a WebSocket subscriber, and Status shows i
     await page.click("#pub-send");
     await page.waitForSelector("#pub-history-body tr:nth-child(2)", { timeout: 5000 });
     await shot(page, "publish");
+    await page.setViewportSize({ width: 375, height: 760 });
+    await shot(page, "publish-phone");
+    await page.setViewportSize({ width: 1280, height: 800 });
 
     // The status link of the first publish.
     await page.click(`#pub-history-body a:text-is("${id}")`);
@@ -206,6 +212,12 @@ test("the Server view's connection count follows clients as they come and go", a
     }
     await until(async () => (await page.textContent("#m-subscriptions")) === "3", 5000, "3 subscriptions");
     await shot(page, "server");
+    await page.emulateMedia({ colorScheme: "dark" });
+    await shot(page, "server-dark");
+    await page.emulateMedia({ colorScheme: "light" });
+    await page.setViewportSize({ width: 375, height: 760 });
+    await shot(page, "server-phone");
+    await page.setViewportSize({ width: 1280, height: 800 });
     await subs.evaluate(() => window.clients.forEach((h) => h.close()));
     await until(async () => (await connections()) === n0, 5000, `back to ${n0} connections`);
     assert.deepEqual(page.errors, []);

@@ -591,7 +591,7 @@ const TILES = [
     label: "Queued bytes",
     value: () => g("herald_queued_bytes"),
     fmt: fmtBytes,
-    foot: () => "waiting in connection queues",
+    foot: () => "in connection queues",
   },
   {
     id: "slow",
@@ -606,17 +606,17 @@ const TILES = [
   },
   {
     id: "p50",
-    label: "Publish → write p50",
+    label: "Latency p50",
     value: () => quantile("herald_publish_to_write_seconds", 0.5),
     fmt: fmtSeconds,
-    foot: () => `p90 ${fmtSeconds(quantile("herald_publish_to_write_seconds", 0.9))}`,
+    foot: () => `publish → write · p90 ${fmtSeconds(quantile("herald_publish_to_write_seconds", 0.9))}`,
   },
   {
     id: "p99",
-    label: "Publish → write p99",
+    label: "Latency p99",
     value: () => quantile("herald_publish_to_write_seconds", 0.99),
     fmt: fmtSeconds,
-    foot: () => "last 5 s of deliveries",
+    foot: () => "publish → write, last 5 s",
   },
   {
     id: "commit",
@@ -650,15 +650,25 @@ function buildTiles() {
     t.series = [];
     t.valueEl = el("div", { class: "value", id: `m-${t.id}`, text: "–" });
     t.footEl = el("div", { class: "foot", text: "" });
+    t.peakEl = el("span", { class: "peak", title: "highest value in the chart" });
     t.line = line;
     t.area = area;
-    $("tiles").append(el("div", { class: "tile", id: `tile-${t.id}` }, el("div", { class: "label", text: t.label }), t.valueEl, t.footEl, svg));
+    $("tiles").append(el(
+        "div",
+        { class: "tile", id: `tile-${t.id}` },
+        el("div", { class: "tile-head" }, el("span", { class: "label", text: t.label }), t.peakEl),
+        t.valueEl,
+        t.footEl,
+        svg,
+      ));
   }
 }
 
 function draw(t) {
   const s = t.series;
-  const max = Math.max(...s.map((v) => v ?? 0), 1e-12);
+  const peak = Math.max(...s.map((v) => v ?? 0), 0);
+  t.peakEl.textContent = peak > 0 ? `peak ${t.fmt(peak)}` : "";
+  const max = Math.max(peak, 1e-12);
   // Spread over the samples there are: a chart fills its tile from the first scrape on.
   const step = s.length > 1 ? (SAMPLES - 1) / (s.length - 1) : 0;
   const pts = s.map((v, i) => `${(i * step).toFixed(2)},${(29 - ((v ?? 0) / max) * 26).toFixed(2)}`);
