@@ -270,7 +270,7 @@ test("with auth, the token field is kept in sessionStorage and the server's refu
   }
 });
 
-test("console.enabled false: /console/ is 404, herald.js is still served", async () => {
+test("console.enabled false (at start or by SIGHUP): /console/ is 404, herald.js is still served", async () => {
   const d = await new Daemon({ config: { console: { enabled: false } } }).start();
   try {
     const r = await d.get("/console/");
@@ -286,6 +286,9 @@ test("console.enabled false: /console/ is 404, herald.js is still served", async
     const r = await on.get("/console");
     assert.equal(r.status, 308);
     assert.equal(r.headers.get("location"), "/console/");
+    assert.equal((await on.get("/console/")).status, 200);
+    await on.reload({ console: { enabled: false } }); // SIGHUP applies it
+    assert.equal((await on.get("/console/")).status, 404);
   } finally {
     await on.cleanup();
   }
