@@ -332,7 +332,14 @@ export class Herald extends EventTarget {
     clearInterval(this._beatTimer);
     this._beatTimer = setInterval(() => {
       if (this._awaitingPong) {
-        this._ws?.close(4100, "no answer to ping");
+        // A dead link may take the browser minutes to notice: give up on it now.
+        const ws = this._ws;
+        try {
+          ws.close(4100, "no answer to ping");
+        } catch (e) {
+          /* closing already */
+        }
+        this._onClose(ws, { code: 4100, reason: "no answer to ping" });
         return;
       }
       this._awaitingPong = true;
@@ -536,7 +543,9 @@ export class Herald extends EventTarget {
         /* already closing */
       }
     }
-    this._pending.clear();
+    const pending = this._pending;
+    this._pending = new Map();
+    for (const h of pending.values()) h.onDisconnect?.(); // a pending unsubscribe is done
     this._pool = [];
     for (const s of [...this._subs]) s._end(null);
     this._subs.clear();

@@ -22,7 +22,7 @@ class FakeWS {
   close(code = 1000) {
     if (this.readyState === 3) return;
     this.readyState = 3;
-    this.onclose?.({ code, reason: "" });
+    if (!this.dead) this.onclose?.({ code, reason: "" }); // a dead link never reports
   }
   // the server's side
   open(heartbeat = 25) {
@@ -192,4 +192,31 @@ test("reconnect delays grow with jitter up to the maximum", async () => {
   h.close();
   const caps = [100, 200, 400, 800, 800, 800];
   delays.forEach((d, i) => assert.ok(d >= caps[i] / 2 && d <= caps[i], `attempt ${i}: ${d} ms`));
+});
+
+test("a link that stops answering pings is given up and reconnected", async () => {
+  const { h, ws } = client();
+  const first = ws();
+  first.open(1); // heartbeat 1 s: a ping each second, given up after one unanswered
+  first.dead = true;
+  await new Promise((r) => setTimeout(r, 1100));
+  const ping = first.last("ping");
+  assert.ok(ping, "a ping was sent");
+  await new Promise((r) => setTimeout(r, 1100));
+  assert.notEqual(ws(), first, "a new connection was started");
+  assert.equal(first.readyState, 3);
+  h.close();
+});
+
+test("close() settles a pending unsubscribe and leaves nothing scheduled", async () => {
+  const { h, ws } = client();
+  ws().open();
+  const s = h.subscribe("a", {}, () => {});
+  ws().frame({ type: "ok", id: ws().last("subscribe").id, topic: "a", replayed: 0, gap: false, next: "1" });
+  const done = s.unsubscribe();
+  h.close();
+  await done; // would hang if close() forgot it
+  assert.equal(h.state, "closed");
+  assert.equal(h._retryTimer, null);
+  assert.equal(h._beatTimer, null);
 });
