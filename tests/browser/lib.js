@@ -33,6 +33,11 @@ export function artifactDir() {
   return dir;
 }
 
+// Sanitizer and crash reports fail the test even when every assertion passed (as in
+// tests/integration/herald_testlib.py).
+const SANITIZER_RE =
+  /AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:|Segmentation fault|Assertion .* failed|^==\d+== \S/m;
+
 export const sha256hex = (s) => createHash("sha256").update(s).digest("hex");
 
 /** One heraldd process; `port` 0 picks a free one (read back from its "listening" line). */
@@ -49,10 +54,11 @@ export class Daemon {
   async start() {
     const cfg = (this.configPath = join(this.dir, `heraldd-${Date.now()}.json`));
     writeFileSync(cfg, JSON.stringify(this.config));
+    this.checked = false;
     this.proc = spawn(heralddPath(), ["-c", cfg, "--listen", `127.0.0.1:${this.wantPort}`], {
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const exited = new Promise((res) => this.proc.once("exit", (code) => res(code)));
+    const exited = new Promise((res) => this.proc.once("close", (code) => res(code)));
     this.exited = exited;
     const port = await new Promise((resolvePort, reject) => {
       const timer = setTimeout(
@@ -99,18 +105,26 @@ export class Daemon {
     return this.log.slice(-n).join("\n");
   }
 
-  /** SIGTERM and wait (bounded); the port stays ours to start again on. */
+  /** SIGTERM and wait (bounded); the port stays ours to start again on. A daemon that
+   * exits uncleanly or reports a sanitizer error fails the test. */
   async stop() {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    this.proc.kill("SIGTERM");
+    if (!this.proc || this.checked) return;
+    this.checked = true;
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill("SIGTERM");
     const t = setTimeout(() => this.proc.kill("SIGKILL"), 10000 * SLOW);
-    await this.exited;
+    const code = await this.exited;
     clearTimeout(t);
+    const log = this.log.join("\n");
+    if (code !== 0 || SANITIZER_RE.test(log))
+      throw new Error(`heraldd exited with ${code ?? this.proc.signalCode}:\n${this.tail(60)}`);
   }
 
   async cleanup() {
-    await this.stop();
-    rmSync(this.dir, { recursive: true, force: true });
+    try {
+      await this.stop();
+    } finally {
+      rmSync(this.dir, { recursive: true, force: true });
+    }
   }
 
   /** POST /v1/topics/{topic} with JSON data; returns {status, body, headers}. */
