@@ -178,7 +178,7 @@ void hd_broker_peer_close(struct hd_broker *b, struct hd_peer *p)
     hd_peers_release(b->peers, p);
 }
 
-static void request_write(struct hd_conn *c)
+void hd__conn_request_write(struct hd_conn *c)
 {
     if (!c->want_pending && !c->closing) {
         c->want_pending = true;
@@ -191,6 +191,8 @@ void hd__conn_close(struct hd_conn *c, int code, const char *reason)
     if (c->closing)
         return;
     c->closing = true;
+    hd_log_debug("close", "conn=%" PRIu64 " code=%d reason=\"%s\"", c->id, code,
+                 reason ? reason : "");
     c->ops->close(c, code, reason);
 }
 
@@ -233,6 +235,10 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
     c->ops = ops;
     c->kind = kind;
     c->id = ++b->next_conn_id;
+    hd_log_debug("connect", "conn=%" PRIu64 " kind=%s", c->id,
+                 kind == HD_CONN_WS    ? "ws"
+                 : kind == HD_CONN_SSE ? "sse"
+                                       : "poll");
     hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
     c->q.shared_total = &b->metrics.queued_bytes;
     if (kind == HD_CONN_SSE)
@@ -273,6 +279,7 @@ void hd_conn_detach(struct hd_conn *c)
     struct hd_broker *b = c->broker;
     if (!b)
         return;
+    hd__conn_cancel_replays(c);
     drop_subs(c);
     size_t dropped = hd_queue_clear(&c->q);
     b->metrics.events_dropped[HD_DROP_DISCONNECT] += dropped;
@@ -294,6 +301,7 @@ void hd_conn_detach(struct hd_conn *c)
         b->metrics.sse_streams--;
     else
         b->metrics.long_polls--;
+    hd_log_debug("disconnect", "conn=%" PRIu64 " dropped=%zu", c->id, dropped);
     c->broker = NULL;
 }
 
@@ -307,7 +315,7 @@ int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len)
     int r = hd_queue_push(&c->q, m, HD_PUSH_FORCE);
     hd_msg_unref(m);
     if (r == 0)
-        request_write(c);
+        hd__conn_request_write(c);
     return r;
 }
 
@@ -338,42 +346,23 @@ static void send_error(struct hd_conn *c, bool has_id, int64_t id, const struct 
         hd__conn_close(c, HD_CLOSE_TOO_MANY_ERRORS, "too many protocol errors");
 }
 
-static void send_owned(struct hd_conn *c, char *text, size_t len)
+void hd__conn_send_owned(struct hd_conn *c, char *text, size_t len)
 {
     if (!text || hd_conn_send_text(c, text, len))
         hd__conn_close(c, HD_CLOSE_INTERNAL, "out of memory");
     free(text);
 }
 
-static struct hd_conn_sub *find_sub(struct hd_conn *c, const char *pattern)
-{
-    for (uint32_t i = 0; i < c->n_subs; i++)
-        if (strcmp(hd_sub_pattern(c->subs[i].reg), pattern) == 0)
-            return &c->subs[i];
-    return NULL;
-}
-
-/* True when one of c's subscriptions already brought (or will bring) this event. */
-static bool already_covered(const struct hd_conn *c, const struct hd_msg *m)
-{
-    for (uint32_t i = 0; i < c->n_subs; i++)
-        if (m->seq > c->subs[i].covered_from &&
-            hd_pattern_match(hd_sub_pattern(c->subs[i].reg), m->topic))
-            return true;
-    return false;
-}
-
-/*
- * Pushes one event to a connection's queue. Returns false when the connection was closed
- * as a slow consumer instead.
- */
 bool hd__conn_enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push how)
 {
     struct hd_broker *b = c->broker;
-    int r = hd_queue_push(&c->q, m, how);
+    /* While an engine replay is in flight, live events wait behind it (subscribe.c). */
+    bool hold = c->held && how == HD_PUSH_LIVE;
+    int r = hd_queue_push(hold ? c->held : &c->q, m, how);
     if (r == 0) {
         m->queued++;
-        request_write(c);
+        if (!hold)
+            hd__conn_request_write(c);
         return true;
     }
     /* Everything this connection still holds is lost to it: count it, free it at once. This
@@ -384,157 +373,6 @@ bool hd__conn_enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push ho
                 c->q.max_bytes);
     hd__conn_close(c, HD_CLOSE_SLOW_CONSUMER, "slow consumer");
     return false;
-}
-
-/*
- * Adds `pattern` to c and collects the replay after `since` (NULL: live only) into *replay
- * (malloc'd, borrowed message pointers, *n of them) for the caller to queue after its reply.
- * Both happen in one loop turn, so no live event can slip between them: live events carry
- * ids above the replay snapshot and reach the queue only after it.
- */
-static enum hd_err subscribe_core(struct hd_conn *c, const char *pattern, const char *since,
-                                  bool *gap, uint64_t *live_from, struct hd_msg ***replay_out,
-                                  size_t *n_out, struct hd_error *err)
-{
-    struct hd_broker *b = c->broker;
-    *gap = false;
-    *replay_out = NULL;
-    *n_out = 0;
-    *live_from = hd_history_last_seq(b->hist);
-    /* A broker without an authenticator (unit tests) allows everything. */
-    enum hd_err right = b->auth ? hd_auth_can_subscribe(&c->identity, pattern) : HD_ERR_NONE;
-    if (right != HD_ERR_NONE)
-        return hd_error_set(err, right,
-                            right == HD_ERR_UNAUTHORIZED
-                                ? "subscribing to this pattern needs credentials"
-                                : "these credentials may not subscribe to this pattern");
-    if (find_sub(c, pattern))
-        return HD_ERR_NONE; /* already subscribed: idempotent, nothing is replayed twice */
-    if (c->n_subs >= b->cfg->limits.max_subscriptions_per_connection)
-        return hd_error_set(err, HD_ERR_LIMIT_EXCEEDED, "at most %u subscriptions per connection",
-                            b->cfg->limits.max_subscriptions_per_connection);
-    if (c->n_subs == c->cap_subs) {
-        uint32_t ncap = c->cap_subs ? c->cap_subs * 2 : 1; /* most connections keep one */
-        struct hd_conn_sub *n = realloc(c->subs, sizeof(*n) * ncap);
-        if (!n)
-            return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-        c->subs = n;
-        c->cap_subs = ncap;
-    }
-    uint64_t upto = hd_history_last_seq(b->hist);
-    uint64_t after = upto;
-    struct hd_msg **replay = NULL;
-    size_t n = 0;
-    if (since) {
-        after = hd_history_resolve(b->hist, pattern, hd_since_parse(since), gap);
-        size_t count = hd_history_count(b->hist, pattern, after, upto);
-        if (count) {
-            replay = malloc(sizeof(*replay) * count);
-            if (!replay)
-                return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-            n = hd_history_collect(b->hist, pattern, after, upto, replay, count);
-        }
-    }
-    struct hd_sub *s = hd_registry_add(b->reg, pattern, &c->subscriber);
-    if (!s) {
-        free(replay);
-        return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-    }
-    /* Drop what another subscription of this connection already brought, checked before
-     * this one joins the list so only the others count. */
-    size_t kept = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!already_covered(c, replay[i]))
-            replay[kept++] = replay[i];
-    c->subs[c->n_subs++] = (struct hd_conn_sub){.reg = s, .covered_from = after};
-    b->metrics.subscriptions++;
-    *replay_out = replay;
-    *n_out = kept;
-    return HD_ERR_NONE;
-}
-
-/* Queues a replay; replayed bytes are shared with history, so they do not count against
- * the live limit (the replay is bounded by what history retains). Frees the array. */
-static void push_replay(struct hd_conn *c, struct hd_msg **replay, size_t n)
-{
-    for (size_t i = 0; i < n && !c->closing; i++)
-        hd__conn_enqueue_event(c, replay[i], HD_PUSH_SHARED);
-    free(replay);
-}
-
-/* Queues a notice on an SSE stream: `event: <name>` with the JSON frame as its data. */
-static void send_sse_notice(struct hd_conn *c, const char *name, char *json, size_t len)
-{
-    size_t cap = len + strlen(name) + 24;
-    char *text = json ? malloc(cap) : NULL;
-    if (text) {
-        int n = snprintf(text, cap, "event: %s\ndata: %s\n\n", name, json);
-        send_owned(c, text, (size_t)n);
-    } else {
-        hd__conn_close(c, HD_CLOSE_INTERNAL, "out of memory");
-    }
-    free(json);
-}
-
-/* Tells c that events of `pattern` before the cursor `next` may be missing. */
-static void send_gap(struct hd_conn *c, const char *pattern, uint64_t next)
-{
-    char id[HD_EVENT_ID_LEN + 1];
-    hd_event_id_format(next, id);
-    size_t len;
-    char *json = hd_encode_gap(pattern, id, &len);
-    if (c->kind == HD_CONN_SSE)
-        send_sse_notice(c, "gap", json, len);
-    else
-        send_owned(c, json, len);
-}
-
-enum hd_err hd_conn_subscribe(struct hd_conn *c, const char *pattern, const char *since, bool *gap,
-                              struct hd_error *err)
-{
-    struct hd_msg **replay;
-    size_t n;
-    uint64_t live_from;
-    /* A long poll answers from history itself: it only waits for what comes next. */
-    enum hd_err e = subscribe_core(c, pattern, c->kind == HD_CONN_POLL ? NULL : since, gap,
-                                   &live_from, &replay, &n, err);
-    if (e != HD_ERR_NONE)
-        return e;
-    if (*gap && c->kind == HD_CONN_SSE)
-        send_gap(c, pattern, 0); /* before the replay: everything retained follows it */
-    push_replay(c, replay, n);
-    return HD_ERR_NONE;
-}
-
-static enum hd_err subscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pattern,
-                             const char *since, struct hd_error *err)
-{
-    struct hd_msg **replay;
-    size_t n, len;
-    bool gap;
-    uint64_t live_from;
-    enum hd_err e = subscribe_core(c, pattern, since, &gap, &live_from, &replay, &n, err);
-    if (e != HD_ERR_NONE)
-        return e;
-    char next[HD_EVENT_ID_LEN + 1];
-    hd_event_id_format(live_from, next);
-    char *text = hd_encode_ok_subscribe(has_id, id, pattern, n, gap, next, &len);
-    send_owned(c, text, len);
-    push_replay(c, replay, n);
-    return HD_ERR_NONE;
-}
-
-static void unsubscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pattern)
-{
-    struct hd_conn_sub *s = find_sub(c, pattern);
-    if (s) {
-        hd_registry_remove(c->broker->reg, s->reg);
-        *s = c->subs[--c->n_subs];
-        c->broker->metrics.subscriptions--;
-    }
-    size_t len;
-    char *text = hd_encode_ok(has_id, id, &len);
-    send_owned(c, text, len);
 }
 
 static void pending_unlink(struct pending_pub *p)
@@ -562,7 +400,7 @@ static void ws_publish_done(void *arg, const struct hd_error *err,
             hd_event_id_format(res->seq, id);
             char *text =
                 hd_encode_ok_publish(p->has_id, p->id, id, res->receivers, res->duplicate, &len);
-            send_owned(c, text, len);
+            hd__conn_send_owned(c, text, len);
         }
     }
     free(p);
@@ -586,9 +424,7 @@ static enum hd_err ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struc
     if (b->pending)
         b->pending->prev = p;
     b->pending = p;
-    char rate_key[32];
-    snprintf(rate_key, sizeof(rate_key), "conn:%" PRIu64, c->id);
-    struct hd_publisher who = {.identity = &c->identity, .anon_rate_key = rate_key};
+    struct hd_publisher who = {.identity = &c->identity, .conn_id = c->id};
     struct hd_pub pub = {.topic = cmd->topic,
                          .event = cmd->event,
                          .data_json = data,
@@ -617,17 +453,17 @@ void hd_conn_on_text(struct hd_conn *c, const char *buf, size_t len)
     size_t n;
     switch (cmd.op) {
     case HD_OP_SUBSCRIBE:
-        r = subscribe(c, cmd.has_id, cmd.id, cmd.topic, cmd.since, &err);
+        r = hd__conn_subscribe_ws(c, cmd.has_id, cmd.id, cmd.topic, cmd.since, &err);
         break;
     case HD_OP_UNSUBSCRIBE:
-        unsubscribe(c, cmd.has_id, cmd.id, cmd.topic);
+        hd__conn_unsubscribe_ws(c, cmd.has_id, cmd.id, cmd.topic);
         break;
     case HD_OP_PUBLISH:
         r = ws_publish(c, &cmd, &err);
         break;
     case HD_OP_PING: {
         char *text = hd_encode_pong(cmd.has_id, cmd.id, &n);
-        send_owned(c, text, n);
+        hd__conn_send_owned(c, text, n);
         break;
     }
     }
@@ -692,8 +528,6 @@ void hd_broker_tick(struct hd_broker *b)
     b->metrics.history_bytes = (int64_t)hd_history_bytes(b->hist);
 }
 
-static void end_subscription(struct hd_conn *c, uint32_t i, enum hd_err code, const char *why);
-
 void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a)
 {
     hd_auth_free(b->auth);
@@ -721,56 +555,8 @@ void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a)
                 i++;
                 continue;
             }
-            end_subscription(c, i, HD_ERR_FORBIDDEN,
-                             "the server's rules no longer allow this subscription");
+            hd__conn_end_subscription(c, i, HD_ERR_FORBIDDEN,
+                                      "the server's rules no longer allow this subscription");
         }
-    }
-}
-/*
- * Sends a connection its notice that the server ended one subscription, then drops it
- * (PROTOCOL.md section 7: never silently). An SSE stream or a long poll has exactly one
- * pattern, so it ends too: the stream after the notice, the poll with the error.
- */
-static void end_subscription(struct hd_conn *c, uint32_t i, enum hd_err code, const char *why)
-{
-    struct hd_broker *b = c->broker;
-    const char *pattern = hd_sub_pattern(c->subs[i].reg);
-    size_t len;
-    char *json = hd_encode_unsubscribed(pattern, code, why, &len);
-    hd_log_info("subscription ended by the server", "conn=%" PRIu64 " reason=%s", c->id,
-                hd_err_name(code));
-    if (c->kind == HD_CONN_WS) {
-        send_owned(c, json, len);
-    } else if (c->kind == HD_CONN_SSE) {
-        send_sse_notice(c, "unsubscribed", json, len);
-        hd__conn_close(c, HD_CLOSE_POLICY, "subscription ended by the server");
-    } else {
-        free(json);
-        c->ended = code;
-        hd__conn_close(c, HD_CLOSE_POLICY, "subscription ended by the server");
-    }
-    hd_registry_remove(b->reg, c->subs[i].reg);
-    c->subs[i] = c->subs[--c->n_subs];
-    b->metrics.subscriptions--;
-}
-
-void hd__broker_gap(struct hd_broker *b, uint64_t next_seq)
-{
-    uint64_t cursor = next_seq ? next_seq - 1 : 0;
-    for (uint32_t k = b->n_clocks; k-- > 0;) { /* backwards: see hd_broker_drain */
-        if (k >= b->n_clocks)
-            continue;
-        struct hd_conn *c = b->clocks[k].c;
-        if (c->closing)
-            continue;
-        if (c->kind == HD_CONN_POLL) {
-            if (c->n_subs && !c->want_pending) { /* it answers from history, gap included */
-                c->want_pending = true;
-                c->ops->want_write(c);
-            }
-            continue;
-        }
-        for (uint32_t i = 0; i < c->n_subs && !c->closing; i++)
-            send_gap(c, hd_sub_pattern(c->subs[i].reg), cursor);
     }
 }

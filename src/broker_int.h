@@ -40,6 +40,7 @@ struct conn_clock {
 #define HD_RECENT 256
 
 struct pub_op;
+struct replay_wait;
 
 struct hd_broker {
     const struct hd_config *cfg;
@@ -66,13 +67,27 @@ struct hd_broker {
         uint32_t receivers;
     } recent[HD_RECENT];
     uint32_t recent_next;
+    struct replay_wait *replays; /* engine replays in flight (subscribe.c) */
 };
 
 /* Queues one event to c (LIVE counts against max_queue_bytes). Returns false when c was
  * closed as a slow consumer instead. */
 bool hd__conn_enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push how);
+/* Asks the transport for a write unless one is pending. */
+void hd__conn_request_write(struct hd_conn *c);
 /* Closes c once with a close code (a literal reason). */
 void hd__conn_close(struct hd_conn *c, int code, const char *reason);
+/* Queues a reply or notice the connection owns (text malloc'd, freed here; NULL = out of
+ * memory, which closes the connection). */
+void hd__conn_send_owned(struct hd_conn *c, char *text, size_t len);
+/* The WebSocket subscribe and unsubscribe commands (subscribe.c). */
+enum hd_err hd__conn_subscribe_ws(struct hd_conn *c, bool has_id, int64_t id, const char *pattern,
+                                  const char *since, struct hd_error *err);
+void hd__conn_unsubscribe_ws(struct hd_conn *c, bool has_id, int64_t id, const char *pattern);
+/* Ends c's i-th subscription with a notice (PROTOCOL.md section 7: never silently). */
+void hd__conn_end_subscription(struct hd_conn *c, uint32_t i, enum hd_err code, const char *why);
+/* Forgets c in engine replays still in flight (detach). */
+void hd__conn_cancel_replays(struct hd_conn *c);
 /* Tells every live subscription that events before next_seq may be missing. */
 void hd__broker_gap(struct hd_broker *b, uint64_t next_seq);
 /* The engine's sink, wired to the broker (publish.c). */

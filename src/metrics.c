@@ -153,7 +153,7 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
     counter(&b, "herald_connections_total", "WebSocket connections accepted.",
             m->connections_total);
     counter(&b, "herald_connections_refused_total",
-            "Connections closed at accept: their address was at limits.max_connections_per_ip.",
+            "Connections refused: over limits.max_connections or max_connections_per_ip.",
             m->connections_refused);
     counter(&b, "herald_publish_holds_total",
             "Loop turns a ready publish waited for connection queues to drain (backpressure).",
@@ -180,6 +180,9 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
             m->publish_duplicates);
     counter(&b, "herald_feed_gaps_total",
             "Discontinuities in the event feed (live subscribers were sent a gap).", m->feed_gaps);
+    counter(&b, "herald_engine_replays_total",
+            "Subscriptions whose replay came from the engine because history no longer held it.",
+            m->engine_replays);
 
     histogram(&b, "herald_publish_to_write_seconds",
               "Time from accepting an event to handing its frame to the kernel.",

@@ -8,6 +8,7 @@
  * error and subscription limits, slow consumers, drain, and delivery status counters.
  */
 #include "broker.h"
+#include "fake_conn.h"
 
 #include <check.h>
 #include <errno.h>
@@ -73,49 +74,10 @@ static const struct hd_engine_ops te_ops = {.name = "test",
                                             .stop = te_stop,
                                             .destroy = te_destroy};
 
-/* ---- a fake transport ------------------------------------------------------------------- */
-
-struct tconn {
-    struct hd_conn c; /* first: the ops get &c */
-    int want_writes;
-    int closes;
-    int close_code;
-    int pings;
-    bool detach_on_close; /* like a transport that tears down at once */
-};
-
-static void t_want_write(struct hd_conn *c)
-{
-    ((struct tconn *)c)->want_writes++;
-}
-
-static void t_close(struct hd_conn *c, int code, const char *reason)
-{
-    struct tconn *t = (struct tconn *)c;
-    ck_assert_ptr_nonnull(reason);
-    t->closes++;
-    t->close_code = code;
-    if (t->detach_on_close)
-        hd_conn_detach(c);
-}
-
-static void t_ping(struct hd_conn *c)
-{
-    ((struct tconn *)c)->pings++;
-}
-
-static const struct hd_conn_ops t_ops = {.want_write = t_want_write, .close = t_close};
-static const struct hd_conn_ops t_ops_ping = {
-    .want_write = t_want_write, .close = t_close, .ping = t_ping};
-
 /* ---- fixture ---------------------------------------------------------------------------- */
 
-#define MAX_CONNS 16
 static struct hd_config cfg, cfg2; /* cfg2: a reloaded config */
-static struct hd_broker *b;
 static struct test_engine *eng;
-static struct tconn *conns[MAX_CONNS];
-static size_t n_conns;
 
 static void setup(void)
 {
@@ -150,90 +112,6 @@ static void boot(void)
     hd_broker_set_engine(b, &eng->base);
     char why[64];
     ck_assert_int_eq(hd_broker_start(b, why, sizeof(why)), 0);
-}
-
-/* A test connection, not yet attached; teardown frees it. */
-static struct tconn *new_tconn(void)
-{
-    ck_assert_uint_lt(n_conns, MAX_CONNS);
-    struct tconn *t = calloc(1, sizeof(*t));
-    ck_assert_ptr_nonnull(t);
-    conns[n_conns++] = t;
-    return t;
-}
-
-static struct tconn *open_kind(enum hd_conn_kind kind)
-{
-    struct tconn *t = new_tconn();
-    ck_assert_int_eq(hd_conn_attach(b, &t->c, kind, &t_ops), 0);
-    return t;
-}
-
-/* Pops the next frame as JSON (caller decrefs), or NULL when the queue is empty. */
-static json_t *next_frame(struct tconn *t)
-{
-    struct hd_msg *m = hd_conn_peek(&t->c);
-    if (!m)
-        return NULL;
-    json_error_t e;
-    json_t *j = json_loadb((const char *)hd_msg_payload(m), m->len, 0, &e);
-    ck_assert_msg(j != NULL, "frame is not JSON: %s: %s", e.text, (char *)hd_msg_payload(m));
-    hd_conn_writable(&t->c);
-    hd_conn_wrote(&t->c);
-    return j;
-}
-
-static json_t *expect_frame(struct tconn *t, const char *type)
-{
-    json_t *j = next_frame(t);
-    ck_assert_msg(j != NULL, "expected a %s frame, the queue is empty", type);
-    const char *got = json_string_value(json_object_get(j, "type"));
-    ck_assert_msg(got && strcmp(got, type) == 0, "expected a %s frame, got %s", type,
-                  got ? got : "(no type)");
-    return j;
-}
-
-static void expect_empty(struct tconn *t)
-{
-    json_t *j = next_frame(t);
-    if (j) {
-        char *s = json_dumps(j, JSON_COMPACT);
-        ck_abort_msg("unexpected frame %s", s);
-    }
-}
-
-/* An open WebSocket connection with its welcome frame already read. */
-static struct tconn *open_ws(void)
-{
-    struct tconn *t = open_kind(HD_CONN_WS);
-    json_decref(expect_frame(t, "welcome"));
-    return t;
-}
-
-static void cmd(struct tconn *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void cmd(struct tconn *t, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    ck_assert(n > 0 && (size_t)n < sizeof(buf));
-    hd_conn_on_text(&t->c, buf, (size_t)n);
-}
-
-static int64_t jint(json_t *j, const char *key)
-{
-    json_t *v = json_object_get(j, key);
-    ck_assert_msg(json_is_integer(v), "\"%s\" is not an integer", key);
-    return json_integer_value(v);
-}
-
-static const char *jstr(json_t *j, const char *key)
-{
-    const char *s = json_string_value(json_object_get(j, key));
-    ck_assert_msg(s != NULL, "\"%s\" is not a string", key);
-    return s;
 }
 
 /* Subscribes over the WebSocket and checks the ok reply; returns `replayed`. */
@@ -274,7 +152,7 @@ static void pub_done(void *arg, const struct hd_error *err, const struct hd_publ
 }
 
 static const struct hd_identity anon = {.kind = HD_ID_ANONYMOUS, .everything = true};
-static const struct hd_publisher anon_pub = {.identity = &anon, .anon_rate_key = "ip:test"};
+static const struct hd_publisher anon_pub = {.identity = &anon, .peer = "test"};
 
 /* Publishes as the HTTP API would; returns the event (a reference the caller drops). */
 static struct hd_msg *publish(const char *topic, const char *data)
