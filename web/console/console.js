@@ -149,9 +149,9 @@ function route() {
     else tab.removeAttribute("aria-current");
   }
   current = view;
-  if (view === "status" && arg) {
-    $("status-id").value = decodeURIComponent(arg);
-    lookup();
+  if (view === "status") {
+    if (arg) $("status-id").value = decodeURIComponent(arg);
+    lookup(); // (again): the refresh stops while another view is shown
   }
 }
 window.addEventListener("hashchange", route);
