@@ -20,6 +20,9 @@ after(async () => {
 
 async function openConsole(d, hash = "") {
   const page = await newPage(browser);
+  page.requests = [];
+  page.on("request", (r) => page.requests.push(r.url()));
+  page.on("websocket", (w) => page.requests.push(w.url()));
   const resp = await page.goto(`${d.base}/console/${hash}`);
   await page.waitForSelector("#conn-state.state-open", { timeout: 5000 });
   return { page, resp };
@@ -126,6 +129,11 @@ test("the console loads under a strict CSP with no errors, and a published event
     await page.setViewportSize({ width: 1280, height: 800 });
     await page.click("#clear");
     assert.equal(await page.locator("#events-body tr").count(), 0);
+    // Nothing but heraldd was asked for anything.
+    const host = `127.0.0.1:${d.port}`;
+    const outside = page.requests.filter((u) => !u.startsWith(`http://${host}/`) && !u.startsWith(`ws://${host}/`));
+    assert.deepEqual(outside, []);
+    assert.ok(page.requests.some((u) => u.startsWith(`ws://${host}/v1/ws`)), page.requests.join(" "));
     assert.deepEqual(page.errors, []);
     await page.close();
   } finally {
