@@ -40,6 +40,14 @@ const SANITIZER_RE =
 
 export const sha256hex = (s) => createHash("sha256").update(s).digest("hex");
 
+// Daemons still running when this process ends (a failed or interrupted test) die with it.
+const live = new Set();
+process.on("exit", () => {
+  for (const p of live) p.kill("SIGKILL");
+});
+for (const sig of ["SIGINT", "SIGTERM"])
+  process.once(sig, () => process.exit(1));
+
 /** One heraldd process; `port` 0 picks a free one (read back from its "listening" line). */
 export class Daemon {
   constructor({ config = {}, port = 0, dataDir } = {}) {
@@ -58,7 +66,14 @@ export class Daemon {
     this.proc = spawn(heralddPath(), ["-c", cfg, "--listen", `127.0.0.1:${this.wantPort}`], {
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const exited = new Promise((res) => this.proc.once("close", (code) => res(code)));
+    const proc = this.proc;
+    live.add(proc);
+    const exited = new Promise((res) =>
+      proc.once("close", (code) => {
+        live.delete(proc);
+        res(code);
+      }),
+    );
     this.exited = exited;
     const port = await new Promise((resolvePort, reject) => {
       const timer = setTimeout(
