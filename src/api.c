@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "assets.h"
 #include "log.h"
 #include "topic.h"
 
@@ -199,12 +200,25 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const ch
                     struct hd_http_resp *resp);
 
 /* Routes: each path shape lists the methods it answers, for 405 Allow and preflights. */
-enum route { R_NONE, R_HEALTH, R_METRICS, R_WS, R_PUBLISH, R_BATCH, R_POLL, R_SSE, R_STATUS };
+enum route {
+    R_NONE,
+    R_HEALTH,
+    R_METRICS,
+    R_WS,
+    R_PUBLISH,
+    R_BATCH,
+    R_POLL,
+    R_SSE,
+    R_STATUS,
+    R_ASSET
+};
 
 static const char *const route_allow[] = {
-    [R_HEALTH] = "GET, HEAD, OPTIONS", [R_METRICS] = "GET, HEAD, OPTIONS", [R_WS] = "GET, OPTIONS",
-    [R_PUBLISH] = "POST, OPTIONS",     [R_POLL] = "GET, OPTIONS",          [R_SSE] = "GET, OPTIONS",
+    [R_HEALTH] = "GET, HEAD, OPTIONS", [R_METRICS] = "GET, HEAD, OPTIONS",
+    [R_WS] = "GET, OPTIONS",           [R_PUBLISH] = "POST, OPTIONS",
+    [R_POLL] = "GET, OPTIONS",         [R_SSE] = "GET, OPTIONS",
     [R_STATUS] = "GET, OPTIONS",       [R_BATCH] = "POST, OPTIONS",
+    [R_ASSET] = "GET, HEAD, OPTIONS",
 };
 
 /* Splits the path into a route and its one variable part (topic, pattern or id). */
@@ -218,6 +232,8 @@ static enum route match_route(const char *path, char *var, size_t cap)
         return R_WS;
     if (strcmp(path, "/v1/publish") == 0)
         return R_BATCH;
+    if (hd_asset_route(path))
+        return R_ASSET;
     const char *rest;
     enum route r = R_NONE;
     if (strncmp(path, "/v1/topics/", 11) == 0) {
@@ -262,6 +278,7 @@ static bool method_ok(enum route r, enum hd_method m)
     switch (r) {
     case R_HEALTH:
     case R_METRICS:
+    case R_ASSET:
         return m == HD_M_GET || m == HD_M_HEAD;
     case R_PUBLISH:
     case R_BATCH:
@@ -617,6 +634,9 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
         return sse_route(b, req, var, resp);
     case R_STATUS:
         status_route(b, req, var, resp);
+        return HD_HTTP_RESPOND;
+    case R_ASSET:
+        hd_asset_respond(req, hd_broker_config(b)->console.enabled, resp);
         return HD_HTTP_RESPOND;
     case R_NONE:
         break;

@@ -32,6 +32,7 @@ struct hd_http_req {
     const char *query; /* raw query string without '?', or NULL */
     const char *content_type, *origin, *authorization, *last_event_id; /* NULL when absent */
     const char *idempotency_key;                                       /* NULL when absent */
+    const char *host, *if_none_match; /* NULL when absent (for the embedded files) */
     /* The client's address, for per-address limits: peer_addr (formatted only when a limit
      * needs it), else the text in peer, else unknown. */
     const struct hd_peer_addr *peer_addr;

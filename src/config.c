@@ -419,6 +419,11 @@ static const struct row cors_rows[] = {
 };
 static const struct table cors_table = TABLE(cors_rows, NULL);
 
+static const struct row console_rows[] = {
+    {.key = "enabled", .type = T_BOOL, .offset = CFG(console.enabled), .def = true},
+};
+static const struct table console_table = TABLE(console_rows, NULL);
+
 static const struct row anonymous_rows[] = {
     {.key = "publish",
      .type = T_STRLIST,
@@ -518,6 +523,7 @@ static const struct row root_rows[] = {
      .max = 3600,
      .def = 25},
     {.key = "cors", .type = T_OBJECT, .sub = &cors_table},
+    {.key = "console", .type = T_OBJECT, .sub = &console_table},
     {.key = "auth", .type = T_OBJECT, .sub = &auth_table},
     {.key = "log", .type = T_OBJECT, .sub = &log_table},
 };

@@ -71,6 +71,10 @@ struct hd_config {
     struct hd_strlist cors_origins; /* default ["*"] */
 
     struct {
+        bool enabled; /* serve the web console at /console/, default true */
+    } console;
+
+    struct {
         bool present; /* an "auth" object was given */
         struct {
             struct hd_strlist publish, subscribe;

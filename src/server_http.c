@@ -170,6 +170,8 @@ static int http_respond(struct hd_server *s, struct http_pss *pss)
 #define LAST_EVENT_ID_MAX 255
 #define AUTHORIZATION_MAX 4199
 #define PEER_MAX 63
+#define HOST_MAX 255
+#define IF_NONE_MATCH_MAX 255
 
 /* The query's length as copy_query joins it; -1 when over QUERY_MAX. */
 static int query_length(struct lws *wsi)
@@ -219,6 +221,13 @@ static const char *take_header(struct lws *wsi, enum lws_token_indexes t, int ma
     const char *r = *at;
     *at += c + 1;
     return r;
+}
+
+/* Room take_header needs for header t: its length and NUL, or 0 when it would refuse it. */
+static size_t bounded_length(struct lws *wsi, enum lws_token_indexes t, int max)
+{
+    int n = lws_hdr_total_length(wsi, t);
+    return n > 0 && n <= max ? (size_t)n + 1 : 0;
 }
 
 /* SSE keepalive comment period (the protocol promises one at least every 30 s). */
@@ -563,7 +572,8 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     size_t cap = (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
                  (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
                  (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX +
-                 HD_IDEM_KEY_MAX + 2 + 8;
+                 HD_IDEM_KEY_MAX + 2 + 8 + bounded_length(wsi, WSI_TOKEN_HOST, HOST_MAX) +
+                 bounded_length(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, IF_NONE_MATCH_MAX);
     pss->strings = malloc(cap);
     if (!pss->strings) {
         pss->req.path = "/";
@@ -602,6 +612,9 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     } else if (ik > HD_IDEM_KEY_MAX + 1) {
         pss->req.idempotency_key = "-invalid key-";
     }
+    pss->req.host = take_header(wsi, WSI_TOKEN_HOST, HOST_MAX, &at, end);
+    pss->req.if_none_match =
+        take_header(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, IF_NONE_MATCH_MAX, &at, end);
     /* The address counted at accept: no getpeername(), and text only if a limit asks. */
     const struct srv_conn *sc = srv_conn_of(wsi);
     if (sc && sc->peer) {
@@ -787,17 +800,21 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
         return -1;
     unsigned char *start = buf + LWS_PRE, *p = start, *end = start + hcap - 1;
     int status = r->status ? r->status : 500;
-    /* RFC 9110: no Content-Length on a 204. */
-    if (lws_add_http_common_headers(wsi, (unsigned int)status, r->content_type,
-                                    status == 204 ? LWS_ILLEGAL_HTTP_CONTENT_LEN : r->body_len, &p,
-                                    end))
+    /* RFC 9110: no Content-Length on a 204, nor on a 304 (it would have to be the 200's). */
+    if (lws_add_http_common_headers(
+            wsi, (unsigned int)status, r->content_type,
+            status == 204 || status == 304 ? LWS_ILLEGAL_HTTP_CONTENT_LEN : r->body_len, &p, end))
         goto fail;
-    for (size_t i = 0; i < r->n_headers; i++)
+    bool own_cache_control = false; /* the embedded files are revalidated, not unstored */
+    for (size_t i = 0; i < r->n_headers; i++) {
+        own_cache_control |= strcmp(r->headers[i].name, "cache-control:") == 0;
         if (lws_add_http_header_by_name(wsi, (const unsigned char *)r->headers[i].name,
                                         (const unsigned char *)r->headers[i].value,
                                         (int)strlen(r->headers[i].value), &p, end))
             goto fail;
-    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+    }
+    if (!own_cache_control &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                     (const unsigned char *)"no-store", 8, &p, end))
         goto fail;
     /* The client sent more before this answer: that cannot be served (server_guard.c), and

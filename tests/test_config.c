@@ -103,6 +103,7 @@ START_TEST(defaults)
     ck_assert_uint_eq(cfg.heartbeat_s, 25);
     ck_assert_uint_eq(cfg.cors_origins.n, 1);
     ck_assert_str_eq(cfg.cors_origins.v[0], "*");
+    ck_assert(cfg.console.enabled);
     ck_assert(!cfg.auth.present);
     ck_assert_uint_eq(cfg.auth.n_tokens, 0);
     ck_assert_ptr_null(cfg.auth.jwt_secret_file);
@@ -204,7 +205,19 @@ START_TEST(shipped_config)
     /* No token ships: a published digest would be a credential every install shares. */
     ck_assert_uint_eq(cfg.auth.n_tokens, 0);
     ck_assert_ptr_null(cfg.auth.jwt_secret_file);
+    ck_assert(cfg.console.enabled);
     hd_config_free(&cfg);
+}
+END_TEST
+
+START_TEST(console_switch)
+{
+    struct hd_config cfg;
+    expect_ok("{\"console\": {\"enabled\": false}}", &cfg);
+    ck_assert(!cfg.console.enabled);
+    hd_config_free(&cfg);
+    expect_error("{\"console\": {\"enabled\": 0}}", "0}", "console.enabled: must be true or false");
+    expect_error("{\"console\": {\"path\": \"/x\"}}", "\"path\"", "console.path");
 }
 END_TEST
 
@@ -810,6 +823,7 @@ int main(void)
     tcase_add_test(tc, defaults);
     tcase_add_test(tc, full_file);
     tcase_add_test(tc, shipped_config);
+    tcase_add_test(tc, console_switch);
     tcase_add_test(tc, syntax_error);
     tcase_add_test(tc, duplicate_key);
     tcase_add_test(tc, unknown_keys);
