@@ -32,11 +32,13 @@
 #define MAX_TOKENS 4096 /* static tokens; JWT is the answer for more identities */
 #define MAX_DEPTH 8     /* key path depth; the deepest is auth.tokens[i].publish[j] */
 #define DEFAULT_LISTEN "127.0.0.1:7070"
+#define MAX_NATS_SERVERS 64
 
 /* Enum fields are written through int *; that is only sound while they are int-sized. */
 _Static_assert(sizeof(enum hd_store_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum hd_durability) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum hd_log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum hd_engine_kind) == sizeof(int), "enum size");
 
 enum ftype {
     T_BOOL,
@@ -118,6 +120,12 @@ static int parse_durability(const char *s, int *out)
 {
     static const char *const names[] = {
         [HD_DURABILITY_SYNC] = "sync", [HD_DURABILITY_ASYNC] = "async"};
+    return lookup(names, 2, s, out);
+}
+
+static int parse_engine(const char *s, int *out)
+{
+    static const char *const names[] = {[HD_ENGINE_LOCAL] = "local", [HD_ENGINE_NATS] = "nats"};
     return lookup(names, 2, s, out);
 }
 
@@ -214,6 +222,80 @@ static int check_name(const char *s, char *why, size_t cap)
         }
     }
     return 0;
+}
+
+/*
+ * A NATS server URL as libnats takes it: nats:// or tls://, optional user[:password]@, a host
+ * name or address ([v6] in brackets), an optional port, nothing after. Commas and spaces are
+ * refused because --nats and libnats both split lists on them.
+ */
+static int check_nats_url(const char *s, char *why, size_t cap)
+{
+    const char *p, *host, *at;
+    if (strncmp(s, "nats://", 7) == 0)
+        p = s + 7;
+    else if (strncmp(s, "tls://", 6) == 0)
+        p = s + 6;
+    else
+        goto bad;
+    at = strrchr(p, '@');
+    if (at)
+        p = at + 1;
+    host = p;
+    if (*p == '[') {
+        p = strchr(p, ']');
+        if (!p)
+            goto bad;
+        p++;
+    } else {
+        while (*p &&
+               strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_", *p))
+            p++;
+    }
+    if (p == host)
+        goto bad;
+    if (*p == ':') {
+        const char *d = ++p;
+        while (*p >= '0' && *p <= '9')
+            p++;
+        if (p == d || p - d > 5 || atol(d) < 1 || atol(d) > 65535)
+            goto bad;
+    }
+    if (*p == '/')
+        p++;
+    if (*p == '\0' && !strpbrk(s, " ,\t"))
+        return 0;
+bad:
+    snprintf(why, cap,
+             "\"%.60s\" is not a NATS server URL: expected nats://HOST[:PORT] or "
+             "tls://HOST[:PORT]",
+             s);
+    return -EINVAL;
+}
+
+/* JetStream stream names become subjects and file names: keep them to one plain word. */
+static int check_stream(const char *s, char *why, size_t cap)
+{
+    for (const char *p = s; *p; p++) {
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", *p)) {
+            snprintf(why, cap, "may only use A-Z a-z 0-9 _ -");
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* Dot-separated segments without wildcards: events go to "<prefix>.<topic>". */
+static int check_subject_prefix(const char *s, char *why, size_t cap)
+{
+    size_t n = strlen(s);
+    if (hd_pattern_check(s, n) == 0 && !strpbrk(s, "*>"))
+        return 0;
+    snprintf(why, cap,
+             "\"%.60s\" is not a subject prefix: dot-separated segments of A-Z a-z 0-9 _ : @ -, "
+             "no wildcards",
+             s);
+    return -EINVAL;
 }
 
 /* ---- listeners ------------------------------------------------------------------------- */
@@ -789,6 +871,64 @@ static const struct row log_rows[] = {
 };
 static const struct table log_table = TABLE(log_rows, NULL);
 
+static const struct row engine_tls_rows[] = {
+    {.key = "ca",
+     .type = T_STRING,
+     .offset = CFG(engine.tls_ca),
+     .min = 1,
+     .max = MAX_STR,
+     .required = true},
+};
+static const struct table engine_tls_table = TABLE(engine_tls_rows, NULL);
+
+static const struct row engine_rows[] = {
+    {.key = "type",
+     .type = T_ENUM,
+     .offset = CFG(engine.type),
+     .def = HD_ENGINE_LOCAL,
+     .parse_enum = parse_engine,
+     .choices = "\"local\" or \"nats\""},
+    {.key = "servers",
+     .type = T_STRLIST,
+     .offset = CFG(engine.servers),
+     .max = MAX_NATS_SERVERS,
+     .check = check_nats_url},
+    {.key = "stream",
+     .type = T_STRING,
+     .offset = CFG(engine.stream),
+     .min = 1,
+     .max = 64,
+     .def_str = "HERALD",
+     .check = check_stream},
+    {.key = "subject_prefix",
+     .type = T_STRING,
+     .offset = CFG(engine.subject_prefix),
+     .min = 1,
+     .max = 64,
+     .def_str = "herald",
+     .check = check_subject_prefix},
+    /* JetStream allows at most 5 replicas; 3 is what production wants (a quorum of 2). */
+    {.key = "replicas",
+     .type = T_U32,
+     .offset = CFG(engine.replicas),
+     .min = 1,
+     .max = 5,
+     .def = 1},
+    {.key = "node",
+     .type = T_STRING,
+     .offset = CFG(engine.node),
+     .min = 1,
+     .max = 64,
+     .check = check_name},
+    {.key = "creds_file",
+     .type = T_STRING,
+     .offset = CFG(engine.creds_file),
+     .min = 1,
+     .max = MAX_STR},
+    {.key = "tls", .type = T_OBJECT, .sub = &engine_tls_table},
+};
+static const struct table engine_table = TABLE(engine_rows, NULL);
+
 static const struct row root_rows[] = {
     {.key = "listen",
      .type = T_ARRAY,
@@ -816,6 +956,7 @@ static const struct row root_rows[] = {
     {.key = "cors", .type = T_OBJECT, .sub = &cors_table},
     {.key = "auth", .type = T_OBJECT, .sub = &auth_table},
     {.key = "log", .type = T_OBJECT, .sub = &log_table},
+    {.key = "engine", .type = T_OBJECT, .sub = &engine_table},
 };
 static const struct table root_table = TABLE(root_rows, NULL);
 
@@ -1281,7 +1422,16 @@ int hd_config_load_file(struct hd_config *cfg, const char *path, struct hd_confi
 
 /* ---- command line ----------------------------------------------------------------------- */
 
-enum { OPT_LISTEN = 256, OPT_DATA_DIR, OPT_STORE, OPT_LOG_LEVEL, OPT_CHECK, OPT_VERSION, OPT_HELP };
+enum {
+    OPT_LISTEN = 256,
+    OPT_DATA_DIR,
+    OPT_STORE,
+    OPT_LOG_LEVEL,
+    OPT_CHECK,
+    OPT_VERSION,
+    OPT_HELP,
+    OPT_NATS
+};
 
 static const struct option long_opts[] = {
     {.name = "config", .has_arg = required_argument, .val = 'c'},
@@ -1289,6 +1439,7 @@ static const struct option long_opts[] = {
     {.name = "data-dir", .has_arg = required_argument, .val = OPT_DATA_DIR},
     {.name = "store", .has_arg = required_argument, .val = OPT_STORE},
     {.name = "log-level", .has_arg = required_argument, .val = OPT_LOG_LEVEL},
+    {.name = "nats", .has_arg = required_argument, .val = OPT_NATS},
     {.name = "check-config", .has_arg = no_argument, .val = OPT_CHECK},
     {.name = "version", .has_arg = no_argument, .val = OPT_VERSION},
     {.name = "help", .has_arg = no_argument, .val = OPT_HELP},
@@ -1298,14 +1449,17 @@ static const struct option long_opts[] = {
 const char *hd_cli_usage(void)
 {
     return "Usage: heraldd [-c FILE | --config FILE] [--listen ADDR:PORT]... [--data-dir DIR]\n"
-           "               [--store memory|sqlite] [--log-level error|warn|info|debug]\n"
-           "               [--check-config] [--version] [--help]\n"
+           "               [--store memory|sqlite] [--nats URL[,URL...]]\n"
+           "               [--log-level error|warn|info|debug] [--check-config] [--version]\n"
+           "               [--help]\n"
            "\n"
            "  -c, --config FILE    JSON configuration file (example: config/heraldd.json)\n"
            "  --listen ADDR:PORT   listen here instead of the file's listeners; repeatable.\n"
            "                       127.0.0.1:7070, 0.0.0.0:7070, [::1]:7070; port 0 picks one\n"
            "  --data-dir DIR       directory of the sqlite history file (default: .)\n"
            "  --store KIND         history store: memory (default) or sqlite\n"
+           "  --nats URL[,URL...]  cluster mode: NATS JetStream servers, e.g.\n"
+           "                       nats://127.0.0.1:4222 (engine.type nats)\n"
            "  --log-level LEVEL    error, warn, info (default) or debug\n"
            "  --check-config       check the configuration, print what is wrong, exit 0 or 1\n"
            "  --version            print the version and exit\n"
@@ -1335,6 +1489,47 @@ __attribute__((format(printf, 4, 5))) static int usage_error(struct hd_cli *cli,
     }
     hd_cli_free(cli);
     return -EINVAL;
+}
+
+/* Splits "URL[,URL...]" into `out` (NULL: only check). Returns the count or -EINVAL/-ENOMEM. */
+static int nats_list_split(const char *s, struct hd_strlist *out, char *why, size_t cap)
+{
+    size_t n = 0;
+    for (const char *p = s;; p++) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char url[MAX_STR + 1];
+        if (len == 0 || len > MAX_STR) {
+            snprintf(why, cap, "expected URL[,URL...] with no empty entries (got \"%.60s\")", s);
+            return -EINVAL;
+        }
+        if (++n > MAX_NATS_SERVERS) {
+            snprintf(why, cap, "at most %d servers", MAX_NATS_SERVERS);
+            return -EINVAL;
+        }
+        memcpy(url, p, len);
+        url[len] = '\0';
+        if (check_nats_url(url, why, cap) < 0)
+            return -EINVAL;
+        if (out) {
+            char *copy = strdup(url);
+            char **v = copy ? realloc(out->v, (out->n + 1) * sizeof(char *)) : NULL;
+            if (!v) {
+                free(copy);
+                return -ENOMEM;
+            }
+            out->v = v;
+            out->v[out->n++] = copy;
+        }
+        if (!end)
+            return (int)n;
+        p = end;
+    }
+}
+
+static int nats_list_check(const char *s, char *why, size_t cap)
+{
+    return nats_list_split(s, NULL, why, cap) < 0 ? -EINVAL : 0;
 }
 
 int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t errlen)
@@ -1374,6 +1569,11 @@ int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t er
                                    "\"%.40s\")",
                                    optarg);
             cli->store = optarg;
+            break;
+        case OPT_NATS:
+            if (nats_list_check(optarg, why, sizeof(why)) < 0)
+                return usage_error(cli, err, errlen, "--nats: %s", why);
+            cli->nats = optarg;
             break;
         case OPT_LOG_LEVEL:
             if (parse_log_level(optarg, &x) < 0)
@@ -1477,6 +1677,19 @@ int hd_config_apply_cli(struct hd_config *cfg, const struct hd_cli *cli,
             return invalid(err, "--store must be memory or sqlite (got \"%.40s\")", cli->store);
         cfg->history.store = (enum hd_store_kind)x;
     }
+    if (cli->nats) {
+        /* Only the type and the servers: a file's other engine keys (stream, replicas...)
+         * still apply, as every other flag overrides just its own key. */
+        struct hd_strlist l = {0};
+        int rc = nats_list_split(cli->nats, &l, why, sizeof(why));
+        if (rc < 0) {
+            strlist_free(&l);
+            return rc == -ENOMEM ? rc : invalid(err, "--nats: %s", why);
+        }
+        strlist_free(&cfg->engine.servers);
+        cfg->engine.servers = l;
+        cfg->engine.type = HD_ENGINE_NATS;
+    }
     if (cli->log_level) {
         if (parse_log_level(cli->log_level, &x) < 0)
             return invalid(err, "--log-level must be error, warn, info or debug (got \"%.40s\")",
@@ -1523,6 +1736,12 @@ int hd_config_validate(const struct hd_config *cfg, struct hd_config_error *err)
     }
     if (cfg->history.store == HD_STORE_SQLITE && (!cfg->data_dir || !cfg->data_dir[0]))
         return invalid(err, "data_dir: the sqlite store needs a data directory");
+    if (cfg->engine.type == HD_ENGINE_NATS && cfg->engine.servers.n == 0)
+        return invalid(err, "engine.servers: engine type \"nats\" needs at least one server, "
+                            "e.g. [\"nats://127.0.0.1:4222\"] (or heraldd --nats URL)");
+    if (cfg->engine.type == HD_ENGINE_LOCAL && cfg->engine.servers.n > 0)
+        return invalid(err, "engine.servers: only used with engine type \"nats\"; set "
+                            "engine.type to \"nats\" or remove the servers");
     if (cfg->limits.max_queue_bytes < cfg->limits.max_event_bytes)
         return invalid(err,
                        "limits.max_queue_bytes (%llu) is smaller than "
