@@ -176,6 +176,26 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
     counter(&b, "herald_http_requests_total", "HTTP requests received.", m->http_requests);
     counter(&b, "herald_publish_rejected_total", "Publish requests refused.", m->publish_rejected);
 
+    if (m->engine_node) {
+        const char *n = m->engine_node;
+        family(&b, "herald_engine_connected", "gauge",
+               "1 while this node is connected to NATS with the stream attached.");
+        put(&b, "herald_engine_connected{node=\"%s\"} %" PRId64 "\n", n, m->engine_connected);
+        family(&b, "herald_engine_feed_lag", "gauge",
+               "Stream sequence minus the last sequence this node delivered.");
+        put(&b, "herald_engine_feed_lag{node=\"%s\"} %" PRId64 "\n", n, m->engine_feed_lag);
+        family(&b, "herald_engine_publishes_pending", "gauge",
+               "Publishes sent to JetStream and not yet acknowledged.");
+        put(&b, "herald_engine_publishes_pending{node=\"%s\"} %" PRId64 "\n", n,
+            m->engine_publishes_pending);
+        family(&b, "herald_engine_replays_total", "counter",
+               "Replays served from JetStream for cursors older than this node's history.");
+        put(&b, "herald_engine_replays_total{node=\"%s\"} %" PRIu64 "\n", n, m->engine_replays);
+        family(&b, "herald_engine_gaps_total", "counter",
+               "Discontinuities in this node's feed (events the stream no longer held).");
+        put(&b, "herald_engine_gaps_total{node=\"%s\"} %" PRIu64 "\n", n, m->engine_gaps);
+    }
+
     histogram(&b, "herald_publish_to_write_seconds",
               "Time from accepting an event to handing its frame to the kernel.",
               &m->publish_to_write);

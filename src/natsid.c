@@ -47,6 +47,7 @@
 #include "natsid.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 /* 2000-01-01 and 2200-01-01 in seconds since the Unix epoch: outside that, `Created` is not a
@@ -119,6 +120,25 @@ int hd_natsid_parse_u64(const char *s, uint64_t *out)
     if (n == 0)
         return -EINVAL;
     *out = v;
+    return 0;
+}
+
+int hd_natsid_info_version(const char *info, int *major, int *minor, char *text, size_t cap)
+{
+    const char *v = strncmp(info, "INFO ", 5) == 0 ? strstr(info, "\"version\":\"") : NULL;
+    int ma = 0, mi = 0;
+    size_t n = 0;
+    if (!v)
+        return -EINVAL;
+    v += strlen("\"version\":\"");
+    while (v[n] && v[n] != '"' && n < 32)
+        n++;
+    if (v[n] != '"' || sscanf(v, "%4d.%4d", &ma, &mi) != 2 || ma < 0 || mi < 0)
+        return -EINVAL;
+    *major = ma;
+    *minor = mi;
+    if (cap)
+        snprintf(text, cap, "%.*s", (int)n, v);
     return 0;
 }
 

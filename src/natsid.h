@@ -61,6 +61,13 @@ const char *hd_natsid_topic(const char *prefix, const char *subject);
  */
 int hd_natsid_parse_u64(const char *s, uint64_t *out);
 
+/*
+ * The server version from the INFO line a NATS server sends first ("INFO {...\"version\":
+ * \"2.10.27\"...}"); `text` (cap bytes) gets the version as written. Returns 0, or -EINVAL
+ * when the line carries no version.
+ */
+int hd_natsid_info_version(const char *info, int *major, int *minor, char *text, size_t cap);
+
 enum hd_follow { HD_FOLLOW_NEXT, HD_FOLLOW_DUP, HD_FOLLOW_GAP };
 
 /*

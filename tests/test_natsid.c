@@ -146,6 +146,31 @@ START_TEST(follow)
 }
 END_TEST
 
+START_TEST(server_version)
+{
+    int ma = 0, mi = 0;
+    char text[32];
+    ck_assert_int_eq(hd_natsid_info_version("INFO {\"server_id\":\"N\",\"version\":\"2.10.27\","
+                                            "\"go\":\"go1.24\"}\r\n",
+                                            &ma, &mi, text, sizeof(text)),
+                     0);
+    ck_assert_int_eq(ma, 2);
+    ck_assert_int_eq(mi, 10);
+    ck_assert_str_eq(text, "2.10.27");
+    ck_assert_int_eq(hd_natsid_info_version("INFO {\"version\":\"2.9.10\"}", &ma, &mi, text, 4), 0);
+    ck_assert_int_eq(ma, 2);
+    ck_assert_int_eq(mi, 9);
+    ck_assert_str_eq(text, "2.9");
+    ck_assert_int_eq(hd_natsid_info_version("INFO {\"proto\":1}", &ma, &mi, text, 32), -EINVAL);
+    ck_assert_int_eq(hd_natsid_info_version("-ERR \"version\":\"2.10.1\"", &ma, &mi, text, 32),
+                     -EINVAL);
+    ck_assert_int_eq(hd_natsid_info_version("INFO {\"version\":\"x\"}", &ma, &mi, text, 32),
+                     -EINVAL);
+    ck_assert_int_eq(hd_natsid_info_version("INFO {\"version\":\"2.10", &ma, &mi, text, 32),
+                     -EINVAL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("natsid");
@@ -156,6 +181,7 @@ int main(void)
     tcase_add_test(tc, subjects);
     tcase_add_test(tc, header_numbers);
     tcase_add_test(tc, follow);
+    tcase_add_test(tc, server_version);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
