@@ -716,6 +716,20 @@ static const struct row history_rows[] = {
      .min = MIB,
      .max = TIB,
      .def = 256 * MIB},
+    /* How long an Idempotency-Key is remembered; 0 turns keys off (they are then ignored). */
+    {.key = "dedupe_window_s",
+     .type = T_U32,
+     .offset = CFG(history.dedupe_window_s),
+     .min = 0,
+     .max = 7 * 86400,
+     .def = 120},
+    /* Bounds the dedupe table's memory (about 100 bytes a key); the oldest keys go first. */
+    {.key = "dedupe_max_keys",
+     .type = T_U32,
+     .offset = CFG(history.dedupe_max_keys),
+     .min = 1000,
+     .max = 100000000,
+     .def = 1000000},
 };
 static const struct table history_table = TABLE(history_rows, NULL);
 
@@ -784,6 +798,19 @@ static const struct row limits_rows[] = {
      .min = 1,
      .max = 300,
      .def = 10},
+    {.key = "max_batch_events",
+     .type = T_U32,
+     .offset = CFG(limits.max_batch_events),
+     .min = 1,
+     .max = 100000,
+     .def = 1000},
+    /* A batch body is read whole before any of it is published: this bounds that memory. */
+    {.key = "max_batch_bytes",
+     .type = T_U64,
+     .offset = CFG(limits.max_batch_bytes),
+     .min = 1024,
+     .max = GIB,
+     .def = 16 * MIB},
 };
 static const struct table limits_table = TABLE(limits_rows, limits_post);
 

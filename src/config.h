@@ -48,6 +48,8 @@ struct hd_config {
         uint32_t max_events_per_topic; /* default 1000, 1..10,000,000 */
         uint32_t max_age_s;            /* default 86400, 0 = no age limit */
         uint64_t max_memory_bytes;     /* global cap on retained history, default 256 MiB */
+        uint32_t dedupe_window_s;      /* Idempotency-Key memory, default 120, 0 = off */
+        uint32_t dedupe_max_keys;      /* keys remembered at most, default 1,000,000 */
     } history;
 
     struct {
@@ -61,6 +63,8 @@ struct hd_config {
         uint32_t publish_burst;                    /* bucket size, default 2x rate */
         uint32_t max_header_bytes;                 /* default 4096 */
         uint32_t handshake_timeout_s;              /* default 10 */
+        uint32_t max_batch_events;                 /* lines per POST /v1/publish, default 1000 */
+        uint64_t max_batch_bytes;                  /* a batch body, default 16 MiB */
     } limits;
 
     uint32_t heartbeat_s; /* default 25, 1..3600 */

@@ -21,7 +21,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
+#include "config.h"
 #include "fanout.h"
+#include "metrics.h"
 
 struct hd_engine;
 
@@ -82,6 +86,10 @@ struct hd_engine_sink {
      */
     void (*recover_base)(void *broker, uint64_t base_seq);
     void (*recovered)(void *broker, struct hd_msg *msg, const char *key);
+    /* A key whose event is not (or no longer) recovered, with the first publish's answer;
+     * for engines that keep keys apart from events (the SQLite store keeps them for
+     * history.dedupe_window_s, however long the events themselves are retained). */
+    void (*recovered_key)(void *broker, const char *key, uint64_t seq, int64_t time_ms);
     /*
      * A discontinuity: events before `next_seq` that were not delivered may be missing
      * (a node cut off from its cluster for longer than the stream keeps). Live subscribers
@@ -115,9 +123,18 @@ struct hd_engine_ops {
                   hd_replay_fn done, void *arg);
     /* Publishes accepted and not yet acknowledged. */
     size_t (*pending)(const struct hd_engine *e);
-    /* Stops accepting publishes and finishes those in flight (their `ack` runs). */
+    /* Stops accepting publishes; those in flight still complete. */
     void (*drain)(struct hd_engine *e);
-    /* Frees the engine; publishes still in flight are failed with -ESHUTDOWN first. */
+    /* Applies what a reload may change (retention, limits). Optional. */
+    void (*reload)(struct hd_engine *e, const struct hd_config *cfg);
+    /*
+     * Completes everything in flight (every `ack` runs, each delivered event reaches the
+     * sink) and releases what the engine holds outside memory (files, connections). Called
+     * once the loop stopped serving, while transports can still write the answers; the loop
+     * must run afterwards for handles to close.
+     */
+    void (*stop)(struct hd_engine *e);
+    /* Frees the engine (after stop, or when start failed). */
     void (*destroy)(struct hd_engine *e);
 };
 
@@ -126,16 +143,17 @@ struct hd_engine {
     struct hd_engine_sink sink; /* set by the broker (hd_broker_set_engine) before start */
 };
 
-struct hd_store;
-
 /*
  * The local engine: ids come from a hybrid clock (max(last id + 1, wall clock in
  * microseconds)), so they are ordered, unique and keep increasing across restarts even when
- * history is not persisted. With a `store` (borrowed; NULL for the memory store) start()
- * recovers history from it, and an event is delivered and acknowledged only once the store
- * has it (with durability sync: on disk), so nothing a crash could take back is ever seen by
- * a subscriber. Returns NULL when out of memory.
+ * history is not persisted. With history.store sqlite it opens the store in data_dir on
+ * `loop` (commit durations go to `commit_hist`, borrowed), start() recovers history from it,
+ * and an event is delivered and acknowledged only once the store has it (with durability
+ * sync: on disk), so nothing a crash could take back is ever seen by a subscriber. `cfg` is
+ * borrowed until reload. Returns NULL with a sentence in `why` when the store cannot be
+ * opened or memory runs out.
  */
-struct hd_engine *hd_engine_local_new(struct hd_store *store);
+struct hd_engine *hd_engine_local_new(uv_loop_t *loop, const struct hd_config *cfg,
+                                      struct hd_histogram *commit_hist, char *why, size_t why_len);
 
 #endif

@@ -35,6 +35,7 @@
 #include "config.h"
 #include "fanout.h"
 #include "handoff.h"
+#include "history.h"
 #include "log.h"
 #include "metrics.h"
 #include "natsid.h"
@@ -51,6 +52,7 @@
 #define MAX_INFLIGHT 65536  /* async publishes in flight before 503 */
 #define DEDUPE_WINDOW_S 120 /* the stream's duplicate window (Nats-Msg-Id) */
 #define REPLAY_MAX 100000   /* events one replay may return */
+#define STOP_WAIT_MS 5000   /* at stop, how long publishes in flight may take */
 #define HDR_TIME "Herald-Time"
 #define HDR_EVENT "Herald-Event"
 #define HDR_KEY "Herald-Key"
@@ -197,7 +199,8 @@ struct nats_engine {
 
     /* Loop-owned. */
     bool started, connected, attached, ready, recovering, recover_base_sent, draining, stopping,
-        fatal;
+        stopped, destroyed, fatal;
+    size_t n_retrying;  /* publishes in the retry list (sent, failed, waiting to be resent) */
     uint64_t ep_base;   /* epoch base of the stream we follow (0: none yet) */
     uint64_t last_seq;  /* last stream sequence delivered (or recovered) */
     uint64_t start_seq; /* where the current feed started */
@@ -1090,6 +1093,7 @@ static void handle_ack(struct nats_engine *e, struct item *it)
         p->retrying = true;
         unsigned shift = p->attempts < 4 ? p->attempts : 4;
         p->retry_at_ns = hd_now_ns() + ((uint64_t)RETRY_EVERY_MS << shift) / 2 * 1000000;
+        e->n_retrying++;
         p->next_retry = e->retry_head;
         e->retry_head = p;
         if (!uv_is_active((uv_handle_t *)&e->retry_timer))
@@ -1112,10 +1116,13 @@ static void on_retry_timer(uv_timer_t *t)
         struct pub *p = list;
         list = p->next_retry;
         if (now >= p->deadline_ns || e->stopping) {
-            pub_finish(e, p, e->stopping ? -ESHUTDOWN : -ETIMEDOUT, 0, 0, false);
+            /* Sent at least once: it may exist, so not -ESHUTDOWN (engine.h). */
+            e->n_retrying--;
+            pub_finish(e, p, -ETIMEDOUT, 0, 0, false);
             continue;
         }
         if (now >= p->retry_at_ns && e->ready && send_pub(e, p) == 0) {
+            e->n_retrying--;
             p->retrying = false;
             continue;
         }
@@ -1136,8 +1143,6 @@ static void handle_feed(struct nats_engine *e, struct item *it)
         hd_log_warn("the stream no longer holds events this node missed",
                     "from_seq=%llu to_seq=%llu", (unsigned long long)e->last_seq + 1,
                     (unsigned long long)it->seq - 1);
-        if (e->metrics)
-            e->metrics->engine_gaps++;
         if (e->base.sink.gap)
             e->base.sink.gap(e->base.sink.broker, hd_natsid_make(e->ep_base, it->seq));
         break;
@@ -1197,8 +1202,6 @@ static void handle_attached(struct nats_engine *e, struct item *it)
         e->start_seq = it->start_seq;
         e->last_seq = 0;
         e->recovering = false;
-        if (e->metrics)
-            e->metrics->engine_gaps++;
         if (e->base.sink.gap)
             e->base.sink.gap(e->base.sink.broker, hd_natsid_make(it->base, it->start_seq));
     }
@@ -1280,8 +1283,6 @@ static void handle_item(struct nats_engine *e, struct item *it)
     }
     case IT_REPLAY: {
         struct replay *r = it->replay;
-        if (r->err == 0 && e->metrics)
-            e->metrics->engine_replays++;
         r->done(r->arg, r->err, r->msgs, r->n, r->gap);
         for (size_t i = 0; i < r->n; i++)
             hd_msg_unref(r->msgs[i]);
@@ -1539,10 +1540,11 @@ static void nats_drain(struct hd_engine *base)
     E(base)->draining = true;
 }
 
+/* The engine's memory goes with the last of its handles, or at destroy if that comes later. */
 static void on_handle_closed(uv_handle_t *h)
 {
     struct nats_engine *e = h->data;
-    if (--e->handles_open == 0)
+    if (--e->handles_open == 0 && e->destroyed)
         free(e);
 }
 
@@ -1559,78 +1561,124 @@ static void free_config(struct nats_engine *e)
     free(e->status_subject);
 }
 
-static void nats_destroy(struct hd_engine *base)
+static void fail_replay(struct replay *r)
 {
-    struct nats_engine *e = E(base);
-    if (!e)
-        return;
-    e->stopping = true;
-    while (e->gathers)
-        gather_finish(e->gathers, -ESHUTDOWN);
-    if (e->worker_started) {
-        struct job *j = calloc(1, sizeof(*j));
-        if (j) {
-            j->kind = JOB_STOP;
-            job_post(e, j);
-            pthread_join(e->worker, NULL);
-        }
-    }
-    /* Closing the connection stops every callback before we free what they use. */
-    if (e->feed_sub)
-        natsSubscription_Destroy(e->feed_sub);
-    if (e->status_sub)
-        natsSubscription_Destroy(e->status_sub);
-    if (e->nc)
-        natsConnection_Close(e->nc);
-    /* Whatever libnats handed over and the loop did not take yet. */
+    r->done(r->arg, -ESHUTDOWN, NULL, 0, true);
+    for (size_t i = 0; i < r->n; i++)
+        hd_msg_unref(r->msgs[i]);
+    free(r->msgs);
+    free(r->subject);
+    free(r);
+}
+
+/* Handles whatever libnats and the worker handed over, all of it. Loop thread. */
+static void drain_inbox(struct nats_engine *e)
+{
     bool more = true;
     while (more) {
         struct hd_handoff_node *n = hd_handoff_pop(&e->inbox, SIZE_MAX, &more);
         while (n) {
             struct item *it = (struct item *)n;
             n = n->next;
-            if (it->kind == IT_ACK) {
-                size_t slot;
-                struct pub *p = pubs_find(e, it->nmsg, &slot);
-                if (p)
-                    p->retrying = true; /* handed back: ours to free below */
-                else
-                    natsMsg_Destroy(it->nmsg);
-            } else if (it->kind == IT_DUP_TIME) {
-                pub_finish(e, it->pub, -ESHUTDOWN, 0, 0, false);
-            } else if (it->kind == IT_REPLAY) {
-                struct replay *r = it->replay;
-                r->done(r->arg, -ESHUTDOWN, NULL, 0, true);
-                for (size_t i = 0; i < r->n; i++)
-                    hd_msg_unref(r->msgs[i]);
-                free(r->msgs);
-                free(r->subject);
-                free(r);
-            }
+            handle_item(e, it);
             item_free(it);
         }
     }
-    /* Publishes still in flight: libnats owns their messages until it calls back, which it
-     * no longer will; fail them (the messages go with the connection). */
+}
+
+/*
+ * Completes what is in flight: publishes get up to STOP_WAIT_MS for their acks (the loop
+ * is not running, so this thread handles the hand-off queue itself), then the connection
+ * closes and whatever is left fails. Replays and gathers end with -ESHUTDOWN.
+ */
+static void nats_stop(struct hd_engine *base)
+{
+    struct nats_engine *e = E(base);
+    if (e->stopped)
+        return;
+    e->stopped = e->stopping = true;
+    while (e->gathers)
+        gather_finish(e->gathers, -ESHUTDOWN);
+    uint64_t until = hd_now_ns() + (uint64_t)STOP_WAIT_MS * 1000000;
+    drain_inbox(e);
+    while (e->n_pubs > e->n_retrying && hd_now_ns() < until) {
+        struct timespec ts = {.tv_nsec = 2000000};
+        nanosleep(&ts, NULL);
+        drain_inbox(e);
+    }
+    if (e->worker_started) {
+        struct job *j = calloc(1, sizeof(*j));
+        if (j) {
+            j->kind = JOB_STOP;
+            job_post(e, j);
+            pthread_join(e->worker, NULL);
+            e->worker_started = false;
+        }
+    }
+    /* Jobs the worker did not get to. */
+    for (struct job *j = e->jobs, *next; j; j = next) {
+        next = j->next;
+        if (j->kind == JOB_REPLAY)
+            fail_replay(j->replay);
+        else if (j->kind == JOB_DUP_TIME)
+            pub_finish(e, j->pub, -ESHUTDOWN, 0, 0, false);
+        free(j);
+    }
+    e->jobs = e->jobs_tail = NULL;
+    if (e->feed_sub) {
+        natsSubscription_Unsubscribe(e->feed_sub);
+        natsSubscription_Destroy(e->feed_sub);
+        e->feed_sub = NULL;
+    }
+    if (e->status_sub) {
+        natsSubscription_Unsubscribe(e->status_sub);
+        natsSubscription_Destroy(e->status_sub);
+        e->status_sub = NULL;
+    }
+    if (e->nc)
+        natsConnection_Close(e->nc);
+    drain_inbox(e);
+    /* Still unanswered: sent at least once, so the event may exist; a retry with the same
+     * key is safe (engine.h: -ETIMEDOUT). */
     for (size_t i = 0; i < e->pubs_cap; i++) {
         struct pub *p = e->pubs[i];
         if (!p)
             continue;
         e->pubs[i] = NULL;
-        if (!p->retrying)
-            p->msg = NULL;
-        else
-            natsMsg_Destroy(p->msg), p->msg = NULL;
-        p->ack(p->arg, -ESHUTDOWN, NULL);
+        if (p->retrying) /* handed back by libnats: ours to free */
+            natsMsg_Destroy(p->msg);
+        p->msg = NULL; /* otherwise libnats still owns it, and frees it with the context */
+        p->ack(p->arg, -ETIMEDOUT, NULL);
         free(p);
     }
+    e->n_pubs = e->n_retrying = 0;
+    e->retry_head = NULL;
+    e->ready = false;
+    update_gauges(e);
+    if (e->metrics)
+        e->metrics->engine_node = NULL; /* the name is freed with the engine */
+    uv_close((uv_handle_t *)&e->async, on_handle_closed);
+    uv_close((uv_handle_t *)&e->retry_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&e->check_timer, on_handle_closed);
+}
+
+static void nats_destroy(struct hd_engine *base)
+{
+    struct nats_engine *e = E(base);
+    if (!e)
+        return;
+    nats_stop(base);
     free(e->pubs);
     e->pubs = NULL;
-    e->n_pubs = 0;
     jsCtx_Destroy(e->js);
+    e->js = NULL;
     if (e->nc)
         natsConnection_Destroy(e->nc);
+    e->nc = NULL;
     natsOptions_Destroy(e->opts);
+    e->opts = NULL;
+    if (e->started)
+        nats_CloseAndWait(2000); /* libnats' threads are gone: no callback can reach us now */
     while (e->feed_closure) {
         struct feed_closure *fc = e->feed_closure;
         e->feed_closure = fc->older;
@@ -1641,11 +1689,9 @@ static void nats_destroy(struct hd_engine *base)
     pthread_mutex_destroy(&e->feed_lock);
     pthread_mutex_destroy(&e->job_lock);
     pthread_cond_destroy(&e->job_cond);
-    if (e->metrics)
-        e->metrics->engine_connected = 0;
-    uv_close((uv_handle_t *)&e->async, on_handle_closed);
-    uv_close((uv_handle_t *)&e->retry_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&e->check_timer, on_handle_closed);
+    e->destroyed = true;
+    if (e->handles_open == 0)
+        free(e);
 }
 
 static const struct hd_engine_ops nats_ops = {
@@ -1655,6 +1701,7 @@ static const struct hd_engine_ops nats_ops = {
     .replay = nats_replay,
     .pending = nats_pending,
     .drain = nats_drain,
+    .stop = nats_stop,
     .destroy = nats_destroy,
 };
 
@@ -1732,6 +1779,23 @@ void hd_engine_nats_set_status_lookup(struct hd_engine *base, hd_status_lookup_f
 {
     E(base)->status_lookup = lookup;
     E(base)->status_arg = arg;
+}
+
+/* Answers a status request from this node's history: the counts of an event it still holds. */
+static int history_lookup(void *arg, uint64_t id, struct hd_status_counts *out)
+{
+    const struct hd_msg *m = hd_history_get(arg, id);
+    if (!m)
+        return -ENOENT;
+    *out = (struct hd_status_counts){
+        .queued = m->queued, .written = m->written, .dropped = m->dropped};
+    return 0;
+}
+
+void hd_engine_nats_wire(struct hd_engine *e, struct hd_metrics *m, struct hd_history *h)
+{
+    hd_engine_nats_set_metrics(e, m);
+    hd_engine_nats_set_status_lookup(e, history_lookup, h);
 }
 
 /* ---- delivery status across nodes ----------------------------------------------------- */

@@ -33,6 +33,15 @@ bool hd_engine_is_nats(const struct hd_engine *e);
  */
 void hd_engine_nats_set_metrics(struct hd_engine *e, struct hd_metrics *m);
 
+struct hd_history;
+
+/*
+ * The usual wiring in one call (main.c): gauges into `m` (hd_engine_nats_set_metrics) and
+ * status requests from other nodes answered from `h`, this node's history (borrowed; both
+ * must outlive the engine).
+ */
+void hd_engine_nats_wire(struct hd_engine *e, struct hd_metrics *m, struct hd_history *h);
+
 /* Delivery status of one event on this node (PROTOCOL.md section 4). */
 struct hd_status_counts {
     uint64_t queued, written, dropped;

@@ -18,10 +18,10 @@
 #include "broker.h"
 #include "config.h"
 #include "engine.h"
+#include "engine_nats.h"
 #include "log.h"
 #include "server.h"
 #include "tls.h"
-#include "store.h"
 #include "uvpoll.h"
 
 /* How long a drain waits for clients to take their close frames before forcing the stop. */
@@ -37,7 +37,6 @@ struct daemon {
     const struct hd_cli *cli;
     struct hd_broker *broker;
     struct hd_engine *engine; /* owned by the broker */
-    struct hd_store *store;   /* NULL with the memory store */
     struct hd_server *server;
     bool stopping;
     uint64_t drain_started_ns;
@@ -86,14 +85,6 @@ static int load_config(struct hd_config *cfg, const struct hd_cli *cli, FILE *er
     return r;
 }
 
-static void load_event(void *arg, struct hd_msg *m)
-{
-    /* Recovered events go back into history only: they were delivered in an earlier life. */
-    if (hd_history_append(hd_broker_history(arg), m))
-        hd_log_warn("recovered event not retained", "reason=ENOMEM");
-    hd_msg_unref(m);
-}
-
 static void notify_status(struct daemon *d)
 {
     struct hd_metrics *m = hd_broker_metrics(d->broker);
@@ -139,7 +130,7 @@ static void on_drain_check(uv_timer_t *t)
     struct daemon *d = t->data;
     uint64_t waited_ms = (uv_hrtime() - d->drain_started_ns) / 1000000;
     size_t conns = hd_broker_connections(d->broker);
-    size_t pending = hd_engine_local_pending(d->engine);
+    size_t pending = hd_broker_publishes_in_flight(d->broker);
     if ((conns == 0 && pending == 0) || waited_ms >= DRAIN_TIMEOUT_MS) {
         if (conns || pending)
             hd_log_warn("drain timed out", "connections=%zu publishes_pending=%zu", conns, pending);
@@ -187,7 +178,7 @@ static void on_reload(uv_signal_t *h, int signum)
         auth = NULL;
     }
     if (auth) {
-        /* Listeners and the store stay as started; limits, auth and log level change now.
+        /* Listeners and the engine stay as started; limits, auth and log level change now.
          * The broker borrows the config, so the old reloaded one is freed only after the
          * broker points at the new one. */
         struct hd_config old = d->reloaded;
@@ -196,14 +187,6 @@ static void on_reload(uv_signal_t *h, int signum)
         d->has_reloaded = true;
         hd_log_set_level(d->reloaded.log_level);
         hd_broker_reload(d->broker, &d->reloaded);
-        if (d->store) {
-            struct hd_history_limits lim = {
-                .max_events_per_topic = d->reloaded.history.max_events_per_topic,
-                .max_age_s = d->reloaded.history.max_age_s,
-                .max_bytes = d->reloaded.history.max_memory_bytes,
-            };
-            hd_store_set_limits(d->store, &lim);
-        }
         hd_broker_set_auth(d->broker, auth);
         if (had_old)
             hd_config_free(&old);
@@ -226,6 +209,116 @@ static void start_watchdog(struct daemon *d)
     if (!every_ms)
         every_ms = 1;
     uv_timer_start(&d->watchdog, on_watchdog, every_ms, every_ms);
+}
+
+/* Broker, engine and authenticator; recovery runs in the engine's start. Returns 0, 1 (bad
+ * configuration) or 2 (runtime failure), having logged why. */
+static int build_core(struct daemon *d)
+{
+    char why[512] = "";
+    d->broker = hd_broker_new(&d->cfg);
+    if (!d->broker) {
+        hd_log_error("out of memory", "");
+        return 2;
+    }
+    if (d->cfg.engine.type == HD_ENGINE_NATS) {
+        d->engine = hd_engine_nats_new(&d->loop, &d->cfg);
+        if (d->engine)
+            hd_engine_nats_wire(d->engine, hd_broker_metrics(d->broker),
+                                hd_broker_history(d->broker));
+        else
+            snprintf(why, sizeof(why), "out of memory");
+    } else {
+        d->engine = hd_engine_local_new(
+            &d->loop, &d->cfg, &hd_broker_metrics(d->broker)->store_commit, why, sizeof(why));
+    }
+    if (!d->engine) {
+        hd_log_error("cannot start the event engine", "data_dir=\"%s\" error=\"%s\"",
+                     d->cfg.data_dir, why);
+        return 2;
+    }
+    hd_broker_set_engine(d->broker, d->engine);
+    struct hd_auth *auth = hd_auth_new(&d->cfg, why, sizeof(why));
+    if (!auth) {
+        fprintf(stderr, "heraldd: %s\n", why);
+        return 1;
+    }
+    hd_broker_set_auth(d->broker, auth);
+    if (hd_broker_start(d->broker, why, sizeof(why))) {
+        hd_log_error("cannot start the event engine", "error=\"%s\"", why);
+        return 2;
+    }
+    return 0;
+}
+
+static void init_own_handles(struct daemon *d)
+{
+    uv_signal_init(&d->loop, &d->sigterm);
+    uv_signal_init(&d->loop, &d->sigint);
+    uv_signal_init(&d->loop, &d->sighup);
+    uv_timer_init(&d->loop, &d->tick);
+    uv_timer_init(&d->loop, &d->watchdog);
+    uv_timer_init(&d->loop, &d->drain);
+    d->sigterm.data = d->sigint.data = d->sighup.data = d;
+    d->tick.data = d->watchdog.data = d->drain.data = d;
+    /* Signals first: a test (or systemd) may signal as soon as the listening line appears. */
+    uv_signal_start(&d->sigterm, on_stop_signal, SIGTERM);
+    uv_signal_start(&d->sigint, on_stop_signal, SIGINT);
+    uv_signal_start(&d->sighup, on_reload, SIGHUP);
+}
+
+/* Serves until a stop, then winds down in order: the engine completes what is in flight
+ * while lws can still write the answers, then the transport, then our handles. */
+static int serve(struct daemon *d, bool fast_poll)
+{
+    d->server = hd_server_new(&d->loop, d->broker, &d->cfg);
+    if (hd_server_failed(d->server)) {
+        hd_server_destroy(d->server);
+        close_own_handles(d);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        hd_server_free(d->server);
+        return 2;
+    }
+    uv_timer_start(&d->tick, on_tick, 1000, 1000);
+    start_watchdog(d);
+    hd_log_info("ready", "version=%s engine=%s store=%s uv_poll=%s", HERALD_VERSION,
+                d->engine->ops->name, d->cfg.history.store == HD_STORE_SQLITE ? "sqlite" : "memory",
+                fast_poll ? "fast" : "libuv");
+    sd_notify(0, "READY=1");
+    notify_status(d);
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    d->engine->ops->stop(d->engine);
+    hd_server_destroy(d->server);
+    close_own_handles(d);
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    hd_server_free(d->server);
+    hd_log_debug("event loop", "uv_poll_fast_changes=%" PRIu64, hd_uvpoll_fast_total());
+    return d->stopping ? 0 : 2;
+}
+
+static int run(struct daemon *d)
+{
+    bool fast_poll = hd_uvpoll_init();
+    if (uv_loop_init(&d->loop)) {
+        hd_log_error("cannot start the event loop", "");
+        return 2;
+    }
+    init_own_handles(d);
+    int rc = build_core(d);
+    if (rc == 0) {
+        rc = serve(d, fast_poll);
+        hd_log_info("stopped", "exit=%d", rc);
+    } else {
+        if (d->engine)
+            d->engine->ops->stop(d->engine);
+        close_own_handles(d);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+    }
+    hd_broker_free(d->broker); /* frees the engine too */
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&d->loop))
+        hd_log_warn("event loop not closed cleanly", "");
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -264,113 +357,7 @@ int main(int argc, char **argv)
     d.live_cfg = &d.cfg;
     hd_log_set_level(d.cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
-
-    int rc = 2;
-    bool fast_poll = hd_uvpoll_init();
-    if (uv_loop_init(&d.loop)) {
-        hd_log_error("cannot start the event loop", "");
-        goto out_cfg;
-    }
-    uint64_t base_seq = hd_engine_local_next_seq(0), last_seq = base_seq - 1;
-    if (d.cfg.history.store == HD_STORE_SQLITE) {
-        struct hd_history_limits lim = {
-            .max_events_per_topic = d.cfg.history.max_events_per_topic,
-            .max_age_s = d.cfg.history.max_age_s,
-            .max_bytes = d.cfg.history.max_memory_bytes,
-        };
-        struct hd_store_info info;
-        char serr[256] = "";
-        d.store = hd_store_open(&d.loop, d.cfg.data_dir, d.cfg.history.durability, &lim, base_seq,
-                                &info, serr, sizeof(serr));
-        if (!d.store) {
-            hd_log_error("cannot open the event store", "data_dir=\"%s\" error=\"%s\"",
-                         d.cfg.data_dir, serr);
-            goto out_loop;
-        }
-        base_seq = info.base_seq;
-        last_seq = info.last_seq > base_seq - 1 ? info.last_seq : base_seq - 1;
-    }
-    d.broker = hd_broker_new(&d.cfg, base_seq);
-    d.engine = d.broker ? hd_engine_local_new(last_seq, d.store) : NULL;
-    if (!d.engine) {
-        hd_log_error("out of memory", "");
-        goto out_store;
-    }
-    hd_broker_set_engine(d.broker, d.engine);
-    if (d.store)
-        hd_store_set_commit_histogram(d.store, &hd_broker_metrics(d.broker)->store_commit);
-    char aerr[300] = "";
-    struct hd_auth *auth = hd_auth_new(&d.cfg, aerr, sizeof(aerr));
-    if (!auth) {
-        fprintf(stderr, "heraldd: %s\n", aerr);
-        rc = 1;
-        goto out_broker;
-    }
-    hd_broker_set_auth(d.broker, auth);
-    if (d.store) {
-        if (hd_store_load(d.store, load_event, d.broker)) {
-            hd_log_error("cannot load history from the event store", "data_dir=\"%s\"",
-                         d.cfg.data_dir);
-            goto out_broker;
-        }
-        hd_log_info("history recovered", "events=%zu last_id=%016" PRIx64,
-                    hd_history_events(hd_broker_history(d.broker)), last_seq);
-    }
-
-    uv_signal_init(&d.loop, &d.sigterm);
-    uv_signal_init(&d.loop, &d.sigint);
-    uv_signal_init(&d.loop, &d.sighup);
-    uv_timer_init(&d.loop, &d.tick);
-    uv_timer_init(&d.loop, &d.watchdog);
-    uv_timer_init(&d.loop, &d.drain);
-    d.sigterm.data = d.sigint.data = d.sighup.data = &d;
-    d.tick.data = d.watchdog.data = d.drain.data = &d;
-
-    /* Signals first: a test (or systemd) may signal as soon as the listening line appears. */
-    uv_signal_start(&d.sigterm, on_stop_signal, SIGTERM);
-    uv_signal_start(&d.sigint, on_stop_signal, SIGINT);
-    uv_signal_start(&d.sighup, on_reload, SIGHUP);
-    d.server = hd_server_new(&d.loop, d.broker, &d.cfg);
-    if (hd_server_failed(d.server)) {
-        hd_server_destroy(d.server);
-        close_own_handles(&d);
-        uv_run(&d.loop, UV_RUN_DEFAULT);
-        hd_server_free(d.server);
-        goto out_broker;
-    }
-    uv_timer_start(&d.tick, on_tick, 1000, 1000);
-    start_watchdog(&d);
-    hd_log_info("ready", "version=%s store=%s uv_poll=%s", HERALD_VERSION,
-                d.cfg.history.store == HD_STORE_SQLITE ? "sqlite" : "memory",
-                fast_poll ? "fast" : "libuv");
-    sd_notify(0, "READY=1");
-    notify_status(&d);
-
-    uv_run(&d.loop, UV_RUN_DEFAULT);
-    /* Commit and complete what is still queued while lws can still write the answers. */
-    if (d.store) {
-        hd_store_close(d.store);
-        d.store = NULL;
-    }
-    hd_server_destroy(d.server);
-    close_own_handles(&d);
-    uv_run(&d.loop, UV_RUN_DEFAULT);
-    hd_server_free(d.server);
-    rc = d.stopping ? 0 : 2;
-    hd_log_debug("event loop", "uv_poll_fast_changes=%" PRIu64, hd_uvpoll_fast_total());
-    hd_log_info("stopped", "exit=%d", rc);
-out_broker:
-    hd_broker_free(d.broker);
-out_store:
-    if (d.store) {
-        hd_store_close(d.store);
-        close_own_handles(&d);
-        uv_run(&d.loop, UV_RUN_DEFAULT);
-    }
-out_loop:
-    if (uv_loop_close(&d.loop))
-        hd_log_warn("event loop not closed cleanly", "");
-out_cfg:
+    int rc = run(&d);
     if (d.has_reloaded)
         hd_config_free(&d.reloaded);
     hd_config_free(&d.cfg);

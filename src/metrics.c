@@ -175,6 +175,14 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
             m->protocol_errors);
     counter(&b, "herald_http_requests_total", "HTTP requests received.", m->http_requests);
     counter(&b, "herald_publish_rejected_total", "Publish requests refused.", m->publish_rejected);
+    counter(&b, "herald_publish_duplicates_total",
+            "Publishes answered from an earlier publish with the same idempotency key.",
+            m->publish_duplicates);
+    counter(&b, "herald_feed_gaps_total",
+            "Discontinuities in the event feed (live subscribers were sent a gap).", m->feed_gaps);
+    counter(&b, "herald_engine_replays_total",
+            "Subscriptions whose replay came from the engine because history no longer held it.",
+            m->engine_replays);
 
     if (m->engine_node) {
         const char *n = m->engine_node;
@@ -188,12 +196,6 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
                "Publishes sent to JetStream and not yet acknowledged.");
         put(&b, "herald_engine_publishes_pending{node=\"%s\"} %" PRId64 "\n", n,
             m->engine_publishes_pending);
-        family(&b, "herald_engine_replays_total", "counter",
-               "Replays served from JetStream for cursors older than this node's history.");
-        put(&b, "herald_engine_replays_total{node=\"%s\"} %" PRIu64 "\n", n, m->engine_replays);
-        family(&b, "herald_engine_gaps_total", "counter",
-               "Discontinuities in this node's feed (events the stream no longer held).");
-        put(&b, "herald_engine_gaps_total{node=\"%s\"} %" PRIu64 "\n", n, m->engine_gaps);
     }
 
     histogram(&b, "herald_publish_to_write_seconds",

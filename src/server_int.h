@@ -13,6 +13,7 @@
 #include <libwebsockets.h>
 #include <uv.h>
 
+#include "api.h"
 #include "broker.h"
 #include "config.h"
 #include "protocol.h"
@@ -115,6 +116,9 @@ bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int c
  * it does not fit.
  */
 size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message);
+/* The same for a whole response the API filled (status, headers, body), with
+ * `connection: close`. Returns its length, 0 when it does not fit. */
+size_t srv_format_resp(char *out, size_t cap, const struct hd_http_resp *resp);
 
 /*
  * The accept-to-destroy life of every TCP connection, whichever protocol lws routes it to

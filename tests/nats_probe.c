@@ -34,6 +34,7 @@ static size_t line_len;
 static size_t outstanding, acked, failed;
 static bool want_acks;
 static struct hd_metrics metrics;
+static bool quitting;
 
 static void idhex(uint64_t id, char out[HD_EVENT_ID_LEN + 1])
 {
@@ -177,9 +178,9 @@ static void command(char *cmd)
                (long long)metrics.engine_publishes_pending,
                (unsigned long long)metrics.engine_replays);
     } else if (strcmp(a, "quit") == 0) {
-        engine->ops->destroy(engine);
-        engine = NULL;
-        uv_walk(&loop, on_close_all, NULL);
+        quitting = true;
+        engine->ops->stop(engine);
+        uv_walk(&loop, on_close_all, NULL); /* main destroys the engine once the loop is done */
     }
     fflush(stdout);
 }
@@ -193,10 +194,11 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     if (n < 0) {
-        command("quit");
+        if (!quitting)
+            command("quit");
         return;
     }
-    for (ssize_t i = 0; i < n && engine; i++) {
+    for (ssize_t i = 0; i < n && !quitting; i++) {
         if (buf->base[i] == '\n') {
             line[line_len] = '\0';
             line_len = 0;
@@ -254,7 +256,10 @@ int main(int argc, char **argv)
     uv_pipe_open(&in, 0);
     uv_read_start((uv_stream_t *)&in, on_alloc, on_read);
     uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    engine->ops->destroy(engine);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop))
+        fprintf(stderr, "loop not closed cleanly\n");
     hd_config_free(&cfg);
     hd_cli_free(&cli);
     return 0;
