@@ -172,7 +172,9 @@ struct nats_engine {
     char *stream, *prefix, *node, *creds, *ca, *status_subject;
     int replicas;
     uint32_t max_age_s, max_event_bytes;
-    char instance[24]; /* tells our own status requests apart from other nodes' */
+    uint32_t dedupe_window_s; /* the stream's duplicate window: history.dedupe_window_s, and at
+                                 least DEDUPE_WINDOW_S for our own retries */
+    char instance[24];        /* tells our own status requests apart from other nodes' */
 
     /* libnats objects: created by the worker, used by the loop only while attached. */
     natsOptions *opts;
@@ -471,11 +473,11 @@ static int stream_fits(struct nats_engine *e, const jsStreamInfo *si, char *why,
                  e->stream, (int)c->Replicas, e->replicas, (int)c->Replicas);
         return -EINVAL;
     }
-    if (c->Duplicates < (int64_t)DEDUPE_WINDOW_S * 1000000000) {
+    if (c->Duplicates < (int64_t)e->dedupe_window_s * 1000000000) {
         snprintf(why, cap,
                  "stream %s keeps message ids for %llds, less than the %ds Herald relies on "
                  "to make retried publishes safe",
-                 e->stream, (long long)(c->Duplicates / 1000000000), DEDUPE_WINDOW_S);
+                 e->stream, (long long)(c->Duplicates / 1000000000), (int)e->dedupe_window_s);
         return -EINVAL;
     }
     if (c->NoAck || c->Sealed) {
@@ -509,7 +511,7 @@ static int stream_ensure(struct nats_engine *e, jsStreamInfo **out, char *why, s
         sc.Retention = js_LimitsPolicy;
         sc.Storage = js_FileStorage;
         sc.Replicas = e->replicas;
-        sc.Duplicates = (int64_t)DEDUPE_WINDOW_S * 1000000000;
+        sc.Duplicates = (int64_t)e->dedupe_window_s * 1000000000;
         sc.MaxAge = (int64_t)e->max_age_s * 1000000000;
         sc.MaxMsgSize = (int32_t)(e->max_event_bytes + 4096);
         sc.AllowDirect = true;
@@ -1744,6 +1746,9 @@ struct hd_engine *hd_engine_nats_new(uv_loop_t *loop, const struct hd_config *cf
     e->replicas = (int)(cfg->engine.replicas ? cfg->engine.replicas : 1);
     e->max_age_s = cfg->history.max_age_s;
     e->max_event_bytes = cfg->limits.max_event_bytes;
+    e->dedupe_window_s = cfg->history.dedupe_window_s > DEDUPE_WINDOW_S
+                             ? cfg->history.dedupe_window_s
+                             : DEDUPE_WINDOW_S;
     char subj[128];
     snprintf(subj, sizeof(subj), STATUS_SUBJECT_FMT, e->stream ? e->stream : "");
     e->status_subject = dup_or_null(subj, &oom);
