@@ -671,16 +671,31 @@ static void do_check(struct nats_engine *e)
 /* The time of the event at `seq`, from its header. Worker thread. */
 static void do_dup_time(struct nats_engine *e, struct pub *p, uint64_t seq)
 {
-    natsMsg *m = NULL;
-    jsErrCode jerr = 0;
     int64_t t = -1;
-    if (js_GetMsg(&m, e->js, e->stream, seq, NULL, &jerr) == NATS_OK) {
-        const char *v = NULL;
-        uint64_t x;
-        if (natsMsgHeader_Get(m, HDR_TIME, &v) == NATS_OK && hd_natsid_parse_u64(v, &x) == 0)
-            t = (int64_t)x;
-        natsMsg_Destroy(m);
+    natsStatus s = NATS_OK;
+    /* A stream that just got a new leader may not answer at once: a few tries, ~1 s. */
+    for (int attempt = 0; t < 0 && attempt < 5; attempt++) {
+        natsMsg *m = NULL;
+        jsErrCode jerr = 0;
+        if (attempt) {
+            struct timespec ts = {.tv_nsec = 200000000};
+            nanosleep(&ts, NULL);
+        }
+        s = js_GetMsg(&m, e->js, e->stream, seq, NULL, &jerr);
+        if (s == NATS_OK) {
+            const char *v = NULL;
+            uint64_t x;
+            if (natsMsgHeader_Get(m, HDR_TIME, &v) == NATS_OK && hd_natsid_parse_u64(v, &x) == 0)
+                t = (int64_t)x;
+            natsMsg_Destroy(m);
+            if (t < 0)
+                break; /* not one of ours: no time to find */
+        }
     }
+    if (t < 0)
+        hd_log_warn("cannot read the time of a duplicate publish's first event; answering with "
+                    "this publish's time",
+                    "seq=%llu status=\"%s\"", (unsigned long long)seq, natsStatus_GetText(s));
     struct item *it = item_new(IT_DUP_TIME);
     if (!it)
         return; /* the publish stays pending until destroy fails it */

@@ -90,8 +90,9 @@ static void on_ack(void *arg, int err, const struct hd_pub_ack *a)
     char id[HD_EVENT_ID_LEN + 1] = "";
     if (!err)
         idhex(a->seq, id);
-    printf("{\"ack\":\"%s\",\"dup\":%s,\"err\":%d,\"n\":%zu}\n", id,
-           !err && a->duplicate ? "true" : "false", err, (size_t)(uintptr_t)arg);
+    printf("{\"ack\":\"%s\",\"dup\":%s,\"err\":%d,\"n\":%zu,\"time\":%lld}\n", id,
+           !err && a->duplicate ? "true" : "false", err, (size_t)(uintptr_t)arg,
+           err ? 0LL : (long long)a->time_ms);
     outstanding--;
     if (err)
         failed++;

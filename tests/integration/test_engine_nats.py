@@ -47,6 +47,7 @@ class Probe:
         self.recovered = []
         self.gaps = []
         self.acks = []  # (n, id, dup, err)
+        self.ack_times = {}  # id -> time of the latest ack naming it
         self.ready = None
         self.log = []
         self.lock = threading.Lock()
@@ -68,6 +69,7 @@ class Probe:
                     self.gaps.append(msg["gap"])
                 elif "ack" in msg:
                     self.acks.append((msg["n"], msg["ack"], msg["dup"], msg["err"]))
+                    self.ack_times[msg["ack"]] = msg.get("time")
                 elif "ready" in msg:
                     self.ready = msg["ready"]
             self.lines.put(msg)
@@ -183,12 +185,14 @@ class EngineNatsTest(unittest.TestCase):
     def test_retried_key_on_another_node_is_one_event(self):
         a, b = self.probe("a"), self.probe("b")
         acks_a, _ = a.publish(1, "orders.1", key="order-77")
+        time.sleep(0.01)  # a later clock on node b, so that a wrong time would show
         acks_b, _ = b.publish(1, "orders.1", key="order-77")
         (_, id_a, dup_a, err_a), (_, id_b, dup_b, err_b) = acks_a[0], acks_b[0]
         self.assertEqual((err_a, err_b), (0, 0))
         self.assertFalse(dup_a)
         self.assertTrue(dup_b)
         self.assertEqual(id_a, id_b)
+        self.assertEqual(a.ack_times[id_a], b.ack_times[id_b])  # the first publish's time
         a.wait_until(lambda q: id_a in q.delivered, what="the event")
         acks, _ = a.publish(1, "orders.1", key="order-78")  # a later event proves the feed moved
         a.wait_until(lambda q: acks[0][1] in q.delivered, what="the next event")
