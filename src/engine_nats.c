@@ -46,13 +46,14 @@
 #define ACK_WAIT_MS 5000          /* one attempt's wait for JetStream's ack */
 #define PUBLISH_DEADLINE_MS 30000 /* give up retrying after this (leader elections take ~8 s) */
 #define RETRY_EVERY_MS 250
-#define CHECK_EVERY_MS 2000 /* stream info: epoch changes, lag, a stream gone */
-#define RECOVER_MAX 100000  /* newest events read back into history at start-up */
-#define START_WAIT_MS 10000 /* start() waits this long for a first attach */
-#define MAX_INFLIGHT 65536  /* async publishes in flight before 503 */
-#define DEDUPE_WINDOW_S 120 /* the stream's duplicate window (Nats-Msg-Id) */
-#define REPLAY_MAX 100000   /* events one replay may return */
-#define STOP_WAIT_MS 5000   /* at stop, how long publishes in flight may take */
+#define CHECK_EVERY_MS 2000    /* stream info: epoch changes, lag, a stream gone */
+#define RECOVER_MAX 100000     /* newest events read back into history at start-up */
+#define START_WAIT_MS 10000    /* start() waits this long for a first attach */
+#define MAX_INFLIGHT 65536     /* async publishes in flight before 503 */
+#define DEDUPE_WINDOW_S 120    /* the stream's duplicate window (Nats-Msg-Id) */
+#define REPLAY_MAX 100000      /* events one replay may return */
+#define FEED_HEARTBEAT_MS 1000 /* the feed consumer's idle heartbeat */
+#define STOP_WAIT_MS 5000      /* at stop, how long publishes in flight may take */
 #define HDR_TIME "Herald-Time"
 #define HDR_EVENT "Herald-Event"
 #define HDR_KEY "Herald-Key"
@@ -617,6 +618,8 @@ static void do_attach(struct nats_engine *e)
     so.Ordered = true;
     so.Config.DeliverPolicy = js_DeliverByStartSequence;
     so.Config.OptStartSeq = start;
+    /* Heartbeats every second: a consumer lost with its server is noticed in ~3 s. */
+    so.Config.Heartbeat = (int64_t)FEED_HEARTBEAT_MS * 1000000;
     jsErrCode jerr = 0;
     natsSubscription *sub = NULL;
     natsStatus s = js_Subscribe(&sub, e->js, subject, on_feed_msg, fc, NULL, &so, &jerr);
@@ -959,7 +962,16 @@ static void on_disconnected(natsConnection *nc, void *closure)
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
 {
+    struct nats_engine *e = closure;
     hd_log_warn("NATS reported an asynchronous error", "status=\"%s\"", natsStatus_GetText(err));
+    /* The server holding our ordered consumer went away without our connection noticing
+     * (we are connected to another one): attach a new consumer from where the feed stands.
+     * Only JetStream subscriptions have heartbeats; a replay's ends on its own. */
+    if (err == NATS_MISSED_HEARTBEAT) {
+        struct item *it = item_new(IT_DETACHED);
+        if (it)
+            post(e, it);
+    }
 }
 
 static void on_status_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
@@ -1284,6 +1296,8 @@ static void handle_item(struct nats_engine *e, struct item *it)
     case IT_DETACHED:
         e->attached = false;
         maybe_ready(e);
+        if (e->connected && !e->stopping)
+            job_post_once(e, JOB_ATTACH);
         break;
     case IT_FATAL:
         e->fatal = true;
