@@ -1426,7 +1426,7 @@ static int nats_start(struct hd_engine *base, char *why, size_t why_len)
     }
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.Wait = 5000;
+    jo.Wait = 3000; /* JetStream API calls: short, so that attaches retry soon during elections */
     jo.PublishAsync.MaxPending = MAX_INFLIGHT;
     jo.PublishAsync.AckHandler = on_ack;
     jo.PublishAsync.AckHandlerClosure = e;

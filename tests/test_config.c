@@ -871,6 +871,32 @@ static void expect_invalid(const char *json, const char *needle)
     hd_config_free(&cfg);
 }
 
+/* The README "Cluster" walk-through's node configurations load, validate and say what it says. */
+START_TEST(cluster_configs)
+{
+    static const char *const nodes[] = {"a", "b", "c"};
+    for (size_t i = 0; i < 3; i++) {
+        struct hd_config cfg;
+        struct hd_config_error err;
+        char path[512], msg[600];
+        snprintf(path, sizeof(path), HD_SOURCE_DIR "/config/cluster/heraldd-%s.json", nodes[i]);
+        ck_assert_int_eq(hd_config_defaults(&cfg), 0);
+        int rc = hd_config_load_file(&cfg, path, &err);
+        hd_config_error_format(&err, msg, sizeof(msg));
+        ck_assert_msg(rc == 0, "%s", msg);
+        rc = hd_config_validate(&cfg, &err);
+        hd_config_error_format(&err, msg, sizeof(msg));
+        ck_assert_msg(rc == 0, "%s", msg);
+        ck_assert_int_eq(cfg.engine.type, HD_ENGINE_NATS);
+        ck_assert_uint_eq(cfg.engine.servers.n, 3);
+        ck_assert_uint_eq(cfg.engine.replicas, 3);
+        ck_assert_str_eq(cfg.engine.node, nodes[i]);
+        ck_assert_uint_eq(cfg.listeners[0].port, 7070 + i);
+        hd_config_free(&cfg);
+    }
+}
+END_TEST
+
 START_TEST(engine_validate)
 {
     expect_invalid("{\"engine\": {\"type\": \"nats\"}}",
@@ -966,6 +992,7 @@ int main(void)
     tcase_add_test(tc, cli_errors);
     tcase_add_test(tc, engine_keys);
     tcase_add_test(tc, engine_validate);
+    tcase_add_test(tc, cluster_configs);
     tcase_add_test(tc, engine_cli);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
