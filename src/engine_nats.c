@@ -1251,6 +1251,12 @@ static void handle_checked(struct nats_engine *e, struct item *it)
     }
     if (it->last_seq > e->stream_last_seq)
         e->stream_last_seq = it->last_seq;
+    /* Recovery ends with the last event that existed at start; if the limits removed it
+     * before we read it, nothing will arrive to say so: the stream's head does. */
+    if (e->recovering && it->first_seq > e->recover_until) {
+        e->recovering = false;
+        maybe_ready(e);
+    }
     update_gauges(e);
 }
 
