@@ -338,19 +338,44 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const ch
     return false;
 }
 
-/* Reads an unsigned query parameter within [min, max]; absent gives `def`. */
+/* True when the query names `name`, whatever its value. */
+static bool query_has(const char *query, const char *name)
+{
+    size_t nlen = strlen(name);
+    for (const char *p = query; p && *p;) {
+        if (strncmp(p, name, nlen) == 0 && (p[nlen] == '=' || p[nlen] == '&' || !p[nlen]))
+            return true;
+        p = strchr(p, '&');
+        p = p ? p + 1 : NULL;
+    }
+    return false;
+}
+
+/*
+ * Reads an unsigned query parameter within [min, max]; absent gives `def`. Only plain ASCII
+ * digits count as a number: a sign, a space (decoded from `+` or `%20`) or a value too long
+ * to hold is -1, never a number or absent.
+ */
 static int query_uint(const char *query, const char *name, uint32_t min, uint32_t max, uint32_t def,
                       uint32_t *out)
 {
     char buf[16];
     int n = hd_query_get(query, name, buf, sizeof(buf));
     if (n < 0) {
+        if (query_has(query, name))
+            return -1; /* there, but undecodable or longer than any number in range */
         *out = def;
         return 0;
     }
-    char *end;
-    unsigned long v = strtoul(buf, &end, 10);
-    if (n == 0 || *end || buf[0] == '-' || buf[0] == '+' || v < min || v > max)
+    if (n == 0 || n > 10)
+        return -1;
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) {
+        if (buf[i] < '0' || buf[i] > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(buf[i] - '0');
+    }
+    if (v < min || v > max)
         return -1;
     *out = (uint32_t)v;
     return 0;

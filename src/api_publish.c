@@ -28,15 +28,9 @@ static bool ctype_is(const char *ctype, const char *want)
 
 /* Anonymous HTTP publishers are rate-limited per client address. */
 static struct hd_publisher publisher_of(const struct hd_http_req *req,
-                                        const struct hd_identity *who, char *key, size_t cap)
+                                        const struct hd_identity *who)
 {
-    if (req->peer_addr) {
-        memcpy(key, "ip:", 3);
-        hd_peer_addr_format(req->peer_addr, key + 3, cap - 3);
-    } else {
-        snprintf(key, cap, "ip:%s", req->peer ? req->peer : "?");
-    }
-    return (struct hd_publisher){.identity = who, .anon_rate_key = key};
+    return (struct hd_publisher){.identity = who, .peer_addr = req->peer_addr, .peer = req->peer};
 }
 
 static void refuse_too_large(struct hd_http_resp *resp, size_t limit, const char *key)
@@ -70,8 +64,7 @@ enum hd_http_next hd__api_publish_route(struct hd_broker *b, const struct hd_htt
     if (!who)
         return HD_HTTP_RESPOND;
     /* Everything but the data is known now: refuse before reading the body. */
-    char rate_key[80];
-    struct hd_publisher p = publisher_of(req, who, rate_key, sizeof(rate_key));
+    struct hd_publisher p = publisher_of(req, who);
     struct hd_pub pub = {.topic = topic, .key = req->idempotency_key};
     struct hd_error err = {0};
     if (hd_broker_publish_check(b, &p, &pub, &err) != HD_ERR_NONE) {
@@ -213,8 +206,7 @@ static int publish_one(struct hd_broker *b, const struct hd_http_req *req, const
     }
     *ctx = (struct pub_ctx){.in_call = true, .sync_resp = resp, .done = done, .arg = arg};
     snprintf(ctx->topic, sizeof(ctx->topic), "%.*s", HD_TOPIC_MAX, topic);
-    char rate_key[80];
-    struct hd_publisher p = publisher_of(req, who, rate_key, sizeof(rate_key));
+    struct hd_publisher p = publisher_of(req, who);
     struct hd_pub pub = {.topic = topic,
                          .event = ev,
                          .data_json = data,
@@ -485,8 +477,7 @@ static int publish_batch(struct hd_broker *b, const struct hd_http_req *req, con
         batch_free(bt);
         return HD_HTTP_RESPOND;
     }
-    char rate_key[80];
-    struct hd_publisher p = publisher_of(req, who, rate_key, sizeof(rate_key));
+    struct hd_publisher p = publisher_of(req, who);
     struct hd_error err = {0};
     /* Every line is admitted, and the rate taken for all, before any is published. */
     for (size_t i = 0; i < bt->n; i++) {

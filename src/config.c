@@ -91,6 +91,7 @@ struct ctx {
     struct hd_config_error *err;
     struct seg path[MAX_DEPTH];
     size_t depth;
+    bool failed; /* an error was reported (and loading went on: hd_config_report_all) */
 };
 
 enum at { AT_KEY, AT_VALUE };
@@ -616,6 +617,15 @@ static void position(const char *t, size_t off, int *line, int *col)
     }
 }
 
+static void (*report_fn)(void *arg, const struct hd_config_error *e);
+static void *report_arg;
+
+void hd_config_report_all(void (*fn)(void *arg, const struct hd_config_error *e), void *arg)
+{
+    report_fn = fn;
+    report_arg = arg;
+}
+
 __attribute__((format(printf, 3, 4))) static int fail(struct ctx *c, enum at at, const char *fmt,
                                                       ...)
 {
@@ -629,9 +639,22 @@ __attribute__((format(printf, 3, 4))) static int fail(struct ctx *c, enum at at,
              msg);
     scrub(c->err->text);
     size_t off;
+    c->err->line = c->err->column = 0;
     if (locate(c, at, &off))
         position(c->text, off, &c->err->line, &c->err->column);
+    c->failed = true;
+    if (report_fn)
+        report_fn(report_arg, c->err);
     return -EINVAL;
+}
+
+/* After an error at depth d: with a reporter, go on with the next key or element. */
+static bool go_on(struct ctx *c, int rc, size_t depth)
+{
+    if (rc != -EINVAL || !report_fn)
+        return false;
+    c->depth = depth;
+    return true;
 }
 
 static int push(struct ctx *c, const char *key, size_t idx)
@@ -1228,6 +1251,7 @@ static int apply_array(struct ctx *c, const struct row *r, void *base, json_t *v
         return -ENOMEM;
     *FIELD(base, r->offset, char *) = arr;
     *FIELD(base, r->count_offset, size_t) = n;
+    size_t depth = c->depth;
     json_array_foreach(v, i, e)
     {
         int rc = push(c, NULL, i);
@@ -1235,6 +1259,8 @@ static int apply_array(struct ctx *c, const struct row *r, void *base, json_t *v
             rc = defaults_table(r->sub, arr + i * r->elem_size);
         if (rc == 0)
             rc = apply_table(c, r->sub, arr + i * r->elem_size, e);
+        if (go_on(c, rc, depth))
+            continue;
         if (rc < 0)
             return rc;
         c->depth--;
@@ -1322,19 +1348,25 @@ static int apply_table(struct ctx *c, const struct table *tb, void *base, json_t
     if (!json_is_object(obj))
         return fail(c, AT_VALUE, "must be an object (got %s)", type_name(obj));
     /* jansson keeps keys in source order, so the first error reported is the first in the file. */
+    size_t depth = c->depth;
     json_object_foreach(obj, key, v)
     {
         const struct row *r = find_row(tb, key);
         int rc = push(c, key, 0);
         if (rc == 0)
             rc = r ? apply_row(c, r, base, v) : unknown_key(c, tb, key);
+        if (go_on(c, rc, depth))
+            continue;
         if (rc < 0)
             return rc;
         c->depth--;
     }
     for (size_t r = 0; r < tb->n; r++)
-        if (tb->rows[r].required && !json_object_get(obj, tb->rows[r].key))
-            return fail(c, AT_VALUE, "missing required key \"%s\"", tb->rows[r].key);
+        if (tb->rows[r].required && !json_object_get(obj, tb->rows[r].key)) {
+            int rc = fail(c, AT_VALUE, "missing required key \"%s\"", tb->rows[r].key);
+            if (!go_on(c, rc, depth))
+                return rc;
+        }
     return tb->post ? tb->post(c, base, obj) : 0;
 }
 
@@ -1398,6 +1430,8 @@ int hd_config_load_string(struct hd_config *cfg, const char *json, size_t len, c
     }
     struct ctx c = {.text = json, .len = len, .err = err};
     int rc = apply_table(&c, &root_table, cfg, root);
+    if (rc == 0 && c.failed)
+        rc = -EINVAL; /* every error was reported, and loading went on */
     json_decref(root);
     if (rc == -ENOMEM)
         snprintf(err->text, sizeof(err->text), "out of memory");
@@ -1622,25 +1656,21 @@ int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t er
             break;
         case ':':
             /* glibc has moved optind past the option, so this is what the user typed. */
-            return usage_error(cli, err, errlen, "option %.40s needs a value; see heraldd --help",
-                               argv[optind - 1]);
+            return usage_error(cli, err, errlen, "option %.40s needs a value", argv[optind - 1]);
         default:
             if (optopt >= OPT_LISTEN)
                 return usage_error(cli, err, errlen, "option --%s takes no value",
                                    long_name(optopt));
             if (optopt)
-                return usage_error(cli, err, errlen, "unknown option -%c; see heraldd --help",
+                return usage_error(cli, err, errlen, "unknown option -%c",
                                    optopt > 32 && optopt < 127 ? optopt : '?');
-            return usage_error(cli, err, errlen,
-                               "unknown or ambiguous option \"%.60s\"; see "
-                               "heraldd --help",
+            return usage_error(cli, err, errlen, "unknown or ambiguous option \"%.60s\"",
                                argv[optind - 1]);
         }
     }
     if (optind < argc)
         return usage_error(cli, err, errlen,
-                           "unexpected argument \"%.60s\": heraldd takes only "
-                           "options; see heraldd --help",
+                           "unexpected argument \"%.60s\": heraldd takes only options",
                            argv[optind]);
     return 0;
 }
@@ -1661,6 +1691,9 @@ __attribute__((format(printf, 2, 3))) static int invalid(struct hd_config_error 
     vsnprintf(err->text, sizeof(err->text), fmt, ap);
     va_end(ap);
     scrub(err->text);
+    err->line = err->column = 0;
+    if (report_fn)
+        report_fn(report_arg, err);
     return -EINVAL;
 }
 
@@ -1735,47 +1768,57 @@ int hd_config_validate(const struct hd_config *cfg, struct hd_config_error *err)
         err = &scratch;
     memset(err, 0, sizeof(*err));
     snprintf(err->file, sizeof(err->file), "%s", cfg->path ? cfg->path : "");
+    int rc = 0;
+/* With a reporter every failed check is reported; without, the first one returns. */
+#define CHECK_FAILED(call)                                                                         \
+    do {                                                                                           \
+        rc = (call);                                                                               \
+        if (!report_fn)                                                                            \
+            return rc;                                                                             \
+    } while (0)
     if (cfg->n_listeners == 0)
-        return invalid(err, "listen: no listener; give one in \"listen\" or with --listen");
+        CHECK_FAILED(invalid(err, "listen: no listener; give one in \"listen\" or with --listen"));
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const struct hd_listener *l = &cfg->listeners[i];
         if (!l->tls_cert != !l->tls_key)
-            return invalid(err, "listen[%zu].tls: cert and key must both be given", i);
+            CHECK_FAILED(invalid(err, "listen[%zu].tls: cert and key must both be given", i));
         if (!cfg->auth.present && !l->loopback)
-            return invalid(err,
-                           "listen[%zu]: %s is not loopback; without an \"auth\" "
-                           "section heraldd only listens on loopback; add an auth section",
-                           i, l->address);
+            CHECK_FAILED(invalid(err,
+                                 "listen[%zu]: %s is not loopback; without an \"auth\" "
+                                 "section heraldd only listens on loopback; add an auth section",
+                                 i, l->address));
         for (size_t j = 0; j < i; j++)
             if (l->port != 0 && l->port == cfg->listeners[j].port &&
                 strcmp(l->address, cfg->listeners[j].address) == 0)
-                return invalid(err, "listen[%zu]: same address and port as listen[%zu]", i, j);
+                CHECK_FAILED(
+                    invalid(err, "listen[%zu]: same address and port as listen[%zu]", i, j));
     }
     if (cfg->auth.present && cfg->auth.anonymous.publish.n > 0 &&
         !cfg->auth.anonymous.allow_remote_publish) {
         for (size_t i = 0; i < cfg->n_listeners; i++)
             if (!cfg->listeners[i].loopback)
-                return invalid(err,
-                               "auth.anonymous.publish: anyone reaching listen[%zu] (%s, "
-                               "not loopback) could publish without credentials; set "
-                               "auth.anonymous.allow_remote_publish to true to allow it",
-                               i, cfg->listeners[i].address);
+                CHECK_FAILED(invalid(err,
+                                     "auth.anonymous.publish: anyone reaching listen[%zu] (%s, "
+                                     "not loopback) could publish without credentials; set "
+                                     "auth.anonymous.allow_remote_publish to true to allow it",
+                                     i, cfg->listeners[i].address));
     }
     if (cfg->history.store == HD_STORE_SQLITE && (!cfg->data_dir || !cfg->data_dir[0]))
-        return invalid(err, "data_dir: the sqlite store needs a data directory");
+        CHECK_FAILED(invalid(err, "data_dir: the sqlite store needs a data directory"));
     if (cfg->engine.type == HD_ENGINE_NATS && cfg->engine.servers.n == 0)
-        return invalid(err, "engine.servers: engine type \"nats\" needs at least one server, "
-                            "e.g. [\"nats://127.0.0.1:4222\"] (or heraldd --nats URL)");
+        CHECK_FAILED(invalid(err, "engine.servers: engine type \"nats\" needs at least one server, "
+                                  "e.g. [\"nats://127.0.0.1:4222\"] (or heraldd --nats URL)"));
     if (cfg->engine.type == HD_ENGINE_LOCAL && cfg->engine.servers.n > 0)
-        return invalid(err, "engine.servers: only used with engine type \"nats\"; set "
-                            "engine.type to \"nats\" or remove the servers");
+        CHECK_FAILED(invalid(err, "engine.servers: only used with engine type \"nats\"; set "
+                                  "engine.type to \"nats\" or remove the servers"));
     if (cfg->limits.max_queue_bytes < cfg->limits.max_event_bytes)
-        return invalid(err,
-                       "limits.max_queue_bytes (%llu) is smaller than "
-                       "limits.max_event_bytes (%u): one event would overflow a queue",
-                       (unsigned long long)cfg->limits.max_queue_bytes,
-                       cfg->limits.max_event_bytes);
-    return 0;
+        CHECK_FAILED(invalid(err,
+                             "limits.max_queue_bytes (%llu) is smaller than "
+                             "limits.max_event_bytes (%u): one event would overflow a queue",
+                             (unsigned long long)cfg->limits.max_queue_bytes,
+                             cfg->limits.max_event_bytes));
+#undef CHECK_FAILED
+    return rc;
 }
 
 void hd_config_error_format(const struct hd_config_error *err, char *out, size_t cap)

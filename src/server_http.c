@@ -373,7 +373,8 @@ static int sse_writable(struct http_pss *pss, struct lws *wsi)
  * The body is complete: act on it at the end of this loop turn, never here. lws 4.1 re-feeds
  * stored input from the request line when the headers of a request with a body came from
  * pipelined input, so the first body it reports may be garbage and a second completion
- * follows; answering here would also hang lws in a loop that never returns to libuv.
+ * follows (on TLS connections: plaintext ones never give lws pipelined input, see
+ * server_guard.c); answering here would also hang lws in a loop that never returns to libuv.
  */
 static int body_complete(struct http_pss *pss)
 {
@@ -448,9 +449,9 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
         pss->req.idempotency_key = "-invalid key-";
     }
     /* The address counted at accept: no getpeername(), and text only if a limit asks. */
-    const struct hd_peer *peer = lws_get_opaque_user_data(wsi);
-    if (peer) {
-        pss->req.peer_addr = hd_peer_addr_of(peer);
+    const struct srv_conn *sc = srv_conn_of(wsi);
+    if (sc && sc->peer) {
+        pss->req.peer_addr = hd_peer_addr_of(sc->peer);
     } else if (lws_get_peer_simple(wsi, at, PEER_MAX + 1)) {
         pss->req.peer = at;
     }
@@ -459,6 +460,19 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     if (srv_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
         pss->req.content_length = strtoll(cl, NULL, 10);
 
+    if (sc && sc->reserve) {
+        /* Past limits.max_connections, from loopback: health and metrics only, then close. */
+        pss->close_after = true;
+        if (strcmp(pss->req.path, "/healthz") != 0 && strcmp(pss->req.path, "/metrics") != 0) {
+            char msg[100];
+            snprintf(msg, sizeof(msg), "the server is at limits.max_connections (%u)",
+                     s->cfg->limits.max_connections);
+            hd_api_error(&pss->resp, HD_ERR_UNAVAILABLE, msg);
+            hd_http_resp_header(&pss->resp, "retry-after:", "1");
+            hd_broker_metrics(s->broker)->connections_refused++;
+            return http_respond(s, pss);
+        }
+    }
     /* No long requests yet: keep lws's content timeout for the body, or respond now. */
     enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
     if (next == HD_HTTP_SSE)
@@ -472,8 +486,12 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     if (next == HD_HTTP_READ_BODY) {
         if (pss->req.content_length < 0) {
-            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
-                /* lws 4.1 does not decode chunked request bodies. */
+            bool chunked = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
+            if (chunked && srv_lws_decodes_chunked()) {
+                pss->reading_body = true; /* lws hands over the decoded body */
+                return 0;
+            }
+            if (chunked) {
                 hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
                              "send the body with a Content-Length (chunked is not supported)");
                 pss->resp.status = 411;
@@ -504,9 +522,11 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
     if (pss) {
         struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
         pss->pending = NULL;
-        if (resp)
+        if (resp) {
+            /* What the route left in the response (its identity) goes first, or it leaks. */
+            hd_http_resp_clear(&pss->resp);
             pss->resp = *resp;
-        else
+        } else
             hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         free(resp);
         /* Outside any lws callback: a failed write closes the connection asynchronously. */
@@ -524,7 +544,15 @@ static int http_body_complete(struct hd_server *s, struct http_pss *pss)
 {
     pss->reading_body = false;
     if (pss->body_too_large) {
-        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
+        /* Only a body without Content-Length (chunked, where lws decodes it) gets here: the
+         * route refused a Content-Length over the limit, in the same words. */
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "the request body is larger than allowed: at most %zu bytes (%s)",
+                 hd_api_body_limit(s->broker, &pss->req),
+                 strcmp(pss->req.path, "/v1/publish") == 0 ? "limits.max_batch_bytes"
+                                                           : "limits.max_event_bytes + 16384");
+        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, msg);
         return http_respond(s, pss);
     }
     struct http_pending *p = calloc(1, sizeof(*p));
@@ -612,6 +640,10 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                     (const unsigned char *)"no-store", 8, &p, end))
         goto fail;
+    /* The client sent more before this answer: that cannot be served (server_guard.c), and
+     * the close tells it to send again (RFC 9112 9.3.2). */
+    if (srv_guard_pipelined(lws_get_socket_fd(wsi)))
+        pss->close_after = true;
     if (pss->close_after && lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
                                                         (const unsigned char *)"close", 5, &p, end))
         goto fail;
@@ -633,6 +665,7 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     pss->busy = false;
     if (close_after)
         return -1;
+    srv_guard_answered(lws_get_socket_fd(wsi));
     if (lws_http_transaction_completed(wsi))
         return -1;
     s->http_completed = wsi;
@@ -655,7 +688,9 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
         if (!pss)
             return -1;
         /* A new request while the last is unanswered is a pipelining client; lws 4.1
-         * cannot serve those reliably (see body_complete), so it is dropped. */
+         * cannot serve those reliably (see body_complete), so it is dropped. Only TLS
+         * connections get here: plaintext ones are handed to lws one request at a time,
+         * and the pipelined rest is refused politely (server_guard.c). */
         if (pss->busy)
             return -1;
         pss->wsi = wsi;

@@ -966,6 +966,20 @@ static int start(struct hd_store *st)
     return -1;
 }
 
+/*
+ * SQLite takes a zero-length file for a new database, so an emptied herald.db (a truncation,
+ * a full disk, a bad copy) would silently start an empty history. It is not refused (a file
+ * made with touch is harmless), but said, with the path, before anything is written to it.
+ */
+static void warn_if_empty(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0)
+        hd_log_warn("the store file is empty (0 bytes): history starts empty, and any events "
+                    "it held are gone",
+                    "path=%s", path);
+}
+
 struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_durability durability,
                                const struct hd_history_limits *lim, uint64_t new_base_seq,
                                struct hd_store_info *info, char *err, size_t errlen)
@@ -992,8 +1006,11 @@ struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_du
                             .lim = *lim,
                             .wlim = *lim,
                             .counts.max = TOPIC_MAP_MAX};
-    if ((size_t)snprintf(st->path, sizeof(st->path), "%s/herald.db", data_dir) >=
-        sizeof(st->path)) {
+    bool fits =
+        (size_t)snprintf(st->path, sizeof(st->path), "%s/herald.db", data_dir) < sizeof(st->path);
+    if (fits)
+        warn_if_empty(st->path);
+    if (!fits) {
         set_err(err, errlen, "data_dir %s is too long", data_dir);
     } else if (db_open(st, new_base_seq, info, err, errlen) == 0 &&
                preload(st, lim, err, errlen) == 0 && preload_keys(st, lim, err, errlen) == 0) {

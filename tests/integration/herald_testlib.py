@@ -471,6 +471,7 @@ class WSClient:
                       subprotocols=(WS_SUBPROTOCOL,), headers=None, compression=None,
                       expect_welcome=True, path="/v1/ws"):
         url = target if isinstance(target, str) else f"ws://127.0.0.1:{target.port}{path}"
+        timeout *= DAEMON_SLOW  # a daemon under valgrind answers the handshake slowly too
         try:
             ws = await asyncio.wait_for(
                 websockets.connect(url, subprotocols=list(subprotocols) or None,
@@ -921,3 +922,87 @@ class HeraldTestCase(unittest.TestCase):
         for a, b in zip(ids, ids[1:]):
             if not a < b:
                 self.fail(f"{what} not strictly increasing: {a!r} then {b!r}")
+
+
+# -- raw HTTP/1.1 ------------------------------------------------------------------------
+
+class RawResponse:
+    """One response read off a raw socket: status, lower-cased headers, body bytes."""
+
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def json(self):
+        return json.loads(self.body) if self.body else None
+
+    def __repr__(self):
+        return f"<RawResponse {self.status} {self.headers} {self.body[:200]!r}>"
+
+
+def raw_http(port, data, timeout=DEFAULT_TIMEOUT, chunks=None):
+    """Sends data (bytes, or a list of byte strings sent one after another) on a fresh socket,
+    then reads until the server closes or `timeout` passes with nothing more. Returns
+    (responses, closed): every complete response parsed in order, and whether the server
+    closed the connection (EOF or reset) rather than leaving it open."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout * DAEMON_SLOW)
+    try:
+        for part in (data if isinstance(data, list) else [data]):
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        buf = b""
+        closed = False
+        while True:
+            try:
+                got = sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not got:
+                closed = True
+                break
+            buf += got
+            if _raw_complete(buf) and b"connection: close" not in buf.lower():
+                # Every response so far is whole and the server keeps the connection: a
+                # short wait for another one instead of the full timeout.
+                sock.settimeout(min(0.5, timeout) * DAEMON_SLOW)
+        return _raw_parse(buf), closed
+    finally:
+        sock.close()
+
+
+def _raw_parse(buf):
+    out = []
+    while buf:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        if len(rest) < n:
+            break
+        out.append(RawResponse(status, headers, rest[:n]))
+        buf = rest[n:]
+    return out
+
+
+def _raw_complete(buf):
+    rs = _raw_parse(buf)
+    if not rs:
+        return False
+    total = 0
+    for r in rs:
+        head = buf[total:].partition(b"\r\n\r\n")[0]
+        total += len(head) + 4 + len(r.body)
+    return total == len(buf)

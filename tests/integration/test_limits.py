@@ -16,7 +16,8 @@ import unittest
 
 import websockets
 
-from herald_testlib import HeraldTestCase, WSClient, async_test
+from herald_testlib import HeraldTestCase, WSClient, async_test, metric_sum, parse_metrics
+from history_testlib import wait_until
 
 RATE = {"limits": {"publish_rate": 2, "publish_burst": 3}}
 
@@ -33,8 +34,11 @@ class HttpRateLimitTest(HeraldTestCase):
         # The refused publish changed nothing: only the three accepted events are there.
         page = d.get("/v1/topics/rl.a/events?since=all").json
         self.assertEqual([e["data"] for e in page["events"]], ["m0", "m1", "m2"])
-        time.sleep(1.1)  # two tokens per second: at least one is back
-        self.assertEqual(d.publish("rl.a", "later")[0], 202)
+        # Two tokens per second: one is back within a second (a refusal takes none).
+        self.assertTrue(wait_until(lambda: d.publish("rl.a", "later")[0] == 202, timeout=3),
+                        "the bucket did not refill")
+        page = d.get("/v1/topics/rl.a/events?since=all").json
+        self.assertEqual([e["data"] for e in page["events"]], ["m0", "m1", "m2", "later"])
 
     def test_rate_zero_is_unlimited(self):
         d = self.start_daemon()
@@ -107,6 +111,23 @@ def reset_close(s):
 class PerAddressLimitTest(HeraldTestCase):
     LIMIT = 3
 
+    def setUp(self):
+        self.retried = 0  # connections refused while waiting for a slot to come back
+
+    def served(self, d):
+        """A new connection that the server serves, once it has taken back a closed one's
+        slot (it notices closes a moment later); refusals while waiting are counted."""
+        def attempt():
+            s = connect_from(d.port)
+            if get_over(s) == 200:
+                return s
+            s.close()
+            self.retried += 1
+            return None
+        s = wait_until(attempt, timeout=5)
+        self.assertIsNotNone(s, "no slot came back")
+        return s
+
     def assertRefused(self, s):
         raw = read_all(s)
         head, _, body = raw.partition(b"\r\n\r\n")
@@ -131,15 +152,20 @@ class PerAddressLimitTest(HeraldTestCase):
         # A clean close and a reset each give one slot back.
         held.pop().close()
         reset_close(held.pop())
-        time.sleep(0.3)
-        held += [connect_from(d.port), connect_from(d.port)]
+        held += [self.served(d), self.served(d)]
         self.assertEqual([get_over(s) for s in held], [200] * self.LIMIT)
         extra = connect_from(d.port)
         self.assertRefused(extra)
         for s in held:
             s.close()
-        time.sleep(0.3)
-        self.assertEqual(d.metric("herald_connections_refused_total"), 2)
+        # Refusals are counted at accept, before the refusal is sent. Asked from another
+        # address: this one's slots come back only once the server has seen the closes.
+        s = connect_from(d.port, "127.0.0.2")
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        text = read_all(s, 1 << 20).partition(b"\r\n\r\n")[2].decode()
+        s.close()
+        self.assertEqual(metric_sum(parse_metrics(text), "herald_connections_refused_total"),
+                         2 + self.retried)
 
     def test_storm_of_resets_leaks_no_slots(self):
         d = self.start_daemon({"limits": {"max_connections_per_ip": self.LIMIT}})
@@ -151,8 +177,7 @@ class PerAddressLimitTest(HeraldTestCase):
             else:
                 s.sendall(b"POST /v1/topics/x HTTP/1.1\r\nContent-Length: 100\r\n\r\nab")
             reset_close(s)
-        time.sleep(0.5)
-        held = [connect_from(d.port) for _ in range(self.LIMIT)]
+        held = [self.served(d) for _ in range(self.LIMIT)]
         self.assertEqual([get_over(s) for s in held], [200] * self.LIMIT)
         over = connect_from(d.port)
         self.assertRefused(over)
@@ -180,16 +205,74 @@ class PerAddressLimitTest(HeraldTestCase):
         self.assertRefused(s)  # still two open: over the new limit of one
         s.close()
         await conns[2].close()
-        for _ in range(50):  # the server sees the closes a moment later
-            s = connect_from(d.port)
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-            if read_all(s, 12).startswith(b"HTTP/1.1 200"):
-                s.close()
+        self.served(d).close()  # the server sees the closes a moment later
+
+
+def upgrade(port, source="127.0.0.1"):
+    """Sends a WebSocket upgrade; returns (socket, status line, head, body read so far)."""
+    s = connect_from(port, source)
+    s.sendall(b"GET /v1/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: herald.v1\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return s, head.split(b"\r\n", 1)[0], head, body
+
+
+class MaxConnectionsTest(HeraldTestCase):
+    """limits.max_connections is held exactly: the connections past it are answered 503 with
+    Retry-After (not closed unanswered), and loopback can still read /healthz and /metrics."""
+    LIMIT = 50
+
+    def test_limit_is_exact_and_refusals_are_answered(self):
+        d = self.start_daemon({"limits": {"max_connections": self.LIMIT}})
+        held, refused = [], []
+        for _ in range(self.LIMIT + 20):
+            s, status, head, body = upgrade(d.port)
+            if b" 101 " in status:
+                held.append(s)
+                continue
+            refused.append(s)
+            self.assertTrue(status.startswith(b"HTTP/1.1 503 "), head)
+            self.assertIn(b"retry-after: 1", head.lower())
+            body += read_all(s)
+            err = json.loads(body)
+            self.assertEqual(err["code"], "unavailable", err)
+            self.assertIn("max_connections", err["message"])
+        self.assertEqual((len(held), len(refused)), (self.LIMIT, 20))
+        # At the limit, from loopback: health and metrics answer; nothing else does.
+        self.assertEqual(d.get("/healthz").status, 200)
+        self.assertEqual(d.metric("herald_connections"), self.LIMIT)
+        self.assertGreaterEqual(d.metric("herald_connections_refused_total"), 20)
+        r = d.publish("c.limit", "x")
+        self.assertEqual(r[0], 503, r)
+        # With the loopback reserve taken too (idle connections), the refusal comes at
+        # accept, and is answered all the same.
+        idle = [connect_from(d.port) for _ in range(8)]
+        s, status, head, body = upgrade(d.port)
+        self.assertTrue(status.startswith(b"HTTP/1.1 503 "), head)
+        self.assertIn(b"retry-after: 1", head.lower())
+        self.assertEqual(json.loads(body + read_all(s))["code"], "unavailable")
+        for x in idle + [s]:
+            x.close()
+        # A slot comes back when a connection closes.
+        held.pop().close()
+        for _ in range(50):
+            s, status, _, _ = upgrade(d.port)
+            if b" 101 " in status:
+                held.append(s)
                 break
             s.close()
             time.sleep(0.1)
         else:
-            self.fail("the slot never came back after all WebSockets closed")
+            self.fail("the slot never came back")
+        for s in held + refused:
+            s.close()
 
 
 if __name__ == "__main__":
