@@ -1761,6 +1761,10 @@ struct hd_engine *hd_engine_nats_new(uv_loop_t *loop, const struct hd_config *cf
     bool oom = false;
     if (!e)
         return NULL;
+    if (cfg->history.store == HD_STORE_SQLITE)
+        hd_log_info("history.store sqlite is not used in cluster mode: JetStream is the durable "
+                    "history",
+                    "");
     e->base.ops = &nats_ops;
     e->loop = loop;
     e->n_servers = (int)cfg->engine.servers.n;

@@ -253,6 +253,23 @@ class NatsCluster:
             time.sleep(0.25)
         raise AssertionError(f"JetStream not available: {last}")
 
+    def reset_stream(self, stream="HERALD", timeout=30.0):
+        """Deletes the stream if it exists, retrying while the cluster settles (a server that
+        just came back can make the JetStream API slow to answer)."""
+        deadline = time.monotonic() + timeout * SLOW
+        while True:
+            try:
+                info = self.stream_info(stream)
+                if "error" in info and info["error"].get("err_code") == 10059:
+                    return  # no such stream
+                if "error" not in self.delete_stream(stream):
+                    return
+            except (OSError, ConnectionError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cannot delete stream {stream}")
+            time.sleep(0.25)
+
     def stream_info(self, stream="HERALD"):
         c = self.client()
         try:

@@ -35,9 +35,7 @@ class ClusterTestCase(HeraldTestCase):
             cls.cluster.stop()
 
     def setUp(self):
-        info = self.cluster.stream_info()
-        if "error" not in info:
-            self.cluster.delete_stream()
+        self.cluster.reset_stream()
 
     def tearDown(self):
         for s in self.cluster.servers:
@@ -45,6 +43,7 @@ class ClusterTestCase(HeraldTestCase):
                 s.start(wait=False)
         for s in self.cluster.servers:
             s.wait_listening()
+        self.cluster.wait_jetstream()
 
     def node(self, name, **extra):
         """Starts heraldd `name` in cluster mode and waits until it can take publishes."""

@@ -150,9 +150,7 @@ class EngineNatsTest(unittest.TestCase):
     def setUp(self):
         self.probes = []
         # Every test starts from an empty stream, created by the first probe.
-        info = self.cluster.stream_info()
-        if "error" not in info:
-            self.cluster.delete_stream()
+        self.cluster.reset_stream()
 
     def tearDown(self):
         for p in self.probes:
