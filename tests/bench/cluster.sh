@@ -41,16 +41,17 @@ s=[socket.socket() for _ in range(int(sys.argv[1]))]
 print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 }
 
-# Starts heraldd with config $1 (a file); prints "pid port" once it can take publishes.
+# Starts heraldd with config $1 (a file) and waits until it takes publishes; sets node_pid and
+# node_port. (Not in a command substitution: the subshell would wait for heraldd's end.)
 start_node() {
-    local log=$tmp/heraldd.$RANDOM.log pid port i
-    "$heraldd" -c "$1" --listen 127.0.0.1:0 2>"$log" &
-    pid=$!
-    pids+=("$pid")
+    local log=$tmp/heraldd.$RANDOM.log i port=""
+    "$heraldd" -c "$1" --listen 127.0.0.1:0 >/dev/null 2>"$log" &
+    node_pid=$!
+    pids+=("$node_pid")
     for ((i = 0; i < 600; i++)); do
         port=$(grep -m1 -o 'msg="listening".*port=[0-9]*' "$log" | grep -o '[0-9]*$' || true)
         if [[ -n $port ]] && curl -sf -o /dev/null -d x "http://127.0.0.1:$port/v1/topics/warm.up"; then
-            echo "$pid $port"
+            node_port=$port
             return
         fi
         sleep 0.1
@@ -60,23 +61,24 @@ start_node() {
     exit 2
 }
 
-# Starts N nats-servers (clustered when N > 1); prints "URLS PIDS".
+# Starts N nats-servers (clustered when N > 1); sets nats_urls and nats_pids.
 start_nats() {
-    local n=$1 ports cports i urls="" npids="" routes
+    local n=$1 ports i routes
     read -r -a ports <<<"$(free_ports $((2 * n)))"
     routes="nats://127.0.0.1:${ports[$n]}"
+    nats_urls=""
+    nats_pids=""
     for ((i = 0; i < n; i++)); do
         local args=(-a 127.0.0.1 -p "${ports[$i]}" -n "n$i" -js -sd "$tmp/nats-$n-$i")
         if ((n > 1)); then
             args+=(--cluster_name bench --cluster "nats://127.0.0.1:${ports[$((n + i))]}"
                    --routes "$routes")
         fi
-        "$nats" "${args[@]}" 2>"$tmp/nats-$n-$i.log" &
+        "$nats" "${args[@]}" >/dev/null 2>"$tmp/nats-$n-$i.log" &
         pids+=($!)
-        npids+="${npids:+,}$!"
-        urls+="${urls:+,}nats://127.0.0.1:${ports[$i]}"
+        nats_pids+="${nats_pids:+,}$!"
+        nats_urls+="${nats_urls:+,}nats://127.0.0.1:${ports[$i]}"
     done
-    echo "$urls $npids"
 }
 
 node_config() { # $1 node name, $2 urls ("" = local engine), $3 replicas
@@ -99,24 +101,29 @@ row() { # label, publish json, fanout json
 }
 
 run_scenario() { # label, nats servers (0 = local engine), replicas
-    local label=$1 n=$2 r=$3 urls="" npids="" a b pa pb pub fan other=()
+    local label=$1 n=$2 r=$3 urls="" a b pa pb pub fan other=() split=()
     if ((n > 0)); then
-        read -r urls npids <<<"$(start_nats "$n")"
-        other=(--other-pids "$npids")
+        start_nats "$n"
+        urls=$nats_urls
+        other=(--other-pids "$nats_pids")
     fi
-    read -r pa a <<<"$(start_node "$(node_config a "$urls" "$r")")"
+    start_node "$(node_config a "$urls" "$r")"
+    pa=$node_pid a=$node_port
     if ((n > 0)); then
-        read -r pb b <<<"$(start_node "$(node_config b "$urls" "$r")")"
-        split=(--sub-port2 "$b" --server-pid "$pa,$pb")
+        start_node "$(node_config b "$urls" "$r")"
+        pb=$node_pid b=$node_port
+        split=(--sub-port2 "$b")
+        servers="$pa,$pb"
     else
-        split=(--server-pid "$pa")
+        servers="$pa"
     fi
     echo "cluster.sh: $label: acknowledged publishes" >&2
     pub=$("$loadgen" --port "$a" --subs 1 --topics 1 --events "$events" --inflight 64 \
-        --server-pid "${split[-1]}" "${other[@]}" --timeout 120)
+        --server-pid "$servers" "${other[@]}" --timeout 120)
     echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
-    fan=$("$loadgen" --port "$a" "${split[@]}" "${other[@]}" --subs "$subs" --topics "$topics" \
-        --events "$events" --inflight 16 --allow-reorder --timeout 120)
+    fan=$("$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
+        --subs "$subs" --topics "$topics" --events "$events" --inflight 16 --allow-reorder \
+        --timeout 120)
     echo "$label publish: $pub" >>"$tmp/raw.jsonl"
     echo "$label fanout: $fan" >>"$tmp/raw.jsonl"
     row "$label" "$pub" "$fan"
