@@ -8,6 +8,7 @@ from the other nodes. One cluster for the whole suite; storms are small and boun
 
 import glob
 import json
+import re
 import os
 import queue
 import signal
@@ -19,6 +20,8 @@ import unittest
 from nats_testlib import HERE, REPO, SLOW, NatsCluster
 
 TIMEOUT = 30.0 * SLOW
+SANITIZER_RE = re.compile(r"AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|"
+                          r"runtime error:|Segmentation fault", re.M)
 
 
 def probe_path():
@@ -51,8 +54,10 @@ class Probe:
         self.ready = None
         self.log = []
         self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self.threads = [threading.Thread(target=self._read, daemon=True),
+                        threading.Thread(target=self._read_err, daemon=True)]
+        for t in self.threads:
+            t.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -121,6 +126,8 @@ class Probe:
         return acks, done
 
     def close(self):
+        if self.proc.stdin.closed:
+            return
         if self.proc.poll() is None:
             try:
                 self.send("quit")
@@ -128,11 +135,18 @@ class Probe:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        for t in self.threads:  # everything the probe wrote, before judging it
+            t.join(5)
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 f.close()
             except OSError:
                 pass
+        # A sanitizer build reports leaks and errors at exit: they fail the test.
+        log = "".join(self.log)
+        if self.proc.returncode not in (0, None) or SANITIZER_RE.search(log):
+            raise AssertionError(f"nats_probe {self.node} exited {self.proc.returncode}: "
+                                 f"{log[-3000:]}")
 
 
 class EngineNatsTest(unittest.TestCase):
