@@ -24,9 +24,8 @@ struct hd_h1_opts {
      * bytes after a complete request are discarded and the answer closes the connection, so
      * the client retries them (RFC 9112 9.3.2). */
     bool pipelining;
-    /* lws decodes a chunked request body. When false the request is answered (411 for a
-     * publish) and closed, and the body is dropped unparsed; when true lws frames it, and
-     * the connection's later bytes are lws's alone (this check has no chunk decoder). */
+    /* heraldd reads a chunked request body itself (lws 4.3): after such a head the bytes go to
+     * lws unchecked, and the answer closes the connection. When false, the body is discarded. */
     bool chunked;
 };
 

@@ -132,10 +132,8 @@ static bool is_loopback(const struct sockaddr_storage *ss)
  * A refused plaintext peer still gets a short 503 or 429 so a person with curl learns why;
  * a TLS peer just sees the connection close.
  */
-static int peer_filter(struct hd_server *s, struct lws *wsi,
-                       const struct lws_filter_network_conn_args *a)
+static int peer_filter(struct hd_server *s, bool tls, const struct lws_filter_network_conn_args *a)
 {
-    bool tls = vhost_is_tls(s, lws_get_vhost(wsi));
     srv_guard_open(a->accept_fd, tls);
     /* lws adopted nothing for the last accepted socket: its count must not stay behind. */
     conn_free(s, s->pending);
@@ -186,13 +184,24 @@ refuse:
     return -1;
 }
 
+int srv_peer_accept(struct hd_server *s, bool tls, int fd, const struct sockaddr_storage *addr,
+                    socklen_t len)
+{
+    struct lws_filter_network_conn_args a;
+    memset(&a, 0, sizeof(a));
+    a.cli_addr = *addr;
+    a.clilen = len;
+    a.accept_fd = fd;
+    return peer_filter(s, tls, &a);
+}
+
 bool srv_peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callback_reasons reason,
                         void *user, int *ret)
 {
     *ret = 0;
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-        *ret = peer_filter(s, wsi, user);
+        *ret = peer_filter(s, vhost_is_tls(s, lws_get_vhost(wsi)), user);
         return true;
     case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
         /* lws's one look at a vhost's SSL_CTX (user), while lws_create_vhost runs. */
@@ -355,6 +364,15 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         vi.vhost_name = s->names[i % HD_MAX_LISTENERS];
         vi.port = l->port; /* 0: the kernel picks one; lws reports it back below */
         vi.iface = l->address;
+        /* A socket systemd passed for this address: heraldd accepts on it, lws listens on
+         * nothing (server_activation.c). */
+        struct srv_listen_sock *ls = &s->activated[i % HD_MAX_LISTENERS];
+        ls->fd = srv_activation_find(l);
+        ls->tls = l->tls_cert != NULL;
+        if (ls->fd >= 0) {
+            vi.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+            vi.iface = NULL;
+        }
         vi.protocols = s->protocols;
         vi.pvo = &s->pvo;
         vi.retry_and_idle_policy = &s->retry;
@@ -390,12 +408,24 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
             return s;
         }
         s->vhosts[i % HD_MAX_LISTENERS] = vh;
-        hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
-                    lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
+        if (ls->fd >= 0) {
+            ls->vh = vh;
+            if (srv_activation_start(s, ls)) {
+                hd_log_error("cannot watch the socket systemd passed", "fd=%d", ls->fd);
+                s->failed = true;
+                return s;
+            }
+            hd_log_info("listening", "address=%s port=%d tls=%s from=systemd", l->address,
+                        srv_activation_port(ls->fd), l->tls_cert ? "yes" : "no");
+        } else {
+            hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
+                        lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
+        }
         if (l->tls_cert && !s->ssl_ctx[i % HD_MAX_LISTENERS])
             hd_log_warn("this TLS listener's certificate cannot be reloaded", "address=%s",
                         l->address);
     }
+    srv_activation_unused();
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (s->epfd < 0 || uv_poll_init(loop, &s->ep_watch, s->epfd)) {
         hd_log_error("cannot create the stream watcher", "errno=%d", errno);
@@ -488,6 +518,8 @@ void hd_server_destroy(struct hd_server *s)
         return;
     if (s->ctx)
         lws_context_destroy(s->ctx); /* first half: lws closes its libuv handles */
+    for (size_t i = 0; i < HD_MAX_LISTENERS; i++)
+        srv_activation_stop(&s->activated[i]);
     if (s->ep_started) {
         uv_poll_stop(&s->ep_watch);
         uv_close((uv_handle_t *)&s->ep_watch, NULL);

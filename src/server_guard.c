@@ -20,21 +20,23 @@
 #include "server_int.h"
 
 /*
- * THE lws version decision for HTTP/1.1 framing, the one place that knows. lws 4.1 (Debian
- * 12) mis-parses a request that arrives before the previous one is answered (a pipelined
- * body is re-read from the start of its buffer, LWS_NOTES.md) and does not decode chunked
- * request bodies. lws 4.3 is said to do both; turning them on there (a version check here,
- * and tests that pipelined and chunked requests are served) is issue 17's. Until then: one
- * request per read, a pipelining client gets `Connection: close` and retries (RFC 9112
- * 9.3.2), and a chunked body gets 411.
+ * THE lws version decisions for HTTP/1.1 framing.
+ *
+ * Pipelining: lws 4.1 (Debian 12) re-reads a pipelined body from the start of its buffer
+ * (LWS_NOTES.md). lws 4.3.5 (Debian 13) is no better: its HTTP/1 server never sets
+ * content_length_given, so a request body is everything in the read buffer, the next request
+ * included, and the request never completes (the client waits for ever; upstream fixed it
+ * after v4.4.1, in "Audit fixes", cae06c63a). So on every lws Debian ships: one request per
+ * read, and a pipelining client gets `Connection: close` and retries (RFC 9112 9.3.2).
+ *
+ * Chunked request bodies: neither 4.1 nor 4.3 decodes them. On 4.3 lws hands the raw chunked
+ * bytes to the HTTP_BODY callback (a body without Content-Length is read as "up to 100 MB"),
+ * and heraldd decodes them itself (server_http.c, srv_http_chunked_ok); on 4.1 the request is
+ * refused with 411 as before.
  */
-static const struct {
-    bool pipelining, chunked;
-} lws_h1 = {.pipelining = false, .chunked = false};
-
-bool srv_lws_decodes_chunked(void)
+static bool lws_h1_pipelining_works(void)
 {
-    return lws_h1.chunked;
+    return false;
 }
 
 /* lws keeps each known header and each query part in a fragment of a fixed table
@@ -57,8 +59,8 @@ void srv_guard_init(const struct hd_config *cfg)
     opts = (struct hd_h1_opts){.max_head_bytes = cfg->limits.max_header_bytes,
                                .max_headers = GUARD_MAX_HEADERS,
                                .max_params = GUARD_MAX_PARAMS,
-                               .pipelining = lws_h1.pipelining,
-                               .chunked = lws_h1.chunked};
+                               .pipelining = lws_h1_pipelining_works(),
+                               .chunked = srv_http_chunked_ok()};
 }
 
 unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg)

@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 
 #include "api.h"
@@ -44,6 +45,10 @@ struct http_pss {
     size_t body_len;
     bool body_too_large;
     bool reading_body;
+    bool chunked; /* a Transfer-Encoding: chunked body, decoded here (lws 4.3 only) */
+    bool body_malformed;
+    uint8_t ch_state;
+    uint64_t ch_left; /* of the chunk being read, or its size while reading the size */
     bool response_ready;
     bool head;
     struct hd_http_resp resp;
@@ -388,6 +393,155 @@ static int body_complete(struct http_pss *pss)
     return 0;
 }
 
+/*
+ * Chunked request bodies (RFC 9112 7.1). lws 4.3 reads a body without Content-Length as "up to
+ * 100 MB" and hands it to LWS_CALLBACK_HTTP_BODY raw, chunk framing included, and never
+ * reports its end; lws 4.1 would re-parse it. So on 4.3 heraldd decodes it here and completes
+ * the body itself at the last chunk. The connection closes after the answer: lws reads any
+ * bytes after the last chunk as more body (the framing guard no longer follows the
+ * connection), so they cannot be served as the next request.
+ */
+#if LWS_LIBRARY_VERSION_MAJOR > 4 ||                                                               \
+    (LWS_LIBRARY_VERSION_MAJOR == 4 && LWS_LIBRARY_VERSION_MINOR >= 3)
+#define HD_CHUNKED_BODIES 1
+#else
+#define HD_CHUNKED_BODIES 0
+#endif
+
+bool srv_http_chunked_ok(void)
+{
+    return HD_CHUNKED_BODIES;
+}
+
+enum {
+    CH_SIZE,
+    CH_EXT,
+    CH_SIZE_LF,
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER,
+    CH_TRAILER_LINE,
+    CH_END_LF,
+    CH_TRAILER_LF,
+    CH_DONE
+};
+
+static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, size_t len);
+
+/* Feeds len raw bytes of a chunked body: 0 needs more, 1 the body is complete (anything after
+ * it is ignored), -1 malformed. Data goes through http_body (and its size limit). */
+/* Transfer-Encoding is exactly "chunked" (any case): other codings are not decoded. */
+static bool is_chunked(struct lws *wsi)
+{
+    char te[16];
+    return srv_copy_header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING, te, sizeof(te)) &&
+           !strcasecmp(te, "chunked");
+}
+
+static int chunked_feed(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = (unsigned char)in[i];
+        switch (pss->ch_state) {
+        case CH_SIZE: {
+            int d = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+            if (d >= 0) {
+                if (pss->ch_left >> 56)
+                    return -1; /* a chunk size over 2^60 */
+                pss->ch_left = pss->ch_left * 16 + (uint64_t)d;
+            } else if (c == ';') {
+                pss->ch_state = CH_EXT;
+            } else if (c == '\r') {
+                pss->ch_state = CH_SIZE_LF;
+            } else {
+                return -1;
+            }
+            i++;
+            break;
+        }
+        case CH_EXT: /* chunk extensions are ignored */
+            if (c == '\r')
+                pss->ch_state = CH_SIZE_LF;
+            else if (c == '\n')
+                return -1;
+            i++;
+            break;
+        case CH_SIZE_LF:
+            if (c != '\n')
+                return -1;
+            pss->ch_state = pss->ch_left ? CH_DATA : CH_TRAILER;
+            i++;
+            break;
+        case CH_DATA: {
+            size_t n = len - i;
+            if ((uint64_t)n > pss->ch_left)
+                n = (size_t)pss->ch_left;
+            if (http_body(s, pss, in + i, n))
+                return -1;
+            pss->ch_left -= n;
+            i += n;
+            if (!pss->ch_left)
+                pss->ch_state = CH_DATA_CR;
+            break;
+        }
+        case CH_DATA_CR:
+            if (c != '\r')
+                return -1;
+            pss->ch_state = CH_DATA_LF;
+            i++;
+            break;
+        case CH_DATA_LF:
+            if (c != '\n')
+                return -1;
+            pss->ch_state = CH_SIZE;
+            i++;
+            break;
+        case CH_TRAILER: /* the start of a trailer line, or the empty line that ends it all */
+            pss->ch_state = c == '\r' ? CH_END_LF : CH_TRAILER_LINE;
+            i++;
+            break;
+        case CH_TRAILER_LINE: /* trailer fields are ignored; the head's limits bound them */
+            if (c == '\r')
+                pss->ch_state = CH_TRAILER_LF;
+            i++;
+            break;
+        case CH_TRAILER_LF:
+            if (c != '\n')
+                return -1;
+            pss->ch_state = CH_TRAILER;
+            i++;
+            break;
+        case CH_END_LF:
+            if (c != '\n')
+                return -1;
+            pss->ch_state = CH_DONE;
+            return 1;
+        default:
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* LWS_CALLBACK_HTTP_BODY of a chunked request. */
+static int http_body_chunked(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
+{
+    if (!pss->reading_body)
+        return 0; /* complete, or answered: the rest is not read (the connection closes) */
+    int r = chunked_feed(s, pss, in, len);
+    if (r == 0 && !pss->body_too_large)
+        return 0;
+    /* Complete, malformed (400) or over the size limit (413, without reading the rest):
+     * answered at the end of the turn, like any body. */
+    pss->body_malformed = r < 0;
+    return body_complete(pss);
+}
+
 static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
 {
     http_reset(pss);
@@ -486,12 +640,14 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     if (next == HD_HTTP_READ_BODY) {
         if (pss->req.content_length < 0) {
-            bool chunked = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
-            if (chunked && srv_lws_decodes_chunked()) {
-                pss->reading_body = true; /* lws hands over the decoded body */
+            if (HD_CHUNKED_BODIES && is_chunked(wsi)) {
+                pss->chunked = true;
+                pss->close_after = true; /* see chunked_feed */
+                pss->reading_body = true;
                 return 0;
             }
-            if (chunked) {
+            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
+                /* lws 4.1 does not decode chunked request bodies. */
                 hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
                              "send the body with a Content-Length (chunked is not supported)");
                 pss->resp.status = 411;
@@ -543,6 +699,10 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
 static int http_body_complete(struct hd_server *s, struct http_pss *pss)
 {
     pss->reading_body = false;
+    if (pss->body_malformed) {
+        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "malformed chunked request body");
+        return http_respond(s, pss);
+    }
     if (pss->body_too_large) {
         /* Only a body without Content-Length (chunked, where lws decodes it) gets here: the
          * route refused a Content-Length over the limit, in the same words. */
@@ -697,6 +857,8 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
         /* An inline answer completes the transaction and lws frees pss: do not touch it. */
         return http_request(s, pss, wsi) ? -1 : 0;
     case LWS_CALLBACK_HTTP_BODY:
+        if (pss && pss->chunked)
+            return http_body_chunked(s, pss, in, len);
         return http_body(s, pss, in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return pss->reading_body || pss->body_done ? body_complete(pss) : 0;

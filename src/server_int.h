@@ -50,6 +50,15 @@ struct turn_link {
     struct turn_link *prev, *next;
 };
 
+/* A listening socket systemd passed, accepted on by heraldd (server_activation.c). */
+struct srv_listen_sock {
+    uv_poll_t poll;
+    int fd; /* -1: this listener's vhost has lws's own listener */
+    bool tls, started;
+    struct lws_vhost *vh;
+    struct hd_server *s;
+};
+
 struct hd_server {
     struct lws_context *ctx;
     struct hd_broker *broker;
@@ -64,6 +73,7 @@ struct hd_server {
     bool ep_started;
     char names[HD_MAX_LISTENERS][32];
     struct lws_vhost *vhosts[HD_MAX_LISTENERS];
+    struct srv_listen_sock activated[HD_MAX_LISTENERS];
     void *ssl_ctx[HD_MAX_LISTENERS]; /* each TLS vhost's SSL_CTX, for certificate reloads */
     size_t creating;                 /* the listener whose vhost lws is creating */
     /* Made at accept, handed to the wsi lws creates for it right after. */
@@ -168,13 +178,30 @@ void srv_ws_flush_all(struct hd_server *s);
 /* Reads again from paused WebSocket publishers once they may go on. */
 void srv_ws_resume(struct hd_server *s, uint64_t now_ns);
 
+/* server.c: the accept-time limits for a connection heraldd accepted itself (tls: on a TLS
+ * listener). 0: hand fd to lws; -1: refused (answered if plaintext), the caller closes fd. */
+int srv_peer_accept(struct hd_server *s, bool tls, int fd, const struct sockaddr_storage *addr,
+                    socklen_t len);
+
+/* server_activation.c: listening sockets passed by systemd (sd_listen_fds) */
+/* How many sockets were passed (read once; LISTEN_FDS is then unset). */
+int srv_activation_fds(void);
+/* The passed listening socket whose address is listener l's (borrowed), or -1. */
+int srv_activation_find(const struct hd_listener *l);
+/* Warns about passed sockets no listener took. */
+void srv_activation_unused(void);
+/* The port a socket is bound to, or -1. */
+int srv_activation_port(int fd);
+/* Starts accepting on ls->fd into ls->vh (ls is s's, and must stay put); 0 or -EINVAL. */
+int srv_activation_start(struct hd_server *s, struct srv_listen_sock *ls);
+/* Stops accepting and closes the poll handle (the loop must run its close callback). */
+void srv_activation_stop(struct srv_listen_sock *ls);
+
 /* server_guard.c: HTTP/1.1 framing checked below lws (see hd_guard_recv in server.h) */
 /* Takes the limits from cfg (borrowed for the call). */
 void srv_guard_init(const struct hd_config *cfg);
 /* The header buffer lws needs so that it never refuses a head the framing let through. */
 unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg);
-/* Whether lws decodes chunked request bodies (false on 4.1: 411). */
-bool srv_lws_decodes_chunked(void);
 /* A connection was accepted on fd: checked from its first byte unless it is TLS. */
 void srv_guard_open(int fd, bool tls);
 /* True when the client sent more after its request, before the answer: answer, then close. */
@@ -184,6 +211,9 @@ void srv_guard_answered(int fd);
 
 /* server_http.c */
 extern const struct lws_protocols srv_http_protocol;
+/* True when heraldd reads chunked request bodies itself (lws 4.3, which hands them over raw);
+ * false on lws 4.1, where such a request is answered 411. */
+bool srv_http_chunked_ok(void);
 /* Acts on the request bodies completed this turn, unless publishers are held. */
 void srv_http_turn(struct hd_server *s, uint64_t now_ns);
 /* The watcher of held-open requests (SSE, waiting long polls) saw its epoll set ready. */

@@ -2,7 +2,8 @@
 """Shared harness for the heraldd integration suites.
 
 Starts the real daemon on a free loopback port, keeps draining its logs, and talks to it the
-way users do: HTTP over http.client, WebSocket over python3-websockets (legacy 10.4 API) and,
+way users do: HTTP over http.client, WebSocket over python3-websockets (10.4's legacy client on
+Debian 12, 15's asyncio client on Debian 13; see ws_connect) and,
 where a misbehaving client is the point, over a raw socket. Every wait is bounded so a missing
 frame fails the test after a few seconds instead of hanging ctest.
 """
@@ -32,6 +33,40 @@ import unittest
 import urllib.parse
 
 import websockets
+import websockets.exceptions
+
+try:
+    # websockets >= 13 (Debian 13 ships 15): the asyncio client, which websockets.connect also
+    # names from 14 on. Extra request headers are `additional_headers`, a refused handshake
+    # raises InvalidStatus (status in .response) and "open" is a state.
+    from websockets.asyncio.client import connect as _ws_connect
+    from websockets.protocol import State as _WSState
+
+    _WS_HEADERS_KW = "additional_headers"
+    WSInvalidStatus = websockets.exceptions.InvalidStatus
+except ImportError:
+    # websockets 10.4 (Debian 12): the legacy client.
+    _ws_connect = websockets.connect
+    _WSState = None
+    _WS_HEADERS_KW = "extra_headers"
+    WSInvalidStatus = websockets.exceptions.InvalidStatusCode
+
+
+def ws_connect(url, headers=None, **kw):
+    """websockets.connect (awaitable) taking extra request headers on either websockets."""
+    if headers is not None:
+        kw[_WS_HEADERS_KW] = headers
+    return _ws_connect(url, **kw)
+
+
+def ws_refused_status(e):
+    """The HTTP status of a refused WebSocket handshake (a WSInvalidStatus)."""
+    response = getattr(e, "response", None)
+    return response.status_code if response is not None else e.status_code
+
+
+def ws_is_open(ws):
+    return ws.state is _WSState.OPEN if _WSState is not None else ws.open
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -70,6 +105,16 @@ def build_dir():
         return path
     exe = heraldd_path()
     return os.path.dirname(os.path.abspath(exe))
+
+
+def lws_version():
+    """The libwebsockets version heraldd was built against, as a tuple: (4, 1, 6) on Debian 12,
+    (4, 3, 5) on Debian 13. From the build directory's CMake cache."""
+    with open(os.path.join(build_dir(), "CMakeCache.txt")) as f:
+        m = re.search(r"^LWS_VERSION:INTERNAL=(\d+)\.(\d+)\.(\d+)", f.read(), re.M)
+    if not m:
+        raise AssertionError("LWS_VERSION not in the build's CMakeCache.txt")
+    return tuple(int(x) for x in m.groups())
 
 
 def raise_nofile_limit():
@@ -474,10 +519,9 @@ class WSClient:
         timeout *= DAEMON_SLOW  # a daemon under valgrind answers the handshake slowly too
         try:
             ws = await asyncio.wait_for(
-                websockets.connect(url, subprotocols=list(subprotocols) or None,
-                                   max_size=max_size, max_queue=None, ping_interval=None,
-                                   open_timeout=timeout, close_timeout=2,
-                                   compression=compression, extra_headers=headers),
+                ws_connect(url, headers, subprotocols=list(subprotocols) or None,
+                           max_size=max_size, max_queue=None, ping_interval=None,
+                           open_timeout=timeout, close_timeout=2, compression=compression),
                 timeout + 1)
         except asyncio.TimeoutError:
             raise AssertionError(f"WebSocket connect to {url} timed out") from None
@@ -636,7 +680,7 @@ class WSClient:
 
     @property
     def open(self):
-        return self.ws.open
+        return ws_is_open(self.ws)
 
     async def close(self):
         _open_clients.discard(self)

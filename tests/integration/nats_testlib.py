@@ -26,7 +26,7 @@ SLOW = 6.0 if os.environ.get("HERALDD_VALGRIND") == "1" else 1.0
 def nats_server_path():
     """The nats-server binary: $HERALD_NATS_SERVER, else what scripts/nats-server provides."""
     path = os.environ.get("HERALD_NATS_SERVER")
-    if path:
+    if path and os.access(path, os.X_OK):
         return path
     out = subprocess.run([os.path.join(REPO, "scripts", "nats-server")], check=True,
                          stdout=subprocess.PIPE, timeout=300)

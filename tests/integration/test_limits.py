@@ -16,7 +16,8 @@ import unittest
 
 import websockets
 
-from herald_testlib import HeraldTestCase, WSClient, async_test, metric_sum, parse_metrics
+from herald_testlib import (HeraldTestCase, WSClient, WSInvalidStatus, async_test, metric_sum,
+                            parse_metrics, ws_connect, ws_refused_status)
 from history_testlib import wait_until
 
 RATE = {"limits": {"publish_rate": 2, "publish_burst": 3}}
@@ -188,9 +189,9 @@ class PerAddressLimitTest(HeraldTestCase):
     async def test_websocket_upgrades_count_and_reload_lowers_limit(self):
         d = self.start_daemon({"limits": {"max_connections_per_ip": self.LIMIT}})
         conns = [await WSClient.connect(d) for _ in range(self.LIMIT)]
-        with self.assertRaises(websockets.exceptions.InvalidStatusCode) as cm:
-            await websockets.connect(d.ws_url, subprotocols=["herald.v1"], open_timeout=5)
-        self.assertEqual(cm.exception.status_code, 429)
+        with self.assertRaises(WSInvalidStatus) as cm:
+            await ws_connect(d.ws_url, subprotocols=["herald.v1"], open_timeout=5)
+        self.assertEqual(ws_refused_status(cm.exception), 429)
 
         # SIGHUP to a limit of 1: the three open connections stay, new ones are refused.
         d.rewrite_config({"limits": {"max_connections_per_ip": 1}})
