@@ -51,6 +51,7 @@ class Probe:
         self.gaps = []
         self.acks = []  # (n, id, dup, err)
         self.ack_times = {}  # id -> time of the latest ack naming it
+        self.expect_exit = 0
         self.ready = None
         self.log = []
         self.lock = threading.Lock()
@@ -144,7 +145,7 @@ class Probe:
                 pass
         # A sanitizer build reports leaks and errors at exit: they fail the test.
         log = "".join(self.log)
-        if self.proc.returncode not in (0, None) or SANITIZER_RE.search(log):
+        if self.proc.returncode not in (0, self.expect_exit, None) or SANITIZER_RE.search(log):
             raise AssertionError(f"nats_probe {self.node} exited {self.proc.returncode}: "
                                  f"{log[-3000:]}")
 
@@ -306,6 +307,16 @@ class EngineNatsTest(unittest.TestCase):
         m = a.expect(lambda m: "replays" in m, what="metrics")
         self.assertEqual(m["connected"], 1)
         self.assertEqual(m["pending"], 0)
+
+    def test_a_stream_that_does_not_fit_is_refused(self):
+        self.probe("a")  # creates the stream with 3 replicas
+        b = Probe(self.cluster.urls, node="b", replicas=1)
+        self.probes.append(b)
+        b.expect_exit = 2
+        m = b.expect(lambda m: "start_failed" in m, what="a refusal")
+        self.assertIn("has 3 replicas but engine.replicas is 1", m["start_failed"])
+        b.proc.wait(10 * SLOW)
+        self.assertEqual(b.proc.returncode, 2)
 
     def test_status_from_other_nodes(self):
         a, _b, _c = self.probe("a"), self.probe("b"), self.probe("c")
