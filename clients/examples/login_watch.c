@@ -130,7 +130,9 @@ static void on_subscribed(herald_client *c, const herald_reply *r, void *arg)
 {
     struct app *a = arg;
     (void)c;
-    if (r->status != 0) {
+    if (r->status == HERALD_E_CLOSED) {
+        return; /* we are shutting down before the server answered: not a failure */
+    } else if (r->status != 0) {
         fprintf(stderr, "login_watch: cannot subscribe: %s\n", r->error.message);
         a->exit_code = 3;
         a->done = true;

@@ -889,11 +889,11 @@ class ExampleApp(CLITestCase):
                                capture_output=True, text=True)
             self.assertEqual(p.returncode, 0, p.stderr)
             # It runs and reaches a daemon.
-            d = self.start_daemon() if not hasattr(self, "_pc_d") else self._pc_d
-            self._pc_d = d
+            d = self.start_daemon()  # its own, so the subscription count below is this run's
             w = self.spawn(d.ws_url, os.path.join(tmp, "cursor"), program=out,
                            env=dict(self.env(), **run_env))
             w.wait_stderr("connected")
+            self.wait_subscriptions(d, 1)
             w.signal(signal.SIGTERM)
             self.finish(w, 0)
 
