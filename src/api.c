@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "assets.h"
+#include "engine_nats.h"
 #include "log.h"
 #include "topic.h"
 
@@ -521,31 +522,127 @@ static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req
     return HD_HTTP_SSE;
 }
 
-static void status_route(struct hd_broker *b, const struct hd_http_req *req, const char *id,
-                         struct hd_http_resp *resp)
+/* The status body: this node's counts plus the other nodes' (nodes 0: no "nodes" member). */
+static void status_body(struct hd_http_resp *resp, const char *event_json, size_t len,
+                        const struct hd_status_counts *c, unsigned nodes)
 {
-    uint64_t seq;
-    struct hd_msg *m = NULL;
-    if (hd_event_id_parse(id, &seq) == 0)
-        m = hd_history_get(hd_broker_history(b), seq);
-    if (!m) {
-        hd_api_error(resp, HD_ERR_NOT_FOUND, "no such event in history");
-        return;
-    }
-    /* The status carries the event itself: it takes the right to read its topic. */
-    if (!allowed(b, req, m->topic, resp))
-        return;
-    size_t cap = m->len + 128;
+    size_t cap = len + 160;
     char *body = malloc(cap);
     if (!body) {
         hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
         return;
     }
-    int n = snprintf(body, cap, "{\"event\":%s,\"queued\":%u,\"written\":%u,\"dropped\":%u}",
-                     (const char *)hd_msg_payload(m), m->queued, m->written, m->dropped);
+    int n = snprintf(body, cap,
+                     "{\"event\":%.*s,\"queued\":%" PRIu64 ",\"written\":%" PRIu64
+                     ",\"dropped\":%" PRIu64,
+                     (int)len, event_json, c->queued, c->written, c->dropped);
+    if (nodes)
+        n += snprintf(body + n, cap - (size_t)n, ",\"nodes\":%u", nodes);
+    n += snprintf(body + n, cap - (size_t)n, "}");
     hd__api_body(resp, 200, "application/json", body, (size_t)n);
 }
 
+static struct hd_msg *status_event(struct hd_broker *b, const char *id)
+{
+    uint64_t seq;
+    return hd_event_id_parse(id, &seq) == 0 ? hd_history_get(hd_broker_history(b), seq) : NULL;
+}
+
+/*
+ * GET /v1/events/{id}. In cluster mode the other nodes' counts are gathered over the engine
+ * within a short deadline, so the answer comes later (HD_HTTP_READ_BODY of an empty body, then
+ * hd_api_publish, which calls hd__api_status_gather).
+ */
+static enum hd_http_next status_route(struct hd_broker *b, const struct hd_http_req *req,
+                                      const char *id, struct hd_http_resp *resp)
+{
+    struct hd_msg *m = status_event(b, id);
+    if (!m) {
+        hd_api_error(resp, HD_ERR_NOT_FOUND, "no such event in history");
+        return HD_HTTP_RESPOND;
+    }
+    /* The status carries the event itself: it takes the right to read its topic. */
+    if (!allowed(b, req, m->topic, resp))
+        return HD_HTTP_RESPOND;
+    struct hd_engine *e = hd_broker_engine(b);
+    if (e && hd_engine_is_nats(e))
+        return HD_HTTP_READ_BODY;
+    struct hd_status_counts c = {.queued = m->queued, .written = m->written, .dropped = m->dropped};
+    status_body(resp, (const char *)hd_msg_payload(m), m->len, &c, 0);
+    return HD_HTTP_RESPOND;
+}
+
+struct status_ctx {
+    struct hd_broker *b;
+    bool in_call, completed;
+    struct hd_http_resp *sync_resp;
+    hd_api_done_fn done;
+    void *arg;
+    char id[HD_EVENT_ID_LEN + 1];
+};
+
+static void status_fill(struct status_ctx *ctx, struct hd_http_resp *resp,
+                        const struct hd_status_counts *others, unsigned nodes)
+{
+    struct hd_msg *m = status_event(ctx->b, ctx->id);
+    if (!m) { /* it left history while the other nodes answered */
+        hd_api_error(resp, HD_ERR_NOT_FOUND, "no such event in history");
+        return;
+    }
+    struct hd_status_counts c = {.queued = m->queued + others->queued,
+                                 .written = m->written + others->written,
+                                 .dropped = m->dropped + others->dropped};
+    status_body(resp, (const char *)hd_msg_payload(m), m->len, &c, 1 + nodes);
+}
+
+static void status_gathered(void *arg, int err, const struct hd_status_counts *sum, unsigned nodes)
+{
+    struct status_ctx *ctx = arg;
+    static const struct hd_status_counts none = {0};
+    if (err || !sum) {
+        sum = &none;
+        nodes = 0;
+    }
+    ctx->completed = true;
+    if (ctx->in_call) {
+        status_fill(ctx, ctx->sync_resp, sum, nodes);
+        return;
+    }
+    struct hd_http_resp *resp = calloc(1, sizeof(*resp));
+    if (resp)
+        status_fill(ctx, resp, sum, nodes);
+    ctx->done(ctx->arg, resp);
+    free(ctx);
+}
+
+int hd__api_status_gather(struct hd_broker *b, const struct hd_http_req *req,
+                          struct hd_http_resp *resp, hd_api_done_fn done, void *arg)
+{
+    struct status_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+        return HD_HTTP_RESPOND;
+    }
+    *ctx =
+        (struct status_ctx){.b = b, .in_call = true, .sync_resp = resp, .done = done, .arg = arg};
+    snprintf(ctx->id, sizeof(ctx->id), "%.*s", HD_EVENT_ID_LEN, req->path + strlen("/v1/events/"));
+    uint64_t seq = 0;
+    hd_event_id_parse(ctx->id, &seq);
+    /* 250 ms: a status is a quick look; a node slower than that is left out of the sum. */
+    int r = hd_engine_status_gather(hd_broker_engine(b), seq, 250, status_gathered, ctx);
+    if (r) {
+        static const struct hd_status_counts none = {0};
+        status_fill(ctx, resp, &none, 0); /* NATS unreachable: this node alone */
+        free(ctx);
+        return HD_HTTP_RESPOND;
+    }
+    if (ctx->completed) {
+        free(ctx);
+        return HD_HTTP_RESPOND;
+    }
+    ctx->in_call = false;
+    return -1;
+}
 /* The WebSocket endpoint: an upgrade passes origin, drain and credential checks here, with
  * the identity kept in resp->who for the connection; a plain GET learns what to do. */
 static enum hd_http_next ws_route(struct hd_broker *b, const struct hd_http_req *req,
@@ -613,6 +710,8 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
     case R_HEALTH:
         if (hd_broker_draining(b))
             respond_text(resp, 503, "text/plain; charset=utf-8", "draining\n");
+        else if (!hd_broker_ready(b)) /* a cluster node cut off from NATS takes no publishes */
+            respond_text(resp, 503, "text/plain; charset=utf-8", "engine unavailable\n");
         else
             respond_text(resp, 200, "text/plain; charset=utf-8", "ok\n");
         return HD_HTTP_RESPOND;
@@ -633,8 +732,7 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
     case R_SSE:
         return sse_route(b, req, var, resp);
     case R_STATUS:
-        status_route(b, req, var, resp);
-        return HD_HTTP_RESPOND;
+        return status_route(b, req, var, resp);
     case R_ASSET:
         hd_asset_respond(req, hd_broker_config(b)->console.enabled, resp);
         return HD_HTTP_RESPOND;

@@ -21,4 +21,9 @@ enum hd_http_next hd__api_publish_route(struct hd_broker *b, const struct hd_htt
 enum hd_http_next hd__api_batch_route(struct hd_broker *b, const struct hd_http_req *req,
                                       struct hd_http_resp *resp);
 
+/* Answers GET /v1/events/{id} with every node's counts (cluster mode; api.c). Like
+ * hd_api_publish: RESPOND with resp filled, or -1 and `done` later. */
+int hd__api_status_gather(struct hd_broker *b, const struct hd_http_req *req,
+                          struct hd_http_resp *resp, hd_api_done_fn done, void *arg);
+
 #endif

@@ -101,6 +101,11 @@ int hd_broker_start(struct hd_broker *b, char *why, size_t why_len)
     return b->engine->ops->start(b->engine, why, why_len);
 }
 
+struct hd_engine *hd_broker_engine(const struct hd_broker *b)
+{
+    return b->engine;
+}
+
 bool hd_broker_ready(const struct hd_broker *b)
 {
     return b->engine_ready && !b->draining;

@@ -110,6 +110,8 @@ void hd_broker_set_engine(struct hd_broker *b, struct hd_engine *e);
  * negative errno with a sentence in `why` (the daemon exits 2).
  */
 int hd_broker_start(struct hd_broker *b, char *why, size_t why_len);
+/* The installed engine (borrowed), or NULL. */
+struct hd_engine *hd_broker_engine(const struct hd_broker *b);
 /* True while publishes can be taken: the engine is ready and the broker is not draining. */
 bool hd_broker_ready(const struct hd_broker *b);
 

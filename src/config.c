@@ -42,6 +42,12 @@ static int parse_durability(const char *s, int *out)
     return lookup(names, 2, s, out);
 }
 
+static int parse_engine(const char *s, int *out)
+{
+    static const char *const names[] = {[HD_ENGINE_LOCAL] = "local", [HD_ENGINE_NATS] = "nats"};
+    return lookup(names, 2, s, out);
+}
+
 int hd__cfg_parse_log_level(const char *s, int *out)
 {
     enum hd_log_level l;
@@ -121,6 +127,80 @@ bad:
     snprintf(why, cap,
              "\"%.60s\" is not an origin: expected \"*\" or scheme://host[:port] with "
              "no path or trailing slash",
+             s);
+    return -EINVAL;
+}
+
+/*
+ * A NATS server URL as libnats takes it: nats:// or tls://, optional user[:password]@, a host
+ * name or address ([v6] in brackets), an optional port, nothing after. Commas and spaces are
+ * refused because --nats and libnats both split lists on them.
+ */
+int hd__cfg_check_nats_url(const char *s, char *why, size_t cap)
+{
+    const char *p, *host, *at;
+    if (strncmp(s, "nats://", 7) == 0)
+        p = s + 7;
+    else if (strncmp(s, "tls://", 6) == 0)
+        p = s + 6;
+    else
+        goto bad;
+    at = strrchr(p, '@');
+    if (at)
+        p = at + 1;
+    host = p;
+    if (*p == '[') {
+        p = strchr(p, ']');
+        if (!p)
+            goto bad;
+        p++;
+    } else {
+        while (*p &&
+               strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_", *p))
+            p++;
+    }
+    if (p == host)
+        goto bad;
+    if (*p == ':') {
+        const char *d = ++p;
+        while (*p >= '0' && *p <= '9')
+            p++;
+        if (p == d || p - d > 5 || atol(d) < 1 || atol(d) > 65535)
+            goto bad;
+    }
+    if (*p == '/')
+        p++;
+    if (*p == '\0' && !strpbrk(s, " ,\t"))
+        return 0;
+bad:
+    snprintf(why, cap,
+             "\"%.60s\" is not a NATS server URL: expected nats://HOST[:PORT] or "
+             "tls://HOST[:PORT]",
+             s);
+    return -EINVAL;
+}
+
+/* JetStream stream names become subjects and file names: keep them to one plain word. */
+static int check_stream(const char *s, char *why, size_t cap)
+{
+    for (const char *p = s; *p; p++) {
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", *p)) {
+            snprintf(why, cap, "may only use A-Z a-z 0-9 _ -");
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* Dot-separated segments without wildcards: events go to "<prefix>.<topic>". */
+static int check_subject_prefix(const char *s, char *why, size_t cap)
+{
+    size_t n = strlen(s);
+    if (hd_pattern_check(s, n) == 0 && !strpbrk(s, "*>"))
+        return 0;
+    snprintf(why, cap,
+             "\"%.60s\" is not a subject prefix: dot-separated segments of A-Z a-z 0-9 _ : @ -, "
+             "no wildcards",
              s);
     return -EINVAL;
 }
@@ -498,6 +578,64 @@ static const struct row log_rows[] = {
 };
 static const struct table log_table = TABLE(log_rows, NULL);
 
+static const struct row engine_tls_rows[] = {
+    {.key = "ca",
+     .type = T_STRING,
+     .offset = CFG(engine.tls_ca),
+     .min = 1,
+     .max = MAX_STR,
+     .required = true},
+};
+static const struct table engine_tls_table = TABLE(engine_tls_rows, NULL);
+
+static const struct row engine_rows[] = {
+    {.key = "type",
+     .type = T_ENUM,
+     .offset = CFG(engine.type),
+     .def = HD_ENGINE_LOCAL,
+     .parse_enum = parse_engine,
+     .choices = "\"local\" or \"nats\""},
+    {.key = "servers",
+     .type = T_STRLIST,
+     .offset = CFG(engine.servers),
+     .max = MAX_NATS_SERVERS,
+     .check = hd__cfg_check_nats_url},
+    {.key = "stream",
+     .type = T_STRING,
+     .offset = CFG(engine.stream),
+     .min = 1,
+     .max = 64,
+     .def_str = "HERALD",
+     .check = check_stream},
+    {.key = "subject_prefix",
+     .type = T_STRING,
+     .offset = CFG(engine.subject_prefix),
+     .min = 1,
+     .max = 64,
+     .def_str = "herald",
+     .check = check_subject_prefix},
+    /* JetStream allows at most 5 replicas; 3 is what production wants (a quorum of 2). */
+    {.key = "replicas",
+     .type = T_U32,
+     .offset = CFG(engine.replicas),
+     .min = 1,
+     .max = 5,
+     .def = 1},
+    {.key = "node",
+     .type = T_STRING,
+     .offset = CFG(engine.node),
+     .min = 1,
+     .max = 64,
+     .check = check_name},
+    {.key = "creds_file",
+     .type = T_STRING,
+     .offset = CFG(engine.creds_file),
+     .min = 1,
+     .max = MAX_STR},
+    {.key = "tls", .type = T_OBJECT, .sub = &engine_tls_table},
+};
+static const struct table engine_table = TABLE(engine_rows, NULL);
+
 static const struct row root_rows[] = {
     {.key = "listen",
      .type = T_ARRAY,
@@ -526,6 +664,7 @@ static const struct row root_rows[] = {
     {.key = "console", .type = T_OBJECT, .sub = &console_table},
     {.key = "auth", .type = T_OBJECT, .sub = &auth_table},
     {.key = "log", .type = T_OBJECT, .sub = &log_table},
+    {.key = "engine", .type = T_OBJECT, .sub = &engine_table},
 };
 const struct table hd__cfg_root_table = TABLE(root_rows, NULL);
 

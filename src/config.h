@@ -16,6 +16,7 @@
 
 enum hd_store_kind { HD_STORE_MEMORY = 0, HD_STORE_SQLITE };
 enum hd_durability { HD_DURABILITY_SYNC = 0, HD_DURABILITY_ASYNC };
+enum hd_engine_kind { HD_ENGINE_LOCAL = 0, HD_ENGINE_NATS };
 
 struct hd_strlist {
     char **v; /* each malloc'd */
@@ -88,6 +89,18 @@ struct hd_config {
 
     enum hd_log_level log_level; /* default info */
 
+    /* Where publishes are ordered and kept (CONFIG.md "Engine"). */
+    struct {
+        enum hd_engine_kind type;  /* default local */
+        struct hd_strlist servers; /* nats:// or tls:// URLs; at least one with nats */
+        char *stream;              /* JetStream stream name, default "HERALD" */
+        char *subject_prefix;      /* the stream's subjects are "<prefix>.>", default "herald" */
+        uint32_t replicas;         /* default 1, 1..5 */
+        char *node;                /* this node's name; NULL = the host name */
+        char *creds_file;          /* NULL when none */
+        char *tls_ca;              /* NULL when none */
+    } engine;
+
     char *path; /* the config file, NULL when none; kept for SIGHUP */
 };
 
@@ -103,6 +116,7 @@ struct hd_cli {
     const char *data_dir;
     const char *store;
     const char *log_level;
+    const char *nats; /* --nats URL[,URL...]: engine nats with these servers */
 };
 
 /* Where a config error is, and what. */

@@ -13,7 +13,16 @@
 
 /* ---- command line ----------------------------------------------------------------------- */
 
-enum { OPT_LISTEN = 256, OPT_DATA_DIR, OPT_STORE, OPT_LOG_LEVEL, OPT_CHECK, OPT_VERSION, OPT_HELP };
+enum {
+    OPT_LISTEN = 256,
+    OPT_DATA_DIR,
+    OPT_STORE,
+    OPT_LOG_LEVEL,
+    OPT_CHECK,
+    OPT_VERSION,
+    OPT_HELP,
+    OPT_NATS
+};
 
 static const struct option long_opts[] = {
     {.name = "config", .has_arg = required_argument, .val = 'c'},
@@ -21,6 +30,7 @@ static const struct option long_opts[] = {
     {.name = "data-dir", .has_arg = required_argument, .val = OPT_DATA_DIR},
     {.name = "store", .has_arg = required_argument, .val = OPT_STORE},
     {.name = "log-level", .has_arg = required_argument, .val = OPT_LOG_LEVEL},
+    {.name = "nats", .has_arg = required_argument, .val = OPT_NATS},
     {.name = "check-config", .has_arg = no_argument, .val = OPT_CHECK},
     {.name = "version", .has_arg = no_argument, .val = OPT_VERSION},
     {.name = "help", .has_arg = no_argument, .val = OPT_HELP},
@@ -30,14 +40,17 @@ static const struct option long_opts[] = {
 const char *hd_cli_usage(void)
 {
     return "Usage: heraldd [-c FILE | --config FILE] [--listen ADDR:PORT]... [--data-dir DIR]\n"
-           "               [--store memory|sqlite] [--log-level error|warn|info|debug]\n"
-           "               [--check-config] [--version] [--help]\n"
+           "               [--store memory|sqlite] [--nats URL[,URL...]]\n"
+           "               [--log-level error|warn|info|debug] [--check-config] [--version]\n"
+           "               [--help]\n"
            "\n"
            "  -c, --config FILE    JSON configuration file (example: config/heraldd.json)\n"
            "  --listen ADDR:PORT   listen here instead of the file's listeners; repeatable.\n"
            "                       127.0.0.1:7070, 0.0.0.0:7070, [::1]:7070; port 0 picks one\n"
            "  --data-dir DIR       directory of the sqlite history file (default: .)\n"
            "  --store KIND         history store: memory (default) or sqlite\n"
+           "  --nats URL[,URL...]  cluster mode: NATS JetStream servers, e.g.\n"
+           "                       nats://127.0.0.1:4222 (engine.type nats)\n"
            "  --log-level LEVEL    error, warn, info (default) or debug\n"
            "  --check-config       check the configuration, print what is wrong, exit 0 or 1\n"
            "  --version            print the version and exit\n"
@@ -67,6 +80,47 @@ __attribute__((format(printf, 4, 5))) static int usage_error(struct hd_cli *cli,
     }
     hd_cli_free(cli);
     return -EINVAL;
+}
+
+/* Splits "URL[,URL...]" into `out` (NULL: only check). Returns the count or -EINVAL/-ENOMEM. */
+static int nats_list_split(const char *s, struct hd_strlist *out, char *why, size_t cap)
+{
+    size_t n = 0;
+    for (const char *p = s;; p++) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char url[MAX_STR + 1];
+        if (len == 0 || len > MAX_STR) {
+            snprintf(why, cap, "expected URL[,URL...] with no empty entries (got \"%.60s\")", s);
+            return -EINVAL;
+        }
+        if (++n > MAX_NATS_SERVERS) {
+            snprintf(why, cap, "at most %d servers", MAX_NATS_SERVERS);
+            return -EINVAL;
+        }
+        memcpy(url, p, len);
+        url[len] = '\0';
+        if (hd__cfg_check_nats_url(url, why, cap) < 0)
+            return -EINVAL;
+        if (out) {
+            char *copy = strdup(url);
+            char **v = copy ? realloc(out->v, (out->n + 1) * sizeof(char *)) : NULL;
+            if (!v) {
+                free(copy);
+                return -ENOMEM;
+            }
+            out->v = v;
+            out->v[out->n++] = copy;
+        }
+        if (!end)
+            return (int)n;
+        p = end;
+    }
+}
+
+static int nats_list_check(const char *s, char *why, size_t cap)
+{
+    return nats_list_split(s, NULL, why, cap) < 0 ? -EINVAL : 0;
 }
 
 int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t errlen)
@@ -106,6 +160,11 @@ int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t er
                                    "\"%.40s\")",
                                    optarg);
             cli->store = optarg;
+            break;
+        case OPT_NATS:
+            if (nats_list_check(optarg, why, sizeof(why)) < 0)
+                return usage_error(cli, err, errlen, "--nats: %s", why);
+            cli->nats = optarg;
             break;
         case OPT_LOG_LEVEL:
             if (hd__cfg_parse_log_level(optarg, &x) < 0)
@@ -207,6 +266,19 @@ int hd_config_apply_cli(struct hd_config *cfg, const struct hd_cli *cli,
             return invalid(err, "--store must be memory or sqlite (got \"%.40s\")", cli->store);
         cfg->history.store = (enum hd_store_kind)x;
     }
+    if (cli->nats) {
+        /* Only the type and the servers: a file's other engine keys (stream, replicas...)
+         * still apply, as every other flag overrides just its own key. */
+        struct hd_strlist l = {0};
+        int rc = nats_list_split(cli->nats, &l, why, sizeof(why));
+        if (rc < 0) {
+            hd__cfg_strlist_free(&l);
+            return rc == -ENOMEM ? rc : invalid(err, "--nats: %s", why);
+        }
+        hd__cfg_strlist_free(&cfg->engine.servers);
+        cfg->engine.servers = l;
+        cfg->engine.type = HD_ENGINE_NATS;
+    }
     if (cli->log_level) {
         if (hd__cfg_parse_log_level(cli->log_level, &x) < 0)
             return invalid(err, "--log-level must be error, warn, info or debug (got \"%.40s\")",
@@ -262,6 +334,12 @@ int hd_config_validate(const struct hd_config *cfg, struct hd_config_error *err)
     }
     if (cfg->history.store == HD_STORE_SQLITE && (!cfg->data_dir || !cfg->data_dir[0]))
         CHECK_FAILED(invalid(err, "data_dir: the sqlite store needs a data directory"));
+    if (cfg->engine.type == HD_ENGINE_NATS && cfg->engine.servers.n == 0)
+        CHECK_FAILED(invalid(err, "engine.servers: engine type \"nats\" needs at least one server, "
+                                  "e.g. [\"nats://127.0.0.1:4222\"] (or heraldd --nats URL)"));
+    if (cfg->engine.type == HD_ENGINE_LOCAL && cfg->engine.servers.n > 0)
+        CHECK_FAILED(invalid(err, "engine.servers: only used with engine type \"nats\"; set "
+                                  "engine.type to \"nats\" or remove the servers"));
     if (cfg->limits.max_queue_bytes < cfg->limits.max_event_bytes)
         CHECK_FAILED(invalid(err,
                              "limits.max_queue_bytes (%llu) is smaller than "

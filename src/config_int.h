@@ -26,11 +26,13 @@
 #define MAX_TOKENS 4096 /* static tokens; JWT is the answer for more identities */
 #define MAX_DEPTH 8     /* key path depth; the deepest is auth.tokens[i].publish[j] */
 #define DEFAULT_LISTEN "127.0.0.1:7070"
+#define MAX_NATS_SERVERS 64
 
 /* Enum fields are written through int *; that is only sound while they are int-sized. */
 _Static_assert(sizeof(enum hd_store_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum hd_durability) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum hd_log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum hd_engine_kind) == sizeof(int), "enum size");
 
 enum ftype {
     T_BOOL,
@@ -123,5 +125,7 @@ bool hd__cfg_is_loopback(const char *address);
 int hd__cfg_parse_store(const char *s, int *out);
 int hd__cfg_parse_log_level(const char *s, int *out);
 int hd__cfg_listener_parse(const char *s, struct hd_listener *out, char *why, size_t cap);
+/* A NATS server URL (nats:// or tls://, host, optional port). 0, or -EINVAL with `why`. */
+int hd__cfg_check_nats_url(const char *s, char *why, size_t cap);
 
 #endif

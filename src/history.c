@@ -388,6 +388,16 @@ static bool topic_matches(struct hd_history *h, struct topic_state *t, const cha
     return t->memo_match;
 }
 
+int hd_history_set_base(struct hd_history *h, uint64_t base_seq)
+{
+    if (h->events)
+        return -EBUSY;
+    h->base_seq = base_seq ? base_seq : 1;
+    h->last_seq = h->base_seq - 1;
+    h->forgotten_upto = 0;
+    return 0;
+}
+
 void hd_history_mark_gap(struct hd_history *h, uint64_t next_seq)
 {
     /* The same horizon eviction uses: cursors older than it may have missed events. */

@@ -79,6 +79,12 @@ size_t hd_history_collect(struct hd_history *h, const char *pattern, uint64_t af
 size_t hd_history_count(struct hd_history *h, const char *pattern, uint64_t after, uint64_t upto);
 
 /*
+ * Sets the first valid cursor of a history that holds no event yet (start-up recovery: the
+ * store or the engine knows where ids begin). Returns 0, or -EBUSY when events are held.
+ */
+int hd_history_set_base(struct hd_history *h, uint64_t base_seq);
+
+/*
  * Records a discontinuity: events before `next_seq` that are not retained may be missing, so
  * a cursor before next_seq - 1 resolves with a gap from now on (retained events stay).
  */

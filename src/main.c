@@ -20,6 +20,7 @@
 #include "broker.h"
 #include "config.h"
 #include "engine.h"
+#include "engine_nats.h"
 #include "log.h"
 #include "server.h"
 #include "tls.h"
@@ -301,8 +302,17 @@ static int build_core(struct daemon *d)
         hd_log_error("out of memory", "");
         return 2;
     }
-    d->engine = hd_engine_local_new(&d->loop, &d->cfg, &hd_broker_metrics(d->broker)->store_commit,
-                                    why, sizeof(why));
+    if (d->cfg.engine.type == HD_ENGINE_NATS) {
+        d->engine = hd_engine_nats_new(&d->loop, &d->cfg);
+        if (d->engine)
+            hd_engine_nats_wire(d->engine, hd_broker_metrics(d->broker),
+                                hd_broker_history(d->broker));
+        else
+            snprintf(why, sizeof(why), "out of memory");
+    } else {
+        d->engine = hd_engine_local_new(
+            &d->loop, &d->cfg, &hd_broker_metrics(d->broker)->store_commit, why, sizeof(why));
+    }
     if (!d->engine) {
         hd_log_error("cannot start the event engine", "data_dir=\"%s\" error=\"%s\"",
                      d->cfg.data_dir, why);

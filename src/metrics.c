@@ -184,6 +184,20 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
             "Subscriptions whose replay came from the engine because history no longer held it.",
             m->engine_replays);
 
+    if (m->engine_node) {
+        const char *n = m->engine_node;
+        family(&b, "herald_engine_connected", "gauge",
+               "1 while this node is connected to NATS with the stream attached.");
+        put(&b, "herald_engine_connected{node=\"%s\"} %" PRId64 "\n", n, m->engine_connected);
+        family(&b, "herald_engine_feed_lag", "gauge",
+               "Stream sequence minus the last sequence this node delivered.");
+        put(&b, "herald_engine_feed_lag{node=\"%s\"} %" PRId64 "\n", n, m->engine_feed_lag);
+        family(&b, "herald_engine_publishes_pending", "gauge",
+               "Publishes sent to JetStream and not yet acknowledged.");
+        put(&b, "herald_engine_publishes_pending{node=\"%s\"} %" PRId64 "\n", n,
+            m->engine_publishes_pending);
+    }
+
     histogram(&b, "herald_publish_to_write_seconds",
               "Time from accepting an event to handing its frame to the kernel.",
               &m->publish_to_write);

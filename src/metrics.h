@@ -49,6 +49,12 @@ struct hd_metrics {
     uint64_t feed_gaps;          /* discontinuities the engine reported */
     uint64_t engine_replays;     /* subscriptions replayed from the engine, not history */
     uint64_t publishes_held;     /* loop turns a publish waited for queues to drain */
+    /* Cluster engine (engine.type nats), kept by engine_nats.c on the loop thread; rendered
+     * only when engine_node is set, labelled with it (a name of A-Z a-z 0-9 _ . : @ -). */
+    const char *engine_node;
+    int64_t engine_connected;             /* 1 while connected to NATS with the stream attached */
+    int64_t engine_feed_lag;              /* stream's last sequence minus the last delivered */
+    int64_t engine_publishes_pending;     /* publishes awaiting JetStream's acknowledgement */
     struct hd_histogram publish_to_write; /* from accept to the frame handed to the kernel */
     struct hd_histogram store_commit;     /* one group commit */
 };

@@ -395,17 +395,12 @@ static size_t sink_deliver(void *broker, struct hd_msg *msg, const char *key)
 static void sink_recover_base(void *broker, uint64_t base_seq)
 {
     struct hd_broker *b = broker;
-    struct hd_history_limits lim = hd_history_limits_of(b->cfg);
-    struct hd_history *h = hd_history_new(&lim, base_seq);
-    if (!h) {
-        hd_log_error("out of memory", "while=\"recovering history\"");
-        return;
-    }
-    hd_history_free(b->hist);
-    b->hist = h;
+    /* In place: the engine may hold the history pointer (a cluster node answers status
+     * requests from it). Recovery comes before any event. */
+    if (hd_history_set_base(b->hist, base_seq))
+        hd_log_error("recovery base set after events", "base=%016" PRIx64, base_seq);
     b->delivered_seq = base_seq ? base_seq - 1 : 0;
 }
-
 static void sink_recovered(void *broker, struct hd_msg *msg, const char *key)
 {
     struct hd_broker *b = broker;

@@ -206,6 +206,7 @@ START_TEST(shipped_config)
     ck_assert_uint_eq(cfg.auth.n_tokens, 0);
     ck_assert_ptr_null(cfg.auth.jwt_secret_file);
     ck_assert(cfg.console.enabled);
+    ck_assert_int_eq(cfg.engine.type, HD_ENGINE_LOCAL); /* one node; README "Cluster" for more */
     hd_config_free(&cfg);
 }
 END_TEST
@@ -816,6 +817,175 @@ START_TEST(cli_errors)
 }
 END_TEST
 
+START_TEST(engine_keys)
+{
+    struct hd_config cfg;
+    struct hd_config_error err;
+    /* Defaults: local, nothing of NATS set, the contract's stream name. */
+    ck_assert_int_eq(hd_config_defaults(&cfg), 0);
+    ck_assert_int_eq(cfg.engine.type, HD_ENGINE_LOCAL);
+    ck_assert_uint_eq(cfg.engine.servers.n, 0);
+    ck_assert_str_eq(cfg.engine.stream, "HERALD");
+    ck_assert_str_eq(cfg.engine.subject_prefix, "herald");
+    ck_assert_uint_eq(cfg.engine.replicas, 1);
+    ck_assert_ptr_null(cfg.engine.node);
+    ck_assert_ptr_null(cfg.engine.creds_file);
+    ck_assert_ptr_null(cfg.engine.tls_ca);
+    hd_config_free(&cfg);
+
+    /* Every key, as CONFIG.md shows them. */
+    expect_ok("{\"engine\": {\"type\": \"nats\", \"servers\": [\"nats://10.0.0.5:4222\", "
+              "\"tls://nats.example.com\", \"nats://u:p@[::1]:4223\"], \"stream\": \"EV-1\", "
+              "\"subject_prefix\": \"acme.herald\", \"replicas\": 3, \"node\": \"web-1\", "
+              "\"creds_file\": \"/etc/herald/nats.creds\", "
+              "\"tls\": {\"ca\": \"/etc/herald/nats-ca.pem\"}}}",
+              &cfg);
+    ck_assert_int_eq(cfg.engine.type, HD_ENGINE_NATS);
+    ck_assert_uint_eq(cfg.engine.servers.n, 3);
+    ck_assert_str_eq(cfg.engine.servers.v[0], "nats://10.0.0.5:4222");
+    ck_assert_str_eq(cfg.engine.servers.v[1], "tls://nats.example.com");
+    ck_assert_str_eq(cfg.engine.servers.v[2], "nats://u:p@[::1]:4223");
+    ck_assert_str_eq(cfg.engine.stream, "EV-1");
+    ck_assert_str_eq(cfg.engine.subject_prefix, "acme.herald");
+    ck_assert_uint_eq(cfg.engine.replicas, 3);
+    ck_assert_str_eq(cfg.engine.node, "web-1");
+    ck_assert_str_eq(cfg.engine.creds_file, "/etc/herald/nats.creds");
+    ck_assert_str_eq(cfg.engine.tls_ca, "/etc/herald/nats-ca.pem");
+    ck_assert_int_eq(hd_config_validate(&cfg, &err), 0);
+    hd_config_free(&cfg);
+
+    /* Bad values, each at its position. */
+    expect_error("{\"engine\": {\"type\": \"redis\"}}", "\"redis\"",
+                 "engine.type: must be \"local\" or \"nats\" (got \"redis\")");
+    expect_error("{\"engine\": {\"servers\": [\"nats://a:4222\", \"http://b:4222\"]}}",
+                 "\"http://b", "engine.servers[1]: \"http://b:4222\" is not a NATS server URL");
+    expect_error("{\"engine\": {\"servers\": [\"nats://a:99999\"]}}", "\"nats://a:9",
+                 "is not a NATS server URL");
+    expect_error("{\"engine\": {\"servers\": [\"nats://\"]}}", "\"nats://\"",
+                 "is not a NATS server URL");
+    expect_error("{\"engine\": {\"servers\": [\"nats://a:1/x\"]}}", "\"nats://a:1/x",
+                 "is not a NATS server URL");
+    expect_error("{\"engine\": {\"servers\": \"nats://a\"}}", "\"nats://a\"",
+                 "must be an array of strings");
+    expect_error("{\"engine\": {\"stream\": \"HER.ALD\"}}", "\"HER.ALD\"",
+                 "engine.stream: may only use A-Z a-z 0-9 _ -");
+    expect_error("{\"engine\": {\"subject_prefix\": \"herald.>\"}}", "\"herald.>\"",
+                 "is not a subject prefix");
+    expect_error("{\"engine\": {\"subject_prefix\": \"a..b\"}}", "\"a..b\"",
+                 "is not a subject prefix");
+    expect_error("{\"engine\": {\"replicas\": 0}}", "0}", "must be between 1 and 5 (got 0)");
+    expect_error("{\"engine\": {\"replicas\": 7}}", "7}", "must be between 1 and 5 (got 7)");
+    expect_error("{\"engine\": {\"node\": \"web 1\"}}", "\"web 1\"", "engine.node: may only use");
+    expect_error("{\"engine\": {\"tls\": {}}}", "{}}", "missing required key \"ca\"");
+    expect_error("{\"engine\": {\"server\": []}}", "\"server\"",
+                 "unknown key (did you mean \"servers\"?)");
+}
+END_TEST
+
+static void expect_invalid(const char *json, const char *needle)
+{
+    struct hd_config cfg;
+    struct hd_config_error err;
+    char msg[600];
+    expect_ok(json, &cfg);
+    ck_assert_int_eq(hd_config_validate(&cfg, &err), -EINVAL);
+    hd_config_error_format(&err, msg, sizeof(msg));
+    ck_assert_msg(strstr(msg, needle) != NULL, "message \"%s\" lacks \"%s\"", msg, needle);
+    hd_config_free(&cfg);
+}
+
+/* The README "Cluster" walk-through's node configurations load, validate and say what it says. */
+START_TEST(cluster_configs)
+{
+    static const char *const nodes[] = {"a", "b", "c"};
+    for (size_t i = 0; i < 3; i++) {
+        struct hd_config cfg;
+        struct hd_config_error err;
+        char path[512], msg[600];
+        snprintf(path, sizeof(path), HD_SOURCE_DIR "/config/cluster/heraldd-%s.json", nodes[i]);
+        ck_assert_int_eq(hd_config_defaults(&cfg), 0);
+        int rc = hd_config_load_file(&cfg, path, &err);
+        hd_config_error_format(&err, msg, sizeof(msg));
+        ck_assert_msg(rc == 0, "%s", msg);
+        rc = hd_config_validate(&cfg, &err);
+        hd_config_error_format(&err, msg, sizeof(msg));
+        ck_assert_msg(rc == 0, "%s", msg);
+        ck_assert_int_eq(cfg.engine.type, HD_ENGINE_NATS);
+        ck_assert_uint_eq(cfg.engine.servers.n, 3);
+        ck_assert_uint_eq(cfg.engine.replicas, 3);
+        ck_assert_str_eq(cfg.engine.node, nodes[i]);
+        ck_assert_uint_eq(cfg.listeners[0].port, 7070 + i);
+        hd_config_free(&cfg);
+    }
+}
+END_TEST
+
+START_TEST(engine_validate)
+{
+    expect_invalid("{\"engine\": {\"type\": \"nats\"}}",
+                   "engine.servers: engine type \"nats\" needs at least one server");
+    expect_invalid("{\"engine\": {\"type\": \"nats\", \"servers\": []}}",
+                   "needs at least one server");
+    expect_invalid("{\"engine\": {\"servers\": [\"nats://a:4222\"]}}",
+                   "engine.servers: only used with engine type \"nats\"");
+}
+END_TEST
+
+START_TEST(engine_cli)
+{
+    struct hd_cli cli;
+    struct hd_config cfg;
+    struct hd_config_error err;
+    char msg[256];
+
+    /* --nats alone: cluster mode with these servers, other keys at their defaults. */
+    ck_assert_int_eq(CLI(&cli, msg, "--nats", "nats://127.0.0.1:4222,nats://127.0.0.1:4223"), 0);
+    ck_assert_str_eq(cli.nats, "nats://127.0.0.1:4222,nats://127.0.0.1:4223");
+    ck_assert_int_eq(hd_config_defaults(&cfg), 0);
+    ck_assert_int_eq(hd_config_apply_cli(&cfg, &cli, &err), 0);
+    ck_assert_int_eq(cfg.engine.type, HD_ENGINE_NATS);
+    ck_assert_uint_eq(cfg.engine.servers.n, 2);
+    ck_assert_str_eq(cfg.engine.servers.v[0], "nats://127.0.0.1:4222");
+    ck_assert_str_eq(cfg.engine.servers.v[1], "nats://127.0.0.1:4223");
+    ck_assert_str_eq(cfg.engine.stream, "HERALD");
+    ck_assert_int_eq(hd_config_validate(&cfg, &err), 0);
+    hd_config_free(&cfg);
+    hd_cli_free(&cli);
+
+    /* Over a file: replaces the servers and sets the type, keeps the file's other keys. */
+    ck_assert_int_eq(CLI(&cli, msg, "--nats=tls://n1:4222"), 0);
+    expect_ok("{\"engine\": {\"servers\": [\"nats://old:1\", \"nats://old:2\"], "
+              "\"type\": \"nats\", \"replicas\": 3, \"stream\": \"S\"}}",
+              &cfg);
+    ck_assert_int_eq(hd_config_apply_cli(&cfg, &cli, &err), 0);
+    ck_assert_uint_eq(cfg.engine.servers.n, 1);
+    ck_assert_str_eq(cfg.engine.servers.v[0], "tls://n1:4222");
+    ck_assert_uint_eq(cfg.engine.replicas, 3);
+    ck_assert_str_eq(cfg.engine.stream, "S");
+    hd_config_free(&cfg);
+    hd_cli_free(&cli);
+
+    static const struct {
+        const char *arg;
+        const char *needle;
+    } bad[] = {
+        {"--nats=", "--nats: expected URL[,URL...] with no empty entries"},
+        {"--nats=nats://a:1,,nats://b:2", "no empty entries"},
+        {"--nats=nats://a:1,", "no empty entries"},
+        {"--nats=127.0.0.1:4222", "--nats: \"127.0.0.1:4222\" is not a NATS server URL"},
+        {"--nats", "option --nats needs a value"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *argv[] = {"heraldd", (char *)bad[i].arg, NULL};
+        char e[256] = "";
+        ck_assert_msg(hd_cli_parse(2, argv, &cli, e, sizeof(e)) == -EINVAL, "case %zu", i);
+        ck_assert_msg(strstr(e, bad[i].needle) != NULL, "\"%s\" lacks \"%s\"", e, bad[i].needle);
+        hd_cli_free(&cli);
+    }
+    ck_assert_ptr_nonnull(strstr(hd_cli_usage(), "--nats URL[,URL...]"));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("config");
@@ -844,6 +1014,10 @@ int main(void)
     tcase_add_test(tc, cli_flags);
     tcase_add_test(tc, cli_overrides_file);
     tcase_add_test(tc, cli_errors);
+    tcase_add_test(tc, engine_keys);
+    tcase_add_test(tc, engine_validate);
+    tcase_add_test(tc, cluster_configs);
+    tcase_add_test(tc, engine_cli);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

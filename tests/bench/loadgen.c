@@ -90,7 +90,13 @@ static struct {
     bool events_set, mode_set, mode_ws, check_exact, allow_reorder, force_ordered;
     bool ordered; /* at most one publish per topic in flight */
     double rate, timeout, idle_hold;
-    int server_pid;
+    int server_pid;      /* the first of server_pids: its RSS is reported */
+    int server_pids[16]; /* CPU is summed over these (cluster nodes) */
+    unsigned n_server_pids;
+    int other_pids[16]; /* --other-pids: CPU reported apart (e.g. nats-server) */
+    unsigned n_other_pids;
+    int port2; /* --sub-port2: odd subscribers connect here */
+    struct sockaddr_storage addr2;
     /* runtime */
     int ep;
     enum phase phase;
@@ -140,7 +146,9 @@ static const char *const USAGE =
     "  --timeout T          seconds allowed for each phase (connect, run) (60)\n"
     "  --connect-inflight C handshakes in flight while opening subscribers (256)\n"
     "  --source-addrs A     spread IPv4 connections over 127.0.0.1..127.0.0.A (16)\n"
-    "  --server-pid PID     report server CPU and RSS from /proc/PID\n"
+    "  --server-pid PID[,PID...]  report server CPU (summed) and RSS (of the first) from /proc\n"
+    "  --other-pids PID,...  report these processes' CPU apart (other_cpu_s), e.g. NATS\n"
+    "  --sub-port2 P        odd-numbered subscribers connect to port P (a second cluster node)\n"
     "  --idle-hold S        after subscribing, hold the connections idle for S seconds\n"
     "  --ordered            at most one publish per topic in flight, so the send order is the\n"
     "                       server's order (default with --check-exact)\n"
@@ -412,7 +420,9 @@ static void conn_open(struct conn *c)
     };
     if (epoll_ctl(G.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
         die(2, "epoll_ctl: %s", strerror(errno));
-    if (connect(c->fd, (struct sockaddr *)&G.addr, G.alen) < 0 && errno != EINPROGRESS) {
+    const struct sockaddr_storage *to =
+        G.port2 && c->kind == K_SUB && conn_idx(c) % 2 == 1 ? &G.addr2 : &G.addr;
+    if (connect(c->fd, (const struct sockaddr *)to, G.alen) < 0 && errno != EINPROGRESS) {
         if (errno == EADDRNOTAVAIL || errno == EAGAIN)
             die(2, "connect: %s (out of local ports?)", strerror(errno));
         conn_fail_errno(c, errno); /* reported through the normal path, e.g. refused */
@@ -1155,6 +1165,19 @@ static long long proc_cpu_ticks(int pid)
     return (long long)(ut + st);
 }
 
+/* Sum over `n` processes; -1 when any cannot be read. */
+static long long cpu_ticks_sum(const int *pids, unsigned n)
+{
+    long long sum = 0;
+    for (unsigned i = 0; i < n; i++) {
+        long long t = proc_cpu_ticks(pids[i]);
+        if (t < 0)
+            return -1;
+        sum += t;
+    }
+    return sum;
+}
+
 static long long proc_rss_kb(int pid)
 {
     char path[64], line[256];
@@ -1183,6 +1206,22 @@ static uint64_t opt_u64(const char *name, const char *s, uint64_t min, uint64_t 
     return v;
 }
 
+/* "PID[,PID...]" (at most 16) into `out`; returns the count or dies. */
+static unsigned pid_list(const char *name, const char *arg, int *out)
+{
+    unsigned n = 0;
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", arg);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (n == 16)
+            die(2, "--%s: at most 16 processes", name);
+        out[n++] = (int)opt_u64(name, t, 1, 4194304);
+    }
+    if (!n)
+        die(2, "--%s: expected PID[,PID...]", name);
+    return n;
+}
+
 static double opt_double(const char *name, const char *s, double min, double max)
 {
     char *end;
@@ -1207,6 +1246,8 @@ static void parse_options(int argc, char **argv)
         O_RATE,
         O_TIMEOUT,
         O_PID,
+        O_OTHER,
+        O_PORT2,
         O_CHECK,
         O_HOLD,
         O_CONNIN,
@@ -1229,6 +1270,8 @@ static void parse_options(int argc, char **argv)
         {"rate", required_argument, NULL, O_RATE},
         {"timeout", required_argument, NULL, O_TIMEOUT},
         {"server-pid", required_argument, NULL, O_PID},
+        {"other-pids", required_argument, NULL, O_OTHER},
+        {"sub-port2", required_argument, NULL, O_PORT2},
         {"check-exact", no_argument, NULL, O_CHECK},
         {"idle-hold", required_argument, NULL, O_HOLD},
         {"connect-inflight", required_argument, NULL, O_CONNIN},
@@ -1298,7 +1341,14 @@ static void parse_options(int argc, char **argv)
             G.timeout = opt_double("timeout", optarg, 0.1, 86400);
             break;
         case O_PID:
-            G.server_pid = (int)opt_u64("server-pid", optarg, 1, 4194304);
+            G.n_server_pids = pid_list("server-pid", optarg, G.server_pids);
+            G.server_pid = G.server_pids[0];
+            break;
+        case O_OTHER:
+            G.n_other_pids = pid_list("other-pids", optarg, G.other_pids);
+            break;
+        case O_PORT2:
+            G.port2 = (int)opt_u64("sub-port2", optarg, 1, 65535);
             break;
         case O_CHECK:
             G.check_exact = true;
@@ -1380,6 +1430,11 @@ static void resolve_target(void)
     }
     memcpy(&G.addr, res->ai_addr, res->ai_addrlen);
     G.alen = res->ai_addrlen;
+    G.addr2 = G.addr;
+    if (G.addr2.ss_family == AF_INET)
+        ((struct sockaddr_in *)&G.addr2)->sin_port = htons((uint16_t)G.port2);
+    else
+        ((struct sockaddr_in6 *)&G.addr2)->sin6_port = htons((uint16_t)G.port2);
     freeaddrinfo(res);
 }
 
@@ -1464,7 +1519,7 @@ static double self_cpu_s(void)
 }
 
 struct figures {
-    long long rss_before, rss_connect, rss_end, cpu_c0, cpu_c1, cpu_r0, cpu_r1;
+    long long rss_before, rss_connect, rss_end, cpu_c0, cpu_c1, cpu_r0, cpu_r1, oth_r0, oth_r1;
     double connect_s, elapsed_s, publish_s, client_cpu_s;
     bool timed_out;
 };
@@ -1518,6 +1573,11 @@ static const char *report(const struct figures *fg, uint64_t expected, uint64_t 
     put_num("server_cpu_us_per_delivery", G.delivered ? cpu_s * 1e6 / (double)G.delivered : 0,
             srv && G.delivered);
     put_num("server_cpu_s_connect", cpu_cs, srv);
+    bool oth = fg->oth_r0 >= 0 && fg->oth_r1 >= 0;
+    double oth_s = oth ? (double)(fg->oth_r1 - fg->oth_r0) / tck : 0;
+    put_num("other_cpu_s", oth_s, oth);
+    put_num("other_cpu_us_per_publish", G.acked ? oth_s * 1e6 / (double)G.acked : 0,
+            oth && G.acked);
     put_kb("server_rss_kb_before", fg->rss_before);
     put_kb("server_rss_kb_after_connect", fg->rss_connect);
     put_kb("server_rss_kb_end", fg->rss_end);
@@ -1580,11 +1640,13 @@ int main(int argc, char **argv)
                          .cpu_c0 = -1,
                          .cpu_c1 = -1,
                          .cpu_r0 = -1,
-                         .cpu_r1 = -1};
+                         .cpu_r1 = -1,
+                         .oth_r0 = -1,
+                         .oth_r1 = -1};
     int pid = G.server_pid;
     if (pid) {
         fg.rss_before = proc_rss_kb(pid);
-        fg.cpu_c0 = proc_cpu_ticks(pid);
+        fg.cpu_c0 = cpu_ticks_sum(G.server_pids, G.n_server_pids);
     }
 
     /* 1. Subscribers, paced: at most --connect-inflight handshakes+subscribes at a time. */
@@ -1594,7 +1656,7 @@ int main(int argc, char **argv)
         die(2, "only %u of %u subscribers ready after %.1f s", G.sub_ready, G.subs, G.timeout);
     fg.connect_s = (double)(mono_ns() - t0) / 1e9;
     if (pid)
-        fg.cpu_c1 = proc_cpu_ticks(pid);
+        fg.cpu_c1 = cpu_ticks_sum(G.server_pids, G.n_server_pids);
 
     /* 2. Optional idle hold: pings are still answered, nothing is published. */
     if (G.idle_hold > 0) {
@@ -1617,15 +1679,17 @@ int main(int argc, char **argv)
     /* 4. Publish and collect until every expected delivery arrived or the timeout. */
     G.phase = PH_RUN;
     if (pid)
-        fg.cpu_r0 = proc_cpu_ticks(pid);
+        fg.cpu_r0 = cpu_ticks_sum(G.server_pids, G.n_server_pids);
+    fg.oth_r0 = G.n_other_pids ? cpu_ticks_sum(G.other_pids, G.n_other_pids) : -1;
     fg.client_cpu_s = self_cpu_s();
     G.run_t0 = G.last_progress = mono_ns();
     bool done = run_loop(run_done, G.run_t0 + (int64_t)(G.timeout * 1e9));
     int64_t t_end = done ? mono_ns() : G.last_progress;
     if (pid) {
-        fg.cpu_r1 = proc_cpu_ticks(pid);
+        fg.cpu_r1 = cpu_ticks_sum(G.server_pids, G.n_server_pids);
         fg.rss_end = proc_rss_kb(pid);
     }
+    fg.oth_r1 = G.n_other_pids ? cpu_ticks_sum(G.other_pids, G.n_other_pids) : -1;
     fg.client_cpu_s = self_cpu_s() - fg.client_cpu_s;
     fg.timed_out = !done;
     fg.elapsed_s = (double)(t_end - G.run_t0) / 1e9;

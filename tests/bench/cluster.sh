@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# cluster.sh: cluster mode (engine nats) beside the local engine, in one run on this machine.
+# For the local engine, NATS with replicas 1 (one nats-server) and NATS with replicas 3 (three
+# clustered nats-servers), each with fresh servers:
+#   - acknowledged publishes/s: one subscriber, publishers over HTTP with 64 in flight;
+#   - fan-out: subscribers split over two heraldd nodes (publishers on the first), 16 in flight;
+#     deliveries/s, p99 publish-to-delivery, heraldd CPU per delivery summed over the nodes,
+#     and nats-server CPU per publish summed over the servers.
+# Everything listens on loopback; nothing is installed; nats-server comes from scripts/nats-server.
+#
+# usage: tests/bench/cluster.sh [BUILD_DIR]        (default ./build)
+# environment: EVENTS (20000), SUBS (1000), TOPICS (10), OUT (tests/bench/results/cluster.md)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+build=$(realpath -e "${1:-./build}")
+events=${EVENTS:-20000}
+subs=${SUBS:-1000}
+topics=${TOPICS:-10}
+out=${OUT:-$here/results/cluster.md}
+heraldd=$build/heraldd
+loadgen=$build/tests/bench/loadgen
+[[ -x $heraldd && -x $loadgen ]] || { echo "cluster.sh: build heraldd and loadgen first" >&2; exit 2; }
+command -v jq >/dev/null || { echo "cluster.sh: needs jq (apt-get install -y jq)" >&2; exit 2; }
+nats=$("$repo/scripts/nats-server")
+tmp=$(mktemp -d /tmp/herald-cluster-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_ports() { # N distinct free loopback ports
+    python3 -c 'import socket,sys
+s=[socket.socket() for _ in range(int(sys.argv[1]))]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+}
+
+# Starts heraldd with config $1 (a file) and waits until it takes publishes; sets node_pid and
+# node_port. (Not in a command substitution: the subshell would wait for heraldd's end.)
+start_node() {
+    local log=$tmp/heraldd.$RANDOM.log i port=""
+    "$heraldd" -c "$1" --listen 127.0.0.1:0 >/dev/null 2>"$log" &
+    node_pid=$!
+    pids+=("$node_pid")
+    for ((i = 0; i < 600; i++)); do
+        port=$(grep -m1 -o 'msg="listening".*port=[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+        if [[ -n $port ]] && curl -sf -o /dev/null -d x "http://127.0.0.1:$port/v1/topics/warm.up"; then
+            node_port=$port
+            return
+        fi
+        sleep 0.1
+    done
+    echo "cluster.sh: heraldd did not become ready; log:" >&2
+    tail -20 "$log" >&2
+    exit 2
+}
+
+# Starts N nats-servers (clustered when N > 1); sets nats_urls and nats_pids.
+start_nats() {
+    local n=$1 ports i routes
+    read -r -a ports <<<"$(free_ports $((2 * n)))"
+    routes="nats://127.0.0.1:${ports[$n]}"
+    nats_urls=""
+    nats_pids=""
+    for ((i = 0; i < n; i++)); do
+        local args=(-a 127.0.0.1 -p "${ports[$i]}" -n "n$i" -js -sd "$tmp/nats-$n-$i")
+        if ((n > 1)); then
+            args+=(--cluster_name bench --cluster "nats://127.0.0.1:${ports[$((n + i))]}"
+                   --routes "$routes")
+        fi
+        "$nats" "${args[@]}" >/dev/null 2>"$tmp/nats-$n-$i.log" &
+        pids+=($!)
+        nats_pids+="${nats_pids:+,}$!"
+        nats_urls+="${nats_urls:+,}nats://127.0.0.1:${ports[$i]}"
+    done
+}
+
+node_config() { # $1 node name, $2 urls ("" = local engine), $3 replicas
+    local f=$tmp/$1.json
+    if [[ -z $2 ]]; then
+        printf '{"history":{"max_events_per_topic":1000},"limits":{"max_queue_bytes":67108864}}\n' >"$f"
+    else
+        local servers
+        servers=$(jq -cn --arg u "$2" '$u | split(",")')
+        printf '{"engine":{"type":"nats","servers":%s,"replicas":%s,"node":"%s"},"history":{"max_events_per_topic":1000},"limits":{"max_queue_bytes":67108864}}\n' \
+            "$servers" "$3" "$1" >"$f"
+    fi
+    echo "$f"
+}
+
+rows=()
+row() { # label, publish json, fanout json
+    local p=$2 f=$3
+    rows+=("| $1 | $(jq -r '.publish_per_s|floor' <<<"$p") | $(jq -r '.deliveries_per_s|floor' <<<"$f") | $(jq -r '.lat_us.p50|floor' <<<"$f") | $(jq -r '.lat_us.p99|floor' <<<"$f") | $(jq -r '.server_cpu_us_per_delivery*100|floor/100' <<<"$f") | $(jq -r 'if .other_cpu_us_per_publish then (.other_cpu_us_per_publish|floor) else "-" end' <<<"$f") | $(jq -r '.missing' <<<"$f") |")
+}
+
+run_scenario() { # label, nats servers (0 = local engine), replicas
+    local label=$1 n=$2 r=$3 urls="" a b pa pb pub fan other=() split=()
+    if ((n > 0)); then
+        start_nats "$n"
+        urls=$nats_urls
+        other=(--other-pids "$nats_pids")
+    fi
+    start_node "$(node_config a "$urls" "$r")"
+    pa=$node_pid a=$node_port
+    if ((n > 0)); then
+        start_node "$(node_config b "$urls" "$r")"
+        pb=$node_pid b=$node_port
+        split=(--sub-port2 "$b")
+        servers="$pa,$pb"
+    else
+        servers="$pa"
+    fi
+    echo "cluster.sh: $label: acknowledged publishes" >&2
+    pub=$("$loadgen" --port "$a" --subs 1 --topics 1 --events "$events" --inflight 64 \
+        --server-pid "$servers" "${other[@]}" --timeout 120)
+    echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
+    fan=$("$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
+        --subs "$subs" --topics "$topics" --events "$events" --inflight 16 --allow-reorder \
+        --timeout 120)
+    echo "$label publish: $pub" >>"$tmp/raw.jsonl"
+    echo "$label fanout: $fan" >>"$tmp/raw.jsonl"
+    row "$label" "$pub" "$fan"
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
+}
+
+run_scenario "local engine (one node)" 0 1
+run_scenario "nats, replicas 1 (two nodes)" 1 1
+run_scenario "nats, replicas 3 (two nodes, three servers)" 3 3
+
+mkdir -p "$(dirname "$out")"
+{
+    echo "# Cluster mode beside the local engine"
+    echo
+    echo "$(date -u +%Y-%m-%d) at $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'),"
+    echo "$(nproc) CPUs, $events events of 100 bytes; fan-out: $subs subscribers over $topics topics"
+    echo "(split over the two nodes in cluster mode, publishers on the first), 16 publishes in flight."
+    echo "CPU per delivery is summed over the heraldd processes, NATS CPU per publish over the"
+    echo "nats-servers. Every process shares the same cores: read the figures as relative."
+    echo
+    echo "| engine | acked publishes/s | deliveries/s | p50 µs | p99 µs | heraldd CPU µs/delivery | NATS CPU µs/publish | missing |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    printf '%s\n' "${rows[@]}"
+    echo
+    echo "Raw loadgen output:"
+    echo
+    echo '```'
+    cat "$tmp/raw.jsonl"
+    echo '```'
+} >"$out"
+cat "$out"
