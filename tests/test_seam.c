@@ -26,6 +26,7 @@ struct script_pub {
     void *arg;
     struct hd_msg *msg;
     char *key;
+    bool acked;
 };
 
 struct script_engine {
@@ -89,6 +90,8 @@ static void se_destroy(struct hd_engine *e)
 {
     struct script_engine *se = (struct script_engine *)e;
     for (size_t i = 0; i < se->n_pubs; i++) {
+        /* Every test settles what it published: the answers live in its own frame. */
+        ck_assert_msg(se->pubs[i].acked, "publish %zu was never acknowledged", i);
         hd_msg_unref(se->pubs[i].msg);
         free(se->pubs[i].key);
     }
@@ -113,7 +116,15 @@ static const struct hd_engine_ops se_ops_noreplay = {.name = "script",
 static void ack(size_t i)
 {
     struct script_pub *p = &eng->pubs[i];
+    p->acked = true;
     p->ack(p->arg, 0, &(struct hd_pub_ack){.seq = p->msg->seq, .time_ms = p->msg->time_ms});
+}
+
+static void fail_pub(size_t i, int err)
+{
+    struct script_pub *p = &eng->pubs[i];
+    p->acked = true;
+    p->ack(p->arg, err, NULL);
 }
 
 static size_t deliver(size_t i)
@@ -293,8 +304,7 @@ START_TEST(engine_failure_refuses)
 {
     struct answer a = {0};
     publish("a", &a);
-    struct script_pub *p = &eng->pubs[0];
-    p->ack(p->arg, -EAGAIN, NULL);
+    fail_pub(0, -EAGAIN);
     ck_assert_int_eq(a.calls, 1);
     ck_assert_int_eq(a.err, HD_ERR_UNAVAILABLE);
 }
@@ -356,6 +366,9 @@ START_TEST(unready_engine_gets_503)
     eng->base.sink.ready(eng->base.sink.broker, true);
     publish("a", &a);
     ck_assert_uint_eq(eng->n_pubs, 1);
+    deliver(0);
+    ack(0);
+    ck_assert_int_eq(a.calls, 1);
 }
 END_TEST
 
@@ -394,10 +407,13 @@ START_TEST(key_after_failure_publishes_again)
 {
     struct answer a = {0}, retry = {0};
     ck_assert_int_eq(publish_key("a", "k2", &a), HD_ERR_NONE);
-    eng->pubs[0].ack(eng->pubs[0].arg, -ETIMEDOUT, NULL);
+    fail_pub(0, -ETIMEDOUT);
     ck_assert_int_eq(a.err, HD_ERR_UNAVAILABLE);
     ck_assert_int_eq(publish_key("a", "k2", &retry), HD_ERR_NONE);
     ck_assert_uint_eq(eng->n_pubs, 2); /* the engine dedupes by key if it already had it */
+    deliver(1);
+    ack(1);
+    ck_assert(!retry.res.duplicate);
 }
 END_TEST
 
@@ -424,6 +440,7 @@ START_TEST(engine_duplicate_ack)
     struct answer a = {0};
     ck_assert_int_eq(publish_key("a", "k4", &a), HD_ERR_NONE);
     struct script_pub *p = &eng->pubs[0];
+    p->acked = true;
     p->ack(p->arg, 0, &(struct hd_pub_ack){.seq = 77, .time_ms = 5, .duplicate = true});
     ck_assert_int_eq(a.calls, 1);
     ck_assert(a.res.duplicate);
@@ -473,6 +490,7 @@ START_TEST(replay_from_engine_then_live)
     expect_empty(t);
     publish("a", &a[3]);
     deliver(3);
+    ack(3);
     ck_assert_uint_eq(event_seq(t), 103);
 }
 END_TEST
