@@ -49,6 +49,7 @@ struct hd_metrics {
     uint64_t feed_gaps;          /* discontinuities the engine reported */
     uint64_t engine_replays;     /* subscriptions replayed from the engine, not history */
     uint64_t publishes_held;     /* loop turns a publish waited for queues to drain */
+    uint64_t ws_reads_ahead;     /* end-of-turn reads of WebSocket frames (server_ws.c) */
     struct hd_histogram publish_to_write; /* from accept to the frame handed to the kernel */
     struct hd_histogram store_commit;     /* one group commit */
 };
