@@ -377,11 +377,17 @@ static bool ws_more_to_read(struct ws_pss *pss, int *avail)
  * WS_READ_MORE_PER_ROUND reads each, until their sockets are empty, they are paused or
  * closing, or the turn's budget is spent. A connection that closes inside lws_service_fd has
  * its entry cleared by the CLOSED callback (or here, when lws reports it closed).
+ * What is read fans out to subscribers' queues before anything is written, so a burst could
+ * fill a healthy subscriber's queue (limits.max_queue_bytes) within the turn and have it
+ * closed as a slow consumer: after every quarter of that limit read here, the queued frames
+ * are written first (an event frame is the published data plus an envelope of about 100
+ * bytes, so a quarter leaves room for small publishes too).
  */
 void srv_ws_read_more(struct hd_server *s)
 {
     unsigned budget = WS_READ_MORE_BUDGET;
     uint32_t live = s->n_read_more;
+    uint64_t flush_at = hd_broker_config(s->broker)->limits.max_queue_bytes / 4, since_flush = 0;
     while (live && budget) {
         live = 0;
         for (uint32_t i = 0; i < s->n_read_more && budget; i++) {
@@ -400,6 +406,11 @@ void srv_ws_read_more(struct hd_server *s)
             for (; reads && budget && s->read_more[i]; reads--, budget--) {
                 struct lws_pollfd pfd = {
                     .fd = lws_get_socket_fd(pss->wsi), .events = LWS_POLLIN, .revents = LWS_POLLIN};
+                if (since_flush >= flush_at) {
+                    srv_ws_flush_all(s);
+                    since_flush = 0;
+                }
+                since_flush += WS_RX_CHUNK;
                 hd_broker_metrics(s->broker)->ws_reads_ahead++;
                 if (lws_service_fd(lws_get_context(pss->wsi), &pfd)) {
                     s->read_more[i] = NULL; /* lws closed it; the wsi may be gone */

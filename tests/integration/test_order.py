@@ -105,10 +105,12 @@ class OrderTest(HeraldTestCase):
         # so all eight are processed together. Each must still be answered, in order, and
         # fan out in order with the ids the publisher got.
         sub = RawWS(self.d.port)
+        self.addCleanup(sub.sock.close)
         self.assertEqual(sub.recv_json()["type"], "welcome")
         sub.send_json({"op": "subscribe", "id": 1, "topic": "burst.t"})
         self.assertEqual(sub.recv_json()["type"], "ok")
         pub = RawWS(self.d.port)
+        self.addCleanup(pub.sock.close)
         self.assertEqual(pub.recv_json()["type"], "welcome")
         before = self.d.metric("herald_ws_reads_ahead_total")
         self.assertIsNotNone(before, "no herald_ws_reads_ahead_total in /metrics")
@@ -128,8 +130,30 @@ class OrderTest(HeraldTestCase):
         self.assertEqual([e["id"] for e in events], ids)
         ahead = self.d.metric("herald_ws_reads_ahead_total") - before
         self.assertGreaterEqual(ahead, 1, "the burst was read one chunk per loop turn")
-        pub.sock.close()
-        sub.sock.close()
+
+    def test_burst_from_one_publisher_does_not_cut_off_a_healthy_subscriber(self):
+        # 16 publishes of 3 KB in one write, three times a subscriber's queue limit: read in
+        # one turn, their fan-out would fill the queue before anything is written and close
+        # a subscriber that reads everything as a slow consumer (4000). The frames queued so
+        # far are written while the burst is read, so it gets every event, in order.
+        d = self.start_daemon({"limits": {"max_queue_bytes": 16384, "max_event_bytes": 4096}})
+        sub = RawWS(d.port)
+        self.addCleanup(sub.sock.close)
+        self.assertEqual(sub.recv_json()["type"], "welcome")
+        sub.send_json({"op": "subscribe", "id": 1, "topic": "burst.big"})
+        self.assertEqual(sub.recv_json()["type"], "ok")
+        pub = RawWS(d.port)
+        self.addCleanup(pub.sock.close)
+        self.assertEqual(pub.recv_json()["type"], "welcome")
+        n = 16
+        pub.sock.sendall(b"".join(
+            masked_frame(json.dumps({"op": "publish", "id": i + 1, "topic": "burst.big",
+                                     "data": {"seq": i, "pad": "x" * 3000}}))
+            for i in range(n)))
+        self.assertEqual([(r["type"], r["id"]) for r in (pub.recv_json() for _ in range(n))],
+                         [("ok", i + 1) for i in range(n)])
+        self.assertEqual([sub.recv_json()["data"]["seq"] for _ in range(n)], list(range(n)))
+        self.assertEqual(d.metric("herald_slow_consumer_disconnects_total"), 0)
 
     @async_test(timeout=90)
     async def test_concurrent_publishers_share_one_order(self):
