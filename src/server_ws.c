@@ -412,8 +412,10 @@ void srv_ws_read_more(struct hd_server *s)
                 }
                 since_flush += WS_RX_CHUNK;
                 hd_broker_metrics(s->broker)->ws_reads_ahead++;
-                if (lws_service_fd(lws_get_context(pss->wsi), &pfd)) {
-                    s->read_more[i] = NULL; /* lws closed it; the wsi may be gone */
+                /* Closed inside (our CLOSED callback cleared the entry, or lws says so):
+                 * the wsi and pss may be gone. */
+                if (lws_service_fd(lws_get_context(pss->wsi), &pfd) || !s->read_more[i]) {
+                    s->read_more[i] = NULL;
                     break;
                 }
                 if (pss->conn.closing || pss->close_code || pss->paused.next)
