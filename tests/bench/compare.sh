@@ -316,7 +316,8 @@ jq -s '
               else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   group_by([.scenario, .label]) | map({
     scenario: .[0].scenario, label: .[0].label, runs: length,
-    ok: map(select(.rc == 0 and .missing == 0 and (.timed_out | not))) | length,
+    ok: map(select(.rc == 0 and .missing == 0 and (.publish_errors // 0) == 0 and
+        (.timed_out | not))) | length,
     dps: map(.deliveries_per_s) | median,
     p99_ms: map(.lat_us.p99 / 1000) | median,
     cpu_us: map(.server_cpu_us_per_delivery // empty) | median,
@@ -427,7 +428,7 @@ md="$out/compare.md"
     fi
     echo
     echo "Raw results, one JSON line per run: \`$(basename "$jsonl")\`. \"runs ok\" counts runs with" \
-        "every expected delivery and no timeout."
+        "every publish accepted, every expected delivery and no timeout."
 } >"$md"
 
 # Chart: deliveries/s per fan-out scenario (log scale), and memory per idle connection.
