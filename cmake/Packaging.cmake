@@ -28,7 +28,8 @@ string(REPLACE "/usr/bin/heraldd" "@HD_BINDIR_EXPR@/heraldd" unit "${unit}")
 file(WRITE "@HD_PKG_DIR@/heraldd.service" "${unit}")
 ]])
 install(SCRIPT ${HD_PKG_DIR}/unit-install.cmake)
-install(FILES ${HD_PKG_DIR}/heraldd.service DESTINATION lib/systemd/system)
+install(FILES ${HD_PKG_DIR}/heraldd.service ${CMAKE_SOURCE_DIR}/systemd/heraldd.socket
+        DESTINATION lib/systemd/system)
 
 # -- configuration ---------------------------------------------------------------------------
 # Like nginx's `make install`: an existing /etc/herald/heraldd.json is the admin's and is never

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "assets.h"
 #include "log.h"
 #include "topic.h"
 
@@ -122,7 +123,7 @@ int hd_query_get(const char *query, const char *name, char *out, size_t cap)
             const char *v = seglen == nlen ? p + nlen : p + nlen + 1;
             size_t vlen = seglen == nlen ? 0 : seglen - nlen - 1;
             if (hd_url_decode(v, vlen, out, cap))
-                return -1;
+                return -2;
             return (int)strlen(out);
         }
         if (!end)
@@ -131,7 +132,6 @@ int hd_query_get(const char *query, const char *name, char *out, size_t cap)
     }
     return -1;
 }
-
 bool hd_api_origin_allowed(const struct hd_broker *b, const char *origin)
 {
     const struct hd_strlist *o = &hd_broker_config(b)->cors_origins;
@@ -200,12 +200,25 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const ch
                     struct hd_http_resp *resp);
 
 /* Routes: each path shape lists the methods it answers, for 405 Allow and preflights. */
-enum route { R_NONE, R_HEALTH, R_METRICS, R_WS, R_PUBLISH, R_BATCH, R_POLL, R_SSE, R_STATUS };
+enum route {
+    R_NONE,
+    R_HEALTH,
+    R_METRICS,
+    R_WS,
+    R_PUBLISH,
+    R_BATCH,
+    R_POLL,
+    R_SSE,
+    R_STATUS,
+    R_ASSET
+};
 
 static const char *const route_allow[] = {
-    [R_HEALTH] = "GET, HEAD, OPTIONS", [R_METRICS] = "GET, HEAD, OPTIONS", [R_WS] = "GET, OPTIONS",
-    [R_PUBLISH] = "POST, OPTIONS",     [R_POLL] = "GET, OPTIONS",          [R_SSE] = "GET, OPTIONS",
+    [R_HEALTH] = "GET, HEAD, OPTIONS", [R_METRICS] = "GET, HEAD, OPTIONS",
+    [R_WS] = "GET, OPTIONS",           [R_PUBLISH] = "POST, OPTIONS",
+    [R_POLL] = "GET, OPTIONS",         [R_SSE] = "GET, OPTIONS",
     [R_STATUS] = "GET, OPTIONS",       [R_BATCH] = "POST, OPTIONS",
+    [R_ASSET] = "GET, HEAD, OPTIONS",
 };
 
 /* Splits the path into a route and its one variable part (topic, pattern or id). */
@@ -219,6 +232,8 @@ static enum route match_route(const char *path, char *var, size_t cap)
         return R_WS;
     if (strcmp(path, "/v1/publish") == 0)
         return R_BATCH;
+    if (hd_asset_route(path))
+        return R_ASSET;
     const char *rest;
     enum route r = R_NONE;
     if (strncmp(path, "/v1/topics/", 11) == 0) {
@@ -263,6 +278,7 @@ static bool method_ok(enum route r, enum hd_method m)
     switch (r) {
     case R_HEALTH:
     case R_METRICS:
+    case R_ASSET:
         return m == HD_M_GET || m == HD_M_HEAD;
     case R_PUBLISH:
     case R_BATCH:
@@ -291,10 +307,17 @@ int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req, stru
                         char **credential, struct hd_http_resp *resp)
 {
     char token[4097];
-    bool has_token = hd_query_get(req->query, "token", token, sizeof(token)) >= 0;
+    int tlen = hd_query_get(req->query, "token", token, sizeof(token));
+    bool has_token = tlen >= 0;
     struct hd_error err = {0};
     if (credential)
         *credential = NULL;
+    if (tlen == -2) { /* a credential that cannot be read is wrong, never anonymous */
+        hd_api_error(resp, HD_ERR_UNAUTHORIZED,
+                     "?token= is not valid percent-encoding or is longer than 4096 bytes");
+        hd_http_resp_header(resp, "www-authenticate:", "Bearer realm=\"herald\"");
+        return -1;
+    }
     if (hd_auth_authenticate(hd_broker_auth(b), req->authorization, has_token ? token : NULL,
                              hd_wall_ms(), id, &err)) {
         hd_api_error(resp, HD_ERR_UNAUTHORIZED, err.message[0] ? err.message : "invalid token");
@@ -338,19 +361,31 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const ch
     return false;
 }
 
-/* Reads an unsigned query parameter within [min, max]; absent gives `def`. */
+/*
+ * Reads an unsigned query parameter within [min, max]; absent gives `def`. Only plain ASCII
+ * digits count as a number: a sign, a space (decoded from `+` or `%20`) or a value too long
+ * to hold is -1, never a number or absent.
+ */
 static int query_uint(const char *query, const char *name, uint32_t min, uint32_t max, uint32_t def,
                       uint32_t *out)
 {
     char buf[16];
     int n = hd_query_get(query, name, buf, sizeof(buf));
+    if (n == -2)
+        return -1; /* there, but undecodable or longer than any number in range */
     if (n < 0) {
         *out = def;
         return 0;
     }
-    char *end;
-    unsigned long v = strtoul(buf, &end, 10);
-    if (n == 0 || *end || buf[0] == '-' || buf[0] == '+' || v < min || v > max)
+    if (n == 0 || n > 10)
+        return -1;
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) {
+        if (buf[i] < '0' || buf[i] > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(buf[i] - '0');
+    }
+    if (v < min || v > max)
         return -1;
     *out = (uint32_t)v;
     return 0;
@@ -451,7 +486,7 @@ static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_re
     char since[256];
     int n = hd_query_get(req->query, "since", since, sizeof(since));
     struct hd_since cur = hd_since_parse(n >= 0 ? since : NULL);
-    if (n < 0 && req->query && strstr(req->query, "since="))
+    if (n == -2)
         cur.kind = HD_SINCE_INVALID; /* present but undecodable or too long: a gap */
     struct hd_history *h = hd_broker_history(b);
     st->after = hd_history_resolve(h, st->pattern, cur, &st->gap);
@@ -477,11 +512,11 @@ static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req
     if (req->last_event_id) {
         snprintf(st->since, sizeof(st->since), "%s", req->last_event_id);
         st->has_since = true;
-    } else if (hd_query_get(req->query, "since", st->since, sizeof(st->since)) >= 0) {
-        st->has_since = true;
-    } else if (req->query && strstr(req->query, "since=")) {
-        snprintf(st->since, sizeof(st->since), "invalid"); /* undecodable: a gap */
-        st->has_since = true;
+    } else {
+        int n = hd_query_get(req->query, "since", st->since, sizeof(st->since));
+        if (n == -2) /* present but undecodable or too long: a gap */
+            snprintf(st->since, sizeof(st->since), "invalid");
+        st->has_since = n != -1;
     }
     return HD_HTTP_SSE;
 }
@@ -564,8 +599,8 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
         resp->content_type = NULL;
         hd_http_resp_header(resp, "allow:", route_allow[r]);
         hd_http_resp_header(resp, "access-control-allow-methods:", route_allow[r]);
-        hd_http_resp_header(
-            resp, "access-control-allow-headers:", "Authorization, Content-Type, Last-Event-ID");
+        hd_http_resp_header(resp, "access-control-allow-headers:",
+                            "Authorization, Content-Type, Last-Event-ID, Idempotency-Key");
         hd_http_resp_header(resp, "access-control-max-age:", "86400");
         return HD_HTTP_RESPOND;
     }
@@ -599,6 +634,9 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
         return sse_route(b, req, var, resp);
     case R_STATUS:
         status_route(b, req, var, resp);
+        return HD_HTTP_RESPOND;
+    case R_ASSET:
+        hd_asset_respond(req, hd_broker_config(b)->console.enabled, resp);
         return HD_HTTP_RESPOND;
     case R_NONE:
         break;

@@ -32,6 +32,7 @@ struct hd_http_req {
     const char *query; /* raw query string without '?', or NULL */
     const char *content_type, *origin, *authorization, *last_event_id; /* NULL when absent */
     const char *idempotency_key;                                       /* NULL when absent */
+    const char *host, *if_none_match; /* NULL when absent (for the embedded files) */
     /* The client's address, for per-address limits: peer_addr (formatted only when a limit
      * needs it), else the text in peer, else unknown. */
     const struct hd_peer_addr *peer_addr;
@@ -147,7 +148,8 @@ void hd_api_error(struct hd_http_resp *resp, enum hd_err code, const char *messa
 int hd_url_decode(const char *src, size_t len, char *dst, size_t cap);
 
 /* Finds `name` in a raw query string and decodes its value into out. Returns the decoded
- * length, or -1 when absent or malformed. */
+ * length, -1 when absent, or -2 when present but malformed (a bad escape, a decoded NUL, or
+ * longer than cap allows). */
 int hd_query_get(const char *query, const char *name, char *out, size_t cap);
 
 #endif

@@ -191,6 +191,8 @@ void hd__conn_close(struct hd_conn *c, int code, const char *reason)
     if (c->closing)
         return;
     c->closing = true;
+    hd_log_debug("close", "conn=%" PRIu64 " code=%d reason=\"%s\"", c->id, code,
+                 reason ? reason : "");
     c->ops->close(c, code, reason);
 }
 
@@ -233,6 +235,10 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
     c->ops = ops;
     c->kind = kind;
     c->id = ++b->next_conn_id;
+    hd_log_debug("connect", "conn=%" PRIu64 " kind=%s", c->id,
+                 kind == HD_CONN_WS    ? "ws"
+                 : kind == HD_CONN_SSE ? "sse"
+                                       : "poll");
     hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
     c->q.shared_total = &b->metrics.queued_bytes;
     if (kind == HD_CONN_SSE)
@@ -295,6 +301,7 @@ void hd_conn_detach(struct hd_conn *c)
         b->metrics.sse_streams--;
     else
         b->metrics.long_polls--;
+    hd_log_debug("disconnect", "conn=%" PRIu64 " dropped=%zu", c->id, dropped);
     c->broker = NULL;
 }
 
@@ -417,9 +424,7 @@ static enum hd_err ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struc
     if (b->pending)
         b->pending->prev = p;
     b->pending = p;
-    char rate_key[32];
-    snprintf(rate_key, sizeof(rate_key), "conn:%" PRIu64, c->id);
-    struct hd_publisher who = {.identity = &c->identity, .anon_rate_key = rate_key};
+    struct hd_publisher who = {.identity = &c->identity, .conn_id = c->id};
     struct hd_pub pub = {.topic = cmd->topic,
                          .event = cmd->event,
                          .data_json = data,

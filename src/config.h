@@ -71,6 +71,10 @@ struct hd_config {
     struct hd_strlist cors_origins; /* default ["*"] */
 
     struct {
+        bool enabled; /* serve the web console at /console/, default true */
+    } console;
+
+    struct {
         bool present; /* an "auth" object was given */
         struct {
             struct hd_strlist publish, subscribe;
@@ -107,6 +111,15 @@ struct hd_config_error {
     int line, column; /* 0 when not tied to a position */
     char text[256];   /* "limits.max_event_bytes: must be between 64 and 16777216" */
 };
+
+/*
+ * To see every error (--check-config): from now on each one found by the load, apply_cli
+ * and validate functions is handed to `fn` (the error is borrowed for the call) and the
+ * function goes on with the next key or check, the failed key keeping its default; it
+ * still fails. NULL (the default) stops at the first error. Process-wide: set it around
+ * one load.
+ */
+void hd_config_report_all(void (*fn)(void *arg, const struct hd_config_error *e), void *arg);
 
 /* Fills `cfg` with the zero-setup defaults (one listener 127.0.0.1:7070, memory store, no
  * auth section). Returns 0 or -ENOMEM. */

@@ -10,7 +10,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdarg.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 #include <uv.h>
@@ -41,38 +43,115 @@ struct daemon {
     uint64_t drain_started_ns;
 };
 
+/* --check-config: each error on its own line, as it is found. */
+struct report {
+    FILE *out;
+    unsigned n;
+};
+
+static void print_error(struct report *rep, const struct hd_config_error *err)
+{
+    char text[600];
+    hd_config_error_format(err, text, sizeof(text));
+    fprintf(rep->out, "heraldd: %s\n", text);
+    rep->n++;
+}
+
+static void report_one(void *arg, const struct hd_config_error *err)
+{
+    print_error(arg, err);
+}
+
+/* One error found here (not by config.c): reported at once, or kept in err for the caller. */
+__attribute__((format(printf, 4, 5))) static int found(struct report *rep,
+                                                       struct hd_config_error *err,
+                                                       const struct hd_config *cfg, const char *fmt,
+                                                       ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->text, sizeof(err->text), fmt, ap);
+    va_end(ap);
+    snprintf(err->file, sizeof(err->file), "%s", cfg->path ? cfg->path : "");
+    err->line = err->column = 0;
+    if (rep)
+        print_error(rep, err);
+    return -EINVAL;
+}
+
+/*
+ * The store's directory, as --check-config sees it: it must exist and be a directory
+ * heraldd can write (SQLite adds its WAL file next to the database).
+ */
+static int check_data_dir(struct report *rep, struct hd_config_error *err,
+                          const struct hd_config *cfg)
+{
+    struct stat sb;
+    if (cfg->history.store != HD_STORE_SQLITE || !cfg->data_dir || !cfg->data_dir[0])
+        return 0;
+    if (stat(cfg->data_dir, &sb) != 0)
+        return found(rep, err, cfg, "data_dir: %s: %s", cfg->data_dir,
+                     errno == ENOENT ? "does not exist; create it first (heraldd does not)"
+                                     : strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return found(rep, err, cfg, "data_dir: %s is not a directory", cfg->data_dir);
+    if (access(cfg->data_dir, W_OK | X_OK) != 0)
+        return found(rep, err, cfg, "data_dir: %s is not writable by this user: %s", cfg->data_dir,
+                     strerror(errno));
+    return 0;
+}
+
+/*
+ * Loads the configuration the command line names. `errout`: where errors go (NULL: the
+ * log, for a reload). With --check-config every error is reported, each on its own line;
+ * the cross-field checks run once every key is valid (a key that failed keeps its default,
+ * which would make them misleading). Returns 0 or a negative errno.
+ */
 static int load_config(struct hd_config *cfg, const struct hd_cli *cli, FILE *errout)
 {
     struct hd_config_error err = {0};
-    char text[600];
+    struct report rep = {.out = errout}, *all = cli->check_config && errout ? &rep : NULL;
+    if (all)
+        hd_config_report_all(report_one, all);
     int r = hd_config_defaults(cfg);
     if (r == 0 && cli->config_path)
         r = hd_config_load_file(cfg, cli->config_path, &err);
     if (r == 0)
         r = hd_config_apply_cli(cfg, cli, &err);
-    if (r == 0)
+    bool keys_ok = r == 0;
+    if (keys_ok)
         r = hd_config_validate(cfg, &err);
+    keys_ok = keys_ok && (r == 0 || all); /* the checks below are independent of validate's */
     /* TLS files are part of the configuration: name them here (and in --check-config)
      * rather than let the listener fail later with only libwebsockets' words. */
-    for (size_t i = 0; r == 0 && i < cfg->n_listeners; i++) {
+    for (size_t i = 0; keys_ok && i < cfg->n_listeners; i++) {
         const char *files[] = {cfg->listeners[i].tls_cert, cfg->listeners[i].tls_key};
-        for (size_t f = 0; r == 0 && f < 2; f++)
+        bool readable = true;
+        for (size_t f = 0; f < 2; f++)
             if (files[f] && access(files[f], R_OK) != 0) {
-                snprintf(err.text, sizeof(err.text), "listen[%zu].tls.%s: cannot read %s: %s", i,
-                         f ? "key" : "cert", files[f], strerror(errno));
-                r = -EINVAL;
+                r = found(all, &err, cfg, "listen[%zu].tls.%s: cannot read %s: %s", i,
+                          f ? "key" : "cert", files[f], strerror(errno));
+                readable = false;
+                if (!all)
+                    break;
             }
-        if (r == 0 && files[0]) {
+        if (readable && files[0]) {
             char why[400];
             struct hd_tls_pair *pair = hd_tls_pair_load(files[0], files[1], why, sizeof(why));
-            if (!pair) {
-                snprintf(err.text, sizeof(err.text), "listen[%zu].tls: %.200s", i, why);
-                r = -EINVAL;
-            }
+            if (!pair)
+                r = found(all, &err, cfg, "listen[%zu].tls: %.200s", i, why);
             hd_tls_pair_free(pair);
         }
+        if (r && !all)
+            break;
     }
-    if (r) {
+    if (keys_ok && cli->check_config && (r == 0 || all))
+        r = check_data_dir(all, &err, cfg) ? -EINVAL : r;
+    hd_config_report_all(NULL, NULL);
+    if (r && !(all && rep.n)) {
+        /* One error, not yet printed (the first without --check-config, or a file that
+         * could not be read). */
+        char text[600];
         if (!err.text[0])
             snprintf(err.text, sizeof(err.text), "%s", strerror(-r));
         hd_config_error_format(&err, text, sizeof(text));
@@ -80,6 +159,8 @@ static int load_config(struct hd_config *cfg, const struct hd_cli *cli, FILE *er
             fprintf(errout, "heraldd: %s\n", text);
         else
             hd_log_error("configuration not reloaded", "error=\"%s\"", text);
+    } else if (r && all) {
+        fprintf(errout, "heraldd: %u error%s in the configuration\n", rep.n, rep.n == 1 ? "" : "s");
     }
     return r;
 }
@@ -316,7 +397,7 @@ int main(int argc, char **argv)
     struct hd_cli cli;
     char err[512];
     if (hd_cli_parse(argc, argv, &cli, err, sizeof(err))) {
-        fprintf(stderr, "heraldd: %s\n%s", err, hd_cli_usage());
+        fprintf(stderr, "heraldd: %s\ntry heraldd --help\n", err);
         hd_cli_free(&cli);
         return 1;
     }

@@ -153,7 +153,7 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
     counter(&b, "herald_connections_total", "WebSocket connections accepted.",
             m->connections_total);
     counter(&b, "herald_connections_refused_total",
-            "Connections closed at accept: their address was at limits.max_connections_per_ip.",
+            "Connections refused: over limits.max_connections or max_connections_per_ip.",
             m->connections_refused);
     counter(&b, "herald_publish_holds_total",
             "Loop turns a ready publish waited for connection queues to drain (backpressure).",

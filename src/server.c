@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -51,11 +54,19 @@ bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int c
 
 size_t srv_format_resp(char *out, size_t cap, const struct hd_http_resp *resp)
 {
-    static const char *const reasons[] = {
-        [400] = "Bad Request",        [401] = "Unauthorized",       [403] = "Forbidden",
-        [404] = "Not Found",          [405] = "Method Not Allowed", [413] = "Content Too Large",
-        [426] = "Upgrade Required",   [429] = "Too Many Requests",  [500] = "Internal Server Error",
-        [503] = "Service Unavailable"};
+    static const char *const reasons[] = {[400] = "Bad Request",
+                                          [401] = "Unauthorized",
+                                          [403] = "Forbidden",
+                                          [404] = "Not Found",
+                                          [405] = "Method Not Allowed",
+                                          [411] = "Length Required",
+                                          [413] = "Content Too Large",
+                                          [414] = "URI Too Long",
+                                          [426] = "Upgrade Required",
+                                          [429] = "Too Many Requests",
+                                          [431] = "Request Header Fields Too Large",
+                                          [500] = "Internal Server Error",
+                                          [503] = "Service Unavailable"};
     int status = resp->status >= 100 && resp->status < 600 ? resp->status : 500;
     const char *reason = status < (int)(sizeof(reasons) / sizeof(reasons[0])) && reasons[status]
                              ? reasons[status]
@@ -78,7 +89,7 @@ size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *m
 {
     struct hd_http_resp resp = {0};
     hd_api_error(&resp, code, message);
-    if (code == HD_ERR_RATE_LIMITED)
+    if (code == HD_ERR_RATE_LIMITED || code == HD_ERR_UNAVAILABLE)
         hd_http_resp_header(&resp, "retry-after:", "1");
     size_t n = srv_format_resp(out, cap, &resp);
     hd_http_resp_clear(&resp);
@@ -93,33 +104,77 @@ static bool vhost_is_tls(const struct hd_server *s, const struct lws_vhost *vh)
     return false;
 }
 
-/*
- * A new TCP connection, before lws reads a byte of it: the broker counts it against its
- * address (limits.max_connections_per_ip). A refused plaintext peer still gets a short
- * 429 so a person with curl learns why; a TLS peer just sees the connection close.
- */
-static int peer_filter(struct hd_server *s, struct lws *wsi,
-                       const struct lws_filter_network_conn_args *a)
+static void conn_free(struct hd_server *s, struct srv_conn *c)
 {
+    if (c) {
+        hd_broker_peer_close(s->broker, c->peer);
+        free(c);
+    }
+}
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
+/*
+ * A new TCP connection, before lws reads a byte of it: it counts against
+ * limits.max_connections (a loopback peer past it gets one of a few reserve places, for
+ * health checks and metrics only) and against its address (limits.max_connections_per_ip).
+ * A refused plaintext peer still gets a short 503 or 429 so a person with curl learns why;
+ * a TLS peer just sees the connection close.
+ */
+static int peer_filter(struct hd_server *s, bool tls, const struct lws_filter_network_conn_args *a)
+{
+    srv_guard_open(a->accept_fd, tls);
     /* lws adopted nothing for the last accepted socket: its count must not stay behind. */
-    hd_broker_peer_close(s->broker, s->pending_peer);
-    s->pending_peer = NULL;
-    bool refused;
+    conn_free(s, s->pending);
+    s->pending = NULL;
     struct hd_error err = {0};
-    s->pending_peer = hd_broker_peer_open(s->broker, (const struct sockaddr *)&a->cli_addr,
-                                          a->clilen, &refused, &err);
-    if (!refused)
+    const char *why = "max_connections";
+    uint32_t max = s->cfg->limits.max_connections;
+    struct srv_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        hd_error_set(&err, HD_ERR_UNAVAILABLE, "out of memory");
+        goto refuse;
+    }
+    if (s->conns_open >= max) {
+        if (!is_loopback(&a->cli_addr) || s->reserve_open >= SRV_RESERVE_CONNS) {
+            hd_error_set(&err, HD_ERR_UNAVAILABLE,
+                         "the server is at limits.max_connections (%u); try again later", max);
+            hd_broker_metrics(s->broker)->connections_refused++;
+            goto refuse;
+        }
+        c->reserve = true;
+    }
+    bool refused;
+    c->peer = hd_broker_peer_open(s->broker, (const struct sockaddr *)&a->cli_addr, a->clilen,
+                                  &refused, &err);
+    if (!refused) {
+        s->pending = c;
         return 0;
+    }
+    why = "per_ip_limit";
+refuse:
+    free(c);
     /* One line a second at most: a flood must not turn into a log flood. */
     uint64_t now_s = hd_now_ns() / 1000000000u;
     s->refused_unlogged++;
     if (now_s != s->refused_logged_s) {
-        hd_log_info("connection refused", "reason=per_ip_limit count=%" PRIu64 " error=\"%s\"",
+        hd_log_info("connection refused", "reason=%s count=%" PRIu64 " error=\"%s\"", why,
                     s->refused_unlogged, err.message);
         s->refused_logged_s = now_s;
         s->refused_unlogged = 0;
     }
-    if (!vhost_is_tls(s, lws_get_vhost(wsi))) {
+    if (!tls) {
         char buf[1024];
         size_t n = srv_format_refusal(buf, sizeof(buf), err.code, err.message);
         /* Best effort into an empty socket buffer: never blocks, never raises SIGPIPE. */
@@ -129,28 +184,47 @@ static int peer_filter(struct hd_server *s, struct lws *wsi,
     return -1;
 }
 
+int srv_peer_accept(struct hd_server *s, bool tls, int fd, const struct sockaddr_storage *addr,
+                    socklen_t len)
+{
+    struct lws_filter_network_conn_args a;
+    memset(&a, 0, sizeof(a));
+    a.cli_addr = *addr;
+    a.clilen = len;
+    a.accept_fd = fd;
+    return peer_filter(s, tls, &a);
+}
+
 bool srv_peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callback_reasons reason,
                         void *user, int *ret)
 {
     *ret = 0;
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-        *ret = peer_filter(s, wsi, user);
+        *ret = peer_filter(s, vhost_is_tls(s, lws_get_vhost(wsi)), user);
         return true;
     case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
         /* lws's one look at a vhost's SSL_CTX (user), while lws_create_vhost runs. */
         if (s->creating < HD_MAX_LISTENERS)
             s->ssl_ctx[s->creating] = user;
         return true;
-    case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+    case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED: {
         /* The wsi's opaque pointer outlives the per-transaction pss and the upgrade. */
-        lws_set_opaque_user_data(wsi, s->pending_peer);
-        s->pending_peer = NULL;
+        struct srv_conn *c = s->pending;
+        s->pending = NULL;
+        lws_set_opaque_user_data(wsi, c);
+        if (c)
+            (*(c->reserve ? &s->reserve_open : &s->conns_open))++;
         return true;
-    case LWS_CALLBACK_WSI_DESTROY:
-        hd_broker_peer_close(s->broker, lws_get_opaque_user_data(wsi));
+    }
+    case LWS_CALLBACK_WSI_DESTROY: {
+        struct srv_conn *c = lws_get_opaque_user_data(wsi);
+        if (c)
+            (*(c->reserve ? &s->reserve_open : &s->conns_open))--;
+        conn_free(s, c);
         lws_set_opaque_user_data(wsi, NULL);
         return true;
+    }
     default:
         return false;
     }
@@ -189,13 +263,47 @@ static void on_turn_end(uv_check_t *h)
 
 enum { PROTO_HTTP, PROTO_WS };
 
+/*
+ * lws's own lines, at heraldd's debug level only its warnings (its notice and info levels
+ * are a line per socket event, which buried heraldd's own records). Errors heraldd already
+ * reports better itself, or that are not errors, are dropped.
+ */
 static void lws_logger(int level, const char *line)
 {
+    /* lws_http_mark_sse() on HTTP/1 calls lws_mux_mark_immortal(), which complains that
+     * the connection is not an h2 stream: once per SSE stream, and harmless. */
+    if (strstr(line, "not h2 substream"))
+        return;
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == ' '))
         n--;
     hd_log(level & LLL_ERR ? HD_LOG_WARN : HD_LOG_DEBUG, "libwebsockets", "lws=\"%.*s\"", (int)n,
            line);
+}
+
+/* Why lws could not listen: it does not say, so the bind is tried once more to find out. */
+static const char *bind_error(const char *address, unsigned port, char *buf, size_t cap)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    char service[8];
+    snprintf(service, sizeof(service), "%u", port);
+    int r = getaddrinfo(address, service, &hints, &ai);
+    if (r) {
+        snprintf(buf, cap, "%s", gai_strerror(r));
+        return buf;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), e = 0;
+    int one = 1;
+    if (fd < 0)
+        e = errno;
+    else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+             bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1))
+        e = errno;
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    snprintf(buf, cap, "%s", e ? strerror(e) : "libwebsockets could not set it up");
+    return buf;
 }
 
 struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg)
@@ -213,9 +321,7 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     s->ws_paused.prev = s->ws_paused.next = &s->ws_paused;
     s->protocols[PROTO_HTTP] = srv_http_protocol;
     s->protocols[PROTO_WS] = srv_ws_protocol;
-    lws_set_log_level(LLL_ERR |
-                          (hd_log_enabled(HD_LOG_DEBUG) ? (LLL_WARN | LLL_NOTICE | LLL_INFO) : 0),
-                      lws_logger);
+    lws_set_log_level(LLL_ERR | (hd_log_enabled(HD_LOG_DEBUG) ? LLL_WARN : 0), lws_logger);
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
@@ -225,14 +331,19 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     info.foreign_loops = foreign;
     info.user = s;
     info.protocols = s->protocols;
-    info.max_http_header_data = (unsigned short)cfg->limits.max_header_bytes;
+    /* limits.max_header_bytes is enforced before lws parses (server_guard.c). */
+    srv_guard_init(cfg);
+    info.max_http_header_data = (unsigned short)srv_guard_lws_header_bytes(cfg);
     info.timeout_secs = cfg->limits.handshake_timeout_s;
     info.timeout_secs_ah_idle = cfg->limits.handshake_timeout_s;
     info.keepalive_timeout = 60;
     info.server_string = "heraldd";
-    /* lws stops accepting at its fd table size: that is limits.max_connections (plus the
-     * listeners, the store and lws's own descriptors), bounded by RLIMIT_NOFILE. */
-    info.fd_limit_per_thread = cfg->limits.max_connections + 32 + (unsigned)cfg->n_listeners;
+    /* limits.max_connections is held at accept (peer_filter), where the connections past it
+     * are answered: lws's fd table, which silently stops accepting when full, has room for
+     * them, the reserve, the listeners, the store and lws's own descriptors. Bounded by
+     * RLIMIT_NOFILE. */
+    info.fd_limit_per_thread =
+        cfg->limits.max_connections + SRV_RESERVE_CONNS + 64 + (unsigned)cfg->n_listeners;
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
         hd_log_error("cannot create the libwebsockets context",
@@ -256,6 +367,15 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         vi.vhost_name = s->names[i % HD_MAX_LISTENERS];
         vi.port = l->port; /* 0: the kernel picks one; lws reports it back below */
         vi.iface = l->address;
+        /* A socket systemd passed for this address: heraldd accepts on it, lws listens on
+         * nothing (server_activation.c). */
+        struct srv_listen_sock *ls = &s->activated[i % HD_MAX_LISTENERS];
+        ls->fd = srv_activation_find(l);
+        ls->tls = l->tls_cert != NULL;
+        if (ls->fd >= 0) {
+            vi.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+            vi.iface = NULL;
+        }
         vi.protocols = s->protocols;
         vi.pvo = &s->pvo;
         vi.retry_and_idle_policy = &s->retry;
@@ -281,17 +401,34 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         struct lws_vhost *vh = lws_create_vhost(s->ctx, &vi);
         s->creating = SIZE_MAX;
         if (!vh) {
-            hd_log_error("cannot listen", "address=%s port=%u", l->address, l->port);
+            char why[128], msg[300];
+            snprintf(msg, sizeof(msg), "cannot listen on %s%s%s:%u: %s",
+                     strchr(l->address, ':') ? "[" : "", l->address,
+                     strchr(l->address, ':') ? "]" : "", l->port,
+                     bind_error(l->address, l->port, why, sizeof(why)));
+            hd_log_error(msg, "address=%s port=%u", l->address, l->port);
             s->failed = true;
             return s;
         }
         s->vhosts[i % HD_MAX_LISTENERS] = vh;
-        hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
-                    lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
+        if (ls->fd >= 0) {
+            ls->vh = vh;
+            if (srv_activation_start(s, ls)) {
+                hd_log_error("cannot watch the socket systemd passed", "fd=%d", ls->fd);
+                s->failed = true;
+                return s;
+            }
+            hd_log_info("listening", "address=%s port=%d tls=%s from=systemd", l->address,
+                        srv_activation_port(ls->fd), l->tls_cert ? "yes" : "no");
+        } else {
+            hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
+                        lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
+        }
         if (l->tls_cert && !s->ssl_ctx[i % HD_MAX_LISTENERS])
             hd_log_warn("this TLS listener's certificate cannot be reloaded", "address=%s",
                         l->address);
     }
+    srv_activation_unused();
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (s->epfd < 0 || uv_poll_init(loop, &s->ep_watch, s->epfd)) {
         hd_log_error("cannot create the stream watcher", "errno=%d", errno);
@@ -384,6 +521,8 @@ void hd_server_destroy(struct hd_server *s)
         return;
     if (s->ctx)
         lws_context_destroy(s->ctx); /* first half: lws closes its libuv handles */
+    for (size_t i = 0; i < HD_MAX_LISTENERS; i++)
+        srv_activation_stop(&s->activated[i]);
     if (s->ep_started) {
         uv_poll_stop(&s->ep_watch);
         uv_close((uv_handle_t *)&s->ep_watch, NULL);
@@ -408,6 +547,6 @@ void hd_server_free(struct hd_server *s)
         lws_context_destroy(s->ctx);
     if (s->epfd >= 0)
         close(s->epfd);
-    hd_broker_peer_close(s->broker, s->pending_peer);
+    conn_free(s, s->pending);
     free(s);
 }

@@ -8,6 +8,7 @@
 #define HD_SERVER_H
 
 #include <stdbool.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "broker.h"
@@ -39,5 +40,13 @@ void hd_server_drain(struct hd_server *s);
 /* Destroys the lws context; call, then run the loop until idle, then hd_server_free. */
 void hd_server_destroy(struct hd_server *s);
 void hd_server_free(struct hd_server *s);
+
+/*
+ * recv() for the sockets lws reads (recvguard.c makes it heraldd's recv): a plaintext HTTP
+ * connection's bytes are checked (h1frame.c) before lws parses them, and what lws cannot
+ * parse is answered here. Other sockets and flags go straight to the kernel. Returns as
+ * recv() does; -1 with EAGAIN when all that arrived was dropped or answered.
+ */
+ssize_t hd_guard_recv(int fd, void *buf, size_t len, int flags);
 
 #endif

@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 
 #include "api.h"
@@ -44,6 +45,10 @@ struct http_pss {
     size_t body_len;
     bool body_too_large;
     bool reading_body;
+    bool chunked; /* a Transfer-Encoding: chunked body, decoded here (lws 4.3 only) */
+    bool body_malformed;
+    uint8_t ch_state;
+    uint64_t ch_left; /* of the chunk being read, or its size while reading the size */
     bool response_ready;
     bool head;
     struct hd_http_resp resp;
@@ -165,6 +170,8 @@ static int http_respond(struct hd_server *s, struct http_pss *pss)
 #define LAST_EVENT_ID_MAX 255
 #define AUTHORIZATION_MAX 4199
 #define PEER_MAX 63
+#define HOST_MAX 255
+#define IF_NONE_MATCH_MAX 255
 
 /* The query's length as copy_query joins it; -1 when over QUERY_MAX. */
 static int query_length(struct lws *wsi)
@@ -214,6 +221,13 @@ static const char *take_header(struct lws *wsi, enum lws_token_indexes t, int ma
     const char *r = *at;
     *at += c + 1;
     return r;
+}
+
+/* Room take_header needs for header t: its length and NUL, or 0 when it would refuse it. */
+static size_t bounded_length(struct lws *wsi, enum lws_token_indexes t, int max)
+{
+    int n = lws_hdr_total_length(wsi, t);
+    return n > 0 && n <= max ? (size_t)n + 1 : 0;
 }
 
 /* SSE keepalive comment period (the protocol promises one at least every 30 s). */
@@ -373,7 +387,8 @@ static int sse_writable(struct http_pss *pss, struct lws *wsi)
  * The body is complete: act on it at the end of this loop turn, never here. lws 4.1 re-feeds
  * stored input from the request line when the headers of a request with a body came from
  * pipelined input, so the first body it reports may be garbage and a second completion
- * follows; answering here would also hang lws in a loop that never returns to libuv.
+ * follows (on TLS connections: plaintext ones never give lws pipelined input, see
+ * server_guard.c); answering here would also hang lws in a loop that never returns to libuv.
  */
 static int body_complete(struct http_pss *pss)
 {
@@ -385,6 +400,155 @@ static int body_complete(struct http_pss *pss)
     pss->ready_ns = hd_now_ns();
     srv_turn_add(s, &s->http_ready, &pss->ready);
     return 0;
+}
+
+/*
+ * Chunked request bodies (RFC 9112 7.1). lws 4.3 reads a body without Content-Length as "up to
+ * 100 MB" and hands it to LWS_CALLBACK_HTTP_BODY raw, chunk framing included, and never
+ * reports its end; lws 4.1 would re-parse it. So on 4.3 heraldd decodes it here and completes
+ * the body itself at the last chunk. The connection closes after the answer: lws reads any
+ * bytes after the last chunk as more body (the framing guard no longer follows the
+ * connection), so they cannot be served as the next request.
+ */
+#if LWS_LIBRARY_VERSION_MAJOR > 4 ||                                                               \
+    (LWS_LIBRARY_VERSION_MAJOR == 4 && LWS_LIBRARY_VERSION_MINOR >= 3)
+#define HD_CHUNKED_BODIES 1
+#else
+#define HD_CHUNKED_BODIES 0
+#endif
+
+bool srv_http_chunked_ok(void)
+{
+    return HD_CHUNKED_BODIES;
+}
+
+enum {
+    CH_SIZE,
+    CH_EXT,
+    CH_SIZE_LF,
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER,
+    CH_TRAILER_LINE,
+    CH_END_LF,
+    CH_TRAILER_LF,
+    CH_DONE
+};
+
+static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, size_t len);
+
+/* Feeds len raw bytes of a chunked body: 0 needs more, 1 the body is complete (anything after
+ * it is ignored), -1 malformed. Data goes through http_body (and its size limit). */
+/* Transfer-Encoding is exactly "chunked" (any case): other codings are not decoded. */
+static bool is_chunked(struct lws *wsi)
+{
+    char te[16];
+    return srv_copy_header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING, te, sizeof(te)) &&
+           !strcasecmp(te, "chunked");
+}
+
+static int chunked_feed(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = (unsigned char)in[i];
+        switch (pss->ch_state) {
+        case CH_SIZE: {
+            int d = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+            if (d >= 0) {
+                if (pss->ch_left >> 56)
+                    return -1; /* a chunk size over 2^60 */
+                pss->ch_left = pss->ch_left * 16 + (uint64_t)d;
+            } else if (c == ';') {
+                pss->ch_state = CH_EXT;
+            } else if (c == '\r') {
+                pss->ch_state = CH_SIZE_LF;
+            } else {
+                return -1;
+            }
+            i++;
+            break;
+        }
+        case CH_EXT: /* chunk extensions are ignored */
+            if (c == '\r')
+                pss->ch_state = CH_SIZE_LF;
+            else if (c == '\n')
+                return -1;
+            i++;
+            break;
+        case CH_SIZE_LF:
+            if (c != '\n')
+                return -1;
+            pss->ch_state = pss->ch_left ? CH_DATA : CH_TRAILER;
+            i++;
+            break;
+        case CH_DATA: {
+            size_t n = len - i;
+            if ((uint64_t)n > pss->ch_left)
+                n = (size_t)pss->ch_left;
+            if (http_body(s, pss, in + i, n))
+                return -1;
+            pss->ch_left -= n;
+            i += n;
+            if (!pss->ch_left)
+                pss->ch_state = CH_DATA_CR;
+            break;
+        }
+        case CH_DATA_CR:
+            if (c != '\r')
+                return -1;
+            pss->ch_state = CH_DATA_LF;
+            i++;
+            break;
+        case CH_DATA_LF:
+            if (c != '\n')
+                return -1;
+            pss->ch_state = CH_SIZE;
+            i++;
+            break;
+        case CH_TRAILER: /* the start of a trailer line, or the empty line that ends it all */
+            pss->ch_state = c == '\r' ? CH_END_LF : CH_TRAILER_LINE;
+            i++;
+            break;
+        case CH_TRAILER_LINE: /* trailer fields are ignored; the head's limits bound them */
+            if (c == '\r')
+                pss->ch_state = CH_TRAILER_LF;
+            i++;
+            break;
+        case CH_TRAILER_LF:
+            if (c != '\n')
+                return -1;
+            pss->ch_state = CH_TRAILER;
+            i++;
+            break;
+        case CH_END_LF:
+            if (c != '\n')
+                return -1;
+            pss->ch_state = CH_DONE;
+            return 1;
+        default:
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* LWS_CALLBACK_HTTP_BODY of a chunked request. */
+static int http_body_chunked(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
+{
+    if (!pss->reading_body)
+        return 0; /* complete, or answered: the rest is not read (the connection closes) */
+    int r = chunked_feed(s, pss, in, len);
+    if (r == 0 && !pss->body_too_large)
+        return 0;
+    /* Complete, malformed (400) or over the size limit (413, without reading the rest):
+     * answered at the end of the turn, like any body. */
+    pss->body_malformed = r < 0;
+    return body_complete(pss);
 }
 
 static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
@@ -408,7 +572,8 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     size_t cap = (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
                  (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
                  (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX +
-                 HD_IDEM_KEY_MAX + 2 + 8;
+                 HD_IDEM_KEY_MAX + 2 + 8 + bounded_length(wsi, WSI_TOKEN_HOST, HOST_MAX) +
+                 bounded_length(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, IF_NONE_MATCH_MAX);
     pss->strings = malloc(cap);
     if (!pss->strings) {
         pss->req.path = "/";
@@ -447,10 +612,13 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     } else if (ik > HD_IDEM_KEY_MAX + 1) {
         pss->req.idempotency_key = "-invalid key-";
     }
+    pss->req.host = take_header(wsi, WSI_TOKEN_HOST, HOST_MAX, &at, end);
+    pss->req.if_none_match =
+        take_header(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, IF_NONE_MATCH_MAX, &at, end);
     /* The address counted at accept: no getpeername(), and text only if a limit asks. */
-    const struct hd_peer *peer = lws_get_opaque_user_data(wsi);
-    if (peer) {
-        pss->req.peer_addr = hd_peer_addr_of(peer);
+    const struct srv_conn *sc = srv_conn_of(wsi);
+    if (sc && sc->peer) {
+        pss->req.peer_addr = hd_peer_addr_of(sc->peer);
     } else if (lws_get_peer_simple(wsi, at, PEER_MAX + 1)) {
         pss->req.peer = at;
     }
@@ -459,6 +627,19 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     if (srv_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
         pss->req.content_length = strtoll(cl, NULL, 10);
 
+    if (sc && sc->reserve) {
+        /* Past limits.max_connections, from loopback: health and metrics only, then close. */
+        pss->close_after = true;
+        if (strcmp(pss->req.path, "/healthz") != 0 && strcmp(pss->req.path, "/metrics") != 0) {
+            char msg[100];
+            snprintf(msg, sizeof(msg), "the server is at limits.max_connections (%u)",
+                     s->cfg->limits.max_connections);
+            hd_api_error(&pss->resp, HD_ERR_UNAVAILABLE, msg);
+            hd_http_resp_header(&pss->resp, "retry-after:", "1");
+            hd_broker_metrics(s->broker)->connections_refused++;
+            return http_respond(s, pss);
+        }
+    }
     /* No long requests yet: keep lws's content timeout for the body, or respond now. */
     enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
     if (next == HD_HTTP_SSE)
@@ -472,6 +653,12 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     if (next == HD_HTTP_READ_BODY) {
         if (pss->req.content_length < 0) {
+            if (HD_CHUNKED_BODIES && is_chunked(wsi)) {
+                pss->chunked = true;
+                pss->close_after = true; /* see chunked_feed */
+                pss->reading_body = true;
+                return 0;
+            }
             if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
                 /* lws 4.1 does not decode chunked request bodies. */
                 hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
@@ -504,9 +691,11 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
     if (pss) {
         struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
         pss->pending = NULL;
-        if (resp)
+        if (resp) {
+            /* What the route left in the response (its identity) goes first, or it leaks. */
+            hd_http_resp_clear(&pss->resp);
             pss->resp = *resp;
-        else
+        } else
             hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         free(resp);
         /* Outside any lws callback: a failed write closes the connection asynchronously. */
@@ -523,8 +712,20 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
 static int http_body_complete(struct hd_server *s, struct http_pss *pss)
 {
     pss->reading_body = false;
+    if (pss->body_malformed) {
+        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "malformed chunked request body");
+        return http_respond(s, pss);
+    }
     if (pss->body_too_large) {
-        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
+        /* Only a body without Content-Length (chunked, where lws decodes it) gets here: the
+         * route refused a Content-Length over the limit, in the same words. */
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "the request body is larger than allowed: at most %zu bytes (%s)",
+                 hd_api_body_limit(s->broker, &pss->req),
+                 strcmp(pss->req.path, "/v1/publish") == 0 ? "limits.max_batch_bytes"
+                                                           : "limits.max_event_bytes + 16384");
+        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, msg);
         return http_respond(s, pss);
     }
     struct http_pending *p = calloc(1, sizeof(*p));
@@ -599,19 +800,27 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
         return -1;
     unsigned char *start = buf + LWS_PRE, *p = start, *end = start + hcap - 1;
     int status = r->status ? r->status : 500;
-    /* RFC 9110: no Content-Length on a 204. */
-    if (lws_add_http_common_headers(wsi, (unsigned int)status, r->content_type,
-                                    status == 204 ? LWS_ILLEGAL_HTTP_CONTENT_LEN : r->body_len, &p,
-                                    end))
+    /* RFC 9110: no Content-Length on a 204, nor on a 304 (it would have to be the 200's). */
+    if (lws_add_http_common_headers(
+            wsi, (unsigned int)status, r->content_type,
+            status == 204 || status == 304 ? LWS_ILLEGAL_HTTP_CONTENT_LEN : r->body_len, &p, end))
         goto fail;
-    for (size_t i = 0; i < r->n_headers; i++)
+    bool own_cache_control = false; /* the embedded files are revalidated, not unstored */
+    for (size_t i = 0; i < r->n_headers; i++) {
+        own_cache_control |= strcmp(r->headers[i].name, "cache-control:") == 0;
         if (lws_add_http_header_by_name(wsi, (const unsigned char *)r->headers[i].name,
                                         (const unsigned char *)r->headers[i].value,
                                         (int)strlen(r->headers[i].value), &p, end))
             goto fail;
-    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+    }
+    if (!own_cache_control &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                     (const unsigned char *)"no-store", 8, &p, end))
         goto fail;
+    /* The client sent more before this answer: that cannot be served (server_guard.c), and
+     * the close tells it to send again (RFC 9112 9.3.2). */
+    if (srv_guard_pipelined(lws_get_socket_fd(wsi)))
+        pss->close_after = true;
     if (pss->close_after && lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
                                                         (const unsigned char *)"close", 5, &p, end))
         goto fail;
@@ -633,6 +842,7 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     pss->busy = false;
     if (close_after)
         return -1;
+    srv_guard_answered(lws_get_socket_fd(wsi));
     if (lws_http_transaction_completed(wsi))
         return -1;
     s->http_completed = wsi;
@@ -655,13 +865,17 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
         if (!pss)
             return -1;
         /* A new request while the last is unanswered is a pipelining client; lws 4.1
-         * cannot serve those reliably (see body_complete), so it is dropped. */
+         * cannot serve those reliably (see body_complete), so it is dropped. Only TLS
+         * connections get here: plaintext ones are handed to lws one request at a time,
+         * and the pipelined rest is refused politely (server_guard.c). */
         if (pss->busy)
             return -1;
         pss->wsi = wsi;
         /* An inline answer completes the transaction and lws frees pss: do not touch it. */
         return http_request(s, pss, wsi) ? -1 : 0;
     case LWS_CALLBACK_HTTP_BODY:
+        if (pss && pss->chunked)
+            return http_body_chunked(s, pss, in, len);
         return http_body(s, pss, in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return pss->reading_body || pss->body_done ? body_complete(pss) : 0;

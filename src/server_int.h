@@ -48,9 +48,33 @@
 
 struct ws_pss;
 
+/* Loopback connections past limits.max_connections kept for /healthz and /metrics. */
+#define SRV_RESERVE_CONNS 8
+
+/* Each accepted TCP connection's record: the wsi's opaque pointer, from accept to destroy. */
+struct srv_conn {
+    struct hd_peer *peer; /* counted for limits.max_connections_per_ip, or NULL */
+    bool reserve;         /* past limits.max_connections: health and metrics, then close */
+};
+
+/* The record of an accepted connection's wsi, NULL for any other wsi. */
+static inline const struct srv_conn *srv_conn_of(struct lws *wsi)
+{
+    return lws_get_opaque_user_data(wsi);
+}
+
 /* Membership in one of the server's end-of-turn lists; all zero when in none. */
 struct turn_link {
     struct turn_link *prev, *next;
+};
+
+/* A listening socket systemd passed, accepted on by heraldd (server_activation.c). */
+struct srv_listen_sock {
+    uv_poll_t poll;
+    int fd; /* -1: this listener's vhost has lws's own listener */
+    bool tls, started;
+    struct lws_vhost *vh;
+    struct hd_server *s;
 };
 
 struct hd_server {
@@ -67,10 +91,14 @@ struct hd_server {
     bool ep_started;
     char names[HD_MAX_LISTENERS][32];
     struct lws_vhost *vhosts[HD_MAX_LISTENERS];
+    struct srv_listen_sock activated[HD_MAX_LISTENERS];
     void *ssl_ctx[HD_MAX_LISTENERS]; /* each TLS vhost's SSL_CTX, for certificate reloads */
     size_t creating;                 /* the listener whose vhost lws is creating */
-    /* Counted at accept, handed to the wsi lws creates for it right after. */
-    struct hd_peer *pending_peer;
+    /* Made at accept, handed to the wsi lws creates for it right after. */
+    struct srv_conn *pending;
+    /* Accepted connections open: counted against limits.max_connections, and loopback ones
+     * past it that may only ask for /healthz or /metrics. */
+    uint32_t conns_open, reserve_open;
     uint64_t refused_logged_s, refused_unlogged;
     bool failed; /* a listener could not be bound: tear down and exit */
     /* Work done at the end of each loop turn, after libuv ran every ready socket: queued
@@ -129,13 +157,28 @@ static inline struct turn_link *turn_pop(struct turn_link *head)
     return l;
 }
 
+/*
+ * The size of a reassembly buffer holding `need` bytes: the next power of two from 1 KiB,
+ * at most `max` (but never under need). Growing by doubling keeps a message of many small
+ * fragments from being copied once per fragment.
+ */
+static inline size_t srv_rx_capacity(size_t need, size_t max)
+{
+    size_t c = 1024;
+    while (c < need)
+        c *= 2;
+    if (c > max)
+        c = max;
+    return c < need ? need : c;
+}
+
 /* Copies header t into out when present and shorter than cap. */
 bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int cap);
 
 /*
  * A complete HTTP/1.1 error response with the JSON error body, written raw where lws would
- * not answer properly (it labels its own status line HTTP/1.0). Returns its length, 0 when
- * it does not fit.
+ * not answer properly (it labels its own status line HTTP/1.0), with Retry-After on a 429
+ * or 503. Returns its length, 0 when it does not fit.
  */
 size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message);
 /* The same for a whole response the API filled (status, headers, body), with
@@ -160,8 +203,42 @@ void srv_ws_flush_all(struct hd_server *s);
 /* Reads again from paused WebSocket publishers once they may go on. */
 void srv_ws_resume(struct hd_server *s, uint64_t now_ns);
 
+/* server.c: the accept-time limits for a connection heraldd accepted itself (tls: on a TLS
+ * listener). 0: hand fd to lws; -1: refused (answered if plaintext), the caller closes fd. */
+int srv_peer_accept(struct hd_server *s, bool tls, int fd, const struct sockaddr_storage *addr,
+                    socklen_t len);
+
+/* server_activation.c: listening sockets passed by systemd (sd_listen_fds) */
+/* How many sockets were passed (read once; LISTEN_FDS is then unset). */
+int srv_activation_fds(void);
+/* The passed listening socket whose address is listener l's (borrowed), or -1. */
+int srv_activation_find(const struct hd_listener *l);
+/* Warns about passed sockets no listener took. */
+void srv_activation_unused(void);
+/* The port a socket is bound to, or -1. */
+int srv_activation_port(int fd);
+/* Starts accepting on ls->fd into ls->vh (ls is s's, and must stay put); 0 or -EINVAL. */
+int srv_activation_start(struct hd_server *s, struct srv_listen_sock *ls);
+/* Stops accepting and closes the poll handle (the loop must run its close callback). */
+void srv_activation_stop(struct srv_listen_sock *ls);
+
+/* server_guard.c: HTTP/1.1 framing checked below lws (see hd_guard_recv in server.h) */
+/* Takes the limits from cfg (borrowed for the call). */
+void srv_guard_init(const struct hd_config *cfg);
+/* The header buffer lws needs so that it never refuses a head the framing let through. */
+unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg);
+/* A connection was accepted on fd: checked from its first byte unless it is TLS. */
+void srv_guard_open(int fd, bool tls);
+/* True when the client sent more after its request, before the answer: answer, then close. */
+bool srv_guard_pipelined(int fd);
+/* The request on fd was answered and the connection stays open for the next one. */
+void srv_guard_answered(int fd);
+
 /* server_http.c */
 extern const struct lws_protocols srv_http_protocol;
+/* True when heraldd reads chunked request bodies itself (lws 4.3, which hands them over raw);
+ * false on lws 4.1, where such a request is answered 411. */
+bool srv_http_chunked_ok(void);
 /* Acts on the request bodies completed this turn, unless publishers are held. */
 void srv_http_turn(struct hd_server *s, uint64_t now_ns);
 /* The watcher of held-open requests (SSE, waiting long polls) saw its epoll set ready. */

@@ -6,6 +6,7 @@
  */
 #include "server_int.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -111,6 +112,18 @@ static int refuse_upgrade(struct lws *wsi, const struct hd_http_resp *resp)
 static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
 {
     static char path[HD_TOPIC_MAX + 64], origin[HDR_SMALL], auth[4200], token[4097];
+    const struct srv_conn *sc = srv_conn_of(wsi);
+    if (sc && sc->reserve) {
+        /* Past limits.max_connections: this loopback place serves health and metrics only. */
+        struct hd_http_resp busy = {0};
+        hd_api_error(&busy, HD_ERR_UNAVAILABLE,
+                     "the server is at limits.max_connections; try again later");
+        hd_http_resp_header(&busy, "retry-after:", "1");
+        hd_broker_metrics(s->broker)->connections_refused++;
+        int r = refuse_upgrade(wsi, &busy);
+        hd_http_resp_clear(&busy);
+        return r;
+    }
     char query[4200];
     struct hd_http_req req = {
         .method = HD_M_GET, .path = "/", .content_length = -1, .upgrade = true};
@@ -163,12 +176,18 @@ static int ws_receive(struct hd_server *s, struct ws_pss *pss, struct lws *wsi, 
     }
     if (pss->rx_len + len + remaining > limit)
         goto too_big;
-    char *n = realloc(pss->rx, pss->rx_len + len + 1);
-    if (!n) {
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
-        return -1;
+    /* The buffer's size is srv_rx_capacity() of what it holds (not stored: idle connections
+     * pay for every byte here), so a message of many fragments is copied O(log n) times. */
+    size_t have = pss->rx ? srv_rx_capacity(pss->rx_len + 1, limit + 1) : 0;
+    size_t need = srv_rx_capacity(pss->rx_len + len + 1, limit + 1);
+    if (need > have) {
+        char *n = realloc(pss->rx, need);
+        if (!n) {
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
+            return -1;
+        }
+        pss->rx = n;
     }
-    pss->rx = n;
     memcpy(pss->rx + pss->rx_len, in, len);
     pss->rx_len += (uint32_t)len;
     if (final && !remaining) {
@@ -333,6 +352,18 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
             return ws_finish_close(pss, false);
         lws_callback_on_writable(wsi); /* flush the replies that explain the close first */
         lws_set_timeout(wsi, PENDING_TIMEOUT_LAGGING, 4);
+        return 0;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        /* RFC 6455 5.5.1: a close payload is empty or starts with a 2-byte code; lws 4.1
+         * would echo a 1-byte one back. */
+        if (len == 1) {
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR,
+                             (unsigned char *)"a close frame's payload cannot be 1 byte", 40);
+            return -1;
+        }
+        hd_log_debug("peer closed", "conn=%" PRIu64 " code=%d", pss->conn.id,
+                     len >= 2 ? ((const unsigned char *)in)[0] << 8 | ((const unsigned char *)in)[1]
+                              : 1005);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return ws_writable(pss, wsi);

@@ -314,6 +314,8 @@ enum hd_err hd_conn_subscribe(struct hd_conn *c, const char *pattern, const char
                                    &live_from, &replay, &n, &engine_after, err);
     if (e != HD_ERR_NONE)
         return e;
+    hd_log_debug("subscribe", "conn=%" PRIu64 " pattern=%s replayed=%zu gap=%d", c->id, pattern, n,
+                 *gap);
     if (engine_after)
         return start_replay(c, pattern, engine_after, live_from, false, false, 0, err);
     if (*gap && c->kind == HD_CONN_SSE)
@@ -333,6 +335,8 @@ enum hd_err hd__conn_subscribe_ws(struct hd_conn *c, bool has_id, int64_t id, co
         subscribe_core(c, pattern, since, &gap, &live_from, &replay, &n, &engine_after, err);
     if (e != HD_ERR_NONE)
         return e;
+    hd_log_debug("subscribe", "conn=%" PRIu64 " pattern=%s replayed=%zu gap=%d", c->id, pattern, n,
+                 gap);
     if (engine_after) /* the ok follows the engine's answer */
         return start_replay(c, pattern, engine_after, live_from, true, has_id, id, err);
     char next[HD_EVENT_ID_LEN + 1];

@@ -96,9 +96,14 @@ START_TEST(defaults)
     ck_assert_uint_eq(cfg.limits.publish_burst, 0);
     ck_assert_uint_eq(cfg.limits.max_header_bytes, 4096);
     ck_assert_uint_eq(cfg.limits.handshake_timeout_s, 10);
+    ck_assert_uint_eq(cfg.limits.max_batch_events, 1000);
+    ck_assert_uint_eq(cfg.limits.max_batch_bytes, 16u << 20);
+    ck_assert_uint_eq(cfg.history.dedupe_window_s, 120);
+    ck_assert_uint_eq(cfg.history.dedupe_max_keys, 1000000);
     ck_assert_uint_eq(cfg.heartbeat_s, 25);
     ck_assert_uint_eq(cfg.cors_origins.n, 1);
     ck_assert_str_eq(cfg.cors_origins.v[0], "*");
+    ck_assert(cfg.console.enabled);
     ck_assert(!cfg.auth.present);
     ck_assert_uint_eq(cfg.auth.n_tokens, 0);
     ck_assert_ptr_null(cfg.auth.jwt_secret_file);
@@ -200,7 +205,19 @@ START_TEST(shipped_config)
     /* No token ships: a published digest would be a credential every install shares. */
     ck_assert_uint_eq(cfg.auth.n_tokens, 0);
     ck_assert_ptr_null(cfg.auth.jwt_secret_file);
+    ck_assert(cfg.console.enabled);
     hd_config_free(&cfg);
+}
+END_TEST
+
+START_TEST(console_switch)
+{
+    struct hd_config cfg;
+    expect_ok("{\"console\": {\"enabled\": false}}", &cfg);
+    ck_assert(!cfg.console.enabled);
+    hd_config_free(&cfg);
+    expect_error("{\"console\": {\"enabled\": 0}}", "0}", "console.enabled: must be true or false");
+    expect_error("{\"console\": {\"path\": \"/x\"}}", "\"path\"", "console.path");
 }
 END_TEST
 
@@ -297,6 +314,11 @@ START_TEST(out_of_range)
     expect_error("{\"limits\": {\"max_queue_bytes\": 4095}}", "4095", "limits.max_queue_bytes");
     expect_error("{\"limits\": {\"max_header_bytes\": 65537}}", "65537", "1024 and 65536");
     expect_error("{\"limits\": {\"handshake_timeout_s\": 301}}", "301", "1 and 300");
+    expect_error("{\"limits\": {\"max_batch_events\": 0}}", "0}", "limits.max_batch_events");
+    expect_error("{\"limits\": {\"max_batch_bytes\": 100}}", "100", "limits.max_batch_bytes");
+    expect_error("{\"history\": {\"dedupe_window_s\": 604801}}", "604801",
+                 "history.dedupe_window_s");
+    expect_error("{\"history\": {\"dedupe_max_keys\": 10}}", "10}", "history.dedupe_max_keys");
     expect_error("{\"limits\": {\"publish_rate\": 10, \"publish_burst\": 0}}", "0}",
                  "limits.publish_burst: must be at least 1 when publish_rate is set");
     expect_error("{\"data_dir\": \"\"}", "\"\"", "data_dir: must not be empty");
@@ -801,6 +823,7 @@ int main(void)
     tcase_add_test(tc, defaults);
     tcase_add_test(tc, full_file);
     tcase_add_test(tc, shipped_config);
+    tcase_add_test(tc, console_switch);
     tcase_add_test(tc, syntax_error);
     tcase_add_test(tc, duplicate_key);
     tcase_add_test(tc, unknown_keys);

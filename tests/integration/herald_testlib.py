@@ -2,7 +2,8 @@
 """Shared harness for the heraldd integration suites.
 
 Starts the real daemon on a free loopback port, keeps draining its logs, and talks to it the
-way users do: HTTP over http.client, WebSocket over python3-websockets (legacy 10.4 API) and,
+way users do: HTTP over http.client, WebSocket over python3-websockets (10.4's legacy client on
+Debian 12, 15's asyncio client on Debian 13; see ws_connect) and,
 where a misbehaving client is the point, over a raw socket. Every wait is bounded so a missing
 frame fails the test after a few seconds instead of hanging ctest.
 """
@@ -32,6 +33,40 @@ import unittest
 import urllib.parse
 
 import websockets
+import websockets.exceptions
+
+try:
+    # websockets >= 13 (Debian 13 ships 15): the asyncio client, which websockets.connect also
+    # names from 14 on. Extra request headers are `additional_headers`, a refused handshake
+    # raises InvalidStatus (status in .response) and "open" is a state.
+    from websockets.asyncio.client import connect as _ws_connect
+    from websockets.protocol import State as _WSState
+
+    _WS_HEADERS_KW = "additional_headers"
+    WSInvalidStatus = websockets.exceptions.InvalidStatus
+except ImportError:
+    # websockets 10.4 (Debian 12): the legacy client.
+    _ws_connect = websockets.connect
+    _WSState = None
+    _WS_HEADERS_KW = "extra_headers"
+    WSInvalidStatus = websockets.exceptions.InvalidStatusCode
+
+
+def ws_connect(url, headers=None, **kw):
+    """websockets.connect (awaitable) taking extra request headers on either websockets."""
+    if headers is not None:
+        kw[_WS_HEADERS_KW] = headers
+    return _ws_connect(url, **kw)
+
+
+def ws_refused_status(e):
+    """The HTTP status of a refused WebSocket handshake (a WSInvalidStatus)."""
+    response = getattr(e, "response", None)
+    return response.status_code if response is not None else e.status_code
+
+
+def ws_is_open(ws):
+    return ws.state is _WSState.OPEN if _WSState is not None else ws.open
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -70,6 +105,16 @@ def build_dir():
         return path
     exe = heraldd_path()
     return os.path.dirname(os.path.abspath(exe))
+
+
+def lws_version():
+    """The libwebsockets version heraldd was built against, as a tuple: (4, 1, 6) on Debian 12,
+    (4, 3, 5) on Debian 13. From the build directory's CMake cache."""
+    with open(os.path.join(build_dir(), "CMakeCache.txt")) as f:
+        m = re.search(r"^LWS_VERSION:INTERNAL=(\d+)\.(\d+)\.(\d+)", f.read(), re.M)
+    if not m:
+        raise AssertionError("LWS_VERSION not in the build's CMakeCache.txt")
+    return tuple(int(x) for x in m.groups())
 
 
 def raise_nofile_limit():
@@ -474,10 +519,9 @@ class WSClient:
         timeout *= DAEMON_SLOW  # a daemon under valgrind answers the handshake slowly too
         try:
             ws = await asyncio.wait_for(
-                websockets.connect(url, subprotocols=list(subprotocols) or None,
-                                   max_size=max_size, max_queue=None, ping_interval=None,
-                                   open_timeout=timeout, close_timeout=2,
-                                   compression=compression, extra_headers=headers),
+                ws_connect(url, headers, subprotocols=list(subprotocols) or None,
+                           max_size=max_size, max_queue=None, ping_interval=None,
+                           open_timeout=timeout, close_timeout=2, compression=compression),
                 timeout + 1)
         except asyncio.TimeoutError:
             raise AssertionError(f"WebSocket connect to {url} timed out") from None
@@ -636,7 +680,7 @@ class WSClient:
 
     @property
     def open(self):
-        return self.ws.open
+        return ws_is_open(self.ws)
 
     async def close(self):
         _open_clients.discard(self)
@@ -922,3 +966,87 @@ class HeraldTestCase(unittest.TestCase):
         for a, b in zip(ids, ids[1:]):
             if not a < b:
                 self.fail(f"{what} not strictly increasing: {a!r} then {b!r}")
+
+
+# -- raw HTTP/1.1 ------------------------------------------------------------------------
+
+class RawResponse:
+    """One response read off a raw socket: status, lower-cased headers, body bytes."""
+
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def json(self):
+        return json.loads(self.body) if self.body else None
+
+    def __repr__(self):
+        return f"<RawResponse {self.status} {self.headers} {self.body[:200]!r}>"
+
+
+def raw_http(port, data, timeout=DEFAULT_TIMEOUT, chunks=None):
+    """Sends data (bytes, or a list of byte strings sent one after another) on a fresh socket,
+    then reads until the server closes or `timeout` passes with nothing more. Returns
+    (responses, closed): every complete response parsed in order, and whether the server
+    closed the connection (EOF or reset) rather than leaving it open."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout * DAEMON_SLOW)
+    try:
+        for part in (data if isinstance(data, list) else [data]):
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        buf = b""
+        closed = False
+        while True:
+            try:
+                got = sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not got:
+                closed = True
+                break
+            buf += got
+            if _raw_complete(buf) and b"connection: close" not in buf.lower():
+                # Every response so far is whole and the server keeps the connection: a
+                # short wait for another one instead of the full timeout.
+                sock.settimeout(min(0.5, timeout) * DAEMON_SLOW)
+        return _raw_parse(buf), closed
+    finally:
+        sock.close()
+
+
+def _raw_parse(buf):
+    out = []
+    while buf:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        if len(rest) < n:
+            break
+        out.append(RawResponse(status, headers, rest[:n]))
+        buf = rest[n:]
+    return out
+
+
+def _raw_complete(buf):
+    rs = _raw_parse(buf)
+    if not rs:
+        return False
+    total = 0
+    for r in rs:
+        head = buf[total:].partition(b"\r\n\r\n")[0]
+        total += len(head) + 4 + len(r.body)
+    return total == len(buf)

@@ -24,8 +24,9 @@ import urllib.parse
 
 import websockets
 
-from herald_testlib import (ClosedError, Daemon, HeraldTestCase, WSClient, async_test,
-                            heraldd_path, publish_path, topic_path)
+from herald_testlib import (ClosedError, Daemon, HeraldTestCase, WSClient, WSInvalidStatus,
+                            async_test, heraldd_path, publish_path, topic_path,
+                            ws_refused_status)
 
 SECRET = "it-jwt-secret-" + os.urandom(8).hex()
 TOKENS = {name: "tok-" + name + "-" + os.urandom(12).hex()
@@ -199,8 +200,8 @@ class AuthTest(HeraldTestCase):
             with self.subTest(**{k: str(v) for k, v in kw.items()}):
                 try:
                     c = await WSClient.connect(kw.get("url", self.d), headers=kw.get("headers"))
-                except websockets.exceptions.InvalidStatusCode as e:
-                    self.assertEqual(e.status_code, 401)
+                except WSInvalidStatus as e:
+                    self.assertEqual(ws_refused_status(e), 401)
                 except websockets.exceptions.InvalidMessage as e:
                     self.fail(f"client could not read the refusal as HTTP: {e!r}")
                 else:

@@ -9,6 +9,7 @@ Four publisher threads publish over keep-alive HTTP concurrently; the kill comes
 random moment (a random number of acknowledged events, then a random few milliseconds).
 """
 
+import os
 import random
 import shutil
 import tempfile
@@ -198,6 +199,29 @@ class CrashTest(HeraldTestCase):
 
     def test_sigterm_async_keeps_everything(self):
         self.sigterm_keeps_everything("async")
+
+
+class EmptyStoreFileTest(HeraldTestCase):
+    """A zero-length herald.db (truncated, or a bad copy) is not taken silently for a new
+    store: the daemon says so, with the path, and still starts."""
+
+    def test_zero_length_database_is_logged(self):
+        d_dir = tempfile.mkdtemp(prefix="herald-empty-")
+        self.addCleanup(shutil.rmtree, d_dir, True)
+        path = os.path.join(d_dir, "herald.db")
+        open(path, "wb").close()
+        d = self.start_daemon({"data_dir": d_dir, "history": {"store": "sqlite"}})
+        m = d.wait_for_log(r'level=warn msg="the store file is empty.*path=(\S+)')
+        self.assertIsNotNone(m, f"no warning for an empty herald.db:\n{d.log_tail()}")
+        self.assertEqual(m.group(1), path)
+        d.publish_ok("empty.a", "x")  # and the store works
+
+    def test_a_fresh_data_dir_is_not_warned_about(self):
+        d_dir = tempfile.mkdtemp(prefix="herald-fresh-")
+        self.addCleanup(shutil.rmtree, d_dir, True)
+        d = self.start_daemon({"data_dir": d_dir, "history": {"store": "sqlite"}})
+        d.publish_ok("fresh.a", "x")
+        self.assertNotIn("store file is empty", d.log)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import unittest
 
 import websockets
 
-from herald_testlib import HeraldTestCase, WSClient, async_test, metric_sum, parse_metrics
+from herald_testlib import (HeraldTestCase, WSClient, WSInvalidStatus, async_test, metric_sum,
+                            parse_metrics, ws_connect, ws_refused_status)
 from history_testlib import wait_until
 
 RATE = {"limits": {"publish_rate": 2, "publish_burst": 3}}
@@ -188,9 +189,9 @@ class PerAddressLimitTest(HeraldTestCase):
     async def test_websocket_upgrades_count_and_reload_lowers_limit(self):
         d = self.start_daemon({"limits": {"max_connections_per_ip": self.LIMIT}})
         conns = [await WSClient.connect(d) for _ in range(self.LIMIT)]
-        with self.assertRaises(websockets.exceptions.InvalidStatusCode) as cm:
-            await websockets.connect(d.ws_url, subprotocols=["herald.v1"], open_timeout=5)
-        self.assertEqual(cm.exception.status_code, 429)
+        with self.assertRaises(WSInvalidStatus) as cm:
+            await ws_connect(d.ws_url, subprotocols=["herald.v1"], open_timeout=5)
+        self.assertEqual(ws_refused_status(cm.exception), 429)
 
         # SIGHUP to a limit of 1: the three open connections stay, new ones are refused.
         d.rewrite_config({"limits": {"max_connections_per_ip": 1}})
@@ -206,6 +207,73 @@ class PerAddressLimitTest(HeraldTestCase):
         s.close()
         await conns[2].close()
         self.served(d).close()  # the server sees the closes a moment later
+
+
+def upgrade(port, source="127.0.0.1"):
+    """Sends a WebSocket upgrade; returns (socket, status line, head, body read so far)."""
+    s = connect_from(port, source)
+    s.sendall(b"GET /v1/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: herald.v1\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return s, head.split(b"\r\n", 1)[0], head, body
+
+
+class MaxConnectionsTest(HeraldTestCase):
+    """limits.max_connections is held exactly: the connections past it are answered 503 with
+    Retry-After (not closed unanswered), and loopback can still read /healthz and /metrics."""
+    LIMIT = 50
+
+    def test_limit_is_exact_and_refusals_are_answered(self):
+        d = self.start_daemon({"limits": {"max_connections": self.LIMIT}})
+        held, refused = [], []
+        for _ in range(self.LIMIT + 20):
+            s, status, head, body = upgrade(d.port)
+            if b" 101 " in status:
+                held.append(s)
+                continue
+            refused.append(s)
+            self.assertTrue(status.startswith(b"HTTP/1.1 503 "), head)
+            self.assertIn(b"retry-after: 1", head.lower())
+            body += read_all(s)
+            err = json.loads(body)
+            self.assertEqual(err["code"], "unavailable", err)
+            self.assertIn("max_connections", err["message"])
+        self.assertEqual((len(held), len(refused)), (self.LIMIT, 20))
+        # At the limit, from loopback: health and metrics answer; nothing else does.
+        self.assertEqual(d.get("/healthz").status, 200)
+        self.assertEqual(d.metric("herald_connections"), self.LIMIT)
+        self.assertGreaterEqual(d.metric("herald_connections_refused_total"), 20)
+        r = d.publish("c.limit", "x")
+        self.assertEqual(r[0], 503, r)
+        # With the loopback reserve taken too (idle connections), the refusal comes at
+        # accept, and is answered all the same.
+        idle = [connect_from(d.port) for _ in range(8)]
+        s, status, head, body = upgrade(d.port)
+        self.assertTrue(status.startswith(b"HTTP/1.1 503 "), head)
+        self.assertIn(b"retry-after: 1", head.lower())
+        self.assertEqual(json.loads(body + read_all(s))["code"], "unavailable")
+        for x in idle + [s]:
+            x.close()
+        # A slot comes back when a connection closes.
+        held.pop().close()
+        for _ in range(50):
+            s, status, _, _ = upgrade(d.port)
+            if b" 101 " in status:
+                held.append(s)
+                break
+            s.close()
+            time.sleep(0.1)
+        else:
+            self.fail("the slot never came back")
+        for s in held + refused:
+            s.close()
 
 
 if __name__ == "__main__":
