@@ -158,6 +158,10 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
     counter(&b, "herald_publish_holds_total",
             "Loop turns a ready publish waited for connection queues to drain (backpressure).",
             m->publishes_held);
+    counter(&b, "herald_ws_reads_ahead_total",
+            "Reads of WebSocket frames made at the end of a loop turn because the socket held "
+            "more than one read (a client with several commands in flight).",
+            m->ws_reads_ahead);
     counter(&b, "herald_events_published_total", "Events accepted for publishing.",
             m->events_published);
     counter(&b, "herald_deliveries_written_total",

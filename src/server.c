@@ -238,14 +238,17 @@ static void hold_timer_cb(uv_timer_t *t)
 }
 
 /*
- * The end of a loop turn: first every WebSocket connection with frames queued (what the
- * sockets take no longer counts against publishers), then request bodies and paused
- * WebSocket readers whose publishes may go now (they queue frames), then those frames, so
- * a burst read in one turn leaves in one write per connection.
+ * The end of a loop turn: first the rest of what WebSocket clients sent (lws read one chunk
+ * of each), so pipelined publishes share this turn's writes; then every WebSocket connection
+ * with frames queued (what the sockets take no longer counts against publishers), then
+ * request bodies and paused WebSocket readers whose publishes may go now (they queue
+ * frames), then those frames, so a burst read in one turn leaves in one write per
+ * connection.
  */
 static void on_turn_end(uv_check_t *h)
 {
     struct hd_server *s = h->data;
+    srv_ws_read_more(s);
     srv_ws_flush_all(s);
     uint64_t now = hd_now_ns();
     srv_http_turn(s, now);

@@ -27,8 +27,26 @@
  * own error pages without draining that copy (a 403 arrived cut at rx_buffer_size). One
  * chunk must hold a whole coalesced write. */
 #define TX_CHUNK (COALESCE_MAX + 16)
+/* lws 4.1 reads at most a WebSocket protocol's rx_buffer_size per connection and loop turn
+ * into a buffer it allocates per connection: 192 takes a small publish (100 bytes of data and
+ * its envelope) in one read while an idle connection stays under 2 KB. */
+#define WS_RX_CHUNK 192
+/* At the end of a turn, the WebSocket connections lws read from in it are read again while
+ * their sockets hold more (srv_ws_read_more), so a publisher's pipelined frames are processed
+ * together and their fan-out leaves in one write per subscriber. At most this many
+ * connections are listed per turn (later ones get lws's one read per turn, as before) ... */
+#define WS_READ_MORE_CONNS 64
+/* ... and at most this many extra reads (WS_RX_CHUNK bytes each, 48 KB, about 250 small
+ * publishes) are made per turn, shared round-robin, so a busy publisher delays the rest of
+ * the loop (other connections, timers) by a bounded amount and cannot starve them. */
+#define WS_READ_MORE_BUDGET 256
+/* Reads per connection per round-robin round: fewer rounds, and at most 768 bytes read ahead
+ * of a slower neighbour. */
+#define WS_READ_MORE_PER_ROUND 4
 
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+struct ws_pss;
 
 /* Loopback connections past limits.max_connections kept for /healthz and /metrics. */
 #define SRV_RESERVE_CONNS 8
@@ -93,6 +111,10 @@ struct hd_server {
     /* List heads: connections with frames to write, requests whose body is to be acted on
      * (or held: see hd_broker_publish_held), WebSocket readers paused for backpressure. */
     struct turn_link ws_dirty, http_ready, ws_paused;
+    /* WebSocket connections lws read from this turn (see WS_READ_MORE_CONNS); an entry is
+     * NULL once its connection closed. */
+    struct ws_pss *read_more[WS_READ_MORE_CONNS];
+    uint32_t n_read_more;
     /* The connection whose keep-alive transaction the last answer completed (see
      * srv_http_turn), or NULL. */
     struct lws *http_completed;
@@ -173,6 +195,9 @@ bool srv_peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callback_
 
 /* server_ws.c */
 extern const struct lws_protocols srv_ws_protocol;
+/* Reads again from the WebSocket connections lws read from this turn while their sockets hold
+ * more, within WS_READ_MORE_BUDGET; empties the list. */
+void srv_ws_read_more(struct hd_server *s);
 /* Writes what every listed WebSocket connection has queued. */
 void srv_ws_flush_all(struct hd_server *s);
 /* Reads again from paused WebSocket publishers once they may go on. */

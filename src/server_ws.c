@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "api.h"
 #include "log.h"
@@ -28,6 +29,7 @@ struct ws_pss {
     bool rx_discard : 1;
     bool authed : 1; /* identity filled at the upgrade */
     bool ping_due : 1;
+    bool read_more : 1; /* listed in the server's read_more this turn */
 };
 
 static void ws_want_write(struct hd_conn *c)
@@ -329,6 +331,10 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
         return 0;
     case LWS_CALLBACK_RECEIVE:
         hd_conn_touch(&pss->conn);
+        if (!pss->read_more && s->n_read_more < WS_READ_MORE_CONNS) {
+            pss->read_more = true;
+            s->read_more[s->n_read_more++] = pss;
+        }
         pss->in_callback = true;
         r = ws_receive(s, pss, wsi, in, len);
         pss->in_callback = false;
@@ -364,6 +370,10 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
     case LWS_CALLBACK_CLOSED:
         turn_del(&pss->dirty);
         turn_del(&pss->paused);
+        for (uint32_t i = 0; pss->read_more && i < s->n_read_more; i++)
+            if (s->read_more[i] == pss)
+                s->read_more[i] = NULL;
+        pss->read_more = false;
         if (pss->conn.broker) {
             hd_conn_detach(&pss->conn);
         } else if (pss->authed) { /* closed between the upgrade and ESTABLISHED */
@@ -377,6 +387,78 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
     default:
         return 0;
     }
+}
+
+/* Whether lws may be asked to read this connection again now: open, not closing, not paused
+ * for backpressure, and its socket holds unread bytes (returned in *avail). */
+static bool ws_more_to_read(struct ws_pss *pss, int *avail)
+{
+    *avail = 0;
+    if (!pss->conn.broker || pss->conn.closing || pss->close_code || pss->paused.next)
+        return false;
+    int fd = lws_get_socket_fd(pss->wsi);
+    return fd >= 0 && ioctl(fd, FIONREAD, avail) == 0 && *avail > 0;
+}
+
+/*
+ * lws 4.1 reads one rx_buffer_size chunk per connection per loop turn, so a publisher with K
+ * publishes in flight would get one processed per turn and their fan-out would go out one
+ * event per write. Here the connections read this turn are serviced again, as libuv would
+ * for a readable socket (lws_service_fd with POLLIN, outside any lws callback), in rounds of
+ * WS_READ_MORE_PER_ROUND reads each, until their sockets are empty, they are paused or
+ * closing, or the turn's budget is spent. A connection that closes inside lws_service_fd has
+ * its entry cleared by the CLOSED callback (or here, when lws reports it closed).
+ * What is read fans out to subscribers' queues before anything is written, so a burst could
+ * fill a healthy subscriber's queue (limits.max_queue_bytes) within the turn and have it
+ * closed as a slow consumer: after every quarter of that limit read here, the queued frames
+ * are written first (an event frame is the published data plus an envelope of about 100
+ * bytes, so a quarter leaves room for small publishes too).
+ */
+void srv_ws_read_more(struct hd_server *s)
+{
+    unsigned budget = WS_READ_MORE_BUDGET;
+    uint32_t live = s->n_read_more;
+    uint64_t flush_at = hd_broker_config(s->broker)->limits.max_queue_bytes / 4, since_flush = 0;
+    while (live && budget) {
+        live = 0;
+        for (uint32_t i = 0; i < s->n_read_more && budget; i++) {
+            struct ws_pss *pss = s->read_more[i];
+            int avail;
+            if (!pss)
+                continue;
+            if (!ws_more_to_read(pss, &avail)) {
+                pss->read_more = false;
+                s->read_more[i] = NULL;
+                continue;
+            }
+            unsigned reads = ((unsigned)avail + WS_RX_CHUNK - 1) / WS_RX_CHUNK;
+            if (reads > WS_READ_MORE_PER_ROUND)
+                reads = WS_READ_MORE_PER_ROUND;
+            for (; reads && budget && s->read_more[i]; reads--, budget--) {
+                struct lws_pollfd pfd = {
+                    .fd = lws_get_socket_fd(pss->wsi), .events = LWS_POLLIN, .revents = LWS_POLLIN};
+                if (since_flush >= flush_at) {
+                    srv_ws_flush_all(s);
+                    since_flush = 0;
+                }
+                since_flush += WS_RX_CHUNK;
+                hd_broker_metrics(s->broker)->ws_reads_ahead++;
+                /* Closed inside (our CLOSED callback cleared the entry, or lws says so):
+                 * the wsi and pss may be gone. */
+                if (lws_service_fd(lws_get_context(pss->wsi), &pfd) || !s->read_more[i]) {
+                    s->read_more[i] = NULL;
+                    break;
+                }
+                if (pss->conn.closing || pss->close_code || pss->paused.next)
+                    break;
+            }
+            live += s->read_more[i] != NULL;
+        }
+    }
+    for (uint32_t i = 0; i < s->n_read_more; i++)
+        if (s->read_more[i])
+            s->read_more[i]->read_more = false;
+    s->n_read_more = 0;
 }
 
 void srv_ws_flush_all(struct hd_server *s)
@@ -402,10 +484,6 @@ const struct lws_protocols srv_ws_protocol = {.name = "herald.v1",
                                               .callback = callback_ws,
                                               .per_session_data_size = sizeof(struct ws_pss),
                                               /* A chunk size, not a message limit (we
-                                               * reassemble). lws allocates it per connection
-                                               * and reads at most this much per loop turn:
-                                               * 192 takes a small publish (100 bytes of data
-                                               * and its envelope) in one read while an idle
-                                               * connection stays under 2 KB. */
-                                              .rx_buffer_size = 192,
+                                               * reassemble); see WS_RX_CHUNK. */
+                                              .rx_buffer_size = WS_RX_CHUNK,
                                               .tx_packet_size = TX_CHUNK};

@@ -18,8 +18,12 @@
 #   NETNS=0        do not re-run inside a private network namespace (see below)
 #   REPORT_ONLY=1  run nothing: rebuild compare.md and compare.png from OUT/compare.jsonl
 #   SCENARIOS="fan1k topics10k"   run only these (of fan1k fan10k fan18k topics10k lat1k lat10k idle)
-#   LABELS="herald-ws nchan"      and only these servers (of herald-http herald-ws nchan
-#                                 mosquitto raw)
+#   LABELS="herald-ws nchan"      and only these servers and publisher shapes (of herald-http
+#                                 herald-ws nchan mosquitto raw, 8 publisher connections with
+#                                 one request in flight each; herald-ws-pipe herald-http-pipe
+#                                 nchan-pipe, one publisher connection with 8 in flight, run in
+#                                 fan1k fan10k topics10k; herald-batch, one HTTP publisher
+#                                 sending batches of 100, run in topics10k)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -80,7 +84,7 @@ fi
 
 # ---- scenarios and targets ----
 thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
-common=(--inflight 8 --size 100 --timeout 300)
+common=(--size 100 --timeout 300)
 declare -A scen title short
 add_scenario() { # name subs topics events title short-title [loadgen args]
     scen[$1]="--subs $2 --topics $3 --events $4 ${7:-}"
@@ -118,16 +122,33 @@ read -r -a scenarios <<<"${SCENARIOS:-fan1k fan10k fan18k topics10k lat1k lat10k
 for s in "${scenarios[@]}"; do [[ -v "scen[$s]" || $s == idle ]] || die "no scenario $s"; done
 # label -> server and loadgen arguments; nchan publishes over HTTP, Mosquitto over MQTT/WS,
 # rawfan (Herald's protocol, so loadgen drives it as herald) over HTTP like nchan.
-read -r -a labels <<<"${LABELS:-herald-http herald-ws nchan mosquitto raw}"
+# The publisher shapes of issue 18 (the -pipe and -batch labels) run only where they are
+# compared: fan-out and many topics.
+read -r -a labels <<<"${LABELS:-herald-http herald-ws nchan mosquitto raw herald-ws-pipe herald-http-pipe nchan-pipe herald-batch}"
 for l in "${labels[@]}"; do
-    case $l in herald-http | herald-ws | nchan | mosquitto | raw) ;; *) die "no server $l" ;; esac
+    case $l in
+    herald-http | herald-ws | nchan | mosquitto | raw) ;;
+    herald-ws-pipe | herald-http-pipe | nchan-pipe | herald-batch) ;;
+    *) die "no server $l" ;;
+    esac
 done
 declare -A server=([herald-http]=herald [herald-ws]=herald [nchan]=nchan [mosquitto]=mosquitto
-    [raw]=raw)
+    [raw]=raw [herald-ws-pipe]=herald [herald-http-pipe]=herald [nchan-pipe]=nchan
+    [herald-batch]=herald)
+# Placed after the scenario's arguments: a label may override them (the batch label publishes
+# more events, so its CPU time is well above the 10 ms tick of /proc).
 declare -A lgargs=(
-    [herald-http]="--target herald --mode http" [herald-ws]="--target herald --mode ws"
-    [nchan]="--target nchan" [mosquitto]="--target mosquitto" [raw]="--target herald --mode http"
+    [herald-http]="--target herald --mode http --inflight 8"
+    [herald-ws]="--target herald --mode ws --inflight 8"
+    [nchan]="--target nchan --inflight 8" [mosquitto]="--target mosquitto --inflight 8"
+    [raw]="--target herald --mode http --inflight 8"
+    [herald-ws-pipe]="--target herald --mode ws --inflight 1 --pipeline 8"
+    [herald-http-pipe]="--target herald --mode http --inflight 1 --pipeline 8"
+    [nchan-pipe]="--target nchan --inflight 1 --pipeline 8"
+    [herald-batch]="--target herald --mode http --inflight 1 --batch 100 --events 100000"
 )
+declare -A only=([herald-ws-pipe]="fan1k fan10k topics10k" [herald-http-pipe]="fan1k fan10k topics10k"
+    [nchan-pipe]="fan1k fan10k topics10k" [herald-batch]="topics10k")
 
 # ---- servers ----
 work=$(mktemp -d /tmp/herald-compare.XXXXXX)
@@ -261,13 +282,14 @@ for run in $(seq "$runs"); do
     for s in "${scenarios[@]}"; do
         for l in "${labels[@]}"; do
             [[ $s == idle && $l == herald-ws ]] && continue # nothing is published
+            [[ -v "only[$l]" && " ${only[$l]} " != *" $s "* ]] && continue
             busy=$(busy_pct)
             ((busy < 10)) || say "warning: machine ${busy}% busy before run $run $s $l: expect noise"
             start_server "${server[$l]}"
             err="$work/loadgen.err"
             set +e
             # shellcheck disable=SC2086 # the argument strings are ours, split on purpose
-            line=$(taskset -c "$loadgen_cpu" "$loadgen" --port "$port" ${lgargs[$l]} ${scen[$s]} \
+            line=$(taskset -c "$loadgen_cpu" "$loadgen" --port "$port" ${scen[$s]} ${lgargs[$l]} \
                 "${common[@]}" --server-pid "$measure_pid" 2>"$err")
             rc=$?
             set -e
@@ -294,10 +316,15 @@ jq -s '
               else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   group_by([.scenario, .label]) | map({
     scenario: .[0].scenario, label: .[0].label, runs: length,
-    ok: map(select(.rc == 0 and .missing == 0 and (.timed_out | not))) | length,
+    ok: map(select(.rc == 0 and .missing == 0 and (.publish_errors // 0) == 0 and
+        (.timed_out | not))) | length,
     dps: map(.deliveries_per_s) | median,
     p99_ms: map(.lat_us.p99 / 1000) | median,
     cpu_us: map(.server_cpu_us_per_delivery // empty) | median,
+    pps: map(.publish_per_s) | median,
+    cpu_ev: map(.server_cpu_us_per_event // empty) | median,
+    resent: map(.resent // 0) | median,
+    reconnects: map(.publisher_reconnects) | median,
     rss_conn: map(.rss_per_conn_bytes // empty) | median,
     connect_s: map(.connect_s) | median,
     client_cpu: map(.client_cpu_s / (if .elapsed_s > 0 then .elapsed_s else 1 end)) | median
@@ -315,7 +342,11 @@ ratio() {
 }
 declare -A name=([herald-http]="Herald (HTTP publish)" [herald-ws]="Herald (WebSocket publish)"
     [nchan]="nginx + nchan (HTTP publish)" [mosquitto]="Mosquitto (MQTT over WebSocket)"
-    [raw]="raw epoll (reference)")
+    [raw]="raw epoll (reference)"
+    [herald-ws-pipe]="Herald (1 WebSocket publisher, 8 in flight)"
+    [herald-http-pipe]="Herald (1 HTTP publisher, 8 pipelined)"
+    [nchan-pipe]="nginx + nchan (1 HTTP publisher, 8 pipelined)"
+    [herald-batch]="Herald (1 HTTP publisher, batches of 100)")
 
 md="$out/compare.md"
 {
@@ -329,7 +360,8 @@ md="$out/compare.md"
         "mosquitto $(mosquitto -h 2>/dev/null | head -1 | sed 's/.*version //')," \
         "rawfan (\`tests/bench/rawfan.c\`: one thread, epoll, one \`write()\` per event and subscriber)."
     echo "Server pinned to CPU $server_cpu, loadgen to CPU $loadgen_cpu; 100-byte events, 8 publishes in" \
-        "flight, as fast as the replies allow; median of $runs run(s), a fresh server for each."
+        "flight (8 connections with one each unless the server column says otherwise), as fast as" \
+        "the replies allow; median of $runs run(s), a fresh server for each."
     echo "Latency is publish-to-delivery: at that saturating rate, except in the fixed-rate rows." \
         "Reproduce: \`tests/bench/compare.sh build\`."
     jq -r -s 'map(.busy_before_pct // empty) | select(length > 0) |
@@ -363,9 +395,40 @@ md="$out/compare.md"
             "$(ratio "$r" "$base") | $(ratio "$r" "$raw") |" \
             "$(fmt "$(cell idle "$l" .connect_s)" 2) s | $(cell idle "$l" '"\(.ok)/\(.runs)"') |"
     done
+    if [[ -n $(cell fan1k herald-ws-pipe .cpu_us)$(cell topics10k herald-batch .cpu_ev) ]]; then
+        echo
+        echo "Publisher shapes (issue 18): one connection with 8 publishes in flight, and batches." \
+            "\"resent\" counts events sent again after the server answered with" \
+            "\`Connection: close\` and left the requests behind it unanswered (RFC 9112 9.3.2)."
+        echo
+        echo "| scenario | server | events/s | server CPU per delivery | server CPU per event | vs nchan, 1 pipelining connection | vs the same server, 8 connections | resent | reconnects | runs ok |"
+        echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        declare -A same=([herald-ws-pipe]=herald-ws [herald-http-pipe]=herald-http
+            [nchan-pipe]=nchan [herald-batch]=herald-http)
+        for s in fan1k fan10k topics10k; do
+            for l in herald-ws-pipe herald-http-pipe nchan-pipe herald-batch; do
+                [[ -n $(cell "$s" "$l" .runs) ]] || continue
+                # Fan-out compares CPU per delivery; many topics compares CPU per event.
+                k=.cpu_us
+                [[ $s == topics10k ]] && k=.cpu_ev
+                echo "| ${title[$s]} | ${name[$l]} | $(fmt "$(cell "$s" "$l" .pps)" 0) |" \
+                    "$(fmt "$(cell "$s" "$l" .cpu_us)" 2) µs | $(fmt "$(cell "$s" "$l" .cpu_ev)" 2) µs |" \
+                    "$(ratio "$(cell "$s" "$l" "$k")" "$(cell "$s" nchan-pipe "$k")") |" \
+                    "$(ratio "$(cell "$s" "$l" "$k")" "$(cell "$s" "${same[$l]}" "$k")") |" \
+                    "$(fmt "$(cell "$s" "$l" .resent)" 0) | $(fmt "$(cell "$s" "$l" .reconnects)" 0) |" \
+                    "$(cell "$s" "$l" '"\(.ok)/\(.runs)"') |"
+            done
+        done
+        echo
+        echo "Ratios are of CPU per delivery (fan-out) or per event (many topics): below 1 is" \
+            "cheaper. Batches against nchan's per-request rate: events/s $(ratio \
+            "$(cell topics10k herald-batch .pps)" "$(cell topics10k nchan .pps)") of nchan with 8" \
+            "connections and $(ratio "$(cell topics10k herald-batch .pps)" \
+            "$(cell topics10k nchan-pipe .pps)") of nchan with one pipelining connection."
+    fi
     echo
     echo "Raw results, one JSON line per run: \`$(basename "$jsonl")\`. \"runs ok\" counts runs with" \
-        "every expected delivery and no timeout."
+        "every publish accepted, every expected delivery and no timeout."
 } >"$md"
 
 # Chart: deliveries/s per fan-out scenario (log scale), and memory per idle connection.
@@ -373,7 +436,7 @@ dat="$work/chart.dat"
 {
     for s in fan1k fan10k fan18k topics10k; do
         row="\"${short[$s]}\""
-        for l in "${labels[@]}"; do
+        for l in herald-http herald-ws nchan mosquitto raw; do
             v=$(cell "$s" "$l" .dps)
             row+=" ${v:-0}"
         done

@@ -63,6 +63,12 @@ struct buf {
     size_t len, cap;
 };
 
+/* One publish request: events seq .. seq+n-1 (n > 1 only for --batch). */
+struct req {
+    uint64_t seq;
+    uint32_t n;
+};
+
 struct conn {
     int fd;
     uint32_t gen; /* bumped at each open/close; stale epoll events carry an old one */
@@ -74,7 +80,10 @@ struct conn {
     char accept[WSC_ACCEPT_LEN + 1];
     int64_t last_seq; /* subscriber: highest seq seen */
     uint64_t unique;  /* subscriber: distinct events of its topic */
-    int64_t inflight; /* publisher: seq awaiting its reply, or -1 */
+    /* publisher: requests awaiting their replies, oldest first (a ring of --pipeline) */
+    struct req *rq;
+    uint32_t rq_head, rq_len;
+    bool answered; /* publisher: a request was answered since the connection opened */
 };
 
 static struct {
@@ -85,6 +94,7 @@ static struct {
     socklen_t alen;
     char host_hdr[300];
     uint32_t subs, topics, size, inflight, connect_inflight, source_addrs;
+    uint32_t pipeline, batch; /* requests in flight per publisher; events per request */
     uint64_t events;
     enum target target;
     bool events_set, mode_set, mode_ws, check_exact, allow_reorder, force_ordered;
@@ -109,7 +119,12 @@ static struct {
     uint32_t sub_opened, sub_pending, sub_ready, sub_closed;
     /* publishing */
     uint32_t *free_pubs, nfree, free_head, pub_ready, pub_dead, reconnects;
-    uint64_t next_seq, acked, pub_errors, inflight_now;
+    uint64_t next_seq, acked, pub_errors, inflight_now, requests_ok, resent;
+    /* requests to send again: their connection closed after `Connection: close` */
+    struct req *retry;
+    uint32_t retry_head, nretry, retry_cap, idle_reconnects;
+    bool pipeline_refused; /* a server closed a connection with requests unanswered */
+    unsigned char *bbuf;   /* a batch body */
     bool pub_aborted, connect_failed;
     uint8_t *topic_busy;
     uint64_t *acked_topic;
@@ -140,7 +155,12 @@ static const char *const USAGE =
     "  --events E           events to publish, round-robin over topics (10000; 0 with "
     "--idle-hold)\n"
     "  --size S             bytes of each event's data, 64..1048576 (100)\n"
-    "  --inflight K         publisher connections, one request in flight each (4)\n"
+    "  --inflight K         publisher connections (4)\n"
+    "  --pipeline P         requests in flight on each publisher connection: HTTP requests\n"
+    "                       pipelined, WebSocket publishes or MQTT PUBLISH+PINGREQ sent ahead\n"
+    "                       of their replies (1)\n"
+    "  --batch B            events per request: POST /v1/publish with B NDJSON lines (herald,\n"
+    "                       --mode http) (1: one event per POST /v1/topics/..)\n"
     "  --mode http|ws       publish with POST /v1/topics/.. or WebSocket op publish (http)\n"
     "  --rate R             events per second, 0 = as fast as replies allow (0)\n"
     "  --timeout T          seconds allowed for each phase (connect, run) (60)\n"
@@ -310,6 +330,27 @@ static int send_ws(struct conn *c, int op, const void *payload, size_t len)
 static void conn_open(struct conn *c);
 static void pub_complete(struct conn *c, bool ok, const char *why);
 
+/* A publisher's requests in flight, oldest first: a ring of G.pipeline. */
+static void rq_push(struct conn *c, struct req r)
+{
+    c->rq[(c->rq_head + c->rq_len++) % G.pipeline] = r;
+}
+
+static struct req rq_pop(struct conn *c)
+{
+    struct req r = c->rq[c->rq_head];
+    c->rq_head = (c->rq_head + 1) % G.pipeline;
+    c->rq_len--;
+    return r;
+}
+
+/* Requests to send again, in the order they were first sent: a ring of G.retry_cap (every
+ * request in flight fits). */
+static void retry_push(struct req r)
+{
+    G.retry[(G.retry_head + G.nretry++) % G.retry_cap] = r;
+}
+
 static void count_close(int code)
 {
     for (int i = 0; i < G.ncloses; i++) {
@@ -354,12 +395,26 @@ static void conn_down(struct conn *c, int code, const char *why)
         G.remaining -= (int64_t)G.acked_topic[c->topic] - (int64_t)c->unique;
         return;
     }
-    if (c->inflight >= 0)
+    if (c->rq_len && code == CLOSE_HTTP) {
+        /* The server answered a request with `Connection: close` (lws 4.1 does to a client
+         * that pipelines) and did not process what followed it (RFC 9112 section 9.3.2):
+         * those requests go out again on a new connection. */
+        G.pipeline_refused = true;
+        while (c->rq_len) {
+            struct req r = rq_pop(c);
+            G.resent += r.n;
+            retry_push(r);
+        }
+    }
+    while (c->rq_len)
         pub_complete(c, false, why);
     if (!was_ready && G.phase == PH_PUBCONNECT)
         die(2, "publisher %u could not connect to %s: %s", idx, G.host_hdr, why);
-    if (was_ready && G.reconnects < MAX_RECONNECTS && G.phase == PH_RUN) {
+    /* A connection that got answers made progress: only reconnects without one are bounded
+     * (a server that closes after every answer still gets through the run). */
+    if (was_ready && G.phase == PH_RUN && (c->answered || G.idle_reconnects < MAX_RECONNECTS)) {
         G.reconnects++;
+        G.idle_reconnects += !c->answered;
         conn_open(c);
         return;
     }
@@ -368,8 +423,16 @@ static void conn_down(struct conn *c, int code, const char *why)
         note(G.conn_err, sizeof(G.conn_err), "publisher", idx, why);
     }
     c->dead = true;
-    if (++G.pub_dead == G.inflight)
-        G.pub_aborted = true;
+    if (++G.pub_dead < G.inflight)
+        return;
+    G.pub_aborted = true;
+    for (; G.nretry; G.nretry--, G.retry_head = (G.retry_head + 1) % G.retry_cap) {
+        struct req r = G.retry[G.retry_head]; /* nobody left to send them */
+        G.inflight_now--;
+        G.pub_errors += r.n;
+        for (uint32_t i = 0; i < r.n; i++)
+            G.topic_busy[(r.seq + i) % G.topics] = 0;
+    }
 }
 
 static void conn_fail_errno(struct conn *c, int err)
@@ -412,8 +475,7 @@ static void conn_open(struct conn *c)
     bind_source(c);
     c->state = ST_CONNECTING;
     c->want_out = true;
-    c->got_welcome = c->got_ok = false;
-    c->inflight = -1;
+    c->got_welcome = c->got_ok = c->answered = false;
     struct epoll_event ev = {
         .events = EPOLLIN | EPOLLOUT,
         .data.u64 = (uint64_t)c->gen << 32 | conn_idx(c),
@@ -627,7 +689,7 @@ static int on_message(struct conn *c, const unsigned char *up, size_t len)
         if (!c->ready)
             pub_became_ready(c);
     } else if (type_is(t, tl, "ok") || type_is(t, tl, "error")) {
-        if (c->inflight < 0 || msg_id(p, end) != c->inflight + 1) {
+        if (!c->rq_len || msg_id(p, end) != (long long)c->rq[c->rq_head].seq + 1) {
             conn_down(c, CLOSE_NONE, "reply to a command not in flight");
             return -1;
         }
@@ -701,7 +763,7 @@ static int mqtt_packet(struct conn *c, const struct mqtt_pkt *k, const unsigned 
          */
         if (c->kind == K_SUB)
             return 0;
-        if (c->inflight < 0) {
+        if (!c->rq_len) {
             conn_down(c, CLOSE_NONE, "PINGRESP without a publish in flight");
             return -1;
         }
@@ -805,7 +867,7 @@ static int on_frame(struct conn *c, const struct wsc_frame *f, const unsigned ch
 /* Handles a publish reply (HTTP). Returns -1 when the connection was closed. */
 static int http_reply(struct conn *c, const struct wsc_http_head *h, const char *body)
 {
-    if (c->inflight < 0) {
+    if (!c->rq_len) {
         conn_down(c, CLOSE_NONE, "HTTP reply without a request");
         return -1;
     }
@@ -918,7 +980,7 @@ static void on_readable(struct conn *c)
         return;
     }
     if (n == 0) {
-        conn_down(c, c->kind == K_HTTPPUB && c->inflight < 0 ? CLOSE_HTTP : 1006,
+        conn_down(c, c->kind == K_HTTPPUB && !c->rq_len ? CLOSE_HTTP : 1006,
                   "connection closed without a close frame");
         return;
     }
@@ -974,12 +1036,37 @@ static size_t build_data(unsigned char *p, uint64_t seq, int64_t t)
     return o;
 }
 
-static void pub_send(struct conn *c, uint64_t seq)
+/* Writes the NDJSON body of a batch (one {"topic":..,"data":..} line per event of r) to out;
+ * returns its length. out holds G.batch * (G.size + 48) bytes. */
+static size_t build_batch(unsigned char *out, struct req r, int64_t t)
 {
+    size_t o = 0;
+    for (uint32_t i = 0; i < r.n; i++) {
+        o += put(out + o, "{\"topic\":\"bench.t");
+        o += wsc_u64toa((r.seq + i) % G.topics, (char *)out + o);
+        o += put(out + o, "\",\"data\":");
+        o += build_data(out + o, r.seq + i, t);
+        o += put(out + o, "}\n");
+    }
+    return o;
+}
+
+static void pub_send(struct conn *c, struct req r)
+{
+    uint64_t seq = r.seq;
     uint32_t k = (uint32_t)(seq % G.topics);
     size_t o = 0;
     unsigned char *p = G.sbuf;
-    if (c->kind == K_HTTPPUB) {
+    if (c->kind == K_HTTPPUB && G.batch > 1) {
+        size_t bl = build_batch(G.bbuf, r, mono_ns());
+        o += put(p + o, "POST /v1/publish HTTP/1.1\r\nHost: ");
+        o += put(p + o, G.host_hdr);
+        o += put(p + o, "\r\nContent-Type: application/x-ndjson\r\nContent-Length: ");
+        o += wsc_u64toa(bl, (char *)p + o);
+        o += put(p + o, "\r\n\r\n");
+        memcpy(p + o, G.bbuf, bl);
+        o += bl;
+    } else if (c->kind == K_HTTPPUB) {
         o += put(p + o, G.target == T_NCHAN ? "POST /pub?id=bench.t" : "POST /v1/topics/bench.t");
         o += wsc_u64toa(k, (char *)p + o);
         o += put(p + o, " HTTP/1.1\r\nHost: ");
@@ -1022,56 +1109,148 @@ static void pub_send(struct conn *c, uint64_t seq)
             die(2, "internal: publish frame length %zu != %zu", w, plen);
         o = wsc_client_frame_finish(p, WSC_OP_TEXT, plen, (uint32_t)rnd());
     }
-    c->inflight = (int64_t)seq;
-    G.topic_busy[k] = 1;
-    G.inflight_now++;
-    int r = conn_send(c, p, o);
-    if (r < 0)
-        conn_fail_errno(c, -r);
-}
-
-static void pub_complete(struct conn *c, bool ok, const char *why)
-{
-    uint64_t seq = (uint64_t)c->inflight;
-    uint32_t k = (uint32_t)(seq % G.topics);
-    c->inflight = -1;
-    G.topic_busy[k] = 0;
-    G.inflight_now--;
-    G.last_progress = G.now;
-    if (ok) {
-        G.acked++;
-        G.acked_topic[k]++;
-        G.last_ack = G.now;
-        G.remaining += G.open_subs[k];
-    } else {
-        G.pub_errors++;
-        if (!G.pub_err[0])
-            snprintf(G.pub_err, sizeof(G.pub_err), "seq %" PRIu64 ": %s", seq, why);
+    rq_push(c, r);
+    int e = conn_send(c, p, o);
+    if (e < 0) {
+        /* A server that answered with `Connection: close` and closed makes a pipelined send
+         * fail: read that answer first, so what it left unanswered is sent again. */
+        uint32_t gen = c->gen;
+        if (c->kind == K_HTTPPUB)
+            on_readable(c);
+        if (c->gen == gen)
+            conn_fail_errno(c, -e);
     }
 }
 
+/* The oldest request in flight on c was answered (ok) or failed. */
+static void pub_complete(struct conn *c, bool ok, const char *why)
+{
+    struct req r = rq_pop(c);
+    G.inflight_now--;
+    G.last_progress = G.now;
+    c->answered = true;
+    for (uint32_t i = 0; i < r.n; i++) {
+        uint32_t k = (uint32_t)((r.seq + i) % G.topics);
+        G.topic_busy[k] = 0;
+        if (ok) {
+            G.acked_topic[k]++;
+            G.remaining += G.open_subs[k];
+        }
+    }
+    if (ok) {
+        G.acked += r.n;
+        G.requests_ok++;
+        G.last_ack = G.now;
+    } else {
+        G.pub_errors += r.n;
+        if (!G.pub_err[0])
+            snprintf(G.pub_err, sizeof(G.pub_err), "seq %" PRIu64 ": %s", r.seq, why);
+    }
+}
+
+/*
+ * Sends requests while a publisher has room (fewer than --pipeline in flight): first those to
+ * send again, then new ones. Publishers with room wait in a FIFO and go to its back after
+ * each request, so requests are spread round-robin over the connections.
+ */
 static void pub_pump(void)
 {
     G.next_due = 0;
-    while (G.next_seq < G.events && !G.pub_aborted && G.nfree) {
-        uint32_t k = (uint32_t)(G.next_seq % G.topics);
-        if (G.ordered && G.topic_busy[k])
-            return; /* one publish per topic in flight keeps the send order the server order */
-        if (G.rate > 0) {
-            int64_t due = G.run_t0 + (int64_t)((double)G.next_seq * 1e9 / G.rate);
-            if (G.now < due) {
-                G.next_due = due;
-                return;
+    while ((G.nretry || G.next_seq < G.events) && !G.pub_aborted && G.nfree) {
+        struct req r;
+        if (G.nretry) {
+            r = G.retry[G.retry_head]; /* its topics are still marked busy */
+        } else {
+            uint64_t left = G.events - G.next_seq;
+            r = (struct req){.seq = G.next_seq, .n = left < G.batch ? (uint32_t)left : G.batch};
+            for (uint32_t i = 0; G.ordered && i < r.n; i++)
+                if (G.topic_busy[(r.seq + i) % G.topics])
+                    return; /* one publish per topic in flight: the send order is the server's */
+            if (G.rate > 0) {
+                int64_t due = G.run_t0 + (int64_t)((double)r.seq * 1e9 / G.rate);
+                if (G.now < due) {
+                    G.next_due = due;
+                    return;
+                }
             }
         }
         struct conn *c = &G.conns[G.free_pubs[G.free_head]];
         G.free_head = (G.free_head + 1) % G.inflight;
         G.nfree--;
         c->queued = false;
-        if (c->fd < 0 || !c->ready || c->inflight >= 0)
+        if (c->fd < 0 || !c->ready || c->rq_len >= G.pipeline)
             continue; /* went down while idle; reconnect pushes it again */
-        pub_send(c, G.next_seq++);
+        if (G.nretry) {
+            G.retry_head = (G.retry_head + 1) % G.retry_cap;
+            G.nretry--;
+        } else {
+            for (uint32_t i = 0; i < r.n; i++)
+                G.topic_busy[(r.seq + i) % G.topics] = 1;
+            G.next_seq += r.n;
+            G.inflight_now++;
+        }
+        pub_send(c, r);
+        if (c->fd >= 0 && c->ready && c->rq_len < G.pipeline)
+            pub_idle(c);
     }
+}
+
+/* ---- self-checks of what this file encodes (--self-test) ---- */
+
+static int lg_check(bool ok, const char *what)
+{
+    if (!ok)
+        fprintf(stderr, "selftest: loadgen: %s\n", what);
+    return !ok;
+}
+
+/* The NDJSON batch body and the request rings. Returns the number of failed checks. */
+static int loadgen_selftest(void)
+{
+    int failed = 0;
+    uint32_t topics = G.topics, size = G.size, pipeline = G.pipeline;
+    G.topics = 3;
+    G.size = 100;
+    G.pipeline = 3;
+    unsigned char body[4 * (100 + 48)];
+    size_t n = build_batch(body, (struct req){.seq = 7, .n = 4}, 123456789);
+    const char *p = (const char *)body, *end = p + n;
+    for (uint64_t i = 0; i < 4; i++) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p)), *ts = NULL;
+        char want[32];
+        long long sv = -1, tv = -1;
+        if (lg_check(nl != NULL, "batch line without a newline"))
+            return failed + 1;
+        const char *t = wsc_json_find(p, nl, "topic", 5), *d = wsc_json_find(p, nl, "data", 4);
+        long tl = t ? wsc_json_str(t, nl, &ts) : -1;
+        int wl = snprintf(want, sizeof(want), "bench.t%" PRIu64, (7 + i) % 3);
+        failed += lg_check(p[0] == '{' && nl[-1] == '}', "batch line is not one object");
+        failed += lg_check(tl == wl && memcmp(ts, want, (size_t)wl) == 0, "batch line topic");
+        failed += lg_check(d && nl - 1 - d == 100, "batch line data is not --size bytes");
+        if (d) {
+            const char *s1 = wsc_json_find(d, nl, "s", 1), *t1 = wsc_json_find(d, nl, "t", 1);
+            failed += lg_check(s1 && wsc_json_int(s1, nl, &sv) == 0 && sv == (long long)(7 + i),
+                               "batch line seq");
+            failed += lg_check(t1 && wsc_json_int(t1, nl, &tv) == 0 && tv == 123456789,
+                               "batch line time");
+        }
+        p = nl + 1;
+    }
+    failed += lg_check(p == end, "batch body has more than its lines");
+
+    struct req rq[3];
+    struct conn c = {.rq = rq};
+    for (uint64_t i = 0; i < 3; i++)
+        rq_push(&c, (struct req){.seq = i, .n = 1});
+    bool fifo = rq_pop(&c).seq == 0;
+    rq_push(&c, (struct req){.seq = 3, .n = 1}); /* wraps around */
+    for (uint64_t i = 1; i < 4; i++)
+        fifo = fifo && c.rq_len == 4 - i && rq_pop(&c).seq == i;
+    failed += lg_check(fifo && c.rq_len == 0, "pipeline ring is not first in, first out");
+    G.topics = topics;
+    G.size = size;
+    G.pipeline = pipeline;
+    return failed;
 }
 
 /* ---- the loop ---- */
@@ -1091,7 +1270,8 @@ static void pump(void)
 
 static bool run_done(void)
 {
-    return (G.next_seq == G.events || G.pub_aborted) && G.inflight_now == 0 && G.remaining <= 0;
+    return (G.next_seq == G.events || G.pub_aborted) && G.inflight_now == 0 && G.remaining <= 0 &&
+           (!G.nretry || G.pub_aborted);
 }
 
 /* Runs the loop until done() or the deadline; returns true when done() became true. */
@@ -1256,7 +1436,9 @@ static void parse_options(int argc, char **argv)
         O_SRC,
         O_SELFTEST,
         O_HELP,
-        O_TARGET
+        O_TARGET,
+        O_PIPELINE,
+        O_BATCH
     };
     static const struct option opts[] = {
         {"host", required_argument, NULL, O_HOST},
@@ -1280,6 +1462,8 @@ static void parse_options(int argc, char **argv)
         {"source-addrs", required_argument, NULL, O_SRC},
         {"self-test", no_argument, NULL, O_SELFTEST},
         {"target", required_argument, NULL, O_TARGET},
+        {"pipeline", required_argument, NULL, O_PIPELINE},
+        {"batch", required_argument, NULL, O_BATCH},
         {"help", no_argument, NULL, O_HELP},
         {0},
     };
@@ -1289,6 +1473,8 @@ static void parse_options(int argc, char **argv)
     G.events = 10000;
     G.size = 100;
     G.inflight = 4;
+    G.pipeline = 1;
+    G.batch = 1;
     G.timeout = 60;
     G.connect_inflight = 256;
     G.source_addrs = 16;
@@ -1318,6 +1504,12 @@ static void parse_options(int argc, char **argv)
             break;
         case O_INFLIGHT:
             G.inflight = (uint32_t)opt_u64("inflight", optarg, 1, 4096);
+            break;
+        case O_PIPELINE:
+            G.pipeline = (uint32_t)opt_u64("pipeline", optarg, 1, 1024);
+            break;
+        case O_BATCH:
+            G.batch = (uint32_t)opt_u64("batch", optarg, 1, 100000);
             break;
         case O_MODE:
             if (strcmp(optarg, "http") && strcmp(optarg, "ws"))
@@ -1369,7 +1561,7 @@ static void parse_options(int argc, char **argv)
             G.source_addrs = (uint32_t)opt_u64("source-addrs", optarg, 1, 254);
             break;
         case O_SELFTEST: {
-            int failed = wsc_selftest() + mqtt_selftest();
+            int failed = wsc_selftest() + mqtt_selftest() + loadgen_selftest();
             fprintf(stderr, "selftest: %s\n", failed ? "FAILED" : "ok");
             exit(failed ? 1 : 0);
         }
@@ -1392,6 +1584,8 @@ static void parse_options(int argc, char **argv)
         die(2, "--target mosquitto publishes over MQTT/WebSocket only (--mode ws)");
     if (G.target != T_HERALD)
         G.mode_ws = G.target == T_MQTT;
+    if (G.batch > 1 && (G.target != T_HERALD || G.mode_ws))
+        die(2, "--batch needs --target herald --mode http (POST /v1/publish)");
     if (G.idle_hold > 0 && !G.events_set)
         G.events = 0;
     if (G.allow_reorder && G.force_ordered)
@@ -1456,20 +1650,25 @@ static void setup(void)
     G.nconns = G.subs + (G.events ? G.inflight : 0);
     G.conns = calloc(G.nconns ? G.nconns : 1, sizeof(*G.conns));
     G.rbuf = malloc(RBUF_CAP);
-    G.sbuf_cap = G.size + 1024;
+    G.sbuf_cap = (size_t)G.batch * (G.size + 48) + 1024;
     G.sbuf = malloc(G.sbuf_cap);
+    G.bbuf = malloc((size_t)G.batch * (G.size + 48));
+    G.retry_cap = G.inflight * G.pipeline;
+    G.retry = calloc(G.retry_cap, sizeof(*G.retry));
     G.free_pubs = calloc(G.inflight, sizeof(*G.free_pubs));
     G.topic_busy = calloc(G.topics, 1);
     G.acked_topic = calloc(G.topics, sizeof(*G.acked_topic));
     G.open_subs = calloc(G.topics, sizeof(*G.open_subs));
-    if (!G.conns || !G.rbuf || !G.sbuf || !G.free_pubs || !G.topic_busy || !G.acked_topic ||
-        !G.open_subs)
+    if (!G.conns || !G.rbuf || !G.sbuf || !G.bbuf || !G.retry || !G.free_pubs || !G.topic_busy ||
+        !G.acked_topic || !G.open_subs)
         die(2, "out of memory");
     for (uint32_t i = 0; i < G.nconns; i++) {
         struct conn *c = &G.conns[i];
-        *c = (struct conn){.fd = -1, .last_seq = -1, .inflight = -1};
+        *c = (struct conn){.fd = -1, .last_seq = -1};
         c->kind = i < G.subs ? K_SUB : G.mode_ws ? K_WSPUB : K_HTTPPUB;
         c->topic = i < G.subs ? i % G.topics : 0;
+        if (i >= G.subs && !(c->rq = calloc(G.pipeline, sizeof(*c->rq))))
+            die(2, "out of memory");
     }
     /* A bit per (subscriber, event of its topic) tells duplicates from reorders exactly. */
     G.per_topic = (G.events + G.topics - 1) / G.topics;
@@ -1495,11 +1694,14 @@ static void teardown(void)
         buf_free(&c->out);
         buf_free(&c->frag);
         buf_free(&c->mq);
+        free(c->rq);
     }
     close(G.ep);
     free(G.conns);
     free(G.rbuf);
     free(G.sbuf);
+    free(G.bbuf);
+    free(G.retry);
     free(G.free_pubs);
     free(G.topic_busy);
     free(G.acked_topic);
@@ -1551,13 +1753,15 @@ static const char *report(const struct figures *fg, uint64_t expected, uint64_t 
         srv && fg->cpu_c0 >= 0 && fg->cpu_c1 >= 0 ? (double)(fg->cpu_c1 - fg->cpu_c0) / tck : 0;
 
     printf("{\"target\":\"%s\",\"subs\":%u,\"topics\":%u,\"events\":%" PRIu64
-           ",\"size\":%u,\"mode\":\"%s\",\"inflight\":%u,\"rate\":%g,\"expected\":%" PRIu64
-           ",\"delivered\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"reordered\":%" PRIu64
-           ",\"missing\":%" PRIu64 ",\"unexpected\":%" PRIu64 ",\"malformed\":%" PRIu64
-           ",\"published\":%" PRIu64 ",\"publish_errors\":%" PRIu64,
+           ",\"size\":%u,\"mode\":\"%s\",\"inflight\":%u,\"pipeline\":%u,\"batch\":%u"
+           ",\"rate\":%g,\"expected\":%" PRIu64 ",\"delivered\":%" PRIu64 ",\"duplicates\":%" PRIu64
+           ",\"reordered\":%" PRIu64 ",\"missing\":%" PRIu64 ",\"unexpected\":%" PRIu64
+           ",\"malformed\":%" PRIu64 ",\"published\":%" PRIu64 ",\"publish_errors\":%" PRIu64,
            TARGET_NAMES[G.target], G.subs, G.topics, G.events, G.size, G.mode_ws ? "ws" : "http",
-           G.inflight, G.rate, expected, G.delivered, G.duplicates, G.reordered, missing, G.stray,
-           G.malformed, G.acked, G.pub_errors);
+           G.inflight, G.pipeline, G.batch, G.rate, expected, G.delivered, G.duplicates,
+           G.reordered, missing, G.stray, G.malformed, G.acked, G.pub_errors);
+    printf(",\"requests\":%" PRIu64 ",\"resent\":%" PRIu64 ",\"pipeline_refused\":%s",
+           G.requests_ok, G.resent, G.pipeline_refused ? "true" : "false");
     printf(",\"ordered\":%s,\"timed_out\":%s", G.ordered ? "true" : "false",
            fg->timed_out ? "true" : "false");
     put_num("connect_s", fg->connect_s, true);
@@ -1572,6 +1776,7 @@ static const char *report(const struct figures *fg, uint64_t expected, uint64_t 
     put_num("server_cpu_s", cpu_s, srv);
     put_num("server_cpu_us_per_delivery", G.delivered ? cpu_s * 1e6 / (double)G.delivered : 0,
             srv && G.delivered);
+    put_num("server_cpu_us_per_event", G.acked ? cpu_s * 1e6 / (double)G.acked : 0, srv && G.acked);
     put_num("server_cpu_s_connect", cpu_cs, srv);
     bool oth = fg->oth_r0 >= 0 && fg->oth_r1 >= 0;
     double oth_s = oth ? (double)(fg->oth_r1 - fg->oth_r0) / tck : 0;
