@@ -4,7 +4,7 @@
  * what comes back. Every error answers with the documented JSON body and changes nothing.
  * The bytes on the wire are the transport's business (src/server*.c).
  */
-#include "api.h"
+#include "api_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -42,11 +42,15 @@ void hd_http_resp_clear(struct hd_http_resp *resp)
 {
     free(resp->body);
     free(resp->stream);
+    if (resp->who) {
+        hd_identity_clear(resp->who);
+        free(resp->who);
+    }
+    free(resp->credential);
     memset(resp, 0, sizeof(*resp));
 }
 
-static void set_body(struct hd_http_resp *resp, int status, const char *ctype, char *body,
-                     size_t len)
+void hd__api_body(struct hd_http_resp *resp, int status, const char *ctype, char *body, size_t len)
 {
     free(resp->body);
     resp->status = status;
@@ -63,7 +67,7 @@ void hd_api_error(struct hd_http_resp *resp, enum hd_err code, const char *messa
 {
     size_t len = 0;
     char *body = hd_encode_error(false, false, 0, code, message, &len);
-    set_body(resp, hd_err_http(code), "application/json", body, len);
+    hd__api_body(resp, hd_err_http(code), "application/json", body, len);
 }
 
 static int hexval(char c)
@@ -155,22 +159,53 @@ void hd_api_cors(const struct hd_broker *b, const struct hd_http_req *req,
     hd_http_resp_header(resp, "access-control-expose-headers:", "Retry-After");
 }
 
-size_t hd_api_body_limit(const struct hd_broker *b)
+size_t hd_api_body_limit(const struct hd_broker *b, const struct hd_http_req *req)
 {
+    const struct hd_config *cfg = hd_broker_config(b);
+    if (strcmp(req->path, "/v1/publish") == 0)
+        return (size_t)cfg->limits.max_batch_bytes;
     /* The same slack WebSocket frames get: JSON whitespace and escapes around the data. */
-    return (size_t)hd_broker_config(b)->limits.max_event_bytes + 16384;
+    return (size_t)cfg->limits.max_event_bytes + 16384;
 }
 
-static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool publish,
-                    const char *what, struct hd_http_resp *resp);
+void hd__api_refuse(struct hd_http_resp *resp, const struct hd_error *err)
+{
+    enum hd_err code = err->code ? err->code : HD_ERR_INTERNAL;
+    hd_api_error(resp, code, err->message[0] ? err->message : hd_err_name(code));
+    if (err->retry_after)
+        hd_http_resp_header_uint(resp, "retry-after:", err->retry_after);
+    if (code == HD_ERR_UNAUTHORIZED)
+        hd_http_resp_header(resp, "www-authenticate:", "Bearer realm=\"herald\"");
+}
+
+const struct hd_identity *hd__api_who(struct hd_broker *b, const struct hd_http_req *req,
+                                      struct hd_http_resp *resp)
+{
+    if (resp->who)
+        return resp->who;
+    struct hd_identity *id = calloc(1, sizeof(*id));
+    if (!id) {
+        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    if (hd_api_authenticate(b, req, id, &resp->credential, resp)) {
+        free(id);
+        return NULL;
+    }
+    resp->who = id;
+    return id;
+}
+
+static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const char *what,
+                    struct hd_http_resp *resp);
 
 /* Routes: each path shape lists the methods it answers, for 405 Allow and preflights. */
-enum route { R_NONE, R_HEALTH, R_METRICS, R_WS, R_PUBLISH, R_POLL, R_SSE, R_STATUS };
+enum route { R_NONE, R_HEALTH, R_METRICS, R_WS, R_PUBLISH, R_BATCH, R_POLL, R_SSE, R_STATUS };
 
 static const char *const route_allow[] = {
     [R_HEALTH] = "GET, HEAD, OPTIONS", [R_METRICS] = "GET, HEAD, OPTIONS", [R_WS] = "GET, OPTIONS",
     [R_PUBLISH] = "POST, OPTIONS",     [R_POLL] = "GET, OPTIONS",          [R_SSE] = "GET, OPTIONS",
-    [R_STATUS] = "GET, OPTIONS",
+    [R_STATUS] = "GET, OPTIONS",       [R_BATCH] = "POST, OPTIONS",
 };
 
 /* Splits the path into a route and its one variable part (topic, pattern or id). */
@@ -182,6 +217,8 @@ static enum route match_route(const char *path, char *var, size_t cap)
         return R_METRICS;
     if (strcmp(path, "/v1/ws") == 0)
         return R_WS;
+    if (strcmp(path, "/v1/publish") == 0)
+        return R_BATCH;
     const char *rest;
     enum route r = R_NONE;
     if (strncmp(path, "/v1/topics/", 11) == 0) {
@@ -228,6 +265,7 @@ static bool method_ok(enum route r, enum hd_method m)
     case R_METRICS:
         return m == HD_M_GET || m == HD_M_HEAD;
     case R_PUBLISH:
+    case R_BATCH:
         return m == HD_M_POST;
     case R_WS:
     case R_POLL:
@@ -246,39 +284,7 @@ static void respond_text(struct hd_http_resp *resp, int status, const char *ctyp
     char *body = malloc(len + 1);
     if (body)
         memcpy(body, s, len + 1);
-    set_body(resp, status, ctype, body, len);
-}
-
-static enum hd_http_next publish_route(struct hd_broker *b, const struct hd_http_req *req,
-                                       const char *topic, struct hd_http_resp *resp)
-{
-    int t = hd_topic_check(topic, strlen(topic));
-    if (t == -EPERM) {
-        hd_api_error(resp, HD_ERR_FORBIDDEN, "topics starting with $ are reserved for the server");
-        return HD_HTTP_RESPOND;
-    }
-    if (t) {
-        hd_api_error(resp, HD_ERR_INVALID_TOPIC,
-                     "a topic is 1-255 bytes of dot-separated segments of A-Z a-z 0-9 _ - : @");
-        return HD_HTTP_RESPOND;
-    }
-    char ev[HD_EVENT_KIND_MAX + 2];
-    int n = hd_query_get(req->query, "event", ev, sizeof(ev));
-    if (n >= 0 && !hd_event_kind_valid(ev, (size_t)n)) {
-        hd_api_error(resp, HD_ERR_BAD_REQUEST, "event must be 1-64 bytes of A-Z a-z 0-9 _ - . :");
-        return HD_HTTP_RESPOND;
-    }
-    if (!allowed(b, req, true, topic, resp))
-        return HD_HTTP_RESPOND;
-    if (req->content_length >= 0 && (uint64_t)req->content_length > hd_api_body_limit(b)) {
-        hd_api_error(resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
-        return HD_HTTP_RESPOND;
-    }
-    if (hd_broker_draining(b)) {
-        hd_api_error(resp, HD_ERR_UNAVAILABLE, "the server is shutting down");
-        return HD_HTTP_RESPOND;
-    }
-    return HD_HTTP_READ_BODY;
+    hd__api_body(resp, status, ctype, body, len);
 }
 
 int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req, struct hd_identity *id,
@@ -313,74 +319,22 @@ int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req, stru
     return 0;
 }
 
-/*
- * HTTP publish rate limiting: one token bucket per credential name, or per client address
- * for anonymous publishers, in a fixed table (an evicted bucket starts full again, which
- * only ever errs towards letting a publisher through).
- */
-#define RATE_SLOTS 4096
-struct rate_slot {
-    char key[80];
-    double tokens;
-    uint64_t stamp_ns;
-};
-static struct rate_slot rate_table[RATE_SLOTS];
-
-static uint32_t rate_check(struct hd_broker *b, const struct hd_identity *id,
-                           const struct hd_http_req *req)
+/* Authenticates and checks the right to read `what`; fills resp and returns false when
+ * refused. */
+static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const char *what,
+                    struct hd_http_resp *resp)
 {
-    if (!hd_broker_config(b)->limits.publish_rate)
-        return 0;
-    char key[80];
-    if (id->kind != HD_ID_ANONYMOUS) {
-        snprintf(key, sizeof(key), "id:%s", hd_identity_name(id));
-    } else if (req->peer_addr) {
-        memcpy(key, "ip:", 3);
-        hd_peer_addr_format(req->peer_addr, key + 3, sizeof(key) - 3);
-    } else {
-        snprintf(key, sizeof(key), "ip:%s", req->peer ? req->peer : "?");
-    }
-    uint32_t h = 2166136261u;
-    for (const char *p = key; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    struct rate_slot *slot = &rate_table[h % RATE_SLOTS];
-    if (strcmp(slot->key, key) != 0) {
-        snprintf(slot->key, sizeof(slot->key), "%s", key);
-        slot->stamp_ns = 0;
-    }
-    return hd_broker_rate_take(b, &slot->tokens, &slot->stamp_ns);
-}
-
-/* Authenticates and checks one right; fills resp and returns false when refused. */
-static bool allowed(struct hd_broker *b, const struct hd_http_req *req, bool publish,
-                    const char *what, struct hd_http_resp *resp)
-{
-    struct hd_identity id;
-    if (hd_api_authenticate(b, req, &id, NULL, resp))
+    const struct hd_identity *id = hd__api_who(b, req, resp);
+    if (!id)
         return false;
-    enum hd_err right = publish ? hd_auth_can_publish(&id, what) : hd_auth_can_subscribe(&id, what);
-    uint32_t wait = right == HD_ERR_NONE && publish ? rate_check(b, &id, req) : 0;
-    hd_identity_clear(&id);
-    if (wait) {
-        char msg[120];
-        snprintf(msg, sizeof(msg), "more than %u events per second; retry in %u s",
-                 hd_broker_config(b)->limits.publish_rate, wait);
-        hd_api_error(resp, HD_ERR_RATE_LIMITED, msg);
-        hd_http_resp_header_uint(resp, "retry-after:", wait);
-        return false;
-    }
+    enum hd_err right = hd_auth_can_subscribe(id, what);
     if (right == HD_ERR_NONE)
         return true;
-    if (right == HD_ERR_UNAUTHORIZED) {
-        hd_api_error(resp, right,
-                     publish ? "publishing to this topic needs credentials"
-                             : "reading this pattern needs credentials");
-        hd_http_resp_header(resp, "www-authenticate:", "Bearer realm=\"herald\"");
-    } else {
-        hd_api_error(resp, right,
-                     publish ? "these credentials may not publish to this topic"
-                             : "these credentials may not read this pattern");
-    }
+    struct hd_error err = {0};
+    hd_error_set(&err, right,
+                 right == HD_ERR_UNAUTHORIZED ? "reading this pattern needs credentials"
+                                              : "these credentials may not read this pattern");
+    hd__api_refuse(resp, &err);
     return false;
 }
 
@@ -483,7 +437,7 @@ void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,
                           st->gap ? "true" : "false");
     if (events != stack)
         free(events);
-    set_body(resp, 200, "application/json", body, o);
+    hd__api_body(resp, 200, "application/json", body, o);
 }
 
 /*
@@ -500,7 +454,7 @@ static struct hd_http_stream *stream_begin(struct hd_broker *b, const struct hd_
     }
     free(resp->stream);
     resp->stream = st;
-    if (!pattern_param(pattern, st, resp) || !allowed(b, req, false, st->pattern, resp))
+    if (!pattern_param(pattern, st, resp) || !allowed(b, req, st->pattern, resp))
         return NULL;
     return st;
 }
@@ -569,7 +523,7 @@ static void status_route(struct hd_broker *b, const struct hd_http_req *req, con
         return;
     }
     /* The status carries the event itself: it takes the right to read its topic. */
-    if (!allowed(b, req, false, m->topic, resp))
+    if (!allowed(b, req, m->topic, resp))
         return;
     size_t cap = m->len + 128;
     char *body = malloc(cap);
@@ -579,7 +533,41 @@ static void status_route(struct hd_broker *b, const struct hd_http_req *req, con
     }
     int n = snprintf(body, cap, "{\"event\":%s,\"queued\":%u,\"written\":%u,\"dropped\":%u}",
                      (const char *)hd_msg_payload(m), m->queued, m->written, m->dropped);
-    set_body(resp, 200, "application/json", body, (size_t)n);
+    hd__api_body(resp, 200, "application/json", body, (size_t)n);
+}
+
+/* The WebSocket endpoint: an upgrade passes origin, drain and credential checks here, with
+ * the identity kept in resp->who for the connection; a plain GET learns what to do. */
+static enum hd_http_next ws_route(struct hd_broker *b, const struct hd_http_req *req,
+                                  struct hd_http_resp *resp)
+{
+    if (!req->upgrade) {
+        hd_api_error(resp, HD_ERR_BAD_REQUEST,
+                     "this endpoint speaks WebSocket (subprotocol herald.v1)");
+        hd_http_resp_header(resp, "upgrade:", "websocket");
+        resp->status = 426;
+        return HD_HTTP_RESPOND;
+    }
+    if (!hd_api_origin_allowed(b, req->origin)) {
+        hd_log_info("websocket upgrade refused", "reason=origin origin=\"%.100s\"", req->origin);
+        hd_api_error(resp, HD_ERR_FORBIDDEN, "this origin may not open WebSockets");
+        return HD_HTTP_RESPOND;
+    }
+    if (hd_broker_draining(b)) {
+        hd_api_error(resp, HD_ERR_UNAVAILABLE, "the server is shutting down");
+        return HD_HTTP_RESPOND;
+    }
+    /* Browsers cannot set headers on a WebSocket: ?token= is accepted there too. */
+    return hd__api_who(b, req, resp) ? HD_HTTP_UPGRADE : HD_HTTP_RESPOND;
+}
+
+void hd_api_take_identity(struct hd_http_resp *resp, struct hd_identity *id, char **credential)
+{
+    *id = *resp->who;
+    free(resp->who);
+    resp->who = NULL;
+    *credential = resp->credential;
+    resp->credential = NULL;
 }
 
 enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *req,
@@ -621,17 +609,15 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
     case R_METRICS: {
         size_t len;
         char *text = hd_metrics_render(hd_broker_metrics(b), &len);
-        set_body(resp, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+        hd__api_body(resp, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
         return HD_HTTP_RESPOND;
     }
     case R_WS:
-        hd_api_error(resp, HD_ERR_BAD_REQUEST,
-                     "this endpoint speaks WebSocket (subprotocol herald.v1)");
-        hd_http_resp_header(resp, "upgrade:", "websocket");
-        resp->status = 426;
-        return HD_HTTP_RESPOND;
+        return ws_route(b, req, resp);
+    case R_BATCH:
+        return hd__api_batch_route(b, req, resp);
     case R_PUBLISH:
-        return publish_route(b, req, var, resp);
+        return hd__api_publish_route(b, req, var, resp);
     case R_POLL:
         return poll_route(b, req, var, resp);
     case R_SSE:
@@ -644,133 +630,4 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
     }
     hd_api_error(resp, HD_ERR_NOT_FOUND, "no such endpoint");
     return HD_HTTP_RESPOND;
-}
-
-struct pub_ctx {
-    bool in_call;
-    bool completed;
-    struct hd_http_resp *sync_resp;
-    hd_api_done_fn done;
-    void *arg;
-    char topic[HD_TOPIC_MAX + 1];
-};
-
-static void fill_publish_reply(struct hd_http_resp *resp, const char *topic, int err,
-                               struct hd_msg *msg)
-{
-    if (err) {
-        hd_api_error(resp, HD_ERR_UNAVAILABLE,
-                     err == -ESHUTDOWN ? "the server is shutting down"
-                                       : "the event could not be stored");
-        if (err != -ESHUTDOWN)
-            hd_http_resp_header(resp, "retry-after:", "1");
-        return;
-    }
-    char id[HD_EVENT_ID_LEN + 1];
-    hd_event_id_format(msg->seq, id);
-    size_t len = 0;
-    char *body = hd_encode_publish_reply(id, topic, msg->time_ms, msg->receivers, &len);
-    set_body(resp, 202, "application/json", body, len);
-}
-
-static void http_publish_done(void *arg, int err, struct hd_msg *msg)
-{
-    struct pub_ctx *ctx = arg;
-    ctx->completed = true;
-    if (ctx->in_call) {
-        fill_publish_reply(ctx->sync_resp, ctx->topic, err, msg);
-        return;
-    }
-    struct hd_http_resp *resp = calloc(1, sizeof(*resp));
-    if (resp)
-        fill_publish_reply(resp, ctx->topic, err, msg);
-    ctx->done(ctx->arg, resp);
-    free(ctx);
-}
-
-static bool is_json(const char *ctype)
-{
-    if (!ctype)
-        return false;
-    size_t n = strlen("application/json");
-    return strncasecmp(ctype, "application/json", n) == 0 &&
-           (ctype[n] == '\0' || ctype[n] == ';' || ctype[n] == ' ');
-}
-
-int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body, size_t len,
-                   struct hd_http_resp *resp, hd_api_done_fn done, void *arg)
-{
-    char topic[HD_TOPIC_MAX + 2];
-    if (match_route(req->path, topic, sizeof(topic)) != R_PUBLISH) {
-        hd_api_error(resp, HD_ERR_NOT_FOUND, "no such endpoint");
-        return HD_HTTP_RESPOND;
-    }
-    char ev[HD_EVENT_KIND_MAX + 2];
-    if (hd_query_get(req->query, "event", ev, sizeof(ev)) < 0)
-        strcpy(ev, HD_DEFAULT_EVENT);
-    /* A body already in compact canonical form is published as it came: parsing and dumping
-     * it would give the same bytes at many times the cost. */
-    bool json = is_json(req->content_type);
-    size_t dlen = len;
-    char *dump = NULL;
-    const char *text = body;
-    if (!json || !hd_json_canonical(body, len)) {
-        json_t *data;
-        if (json) {
-            json_error_t jerr;
-            data = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-            if (!data) {
-                char msg[256];
-                snprintf(msg, sizeof(msg),
-                         "the body is not valid JSON: %.100s (line %d, column %d)", jerr.text,
-                         jerr.line, jerr.column);
-                hd_api_error(resp, HD_ERR_BAD_REQUEST, msg);
-                return HD_HTTP_RESPOND;
-            }
-        } else {
-            data = json_stringn(body, len);
-            if (!data) {
-                hd_api_error(resp, HD_ERR_BAD_REQUEST, "the body is not valid UTF-8");
-                return HD_HTTP_RESPOND;
-            }
-        }
-        text = dump = hd_json_dump_compact(data, &dlen);
-        json_decref(data);
-        if (!dump) {
-            hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
-            return HD_HTTP_RESPOND;
-        }
-    }
-    const struct hd_config *cfg = hd_broker_config(b);
-    if (dlen > cfg->limits.max_event_bytes) {
-        char msg[120];
-        snprintf(msg, sizeof(msg), "data is %zu bytes, the limit is %u", dlen,
-                 cfg->limits.max_event_bytes);
-        free(dump);
-        hd_api_error(resp, HD_ERR_TOO_LARGE, msg);
-        return HD_HTTP_RESPOND;
-    }
-    struct pub_ctx *ctx = calloc(1, sizeof(*ctx));
-    if (!ctx) {
-        free(dump);
-        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
-        return HD_HTTP_RESPOND;
-    }
-    *ctx = (struct pub_ctx){.in_call = true, .sync_resp = resp, .done = done, .arg = arg};
-    snprintf(ctx->topic, sizeof(ctx->topic), "%.*s", HD_TOPIC_MAX, topic);
-    struct hd_pub pub = {.topic = topic, .event = ev, .data_json = text, .data_len = dlen};
-    struct hd_error err = {0};
-    int r = hd_broker_publish(b, &pub, http_publish_done, ctx, &err);
-    free(dump);
-    if (r) {
-        free(ctx);
-        hd_api_error(resp, err.code ? err.code : HD_ERR_INTERNAL, err.message);
-        return HD_HTTP_RESPOND;
-    }
-    if (ctx->completed) {
-        free(ctx);
-        return HD_HTTP_RESPOND;
-    }
-    ctx->in_call = false;
-    return -1;
 }

@@ -31,11 +31,13 @@ struct hd_http_req {
     const char *path;  /* percent-decoded, NUL-terminated, without the query */
     const char *query; /* raw query string without '?', or NULL */
     const char *content_type, *origin, *authorization, *last_event_id; /* NULL when absent */
+    const char *idempotency_key;                                       /* NULL when absent */
     /* The client's address, for per-address limits: peer_addr (formatted only when a limit
      * needs it), else the text in peer, else unknown. */
     const struct hd_peer_addr *peer_addr;
     const char *peer;
     int64_t content_length; /* -1 when absent */
+    bool upgrade;           /* a WebSocket upgrade (GET with Upgrade: websocket) */
 };
 
 #define HD_HTTP_MAX_HEADERS 10
@@ -64,6 +66,10 @@ struct hd_http_resp {
     char text[24]; /* formatted header values */
     size_t text_used;
     struct hd_http_stream *stream; /* HD_HTTP_SSE and HD_HTTP_LONGPOLL: owned, NULL otherwise */
+    /* Who the request authenticated as, kept from routing to the body or the stream so a
+     * request is authenticated once: owned, NULL until then. */
+    struct hd_identity *who;
+    char *credential; /* the credential `who` came from (malloc'd, NULL for anonymous) */
 };
 
 /* What the transport does next with a routed request. */
@@ -72,6 +78,7 @@ enum hd_http_next {
     HD_HTTP_READ_BODY, /* collect up to hd_api_body_limit bytes, then hd_api_publish */
     HD_HTTP_SSE,       /* start an event stream for resp->stream */
     HD_HTTP_LONGPOLL,  /* wait up to stream.wait_s for an event, then hd_api_poll_answer */
+    HD_HTTP_UPGRADE,   /* accept the WebSocket upgrade; resp->who is the client */
 };
 
 /*
@@ -90,16 +97,17 @@ void hd_http_resp_clear(struct hd_http_resp *resp);
 enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *req,
                                struct hd_http_resp *resp);
 
-/* The largest request body accepted (bigger bodies get 413 without being read). */
-size_t hd_api_body_limit(const struct hd_broker *b);
+/* The largest body accepted for this routed request (bigger bodies get 413 unread). */
+size_t hd_api_body_limit(const struct hd_broker *b, const struct hd_http_req *req);
 
 /* Completion of an HTTP publish: `resp` is owned by the callee (clear it when written). */
 typedef void (*hd_api_done_fn)(void *arg, struct hd_http_resp *resp);
 
 /*
- * Publishes the body of a routed POST. Either fills `resp` and returns HD_HTTP_RESPOND
- * (errors; or success when the engine completed at once), or returns -1 meaning `done` will
- * be called later with the response. `done` is never called when this returns RESPOND.
+ * Publishes the body of a routed POST (one event, or an NDJSON batch on /v1/publish). Either
+ * fills `resp` and returns HD_HTTP_RESPOND (errors; or success when the engine completed at
+ * once), or returns -1 meaning `done` will be called later with the response. `done` is
+ * never called when this returns RESPOND.
  */
 int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const char *body, size_t len,
                    struct hd_http_resp *resp, hd_api_done_fn done, void *arg);
@@ -112,6 +120,13 @@ int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const cha
  */
 int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req, struct hd_identity *id,
                         char **credential, struct hd_http_resp *resp);
+
+/*
+ * Moves the identity a routed request authenticated as (resp->who, which must be set: after
+ * HD_HTTP_UPGRADE, HD_HTTP_SSE or HD_HTTP_LONGPOLL) into `id`, and its credential into
+ * *credential (malloc'd or NULL), for a connection that outlives the request.
+ */
+void hd_api_take_identity(struct hd_http_resp *resp, struct hd_identity *id, char **credential);
 
 /* Answers a poll from history: {"events":[...],"next":"<id>","gap":<bool>}. */
 void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,

@@ -396,7 +396,7 @@ static bool sub_valid(const char *s, size_t len)
 }
 
 /* The alg value goes into the message only when it is a short plain word. */
-static int bad_alg(const json_t *alg, struct hd_error *err)
+static enum hd_err bad_alg(const json_t *alg, struct hd_error *err)
 {
     const char *s = json_is_string(alg) ? json_string_value(alg) : NULL;
     bool plain = s && json_string_length(alg) > 0 && json_string_length(alg) <= 16;
@@ -411,12 +411,12 @@ static int bad_alg(const json_t *alg, struct hd_error *err)
                         "unsupported JWT algorithm (only HS256 is accepted)");
 }
 
-static int check_header(const char *s, size_t len, struct hd_error *err)
+static enum hd_err check_header(const char *s, size_t len, struct hd_error *err)
 {
     json_t *h = decode_json(s, len);
     if (!h)
         return hd_error_set(err, HD_ERR_UNAUTHORIZED, "malformed token");
-    int rc = 0;
+    enum hd_err rc = HD_ERR_NONE;
     const json_t *alg = json_object_get(h, "alg"), *typ = json_object_get(h, "typ");
     if (!json_is_string(alg) || strcmp(json_string_value(alg), "HS256") != 0 ||
         json_string_length(alg) != 5)
@@ -461,13 +461,13 @@ static int claim_patterns(const json_t *herald, const char *key, const char *sub
     return 0;
 }
 
-static int check_claims(const char *s, size_t len, int64_t now_ms, struct hd_identity *id,
-                        struct hd_error *err)
+static enum hd_err check_claims(const char *s, size_t len, int64_t now_ms, struct hd_identity *id,
+                                struct hd_error *err)
 {
     json_t *c = decode_json(s, len);
     if (!c)
         return hd_error_set(err, HD_ERR_UNAUTHORIZED, "malformed token");
-    int rc = -1;
+    enum hd_err rc = HD_ERR_UNAUTHORIZED; /* every branch but the last sets err to say why */
     int64_t exp_ms = 0, nbf_ms = 0;
     int has_exp = claim_time(c, "exp", &exp_ms), has_nbf = claim_time(c, "nbf", &nbf_ms);
     const json_t *sub = json_object_get(c, "sub"), *herald = json_object_get(c, "herald");
@@ -493,30 +493,33 @@ static int check_claims(const char *s, size_t len, int64_t now_ms, struct hd_ide
         id->name = strdup(json_string_value(sub));
         /* 0 means "never" in the identity; an exp of exactly the epoch is 1 ms instead. */
         id->expires_ms = has_exp ? (exp_ms == 0 ? 1 : exp_ms) : 0;
-        rc = id->name ? 0 : hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-        if (rc == 0 &&
+        rc = id->name ? HD_ERR_NONE : hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+        if (rc == HD_ERR_NONE &&
             herald) { /* without the claim the token proves who it is but grants nothing */
-            rc = claim_patterns(herald, "pub", id->name, &id->pub, err);
-            if (rc == 0)
-                rc = claim_patterns(herald, "sub", id->name, &id->sub, err);
-            if (rc == -ENOMEM)
-                hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+            int r = claim_patterns(herald, "pub", id->name, &id->pub, err);
+            if (r == 0)
+                r = claim_patterns(herald, "sub", id->name, &id->sub, err);
+            if (r == -ENOMEM)
+                rc = hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
+            else if (r)
+                rc = HD_ERR_UNAUTHORIZED;
         }
     }
     json_decref(c);
     return rc;
 }
 
-static int verify_jwt(const struct hd_auth *a, const char *tok, size_t len, int64_t now_ms,
-                      struct hd_identity *id, struct hd_error *err)
+static enum hd_err verify_jwt(const struct hd_auth *a, const char *tok, size_t len, int64_t now_ms,
+                              struct hd_identity *id, struct hd_error *err)
 {
     const char *d1 = memchr(tok, '.', len);
     const char *d2 = memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - tok));
     size_t hlen = (size_t)(d1 - tok), plen = (size_t)(d2 - d1 - 1);
     size_t slen = len - (size_t)(d2 + 1 - tok);
     /* The header first, so "alg":"none" gets its own message instead of "invalid token". */
-    if (check_header(tok, hlen, err) < 0)
-        return -1;
+    enum hd_err e = check_header(tok, hlen, err);
+    if (e != HD_ERR_NONE)
+        return e;
     unsigned char sig[MAX_CRED * 3 / 4 + 4], mac[EVP_MAX_MD_SIZE];
     unsigned int maclen = 0;
     if (b64url_decode(d2 + 1, slen, sig) != 32)
@@ -565,7 +568,8 @@ static int parse_header(const char *h, const char **tok, size_t *len, struct hd_
     size_t n = strnlen(h, MAX_CRED + 64);
     if (n == MAX_CRED + 64)
         return hd_error_set(err, HD_ERR_UNAUTHORIZED, "token too long (at most %d bytes)",
-                            MAX_CRED);
+                            MAX_CRED),
+               -1;
     while (n > 0 && is_space(h[n - 1]))
         n--;
     size_t i = 0;
@@ -576,25 +580,27 @@ static int parse_header(const char *h, const char **tok, size_t *len, struct hd_
     if (n - i < 6 || strncasecmp(h + i, "Bearer", 6) != 0 || (n - i > 6 && !is_space(h[i + 6])))
         return hd_error_set(err, HD_ERR_UNAUTHORIZED,
                             "unsupported Authorization scheme; send "
-                            "\"Authorization: Bearer <token>\"");
+                            "\"Authorization: Bearer <token>\""),
+               -1;
     i += 6;
     while (i < n && is_space(h[i]))
         i++;
     if (i == n)
         return hd_error_set(err, HD_ERR_UNAUTHORIZED,
                             "the Authorization header has no token "
-                            "after \"Bearer\"");
+                            "after \"Bearer\""),
+               -1;
     *tok = h + i;
     *len = n - i;
     return 0;
 }
 
-static int fill_rights(struct hd_identity *id, const struct hd_strlist *pub,
-                       const struct hd_strlist *sub, struct hd_error *err)
+static enum hd_err fill_rights(struct hd_identity *id, const struct hd_strlist *pub,
+                               const struct hd_strlist *sub, struct hd_error *err)
 {
     if (list_copy(&id->pub, pub) < 0 || list_copy(&id->sub, sub) < 0)
         return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-    return 0;
+    return HD_ERR_NONE;
 }
 
 /*
@@ -628,7 +634,7 @@ int hd_auth_authenticate(const struct hd_auth *a, const char *authorization,
     if (rc == 1) { /* no credentials at all */
         id->kind = HD_ID_ANONYMOUS;
         id->everything = !a->present;
-        if (fill_rights(id, &a->anon_pub, &a->anon_sub, err) < 0)
+        if (fill_rights(id, &a->anon_pub, &a->anon_sub, err) != HD_ERR_NONE)
             goto fail;
         return 0;
     }
@@ -648,10 +654,10 @@ int hd_auth_authenticate(const struct hd_auth *a, const char *authorization,
             hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
             goto fail;
         }
-        if (fill_rights(id, &st->pub, &st->sub, err) < 0)
+        if (fill_rights(id, &st->pub, &st->sub, err) != HD_ERR_NONE)
             goto fail;
     } else if (a->secret && dots == 2) {
-        if (verify_jwt(a, tok, len, now_ms, id, err) < 0)
+        if (verify_jwt(a, tok, len, now_ms, id, err) != HD_ERR_NONE)
             goto fail;
     } else {
         hd_error_set(err, HD_ERR_UNAUTHORIZED, "invalid token");

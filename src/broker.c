@@ -6,7 +6,7 @@
  * max_queue_bytes is closed (4000) rather than allowed to slow anyone else down. Every
  * check of a command happens before any state changes.
  */
-#include "broker.h"
+#include "broker_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -17,31 +17,6 @@
 #include "log.h"
 #include "peers.h"
 #include "topic.h"
-
-/* A publish whose completion is still pending, e.g. waiting for its commit. */
-struct pending_pub {
-    struct hd_broker *broker;
-    struct hd_conn *conn; /* NULL once the connection went away */
-    struct pending_pub *next, *prev;
-    bool has_id;
-    int64_t id;
-};
-
-/*
- * What the once-a-second tick looks at, one entry per attached connection in a dense array:
- * scanning 18,000 connections through a linked list took 2-3 ms of cache misses every second,
- * stalling every delivery behind it; the array is read in about a tenth of that. It is also the
- * broker's only list of connections (drain, reload and new auth rules walk it).
- */
-struct conn_clock {
-    struct hd_conn *c;
-    /* Monotonic milliseconds, kept to 32 bits and compared by wrapping difference: a
-     * connection the heartbeat watches is never idle for more than 2 heartbeats, far below
-     * the 49 days that wrap at. Receiving also counts as the last ping, so neither lags. */
-    uint32_t last_rx_ms, last_ping_ms;
-    uint32_t expires_s; /* the identity's expiry, seconds since the epoch; 0 = never */
-    bool pings;         /* a WebSocket that the heartbeat applies to */
-};
 
 static uint32_t ms32(void)
 {
@@ -57,44 +32,24 @@ static uint32_t expiry_s(int64_t expires_ms)
     return s > UINT32_MAX ? UINT32_MAX : (uint32_t)s;
 }
 
-struct hd_broker {
-    const struct hd_config *cfg;
-    struct hd_registry *reg;
-    struct hd_history *hist;
-    struct hd_engine *engine;
-    struct hd_metrics metrics;
-    uint64_t next_conn_id;
-    bool draining;
-    struct pending_pub *pending; /* publishes from WebSocket connections in flight */
-    struct hd_auth *auth;
-    struct hd_peers *peers;    /* open connections per source address */
-    struct conn_clock *clocks; /* one per attached connection */
-    uint32_t n_clocks, cap_clocks;
-};
-
-static struct hd_history_limits limits_of(const struct hd_config *cfg)
-{
-    return (struct hd_history_limits){
-        .max_events_per_topic = cfg->history.max_events_per_topic,
-        .max_age_s = cfg->history.max_age_s,
-        .max_bytes = cfg->history.max_memory_bytes,
-    };
-}
-
-struct hd_broker *hd_broker_new(const struct hd_config *cfg, uint64_t base_seq)
+struct hd_broker *hd_broker_new(const struct hd_config *cfg)
 {
     struct hd_broker *b = calloc(1, sizeof(*b));
     if (!b)
         return NULL;
     b->cfg = cfg;
-    struct hd_history_limits lim = limits_of(cfg);
+    struct hd_history_limits lim = hd_history_limits_of(cfg);
     b->reg = hd_registry_new();
-    b->hist = hd_history_new(&lim, base_seq);
+    b->hist = hd_history_new(&lim, 1);
     b->peers = hd_peers_new();
-    if (!b->reg || !b->hist || !b->peers) {
+    b->rate = hd_ratelimit_new();
+    b->dedupe = hd_dedupe_new(cfg->history.dedupe_window_s, cfg->history.dedupe_max_keys);
+    if (!b->reg || !b->hist || !b->peers || !b->rate || !b->dedupe) {
         hd_registry_free(b->reg);
         hd_history_free(b->hist);
         hd_peers_free(b->peers);
+        hd_ratelimit_free(b->rate);
+        hd_dedupe_free(b->dedupe);
         free(b);
         return NULL;
     }
@@ -109,7 +64,8 @@ void hd_broker_free(struct hd_broker *b)
         hd_conn_detach(b->clocks[b->n_clocks - 1].c);
     if (b->engine)
         b->engine->ops->destroy(b->engine);
-    /* Engines run every pending completion on destroy; anything left is only memory. */
+    /* Engines fail every publish in flight on destroy; what is left is only memory. */
+    hd__broker_publish_free(b);
     while (b->pending) {
         struct pending_pub *p = b->pending;
         b->pending = p->next;
@@ -119,6 +75,8 @@ void hd_broker_free(struct hd_broker *b)
     hd_history_free(b->hist);
     hd_auth_free(b->auth);
     hd_peers_free(b->peers);
+    hd_ratelimit_free(b->rate);
+    hd_dedupe_free(b->dedupe);
     free(b->clocks);
     free(b);
 }
@@ -128,34 +86,24 @@ struct hd_auth *hd_broker_auth(const struct hd_broker *b)
     return b->auth;
 }
 
-uint32_t hd_broker_rate_take(const struct hd_broker *b, double *tokens, uint64_t *stamp_ns)
-{
-    uint32_t rate = b->cfg->limits.publish_rate;
-    if (!rate)
-        return 0;
-    double burst = b->cfg->limits.publish_burst ? b->cfg->limits.publish_burst : rate;
-    uint64_t now = hd_now_ns();
-    if (!*stamp_ns) {
-        *tokens = burst;
-    } else {
-        *tokens += (double)(now - *stamp_ns) / 1e9 * rate;
-        if (*tokens > burst)
-            *tokens = burst;
-    }
-    *stamp_ns = now;
-    if (*tokens >= 1.0) {
-        *tokens -= 1.0;
-        return 0;
-    }
-    double wait = (1.0 - *tokens) / rate;
-    return wait < 1.0 ? 1 : (uint32_t)(wait + 0.999);
-}
-
 void hd_broker_set_engine(struct hd_broker *b, struct hd_engine *e)
 {
     b->engine = e;
-    e->deliver = hd_broker_deliver;
-    e->broker = b;
+    hd__broker_sink(b, &e->sink);
+}
+
+int hd_broker_start(struct hd_broker *b, char *why, size_t why_len)
+{
+    if (!b->engine) {
+        snprintf(why, why_len, "no engine");
+        return -EINVAL;
+    }
+    return b->engine->ops->start(b->engine, why, why_len);
+}
+
+bool hd_broker_ready(const struct hd_broker *b)
+{
+    return b->engine_ready && !b->draining;
 }
 
 struct hd_metrics *hd_broker_metrics(struct hd_broker *b)
@@ -174,6 +122,12 @@ bool hd_broker_draining(const struct hd_broker *b)
 {
     return b->draining;
 }
+size_t hd_broker_publishes_in_flight(const struct hd_broker *b)
+{
+    size_t n = b->engine && b->engine->ops->pending ? b->engine->ops->pending(b->engine) : 0;
+    return n + b->n_awaiting;
+}
+
 size_t hd_broker_connections(const struct hd_broker *b)
 {
     return b->n_clocks; /* one clock per attached connection */
@@ -182,8 +136,11 @@ size_t hd_broker_connections(const struct hd_broker *b)
 void hd_broker_reload(struct hd_broker *b, const struct hd_config *cfg)
 {
     b->cfg = cfg;
-    struct hd_history_limits lim = limits_of(cfg);
+    struct hd_history_limits lim = hd_history_limits_of(cfg);
     hd_history_set_limits(b->hist, &lim);
+    hd_dedupe_set_limits(b->dedupe, cfg->history.dedupe_window_s, cfg->history.dedupe_max_keys);
+    if (b->engine && b->engine->ops->reload)
+        b->engine->ops->reload(b->engine, cfg);
     for (uint32_t i = 0; i < b->n_clocks; i++)
         b->clocks[i].c->q.max_bytes = cfg->limits.max_queue_bytes;
 }
@@ -221,7 +178,7 @@ void hd_broker_peer_close(struct hd_broker *b, struct hd_peer *p)
     hd_peers_release(b->peers, p);
 }
 
-static void request_write(struct hd_conn *c)
+void hd__conn_request_write(struct hd_conn *c)
 {
     if (!c->want_pending && !c->closing) {
         c->want_pending = true;
@@ -229,7 +186,7 @@ static void request_write(struct hd_conn *c)
     }
 }
 
-static void conn_close(struct hd_conn *c, int code, const char *reason)
+void hd__conn_close(struct hd_conn *c, int code, const char *reason)
 {
     if (c->closing)
         return;
@@ -249,7 +206,7 @@ void hd_broker_drain(struct hd_broker *b)
     /* Backwards, as the tick walks: a close that detaches at once moves a visited entry. */
     for (uint32_t i = b->n_clocks; i-- > 0;)
         if (i < b->n_clocks)
-            conn_close(b->clocks[i].c, HD_CLOSE_GOING_AWAY, "server shutting down");
+            hd__conn_close(b->clocks[i].c, HD_CLOSE_GOING_AWAY, "server shutting down");
 }
 
 int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kind,
@@ -284,6 +241,10 @@ int hd_conn_attach(struct hd_broker *b, struct hd_conn *c, enum hd_conn_kind kin
                                        : "poll");
     hd_queue_init(&c->q, b->cfg->limits.max_queue_bytes);
     c->q.shared_total = &b->metrics.queued_bytes;
+    if (kind == HD_CONN_SSE)
+        b->metrics.sse_streams++;
+    else if (kind == HD_CONN_POLL)
+        b->metrics.long_polls++;
     if (kind == HD_CONN_WS) {
         b->metrics.connections++;
         b->metrics.connections_total++;
@@ -318,6 +279,7 @@ void hd_conn_detach(struct hd_conn *c)
     struct hd_broker *b = c->broker;
     if (!b)
         return;
+    hd__conn_cancel_replays(c);
     drop_subs(c);
     size_t dropped = hd_queue_clear(&c->q);
     b->metrics.events_dropped[HD_DROP_DISCONNECT] += dropped;
@@ -335,6 +297,10 @@ void hd_conn_detach(struct hd_conn *c)
     }
     if (c->kind == HD_CONN_WS)
         b->metrics.connections--;
+    else if (c->kind == HD_CONN_SSE)
+        b->metrics.sse_streams--;
+    else
+        b->metrics.long_polls--;
     hd_log_debug("disconnect", "conn=%" PRIu64 " dropped=%zu", c->id, dropped);
     c->broker = NULL;
 }
@@ -349,7 +315,7 @@ int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len)
     int r = hd_queue_push(&c->q, m, HD_PUSH_FORCE);
     hd_msg_unref(m);
     if (r == 0)
-        request_write(c);
+        hd__conn_request_write(c);
     return r;
 }
 
@@ -374,48 +340,29 @@ static void send_error(struct hd_conn *c, bool has_id, int64_t id, const struct 
     size_t len;
     char *e = hd_encode_error(true, has_id, id, err->code, err->message, &len);
     if (!e || hd_conn_send_text(c, e, len))
-        conn_close(c, 1011, "out of memory");
+        hd__conn_close(c, HD_CLOSE_INTERNAL, "out of memory");
     free(e);
     if (++c->bad_in_row >= HD_MAX_BAD_IN_ROW)
-        conn_close(c, HD_CLOSE_TOO_MANY_ERRORS, "too many protocol errors");
+        hd__conn_close(c, HD_CLOSE_TOO_MANY_ERRORS, "too many protocol errors");
 }
 
-static void send_owned(struct hd_conn *c, char *text, size_t len)
+void hd__conn_send_owned(struct hd_conn *c, char *text, size_t len)
 {
     if (!text || hd_conn_send_text(c, text, len))
-        conn_close(c, 1011, "out of memory");
+        hd__conn_close(c, HD_CLOSE_INTERNAL, "out of memory");
     free(text);
 }
 
-static struct hd_conn_sub *find_sub(struct hd_conn *c, const char *pattern)
-{
-    for (uint32_t i = 0; i < c->n_subs; i++)
-        if (strcmp(hd_sub_pattern(c->subs[i].reg), pattern) == 0)
-            return &c->subs[i];
-    return NULL;
-}
-
-/* True when one of c's subscriptions already brought (or will bring) this event. */
-static bool already_covered(const struct hd_conn *c, const struct hd_msg *m)
-{
-    for (uint32_t i = 0; i < c->n_subs; i++)
-        if (m->seq > c->subs[i].covered_from &&
-            hd_pattern_match(hd_sub_pattern(c->subs[i].reg), m->topic))
-            return true;
-    return false;
-}
-
-/*
- * Pushes one event to a connection's queue. Returns false when the connection was closed
- * as a slow consumer instead.
- */
-static bool enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push how)
+bool hd__conn_enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push how)
 {
     struct hd_broker *b = c->broker;
-    int r = hd_queue_push(&c->q, m, how);
+    /* While an engine replay is in flight, live events wait behind it (subscribe.c). */
+    bool hold = c->held && how == HD_PUSH_LIVE;
+    int r = hd_queue_push(hold ? c->held : &c->q, m, how);
     if (r == 0) {
         m->queued++;
-        request_write(c);
+        if (!hold)
+            hd__conn_request_write(c);
         return true;
     }
     /* Everything this connection still holds is lost to it: count it, free it at once. This
@@ -424,124 +371,8 @@ static bool enqueue_event(struct hd_conn *c, struct hd_msg *m, enum hd_push how)
     b->metrics.slow_consumer_disconnects++;
     hd_log_warn("slow consumer closed", "conn=%" PRIu64 " max_queue_bytes=%zu", c->id,
                 c->q.max_bytes);
-    conn_close(c, HD_CLOSE_SLOW_CONSUMER, "slow consumer");
+    hd__conn_close(c, HD_CLOSE_SLOW_CONSUMER, "slow consumer");
     return false;
-}
-
-/*
- * Adds `pattern` to c and collects the replay after `since` (NULL: live only) into *replay
- * (malloc'd, borrowed message pointers, *n of them) for the caller to queue after its reply.
- * Both happen in one loop turn, so no live event can slip between them: live events carry
- * ids above the replay snapshot and reach the queue only after it.
- */
-static int subscribe_core(struct hd_conn *c, const char *pattern, const char *since, bool *gap,
-                          struct hd_msg ***replay_out, size_t *n_out, struct hd_error *err)
-{
-    struct hd_broker *b = c->broker;
-    *gap = false;
-    *replay_out = NULL;
-    *n_out = 0;
-    /* A broker without an authenticator (unit tests) allows everything. */
-    enum hd_err right = b->auth ? hd_auth_can_subscribe(&c->identity, pattern) : HD_ERR_NONE;
-    if (right != HD_ERR_NONE)
-        return hd_error_set(err, right,
-                            right == HD_ERR_UNAUTHORIZED
-                                ? "subscribing to this pattern needs credentials"
-                                : "these credentials may not subscribe to this pattern");
-    if (find_sub(c, pattern))
-        return 0; /* already subscribed: idempotent, and nothing is replayed twice */
-    if (c->n_subs >= b->cfg->limits.max_subscriptions_per_connection)
-        return hd_error_set(err, HD_ERR_LIMIT_EXCEEDED, "at most %u subscriptions per connection",
-                            b->cfg->limits.max_subscriptions_per_connection);
-    if (c->n_subs == c->cap_subs) {
-        uint32_t ncap = c->cap_subs ? c->cap_subs * 2 : 1; /* most connections keep one */
-        struct hd_conn_sub *n = realloc(c->subs, sizeof(*n) * ncap);
-        if (!n)
-            return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-        c->subs = n;
-        c->cap_subs = ncap;
-    }
-    uint64_t upto = hd_history_last_seq(b->hist);
-    uint64_t after = upto;
-    struct hd_msg **replay = NULL;
-    size_t n = 0;
-    if (since) {
-        after = hd_history_resolve(b->hist, pattern, hd_since_parse(since), gap);
-        size_t count = hd_history_count(b->hist, pattern, after, upto);
-        if (count) {
-            replay = malloc(sizeof(*replay) * count);
-            if (!replay)
-                return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-            n = hd_history_collect(b->hist, pattern, after, upto, replay, count);
-        }
-    }
-    struct hd_sub *s = hd_registry_add(b->reg, pattern, &c->subscriber);
-    if (!s) {
-        free(replay);
-        return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-    }
-    /* Drop what another subscription of this connection already brought, checked before
-     * this one joins the list so only the others count. */
-    size_t kept = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!already_covered(c, replay[i]))
-            replay[kept++] = replay[i];
-    c->subs[c->n_subs++] = (struct hd_conn_sub){.reg = s, .covered_from = after};
-    b->metrics.subscriptions++;
-    *replay_out = replay;
-    *n_out = kept;
-    return 0;
-}
-
-/* Queues a replay; replayed bytes are shared with history, so they do not count against
- * the live limit (the replay is bounded by what history retains). Frees the array. */
-static void push_replay(struct hd_conn *c, struct hd_msg **replay, size_t n)
-{
-    for (size_t i = 0; i < n && !c->closing; i++)
-        enqueue_event(c, replay[i], HD_PUSH_SHARED);
-    free(replay);
-}
-
-int hd_conn_subscribe(struct hd_conn *c, const char *pattern, const char *since, bool *gap,
-                      struct hd_error *err)
-{
-    struct hd_msg **replay;
-    size_t n;
-    if (subscribe_core(c, pattern, since, gap, &replay, &n, err))
-        return -1;
-    hd_log_debug("subscribe", "conn=%" PRIu64 " pattern=%s replayed=%zu gap=%d", c->id, pattern, n,
-                 *gap);
-    push_replay(c, replay, n);
-    return 0;
-}
-
-static int subscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pattern,
-                     const char *since, struct hd_error *err)
-{
-    struct hd_msg **replay;
-    size_t n, len;
-    bool gap;
-    if (subscribe_core(c, pattern, since, &gap, &replay, &n, err))
-        return -1;
-    hd_log_debug("subscribe", "conn=%" PRIu64 " pattern=%s replayed=%zu gap=%d", c->id, pattern, n,
-                 gap);
-    char *text = hd_encode_ok_subscribe(has_id, id, pattern, n, gap, &len);
-    send_owned(c, text, len);
-    push_replay(c, replay, n);
-    return 0;
-}
-
-static void unsubscribe(struct hd_conn *c, bool has_id, int64_t id, const char *pattern)
-{
-    struct hd_conn_sub *s = find_sub(c, pattern);
-    if (s) {
-        hd_registry_remove(c->broker->reg, s->reg);
-        *s = c->subs[--c->n_subs];
-        c->broker->metrics.subscriptions--;
-    }
-    size_t len;
-    char *text = hd_encode_ok(has_id, id, &len);
-    send_owned(c, text, len);
 }
 
 static void pending_unlink(struct pending_pub *p)
@@ -554,51 +385,35 @@ static void pending_unlink(struct pending_pub *p)
         p->next->prev = p->prev;
 }
 
-static void ws_publish_done(void *arg, int err, struct hd_msg *msg)
+static void ws_publish_done(void *arg, const struct hd_error *err,
+                            const struct hd_publish_result *res)
 {
     struct pending_pub *p = arg;
     struct hd_conn *c = p->conn;
     pending_unlink(p);
     if (c && !c->closing) {
-        size_t len;
         if (err) {
-            struct hd_error e;
-            hd_error_set(&e, HD_ERR_UNAVAILABLE, "the event could not be stored");
-            send_error(c, p->has_id, p->id, &e);
+            send_error(c, p->has_id, p->id, err);
         } else {
+            size_t len;
             char id[HD_EVENT_ID_LEN + 1];
-            hd_event_id_format(msg->seq, id);
-            char *text = hd_encode_ok_publish(p->has_id, p->id, id, msg->receivers, &len);
-            send_owned(c, text, len);
+            hd_event_id_format(res->seq, id);
+            char *text =
+                hd_encode_ok_publish(p->has_id, p->id, id, res->receivers, res->duplicate, &len);
+            hd__conn_send_owned(c, text, len);
         }
     }
     free(p);
 }
 
-static int ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_error *err)
+static enum hd_err ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_error *err)
 {
     struct hd_broker *b = c->broker;
-    enum hd_err right = b->auth ? hd_auth_can_publish(&c->identity, cmd->topic) : HD_ERR_NONE;
-    if (right != HD_ERR_NONE)
-        return hd_error_set(err, right,
-                            right == HD_ERR_UNAUTHORIZED
-                                ? "publishing to this topic needs credentials"
-                                : "these credentials may not publish to this topic");
-    uint32_t wait = hd_broker_rate_take(b, &c->tokens, &c->tokens_ns);
-    if (wait)
-        return hd_error_set(err, HD_ERR_RATE_LIMITED,
-                            "more than %u events per second; retry in %u s",
-                            b->cfg->limits.publish_rate, wait);
     size_t dlen;
     char *owned;
     const char *data = hd_cmd_data(cmd, &dlen, &owned);
     if (!data)
         return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-    if (dlen > b->cfg->limits.max_event_bytes) {
-        free(owned);
-        return hd_error_set(err, HD_ERR_TOO_LARGE, "data is %zu bytes, the limit is %u", dlen,
-                            b->cfg->limits.max_event_bytes);
-    }
     struct pending_pub *p = calloc(1, sizeof(*p));
     if (!p) {
         free(owned);
@@ -609,15 +424,21 @@ static int ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struct hd_err
     if (b->pending)
         b->pending->prev = p;
     b->pending = p;
-    struct hd_pub pub = {
-        .topic = cmd->topic, .event = cmd->event, .data_json = data, .data_len = dlen};
-    int r = hd_broker_publish(b, &pub, ws_publish_done, p, err);
+    char rate_key[32];
+    snprintf(rate_key, sizeof(rate_key), "conn:%" PRIu64, c->id);
+    struct hd_publisher who = {.identity = &c->identity, .anon_rate_key = rate_key};
+    struct hd_pub pub = {.topic = cmd->topic,
+                         .event = cmd->event,
+                         .data_json = data,
+                         .data_len = dlen,
+                         .key = cmd->key};
+    enum hd_err e = hd_broker_publish(b, &who, &pub, ws_publish_done, p, err);
     free(owned);
-    if (r) {
+    if (e != HD_ERR_NONE) {
         pending_unlink(p);
         free(p);
     }
-    return r;
+    return e;
 }
 
 void hd_conn_on_text(struct hd_conn *c, const char *buf, size_t len)
@@ -626,25 +447,25 @@ void hd_conn_on_text(struct hd_conn *c, const char *buf, size_t len)
         return;
     struct hd_cmd cmd;
     struct hd_error err = {0};
-    if (hd_cmd_parse(buf, len, &cmd, &err)) {
+    if (hd_cmd_parse(buf, len, &cmd, &err) != HD_ERR_NONE) {
         send_error(c, cmd.has_id, cmd.id, &err);
         return;
     }
-    int r = 0;
+    enum hd_err r = HD_ERR_NONE;
     size_t n;
     switch (cmd.op) {
     case HD_OP_SUBSCRIBE:
-        r = subscribe(c, cmd.has_id, cmd.id, cmd.topic, cmd.since, &err);
+        r = hd__conn_subscribe_ws(c, cmd.has_id, cmd.id, cmd.topic, cmd.since, &err);
         break;
     case HD_OP_UNSUBSCRIBE:
-        unsubscribe(c, cmd.has_id, cmd.id, cmd.topic);
+        hd__conn_unsubscribe_ws(c, cmd.has_id, cmd.id, cmd.topic);
         break;
     case HD_OP_PUBLISH:
         r = ws_publish(c, &cmd, &err);
         break;
     case HD_OP_PING: {
         char *text = hd_encode_pong(cmd.has_id, cmd.id, &n);
-        send_owned(c, text, n);
+        hd__conn_send_owned(c, text, n);
         break;
     }
     }
@@ -653,59 +474,6 @@ void hd_conn_on_text(struct hd_conn *c, const char *buf, size_t len)
     else
         c->bad_in_row = 0;
     hd_cmd_clear(&cmd);
-}
-
-int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done, void *arg,
-                      struct hd_error *err)
-{
-    if (b->draining || !b->engine)
-        return hd_error_set(err, HD_ERR_UNAVAILABLE, "the server is shutting down"), -ESHUTDOWN;
-    if ((uint64_t)b->metrics.queued_bytes > b->cfg->limits.max_total_queue_bytes) {
-        b->metrics.publish_rejected++;
-        hd_error_set(err, HD_ERR_UNAVAILABLE, "the server is overloaded; retry shortly");
-        return -EBUSY;
-    }
-    int r = b->engine->ops->publish(b->engine, pub, done, arg);
-    hd_log_debug("publish", "topic=%s event=%s bytes=%zu result=%d", pub->topic,
-                 pub->event ? pub->event : "message", pub->data_len, r);
-    if (r) {
-        b->metrics.publish_rejected++;
-        if (r == -ESHUTDOWN)
-            hd_error_set(err, HD_ERR_UNAVAILABLE, "the server is shutting down");
-        else if (r == -ENOMEM)
-            hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-        else
-            hd_error_set(err, HD_ERR_UNAVAILABLE, "the event store is failing");
-    }
-    return r;
-}
-
-struct fan {
-    struct hd_msg *msg;
-    size_t receivers;
-};
-
-static void fan_one(struct hd_subscriber *s, void *arg)
-{
-    struct fan *f = arg;
-    struct hd_conn *c = (struct hd_conn *)s; /* subscriber is the first member */
-    if (c->closing)
-        return;
-    if (enqueue_event(c, f->msg, HD_PUSH_LIVE))
-        f->receivers++;
-}
-
-size_t hd_broker_deliver(void *broker, struct hd_msg *msg)
-{
-    struct hd_broker *b = broker;
-    if (hd_history_append(b->hist, msg))
-        hd_log_warn("event not retained in history", "reason=ENOMEM seq=%" PRIu64, msg->seq);
-    b->metrics.events_published++;
-    b->metrics.history_events = (int64_t)hd_history_events(b->hist);
-    b->metrics.history_bytes = (int64_t)hd_history_bytes(b->hist);
-    struct fan f = {.msg = msg};
-    hd_registry_match(b->reg, msg->topic, fan_one, &f);
-    return f.receivers;
 }
 
 void hd_conn_touch(struct hd_conn *c)
@@ -731,7 +499,7 @@ static void heartbeat(struct hd_broker *b, struct conn_clock *k, uint32_t now_ms
         if (k->c->closing)
             return;
         hd_log_debug("heartbeat timeout", "conn=%" PRIu64 " idle_ms=%" PRIu32, k->c->id, idle);
-        conn_close(k->c, 0, "heartbeat timeout");
+        hd__conn_close(k->c, 0, "heartbeat timeout");
     } else if (idle + 200ull >= hb && since_ping + 200ull >= hb && !k->c->closing) {
         k->last_ping_ms = now_ms;
         k->c->ops->ping(k->c);
@@ -752,7 +520,7 @@ void hd_broker_tick(struct hd_broker *b)
         if (k->expires_s && (int64_t)k->expires_s * 1000 + 5000 <= now && !k->c->closing) {
             hd_log_info("token expired", "conn=%" PRIu64 " name=%s", k->c->id,
                         hd_identity_name(&k->c->identity));
-            conn_close(k->c, HD_CLOSE_POLICY, "token expired");
+            hd__conn_close(k->c, HD_CLOSE_POLICY, "token expired");
         }
         if (i < b->n_clocks && b->clocks[i].pings)
             heartbeat(b, &b->clocks[i], now_ms);
@@ -760,16 +528,6 @@ void hd_broker_tick(struct hd_broker *b)
     hd_history_expire(b->hist, now);
     b->metrics.history_events = (int64_t)hd_history_events(b->hist);
     b->metrics.history_bytes = (int64_t)hd_history_bytes(b->hist);
-}
-
-void hd_conn_discard_queue(struct hd_conn *c)
-{
-    struct hd_msg *m;
-    while ((m = hd_queue_pop(&c->q))) {
-        if (m->seq && m->queued)
-            m->queued--; /* the long poll's answer, built from history, counts it instead */
-        hd_msg_unref(m);
-    }
 }
 
 void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a)
@@ -786,7 +544,7 @@ void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a)
         struct hd_identity id;
         struct hd_error err;
         if (hd_auth_authenticate(a, c->credential, NULL, now, &id, &err)) {
-            conn_close(c, HD_CLOSE_POLICY, "credentials no longer valid");
+            hd__conn_close(c, HD_CLOSE_POLICY, "credentials no longer valid");
             continue;
         }
         hd_identity_clear(&c->identity);
@@ -799,9 +557,8 @@ void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a)
                 i++;
                 continue;
             }
-            hd_registry_remove(b->reg, c->subs[i].reg);
-            c->subs[i] = c->subs[--c->n_subs];
-            b->metrics.subscriptions--;
+            hd__conn_end_subscription(c, i, HD_ERR_FORBIDDEN,
+                                      "the server's rules no longer allow this subscription");
         }
     }
 }

@@ -39,6 +39,13 @@ struct hd_conn_ops {
     void (*ping)(struct hd_conn *c);
 };
 
+/*
+ * What each kind of connection receives. WS: the welcome, replies and event frames. SSE: the
+ * event stream's text (events, gap and unsubscribed notices), ready to write. POLL: nothing
+ * is queued; a waiting long poll is woken (want_write) when a matching event arrives, or
+ * closed (close) when the server ends it, and then answers from history.
+ */
+
 enum hd_conn_kind { HD_CONN_WS, HD_CONN_SSE, HD_CONN_POLL };
 
 /* One subscription of a connection. */
@@ -61,9 +68,9 @@ struct hd_conn {
     uint16_t bad_in_row; /* at most HD_MAX_BAD_IN_ROW */
     bool closing;        /* close requested: nothing more is queued */
     bool want_pending;
-    /* Token bucket for publish_rate. */
-    double tokens;
-    uint64_t tokens_ns;
+    uint8_t ended;         /* enum hd_err: why the server ended the subscription (long polls) */
+    uint16_t replays;      /* engine replays in flight for new subscriptions */
+    struct hd_queue *held; /* live events waiting behind those replays, else NULL */
     /* Who this is: set by the transport before hd_conn_attach, released by detach. The raw
      * credential (malloc'd, NULL for anonymous) is kept to re-check it on SIGHUP. */
     struct hd_identity identity;
@@ -73,12 +80,14 @@ struct hd_conn {
 /* The peer showed signs of life (any frame, including a pong). */
 void hd_conn_touch(struct hd_conn *c);
 
-/* Close codes (PROTOCOL.md section 7). */
+/* Close codes (PROTOCOL.md section 7; RFC 6455 section 7.4.1). */
 enum {
     HD_CLOSE_GOING_AWAY = 1001,
+    HD_CLOSE_PROTOCOL_ERROR = 1002,
     HD_CLOSE_UNSUPPORTED = 1003,
     HD_CLOSE_POLICY = 1008,
     HD_CLOSE_TOO_BIG = 1009,
+    HD_CLOSE_INTERNAL = 1011,
     HD_CLOSE_SLOW_CONSUMER = 4000,
     HD_CLOSE_TOO_MANY_ERRORS = 4001,
 };
@@ -88,16 +97,21 @@ enum {
 
 /*
  * Creates the broker over `cfg` (borrowed; must outlive the broker or be replaced with
- * hd_broker_reload). `start_seq` is the first id the engine will assign; `base_seq` the
- * oldest id history can know (see history.h). Returns NULL when out of memory.
+ * hd_broker_reload). History starts empty; the engine's start-up recovery fills it. Returns
+ * NULL when out of memory.
  */
-struct hd_broker *hd_broker_new(const struct hd_config *cfg, uint64_t base_seq);
+struct hd_broker *hd_broker_new(const struct hd_config *cfg);
 void hd_broker_free(struct hd_broker *b);
 
-/* Installs the engine (ownership taken; destroyed by hd_broker_free). */
+/* Installs the engine (ownership taken; destroyed by hd_broker_free) and wires its sink. */
 void hd_broker_set_engine(struct hd_broker *b, struct hd_engine *e);
-/* The delivery entry point engines call (hd_deliver_fn). */
-size_t hd_broker_deliver(void *broker, struct hd_msg *msg);
+/*
+ * Starts the engine: recovery into history, then readiness (engine.h). Returns 0, or a
+ * negative errno with a sentence in `why` (the daemon exits 2).
+ */
+int hd_broker_start(struct hd_broker *b, char *why, size_t why_len);
+/* True while publishes can be taken: the engine is ready and the broker is not draining. */
+bool hd_broker_ready(const struct hd_broker *b);
 
 /*
  * Installs the authenticator (ownership taken; the previous one is freed). Existing
@@ -106,12 +120,6 @@ size_t hd_broker_deliver(void *broker, struct hd_msg *msg);
  */
 void hd_broker_set_auth(struct hd_broker *b, struct hd_auth *a);
 struct hd_auth *hd_broker_auth(const struct hd_broker *b);
-
-/*
- * Takes one publish token from a bucket refilled at limits.publish_rate per second up to
- * limits.publish_burst. Returns 0, or the seconds to wait (>= 1) when empty. Rate 0: always 0.
- */
-uint32_t hd_broker_rate_take(const struct hd_broker *b, double *tokens, uint64_t *stamp_ns);
 
 struct hd_metrics *hd_broker_metrics(struct hd_broker *b);
 struct hd_history *hd_broker_history(struct hd_broker *b);
@@ -123,6 +131,8 @@ void hd_broker_reload(struct hd_broker *b, const struct hd_config *cfg);
 void hd_broker_drain(struct hd_broker *b);
 bool hd_broker_draining(const struct hd_broker *b);
 size_t hd_broker_connections(const struct hd_broker *b);
+/* Publishes admitted and not yet answered (the drain waits for them). */
+size_t hd_broker_publishes_in_flight(const struct hd_broker *b);
 
 /*
  * Admits a new TCP connection from `sa` under limits.max_connections_per_ip. Returns the
@@ -181,23 +191,56 @@ static inline void hd_conn_writable(struct hd_conn *c)
 /* Queues a reply/control frame (takes no ownership of text). Returns 0 or -ENOMEM. */
 int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len);
 
-/*
- * Publishes on behalf of an HTTP or WebSocket client after every check passed. `done` runs
- * with the result (see engine.h). Returns 0 or a negative errno with `err` filled (nothing
- * happened, `done` will not run).
- */
-int hd_broker_publish(struct hd_broker *b, const struct hd_pub *pub, hd_pub_done_fn done, void *arg,
-                      struct hd_error *err);
+/* Who publishes: the identity (borrowed) and, when it is anonymous, the key its rate is
+ * counted under ("conn:<id>" for a WebSocket, "ip:<address>" over HTTP). */
+struct hd_publisher {
+    const struct hd_identity *identity;
+    const char *anon_rate_key;
+};
+
+/* The answer to a publish (PROTOCOL.md section 3). */
+struct hd_publish_result {
+    uint64_t seq;
+    int64_t time_ms;
+    uint32_t receivers; /* connections on this node the event was queued to */
+    bool duplicate;     /* answered from an earlier publish with the same key */
+};
+
+/* Completion of an admitted publish: exactly one of err (refused or failed: nothing was
+ * published) and res is non-NULL; both are borrowed for the call. */
+typedef void (*hd_publish_done_fn)(void *arg, const struct hd_error *err,
+                                   const struct hd_publish_result *res);
 
 /*
- * Subscribes an SSE or long-poll connection (no reply frame): adds the pattern and queues
- * the replay after `since` (NULL: live only). Returns 0, or -1 with `err` (limit, OOM).
+ * The admission point every publish passes (HTTP single and batch, WebSocket). `p->key` is
+ * the client's idempotency key or NULL; the other fields are validated by the caller's
+ * parser (topic, event kind, data as compact JSON). Checks everything, takes one rate token,
+ * then hands the publish on. Returns HD_ERR_NONE when `done` will run exactly once (perhaps
+ * before this returns), or the refusal with `err` filled (retry_after for rate_limited and
+ * unavailable), when nothing happened and `done` will not run.
  */
-int hd_conn_subscribe(struct hd_conn *c, const char *pattern, const char *since, bool *gap,
-                      struct hd_error *err);
+enum hd_err hd_broker_publish(struct hd_broker *b, const struct hd_publisher *who,
+                              const struct hd_pub *p, hd_publish_done_fn done, void *arg,
+                              struct hd_error *err);
+/* The parts of hd_broker_publish, for batches, where every line is checked and the rate
+ * taken for all of them before any is submitted. check changes nothing; take takes `n`
+ * tokens or none (*fits, when not NULL, says how many would have passed). */
+enum hd_err hd_broker_publish_check(struct hd_broker *b, const struct hd_publisher *who,
+                                    const struct hd_pub *p, struct hd_error *err);
+enum hd_err hd_broker_publish_take(struct hd_broker *b, const struct hd_publisher *who, uint32_t n,
+                                   uint32_t *fits, struct hd_error *err);
+enum hd_err hd_broker_publish_submit(struct hd_broker *b, const struct hd_publisher *who,
+                                     const struct hd_pub *p, hd_publish_done_fn done, void *arg,
+                                     struct hd_error *err);
 
-/* Drops queued messages without counting them as lost (a long poll answers from history). */
-void hd_conn_discard_queue(struct hd_conn *c);
+/*
+ * Subscribes an SSE or long-poll connection (no reply frame). SSE: adds the pattern and
+ * queues the replay after `since` (NULL: live only), preceded by a gap notice when *gap.
+ * POLL: `since` is ignored; the connection only waits for the next matching event. Returns
+ * HD_ERR_NONE, or the refusal with `err` (rights, limit, out of memory).
+ */
+enum hd_err hd_conn_subscribe(struct hd_conn *c, const char *pattern, const char *since, bool *gap,
+                              struct hd_error *err);
 
 /* Periodic housekeeping (history age expiry). */
 void hd_broker_tick(struct hd_broker *b);

@@ -89,6 +89,7 @@ struct ctx {
     struct hd_config_error *err;
     struct seg path[MAX_DEPTH];
     size_t depth;
+    bool failed; /* an error was reported (and loading went on: hd_config_report_all) */
 };
 
 enum at { AT_KEY, AT_VALUE };
@@ -534,6 +535,15 @@ static void position(const char *t, size_t off, int *line, int *col)
     }
 }
 
+static void (*report_fn)(void *arg, const struct hd_config_error *e);
+static void *report_arg;
+
+void hd_config_report_all(void (*fn)(void *arg, const struct hd_config_error *e), void *arg)
+{
+    report_fn = fn;
+    report_arg = arg;
+}
+
 __attribute__((format(printf, 3, 4))) static int fail(struct ctx *c, enum at at, const char *fmt,
                                                       ...)
 {
@@ -547,9 +557,22 @@ __attribute__((format(printf, 3, 4))) static int fail(struct ctx *c, enum at at,
              msg);
     scrub(c->err->text);
     size_t off;
+    c->err->line = c->err->column = 0;
     if (locate(c, at, &off))
         position(c->text, off, &c->err->line, &c->err->column);
+    c->failed = true;
+    if (report_fn)
+        report_fn(report_arg, c->err);
     return -EINVAL;
+}
+
+/* After an error at depth d: with a reporter, go on with the next key or element. */
+static bool go_on(struct ctx *c, int rc, size_t depth)
+{
+    if (rc != -EINVAL || !report_fn)
+        return false;
+    c->depth = depth;
+    return true;
 }
 
 static int push(struct ctx *c, const char *key, size_t idx)
@@ -634,6 +657,20 @@ static const struct row history_rows[] = {
      .min = MIB,
      .max = TIB,
      .def = 256 * MIB},
+    /* How long an Idempotency-Key is remembered; 0 turns keys off (they are then ignored). */
+    {.key = "dedupe_window_s",
+     .type = T_U32,
+     .offset = CFG(history.dedupe_window_s),
+     .min = 0,
+     .max = 7 * 86400,
+     .def = 120},
+    /* Bounds the dedupe table's memory (about 100 bytes a key); the oldest keys go first. */
+    {.key = "dedupe_max_keys",
+     .type = T_U32,
+     .offset = CFG(history.dedupe_max_keys),
+     .min = 1000,
+     .max = 100000000,
+     .def = 1000000},
 };
 static const struct table history_table = TABLE(history_rows, NULL);
 
@@ -702,6 +739,19 @@ static const struct row limits_rows[] = {
      .min = 1,
      .max = 300,
      .def = 10},
+    {.key = "max_batch_events",
+     .type = T_U32,
+     .offset = CFG(limits.max_batch_events),
+     .min = 1,
+     .max = 100000,
+     .def = 1000},
+    /* A batch body is read whole before any of it is published: this bounds that memory. */
+    {.key = "max_batch_bytes",
+     .type = T_U64,
+     .offset = CFG(limits.max_batch_bytes),
+     .min = 1024,
+     .max = GIB,
+     .def = 16 * MIB},
 };
 static const struct table limits_table = TABLE(limits_rows, limits_post);
 
@@ -1060,6 +1110,7 @@ static int apply_array(struct ctx *c, const struct row *r, void *base, json_t *v
         return -ENOMEM;
     *FIELD(base, r->offset, char *) = arr;
     *FIELD(base, r->count_offset, size_t) = n;
+    size_t depth = c->depth;
     json_array_foreach(v, i, e)
     {
         int rc = push(c, NULL, i);
@@ -1067,6 +1118,8 @@ static int apply_array(struct ctx *c, const struct row *r, void *base, json_t *v
             rc = defaults_table(r->sub, arr + i * r->elem_size);
         if (rc == 0)
             rc = apply_table(c, r->sub, arr + i * r->elem_size, e);
+        if (go_on(c, rc, depth))
+            continue;
         if (rc < 0)
             return rc;
         c->depth--;
@@ -1154,19 +1207,25 @@ static int apply_table(struct ctx *c, const struct table *tb, void *base, json_t
     if (!json_is_object(obj))
         return fail(c, AT_VALUE, "must be an object (got %s)", type_name(obj));
     /* jansson keeps keys in source order, so the first error reported is the first in the file. */
+    size_t depth = c->depth;
     json_object_foreach(obj, key, v)
     {
         const struct row *r = find_row(tb, key);
         int rc = push(c, key, 0);
         if (rc == 0)
             rc = r ? apply_row(c, r, base, v) : unknown_key(c, tb, key);
+        if (go_on(c, rc, depth))
+            continue;
         if (rc < 0)
             return rc;
         c->depth--;
     }
     for (size_t r = 0; r < tb->n; r++)
-        if (tb->rows[r].required && !json_object_get(obj, tb->rows[r].key))
-            return fail(c, AT_VALUE, "missing required key \"%s\"", tb->rows[r].key);
+        if (tb->rows[r].required && !json_object_get(obj, tb->rows[r].key)) {
+            int rc = fail(c, AT_VALUE, "missing required key \"%s\"", tb->rows[r].key);
+            if (!go_on(c, rc, depth))
+                return rc;
+        }
     return tb->post ? tb->post(c, base, obj) : 0;
 }
 
@@ -1230,6 +1289,8 @@ int hd_config_load_string(struct hd_config *cfg, const char *json, size_t len, c
     }
     struct ctx c = {.text = json, .len = len, .err = err};
     int rc = apply_table(&c, &root_table, cfg, root);
+    if (rc == 0 && c.failed)
+        rc = -EINVAL; /* every error was reported, and loading went on */
     json_decref(root);
     if (rc == -ENOMEM)
         snprintf(err->text, sizeof(err->text), "out of memory");
@@ -1395,25 +1456,21 @@ int hd_cli_parse(int argc, char **argv, struct hd_cli *cli, char *err, size_t er
             break;
         case ':':
             /* glibc has moved optind past the option, so this is what the user typed. */
-            return usage_error(cli, err, errlen, "option %.40s needs a value; see heraldd --help",
-                               argv[optind - 1]);
+            return usage_error(cli, err, errlen, "option %.40s needs a value", argv[optind - 1]);
         default:
             if (optopt >= OPT_LISTEN)
                 return usage_error(cli, err, errlen, "option --%s takes no value",
                                    long_name(optopt));
             if (optopt)
-                return usage_error(cli, err, errlen, "unknown option -%c; see heraldd --help",
+                return usage_error(cli, err, errlen, "unknown option -%c",
                                    optopt > 32 && optopt < 127 ? optopt : '?');
-            return usage_error(cli, err, errlen,
-                               "unknown or ambiguous option \"%.60s\"; see "
-                               "heraldd --help",
+            return usage_error(cli, err, errlen, "unknown or ambiguous option \"%.60s\"",
                                argv[optind - 1]);
         }
     }
     if (optind < argc)
         return usage_error(cli, err, errlen,
-                           "unexpected argument \"%.60s\": heraldd takes only "
-                           "options; see heraldd --help",
+                           "unexpected argument \"%.60s\": heraldd takes only options",
                            argv[optind]);
     return 0;
 }
@@ -1434,6 +1491,9 @@ __attribute__((format(printf, 2, 3))) static int invalid(struct hd_config_error 
     vsnprintf(err->text, sizeof(err->text), fmt, ap);
     va_end(ap);
     scrub(err->text);
+    err->line = err->column = 0;
+    if (report_fn)
+        report_fn(report_arg, err);
     return -EINVAL;
 }
 
@@ -1495,41 +1555,51 @@ int hd_config_validate(const struct hd_config *cfg, struct hd_config_error *err)
         err = &scratch;
     memset(err, 0, sizeof(*err));
     snprintf(err->file, sizeof(err->file), "%s", cfg->path ? cfg->path : "");
+    int rc = 0;
+/* With a reporter every failed check is reported; without, the first one returns. */
+#define CHECK_FAILED(call)                                                                         \
+    do {                                                                                           \
+        rc = (call);                                                                               \
+        if (!report_fn)                                                                            \
+            return rc;                                                                             \
+    } while (0)
     if (cfg->n_listeners == 0)
-        return invalid(err, "listen: no listener; give one in \"listen\" or with --listen");
+        CHECK_FAILED(invalid(err, "listen: no listener; give one in \"listen\" or with --listen"));
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const struct hd_listener *l = &cfg->listeners[i];
         if (!l->tls_cert != !l->tls_key)
-            return invalid(err, "listen[%zu].tls: cert and key must both be given", i);
+            CHECK_FAILED(invalid(err, "listen[%zu].tls: cert and key must both be given", i));
         if (!cfg->auth.present && !l->loopback)
-            return invalid(err,
-                           "listen[%zu]: %s is not loopback; without an \"auth\" "
-                           "section heraldd only listens on loopback; add an auth section",
-                           i, l->address);
+            CHECK_FAILED(invalid(err,
+                                 "listen[%zu]: %s is not loopback; without an \"auth\" "
+                                 "section heraldd only listens on loopback; add an auth section",
+                                 i, l->address));
         for (size_t j = 0; j < i; j++)
             if (l->port != 0 && l->port == cfg->listeners[j].port &&
                 strcmp(l->address, cfg->listeners[j].address) == 0)
-                return invalid(err, "listen[%zu]: same address and port as listen[%zu]", i, j);
+                CHECK_FAILED(
+                    invalid(err, "listen[%zu]: same address and port as listen[%zu]", i, j));
     }
     if (cfg->auth.present && cfg->auth.anonymous.publish.n > 0 &&
         !cfg->auth.anonymous.allow_remote_publish) {
         for (size_t i = 0; i < cfg->n_listeners; i++)
             if (!cfg->listeners[i].loopback)
-                return invalid(err,
-                               "auth.anonymous.publish: anyone reaching listen[%zu] (%s, "
-                               "not loopback) could publish without credentials; set "
-                               "auth.anonymous.allow_remote_publish to true to allow it",
-                               i, cfg->listeners[i].address);
+                CHECK_FAILED(invalid(err,
+                                     "auth.anonymous.publish: anyone reaching listen[%zu] (%s, "
+                                     "not loopback) could publish without credentials; set "
+                                     "auth.anonymous.allow_remote_publish to true to allow it",
+                                     i, cfg->listeners[i].address));
     }
     if (cfg->history.store == HD_STORE_SQLITE && (!cfg->data_dir || !cfg->data_dir[0]))
-        return invalid(err, "data_dir: the sqlite store needs a data directory");
+        CHECK_FAILED(invalid(err, "data_dir: the sqlite store needs a data directory"));
     if (cfg->limits.max_queue_bytes < cfg->limits.max_event_bytes)
-        return invalid(err,
-                       "limits.max_queue_bytes (%llu) is smaller than "
-                       "limits.max_event_bytes (%u): one event would overflow a queue",
-                       (unsigned long long)cfg->limits.max_queue_bytes,
-                       cfg->limits.max_event_bytes);
-    return 0;
+        CHECK_FAILED(invalid(err,
+                             "limits.max_queue_bytes (%llu) is smaller than "
+                             "limits.max_event_bytes (%u): one event would overflow a queue",
+                             (unsigned long long)cfg->limits.max_queue_bytes,
+                             cfg->limits.max_event_bytes));
+#undef CHECK_FAILED
+    return rc;
 }
 
 void hd_config_error_format(const struct hd_config_error *err, char *out, size_t cap)

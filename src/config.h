@@ -47,6 +47,8 @@ struct hd_config {
         uint32_t max_events_per_topic; /* default 1000, 1..10,000,000 */
         uint32_t max_age_s;            /* default 86400, 0 = no age limit */
         uint64_t max_memory_bytes;     /* global cap on retained history, default 256 MiB */
+        uint32_t dedupe_window_s;      /* Idempotency-Key memory, default 120, 0 = off */
+        uint32_t dedupe_max_keys;      /* keys remembered at most, default 1,000,000 */
     } history;
 
     struct {
@@ -60,6 +62,8 @@ struct hd_config {
         uint32_t publish_burst;                    /* bucket size, default 2x rate */
         uint32_t max_header_bytes;                 /* default 4096 */
         uint32_t handshake_timeout_s;              /* default 10 */
+        uint32_t max_batch_events;                 /* lines per POST /v1/publish, default 1000 */
+        uint64_t max_batch_bytes;                  /* a batch body, default 16 MiB */
     } limits;
 
     uint32_t heartbeat_s; /* default 25, 1..3600 */
@@ -103,6 +107,15 @@ struct hd_config_error {
     int line, column; /* 0 when not tied to a position */
     char text[256];   /* "limits.max_event_bytes: must be between 64 and 16777216" */
 };
+
+/*
+ * To see every error (--check-config): from now on each one found by the load, apply_cli
+ * and validate functions is handed to `fn` (the error is borrowed for the call) and the
+ * function goes on with the next key or check, the failed key keeping its default; it
+ * still fails. NULL (the default) stops at the first error. Process-wide: set it around
+ * one load.
+ */
+void hd_config_report_all(void (*fn)(void *arg, const struct hd_config_error *e), void *arg);
 
 /* Fills `cfg` with the zero-setup defaults (one listener 127.0.0.1:7070, memory store, no
  * auth section). Returns 0 or -ENOMEM. */

@@ -91,10 +91,7 @@ static enum hd_h1_verdict head_done(struct hd_h1 *h, const struct hd_h1_opts *o,
         return H1_OK;
     }
     if (h->te) {
-        /* lws 4.1 does not decode a chunked request body: the request is answered (411 for
-         * a publish) and the connection closes, and the body is never parsed as requests.
-         * Where heraldd decodes it (hd_h1_opts.chunked) the body goes to lws as it comes. */
-        h->state = o->pipelining || o->chunked ? H1_PASS : H1_DISCARD;
+        h->state = o->chunked ? H1_PASS : H1_DISCARD; /* see hd_h1_opts.chunked */
         return H1_OK;
     }
     if (h->cl > 0) {
@@ -160,7 +157,7 @@ static enum hd_h1_verdict name_done(struct hd_h1 *h, const struct hd_h1_opts *o,
 
 /* One byte of the head. Returns H1_OK (with *emit saying whether lws gets it) or a refusal. */
 static enum hd_h1_verdict head_byte(struct hd_h1 *h, const struct hd_h1_opts *o, unsigned char c,
-                                    char *out, size_t *w, struct hd_h1_refusal *ref)
+                                    char *out, size_t *w, size_t cap, struct hd_h1_refusal *ref)
 {
     char m[160];
     if (++h->head_len > o->max_head_bytes) {
@@ -230,11 +227,13 @@ static enum hd_h1_verdict head_byte(struct hd_h1 *h, const struct hd_h1_opts *o,
     case P_AUTHORITY:
         if (c == '/' || c == '?' || c == ' ') {
             /* The path begins (RFC 9112 3.2.2: the Host header is ignored). */
+            if (*w + 2 > cap)
+                return refuse(h, ref, 400, HD_ERR_BAD_REQUEST, "request too long to rewrite");
             out[(*w)++] = '/';
             h->part = P_TARGET;
             if (c == '/')
                 return H1_OK;
-            return head_byte(h, o, c, out, w, ref); /* the '?' or ' ' as part of the path */
+            return head_byte(h, o, c, out, w, cap, ref); /* the '?' or ' ': part of the path */
         }
         if (c <= 0x20 || c >= 0x7f)
             return refuse(h, ref, 400, HD_ERR_BAD_REQUEST,
@@ -438,11 +437,12 @@ enum hd_h1_verdict hd_h1_feed(struct hd_h1 *h, const struct hd_h1_opts *o, const
                               struct hd_h1_refusal *ref)
 {
     size_t i = 0, w = 0;
-    /* A head byte becomes at most two (the '/' in place of an absolute URI's authority). */
-    while (i < n && w + 2 <= cap) {
+    /* The output outgrows the input by one byte at most (the '/' in place of an absolute
+     * URI's authority, whose scheme was in an earlier read): cap > n leaves room for it. */
+    while (i < n && w < cap) {
         switch ((enum hd_h1_state)h->state) {
         case H1_HEAD: {
-            enum hd_h1_verdict v = head_byte(h, o, (unsigned char)in[i++], out, &w, ref);
+            enum hd_h1_verdict v = head_byte(h, o, (unsigned char)in[i++], out, &w, cap, ref);
             if (v != H1_OK) {
                 *consumed = i;
                 *out_len = 0;

@@ -24,8 +24,10 @@ struct hd_h1_opts {
      * bytes after a complete request are discarded and the answer closes the connection, so
      * the client retries them (RFC 9112 9.3.2). */
     bool pipelining;
-    /* heraldd reads a chunked request body itself (lws 4.3): after such a head the bytes go to
-     * lws unchecked, and the answer closes the connection. When false, the body is discarded. */
+    /* Chunked request bodies reach heraldd (lws 4.3 hands them over raw and server_http.c
+     * decodes them). When false the request is answered (411 for a publish) and closed, and
+     * the body is dropped unparsed; when true it goes to lws unchecked, the connection's later
+     * bytes are lws's alone (this check has no chunk decoder), and the answer closes it. */
     bool chunked;
 };
 
@@ -75,10 +77,11 @@ struct hd_h1_refusal {
 
 /*
  * Feeds the n bytes the peer sent next (in, borrowed) and says what to do with them. On
- * H1_OK the first *consumed bytes are taken from the peer and the *out_len bytes written to
- * out (capacity cap, at least 2) are what lws is to parse: the bytes of this request, less
- * an absolute-form target's scheme and authority; bytes past *consumed are for the next
- * call. On H1_REFUSE, `ref` says what to answer; nothing more is to be read.
+ * H1_OK the first *consumed bytes are taken from the peer (all n when cap > n) and the
+ * *out_len bytes written to out (capacity cap) are what lws is to parse: the bytes of this
+ * request, less an absolute-form target's scheme and authority, and none of a request sent
+ * before this one was answered (hd_h1_opts.pipelining). On H1_REFUSE or H1_WS_CLOSE, `ref`
+ * says what to answer; nothing more is to be read.
  */
 enum hd_h1_verdict hd_h1_feed(struct hd_h1 *h, const struct hd_h1_opts *o, const char *in, size_t n,
                               char *out, size_t cap, size_t *consumed, size_t *out_len,

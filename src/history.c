@@ -57,6 +57,16 @@ static uint32_t hash_str(const char *s)
     return h;
 }
 
+struct hd_history_limits hd_history_limits_of(const struct hd_config *cfg)
+{
+    return (struct hd_history_limits){
+        .max_events_per_topic = cfg->history.max_events_per_topic,
+        .max_age_s = cfg->history.max_age_s,
+        .max_bytes = cfg->history.max_memory_bytes,
+        .key_window_s = cfg->history.dedupe_window_s,
+    };
+}
+
 struct hd_history *hd_history_new(const struct hd_history_limits *lim, uint64_t base_seq)
 {
     struct hd_history *h = calloc(1, sizeof(*h));
@@ -376,6 +386,15 @@ static bool topic_matches(struct hd_history *h, struct topic_state *t, const cha
         t->memo_match = hd_pattern_match(pattern, t->name);
     }
     return t->memo_match;
+}
+
+void hd_history_mark_gap(struct hd_history *h, uint64_t next_seq)
+{
+    /* The same horizon eviction uses: cursors older than it may have missed events. */
+    if (next_seq && next_seq - 1 > h->forgotten_upto)
+        h->forgotten_upto = next_seq - 1;
+    if (next_seq && next_seq - 1 > h->last_seq)
+        h->last_seq = next_seq - 1;
 }
 
 uint64_t hd_history_resolve(struct hd_history *h, const char *pattern, struct hd_since since,

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "fanout.h"
 
 struct hd_history;
@@ -20,7 +21,13 @@ struct hd_history_limits {
     uint32_t max_events_per_topic;
     uint32_t max_age_s; /* 0 = no age limit */
     uint64_t max_bytes; /* retained payload bytes across all topics */
+    /* How long the store keeps idempotency keys (history.dedupe_window_s; history itself
+     * keeps none: the broker's dedupe table does). 0 = keys are not kept. */
+    uint32_t key_window_s;
 };
+
+/* The retention the configuration asks for (history.* keys). */
+struct hd_history_limits hd_history_limits_of(const struct hd_config *cfg);
 
 /*
  * Returns a new empty history whose first valid cursor is `base_seq` (ids below it are from
@@ -71,6 +78,11 @@ size_t hd_history_collect(struct hd_history *h, const char *pattern, uint64_t af
 /* Counts matching events with after < seq <= upto (upto 0 = no bound). */
 size_t hd_history_count(struct hd_history *h, const char *pattern, uint64_t after, uint64_t upto);
 
+/*
+ * Records a discontinuity: events before `next_seq` that are not retained may be missing, so
+ * a cursor before next_seq - 1 resolves with a gap from now on (retained events stay).
+ */
+void hd_history_mark_gap(struct hd_history *h, uint64_t next_seq);
 /* The newest sequence ever appended (or base_seq - 1 when none). */
 uint64_t hd_history_last_seq(const struct hd_history *h);
 size_t hd_history_events(const struct hd_history *h);

@@ -175,6 +175,14 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
             m->protocol_errors);
     counter(&b, "herald_http_requests_total", "HTTP requests received.", m->http_requests);
     counter(&b, "herald_publish_rejected_total", "Publish requests refused.", m->publish_rejected);
+    counter(&b, "herald_publish_duplicates_total",
+            "Publishes answered from an earlier publish with the same idempotency key.",
+            m->publish_duplicates);
+    counter(&b, "herald_feed_gaps_total",
+            "Discontinuities in the event feed (live subscribers were sent a gap).", m->feed_gaps);
+    counter(&b, "herald_engine_replays_total",
+            "Subscriptions whose replay came from the engine because history no longer held it.",
+            m->engine_replays);
 
     histogram(&b, "herald_publish_to_write_seconds",
               "Time from accepting an event to handing its frame to the kernel.",

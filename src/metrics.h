@@ -45,7 +45,10 @@ struct hd_metrics {
     uint64_t protocol_errors;
     uint64_t http_requests;
     uint64_t publish_rejected;
-    uint64_t publishes_held;              /* loop turns a publish waited for queues to drain */
+    uint64_t publish_duplicates; /* publishes answered from an earlier one with the same key */
+    uint64_t feed_gaps;          /* discontinuities the engine reported */
+    uint64_t engine_replays;     /* subscriptions replayed from the engine, not history */
+    uint64_t publishes_held;     /* loop turns a publish waited for queues to drain */
     struct hd_histogram publish_to_write; /* from accept to the frame handed to the kernel */
     struct hd_histogram store_commit;     /* one group commit */
 };

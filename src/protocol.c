@@ -269,14 +269,15 @@ bool hd_json_canonical(const char *s, size_t len)
  * Sets err (when not NULL) and returns -1. The message is truncated to fit; a truncation that
  * would split a UTF-8 sequence drops the partial sequence so the message stays valid text.
  */
-int hd_error_set(struct hd_error *err, enum hd_err code, const char *fmt, ...)
+enum hd_err hd_error_set(struct hd_error *err, enum hd_err code, const char *fmt, ...)
 {
     if (!err)
-        return -1;
+        return code;
     err->code = code;
     err->message[0] = '\0';
+    err->retry_after = 0;
     if (!fmt)
-        return -1;
+        return code;
     va_list ap;
     va_start(ap, fmt);
     int w = vsnprintf(err->message, sizeof(err->message), fmt, ap);
@@ -292,7 +293,7 @@ int hd_error_set(struct hd_error *err, enum hd_err code, const char *fmt, ...)
             utf8_seq_len((const unsigned char *)err->message + i - 1, n - (i - 1)) == 0)
             err->message[i - 1] = '\0';
     }
-    return -1;
+    return code;
 }
 
 /* ---- bounded writer ------------------------------------------------------------------- */
@@ -584,7 +585,8 @@ static int get_str(const struct fields *f, const char *key, const char **s, size
     case F_STRING:
         return 1;
     default:
-        return hd_error_set(err, HD_ERR_BAD_REQUEST, "\"%s\" must be a string", key);
+        hd_error_set(err, HD_ERR_BAD_REQUEST, "\"%s\" must be a string", key);
+        return -1;
     }
 }
 
@@ -601,15 +603,26 @@ static const char *keep(const struct fields *f, char *buf, size_t cap, const cha
 _Static_assert(sizeof(((struct hd_cmd *)0)->topic_buf) > HD_TOPIC_MAX, "topic_buf");
 _Static_assert(sizeof(((struct hd_cmd *)0)->since_buf) > SINCE_MAX, "since_buf");
 _Static_assert(sizeof(((struct hd_cmd *)0)->event_buf) > HD_EVENT_KIND_MAX, "event_buf");
+_Static_assert(sizeof(((struct hd_cmd *)0)->key_buf) > HD_IDEM_KEY_MAX, "key_buf");
 
-static int parse_pattern(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
+bool hd_idem_key_valid(const char *s, size_t len)
+{
+    if (len < 1 || len > HD_IDEM_KEY_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+static enum hd_err parse_pattern(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
 {
     const char *s = NULL;
     size_t len = 0;
     char e[ECHO_MAX + 4];
     int r = get_str(f, "topic", &s, &len, err);
     if (r < 0)
-        return -1;
+        return err->code;
     if (r == 0)
         return hd_error_set(err, HD_ERR_BAD_REQUEST, "missing \"topic\"");
     if (hd_pattern_check(s, len) != 0)
@@ -621,15 +634,16 @@ static int parse_pattern(struct hd_cmd *cmd, const struct fields *f, struct hd_e
     return 0;
 }
 
-static int parse_subscribe(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
+static enum hd_err parse_subscribe(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
 {
     const char *s = NULL;
     size_t len = 0;
-    if (parse_pattern(cmd, f, err) < 0)
-        return -1;
+    enum hd_err e = parse_pattern(cmd, f, err);
+    if (e != HD_ERR_NONE)
+        return e;
     int r = get_str(f, "since", &s, &len, err);
     if (r < 0)
-        return -1;
+        return err->code;
     if (r == 0)
         return 0;
     /*
@@ -645,14 +659,14 @@ static int parse_subscribe(struct hd_cmd *cmd, const struct fields *f, struct hd
     return 0;
 }
 
-static int parse_publish(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
+static enum hd_err parse_publish(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
 {
     const char *s = NULL;
     size_t len = 0;
     char e[ECHO_MAX + 4];
     int r = get_str(f, "topic", &s, &len, err);
     if (r < 0)
-        return -1;
+        return err->code;
     if (r == 0)
         return hd_error_set(err, HD_ERR_BAD_REQUEST, "missing \"topic\"");
     r = hd_topic_check(s, len);
@@ -672,7 +686,7 @@ static int parse_publish(struct hd_cmd *cmd, const struct fields *f, struct hd_e
 
     r = get_str(f, "event", &s, &len, err);
     if (r < 0)
-        return -1;
+        return err->code;
     if (r == 0) {
         cmd->event = HD_DEFAULT_EVENT;
     } else if (!hd_event_kind_valid(s, len)) {
@@ -681,6 +695,16 @@ static int parse_publish(struct hd_cmd *cmd, const struct fields *f, struct hd_e
                             echo(e, s, len), HD_EVENT_KIND_MAX);
     } else {
         cmd->event = keep(f, cmd->event_buf, sizeof(cmd->event_buf), s, len);
+    }
+
+    r = get_str(f, "key", &s, &len, err);
+    if (r < 0)
+        return err->code;
+    if (r == 1) {
+        if (!hd_idem_key_valid(s, len))
+            return hd_error_set(err, HD_ERR_BAD_REQUEST,
+                                "\"key\" must be 1-%d visible ASCII characters", HD_IDEM_KEY_MAX);
+        cmd->key = keep(f, cmd->key_buf, sizeof(cmd->key_buf), s, len);
     }
 
     if (f->root) {
@@ -706,7 +730,7 @@ static const struct {
     {.name = "ping", .len = 4, .op = HD_OP_PING},
 };
 
-static int parse_fields(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
+static enum hd_err parse_fields(struct hd_cmd *cmd, const struct fields *f, struct hd_error *err)
 {
     char e[ECHO_MAX + 4];
     const char *s = NULL;
@@ -727,7 +751,7 @@ static int parse_fields(struct hd_cmd *cmd, const struct fields *f, struct hd_er
 
     int r = get_str(f, "op", &s, &len, err);
     if (r < 0)
-        return -1;
+        return err->code;
     if (r == 0)
         return hd_error_set(err, HD_ERR_BAD_REQUEST, "missing \"op\"");
     size_t i = 0;
@@ -766,16 +790,19 @@ static int parse_fields(struct hd_cmd *cmd, const struct fields *f, struct hd_er
  * Invalid UTF-8, trailing garbage and nesting beyond JSON_PARSER_MAX_DEPTH (2048) are refused
  * by jansson.
  */
-int hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_error *err)
+enum hd_err hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_error *err)
 {
     json_error_t jerr;
     char e[sizeof(jerr.text)];
     struct canon_member m[CANON_MAX_KEYS];
     struct fields f = {.m = m};
+    struct hd_error scratch;
+    if (!err)
+        err = &scratch; /* the parsers below read the code back */
 
     cmd->root = NULL;
     cmd->data = NULL;
-    cmd->data_json = cmd->topic = cmd->since = cmd->event = NULL;
+    cmd->data_json = cmd->topic = cmd->since = cmd->event = cmd->key = NULL;
     cmd->data_len = 0;
     cmd->has_id = false;
     cmd->id = 0;
@@ -801,16 +828,16 @@ int hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_erro
         return hd_error_set(err, HD_ERR_BAD_REQUEST, "command must be a JSON object");
     }
     f.root = cmd->root;
-fields:
-    if (parse_fields(cmd, &f, err) < 0) {
+fields:;
+    enum hd_err rc = parse_fields(cmd, &f, err);
+    if (rc != HD_ERR_NONE) {
         bool has_id = cmd->has_id;
         int64_t id = cmd->id;
         hd_cmd_clear(cmd);
         cmd->has_id = has_id;
         cmd->id = id;
-        return -1;
     }
-    return 0;
+    return rc;
 }
 
 /* Releases the parsed tree and resets every field; safe on a zeroed or cleared cmd. */
@@ -820,7 +847,7 @@ void hd_cmd_clear(struct hd_cmd *cmd)
         return;
     json_decref(cmd->root);
     cmd->root = cmd->data = NULL;
-    cmd->data_json = cmd->topic = cmd->since = cmd->event = NULL;
+    cmd->data_json = cmd->topic = cmd->since = cmd->event = cmd->key = NULL;
     cmd->data_len = 0;
     cmd->has_id = false;
     cmd->id = 0;
@@ -895,7 +922,7 @@ char *hd_encode_welcome(const char *session, const char *version, int heartbeat_
 
 /* The reply to subscribe; borrows `pattern`. NULL on OOM. */
 char *hd_encode_ok_subscribe(bool has_id, int64_t id, const char *pattern, size_t replayed,
-                             bool gap, size_t *len)
+                             bool gap, const char *next, size_t *len)
 {
     struct wr w;
     wr_start(&w);
@@ -905,13 +932,42 @@ char *hd_encode_ok_subscribe(bool has_id, int64_t id, const char *pattern, size_
     wr_lit(&w, ",\"replayed\":");
     wr_u64(&w, replayed);
     if (gap)
-        wr_lit(&w, ",\"gap\":true}");
+        wr_lit(&w, ",\"gap\":true");
     else
-        wr_lit(&w, ",\"gap\":false}");
+        wr_lit(&w, ",\"gap\":false");
+    wr_lit(&w, ",\"next\":");
+    wr_jstr0(&w, next);
+    wr_lit(&w, "}");
     return wr_finish(&w, len);
 }
 
-/* The plain ok reply (unsubscribe). NULL on OOM. */
+char *hd_encode_gap(const char *pattern, const char *next, size_t *len)
+{
+    struct wr w;
+    wr_start(&w);
+    wr_lit(&w, "{\"type\":\"gap\",\"topic\":");
+    wr_jstr0(&w, pattern);
+    wr_lit(&w, ",\"next\":");
+    wr_jstr0(&w, next);
+    wr_lit(&w, "}");
+    return wr_finish(&w, len);
+}
+
+char *hd_encode_unsubscribed(const char *pattern, enum hd_err code, const char *message,
+                             size_t *len)
+{
+    struct wr w;
+    wr_start(&w);
+    wr_lit(&w, "{\"type\":\"unsubscribed\",\"topic\":");
+    wr_jstr0(&w, pattern);
+    wr_lit(&w, ",\"code\":");
+    wr_jstr0(&w, hd_err_name(code));
+    wr_lit(&w, ",\"message\":");
+    wr_jstr0(&w, message);
+    wr_lit(&w, "}");
+    return wr_finish(&w, len);
+}
+
 char *hd_encode_ok(bool has_id, int64_t id, size_t *len)
 {
     struct wr w;
@@ -923,7 +979,7 @@ char *hd_encode_ok(bool has_id, int64_t id, size_t *len)
 
 /* The reply to a WebSocket publish; borrows `event_id`. NULL on OOM. */
 char *hd_encode_ok_publish(bool has_id, int64_t id, const char *event_id, size_t receivers,
-                           size_t *len)
+                           bool duplicate, size_t *len)
 {
     struct wr w;
     wr_start(&w);
@@ -932,6 +988,8 @@ char *hd_encode_ok_publish(bool has_id, int64_t id, const char *event_id, size_t
     wr_jstr0(&w, event_id);
     wr_lit(&w, ",\"receivers\":");
     wr_u64(&w, receivers);
+    if (duplicate)
+        wr_lit(&w, ",\"duplicate\":true");
     wr_lit(&w, "}");
     return wr_finish(&w, len);
 }
@@ -948,7 +1006,7 @@ char *hd_encode_pong(bool has_id, int64_t id, size_t *len)
 
 /* The 202 body of an HTTP publish; borrows both strings. NULL on OOM. */
 char *hd_encode_publish_reply(const char *event_id, const char *topic, int64_t time_ms,
-                              size_t receivers, size_t *len)
+                              size_t receivers, bool duplicate, size_t *len)
 {
     struct wr w;
     wr_start(&w);
@@ -960,6 +1018,8 @@ char *hd_encode_publish_reply(const char *event_id, const char *topic, int64_t t
     wr_i64(&w, time_ms);
     wr_lit(&w, ",\"receivers\":");
     wr_u64(&w, receivers);
+    if (duplicate)
+        wr_lit(&w, ",\"duplicate\":true");
     wr_lit(&w, "}");
     return wr_finish(&w, len);
 }

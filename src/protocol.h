@@ -36,15 +36,21 @@ int hd_err_http(enum hd_err err);
 /* An error with a human sentence (copied into the struct; truncated if longer). */
 struct hd_error {
     enum hd_err code;
+    uint32_t retry_after; /* rate_limited: seconds until a retry can pass; else 0 */
     char message[160];
 };
 
-/* Sets err (may be NULL) and returns -1 so callers can `return hd_error_set(...)`. */
-int hd_error_set(struct hd_error *err, enum hd_err code, const char *fmt, ...)
+/* Sets err (may be NULL) and returns `code`, so policy functions can
+ * `return hd_error_set(...)`. */
+enum hd_err hd_error_set(struct hd_error *err, enum hd_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #define HD_EVENT_KIND_MAX 64
 #define HD_DEFAULT_EVENT "message"
+
+/* Idempotency keys (PROTOCOL.md section 3): 1-128 visible ASCII bytes (0x21-0x7e). */
+#define HD_IDEM_KEY_MAX 128
+bool hd_idem_key_valid(const char *s, size_t len);
 
 /* Checks an event kind: 1-64 bytes of [A-Za-z0-9_.:-]. */
 bool hd_event_kind_valid(const char *s, size_t len);
@@ -65,6 +71,7 @@ struct hd_cmd {
     const char *topic;     /* subscribe/unsubscribe: pattern; publish: topic. Validated. */
     const char *since;     /* subscribe only; NULL when absent */
     const char *event;     /* publish only; defaults to HD_DEFAULT_EVENT */
+    const char *key;       /* publish only: the idempotency key, validated; NULL when absent */
     json_t *data;          /* publish, jansson path: borrowed from root; JSON null when absent */
     const char *data_json; /* publish, in-place path: the data's text in the frame */
     size_t data_len;
@@ -72,17 +79,18 @@ struct hd_cmd {
     char topic_buf[256]; /* in-place path: NUL-terminated copies of validated members */
     char since_buf[256];
     char event_buf[HD_EVENT_KIND_MAX + 1];
+    char key_buf[HD_IDEM_KEY_MAX + 1];
 };
 
 /*
  * Parses one text frame of `len` bytes. On success fills `cmd` (caller must hd_cmd_clear it)
- * and returns 0. On failure returns -1, fills `err` (bad_request for bad JSON / wrong types /
- * non-object / "id" not an integer, unknown_op, invalid_topic for a bad topic or pattern,
- * forbidden for a publish to a reserved `$` topic, bad_request for an invalid event kind) and
- * sets cmd->has_id/cmd->id when the id could be read, so the error reply can echo it; nothing
- * needs clearing then. Fields that do not belong to an op are ignored.
+ * and returns HD_ERR_NONE. On failure returns the error code and fills `err` (bad_request for bad
+ * JSON / wrong types / non-object / "id" not an integer, unknown_op, invalid_topic for a bad topic
+ * or pattern, forbidden for a publish to a reserved `$` topic, bad_request for an invalid event
+ * kind) and sets cmd->has_id/cmd->id when the id could be read, so the error reply can echo it;
+ * nothing needs clearing then. Fields that do not belong to an op are ignored.
  */
-int hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_error *err);
+enum hd_err hd_cmd_parse(const char *buf, size_t len, struct hd_cmd *cmd, struct hd_error *err);
 void hd_cmd_clear(struct hd_cmd *cmd);
 
 /*
@@ -100,15 +108,21 @@ char *hd_encode_error(bool ws, bool has_id, int64_t id, enum hd_err code, const 
                       size_t *len);
 char *hd_encode_welcome(const char *session, const char *version, int heartbeat_s,
                         size_t max_event_bytes, size_t *len);
+/* The subscribe ok; `next` is the cursor where the live part begins (PROTOCOL.md §7). */
 char *hd_encode_ok_subscribe(bool has_id, int64_t id, const char *pattern, size_t replayed,
-                             bool gap, size_t *len);
+                             bool gap, const char *next, size_t *len);
+/* {"type":"gap","topic":P,"next":N}: events before N may be missing for pattern P. */
+char *hd_encode_gap(const char *pattern, const char *next, size_t *len);
+/* {"type":"unsubscribed","topic":P,"code":C,"message":M}: the server ended a subscription. */
+char *hd_encode_unsubscribed(const char *pattern, enum hd_err code, const char *message,
+                             size_t *len);
 char *hd_encode_ok(bool has_id, int64_t id, size_t *len);
 char *hd_encode_ok_publish(bool has_id, int64_t id, const char *event_id, size_t receivers,
-                           size_t *len);
+                           bool duplicate, size_t *len);
 char *hd_encode_pong(bool has_id, int64_t id, size_t *len);
-/* The HTTP publish reply: {"id":..,"topic":..,"time":..,"receivers":..}. */
+/* The HTTP publish reply: {"id":..,"topic":..,"time":..,"receivers":..[,"duplicate":true]}. */
 char *hd_encode_publish_reply(const char *event_id, const char *topic, int64_t time_ms,
-                              size_t receivers, size_t *len);
+                              size_t receivers, bool duplicate, size_t *len);
 
 /*
  * Writes the event object

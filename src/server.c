@@ -52,34 +52,48 @@ bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int c
     return lws_hdr_copy(wsi, out, cap, t) >= 0;
 }
 
-size_t srv_format_error(char *out, size_t cap, int status, enum hd_err code, const char *message,
-                        const char *extra)
+size_t srv_format_resp(char *out, size_t cap, const struct hd_http_resp *resp)
 {
-    static const char *const reasons[] = {
-        [400] = "Bad Request",        [401] = "Unauthorized",
-        [403] = "Forbidden",          [404] = "Not Found",
-        [405] = "Method Not Allowed", [411] = "Length Required",
-        [413] = "Content Too Large",  [414] = "URI Too Long",
-        [429] = "Too Many Requests",  [431] = "Request Header Fields Too Large",
-        [503] = "Service Unavailable"};
-    size_t blen = 0;
-    char *body = hd_encode_error(false, false, 0, code, message, &blen);
-    int n = -1;
-    if (body && status >= 100 && status < 600)
-        n = snprintf(out, cap,
-                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                     "content-length: %zu\r\n%sconnection: close\r\nserver: heraldd\r\n\r\n%s",
-                     status, reasons[status] ? reasons[status] : "Error", blen, extra ? extra : "",
-                     body);
-    free(body);
-    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+    static const char *const reasons[] = {[400] = "Bad Request",
+                                          [401] = "Unauthorized",
+                                          [403] = "Forbidden",
+                                          [404] = "Not Found",
+                                          [405] = "Method Not Allowed",
+                                          [411] = "Length Required",
+                                          [413] = "Content Too Large",
+                                          [414] = "URI Too Long",
+                                          [426] = "Upgrade Required",
+                                          [429] = "Too Many Requests",
+                                          [431] = "Request Header Fields Too Large",
+                                          [500] = "Internal Server Error",
+                                          [503] = "Service Unavailable"};
+    int status = resp->status >= 100 && resp->status < 600 ? resp->status : 500;
+    const char *reason = status < (int)(sizeof(reasons) / sizeof(reasons[0])) && reasons[status]
+                             ? reasons[status]
+                             : "Error";
+    int n = snprintf(out, cap, "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\n",
+                     status, reason, resp->content_type ? resp->content_type : "application/json",
+                     resp->body_len);
+    for (size_t i = 0; i < resp->n_headers && n > 0 && (size_t)n < cap; i++)
+        n += snprintf(out + n, cap - (size_t)n, "%s %s\r\n", resp->headers[i].name,
+                      resp->headers[i].value);
+    if (n > 0 && (size_t)n < cap)
+        n += snprintf(out + n, cap - (size_t)n, "connection: close\r\nserver: heraldd\r\n\r\n");
+    if (n < 0 || (size_t)n + resp->body_len >= cap)
+        return 0;
+    memcpy(out + n, resp->body, resp->body_len);
+    return (size_t)n + resp->body_len;
 }
 
 size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message)
 {
-    int status = hd_err_http(code);
-    return srv_format_error(out, cap, status, code, message,
-                            status == 429 || status == 503 ? "retry-after: 1\r\n" : NULL);
+    struct hd_http_resp resp = {0};
+    hd_api_error(&resp, code, message);
+    if (code == HD_ERR_RATE_LIMITED || code == HD_ERR_UNAVAILABLE)
+        hd_http_resp_header(&resp, "retry-after:", "1");
+    size_t n = srv_format_resp(out, cap, &resp);
+    hd_http_resp_clear(&resp);
+    return n;
 }
 
 static bool vhost_is_tls(const struct hd_server *s, const struct lws_vhost *vh)

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "api.h"
 #include "h1frame.h"
 #include "log.h"
 #include "server.h"
@@ -30,12 +31,18 @@
  *
  * Chunked request bodies: neither 4.1 nor 4.3 decodes them. On 4.3 lws hands the raw chunked
  * bytes to the HTTP_BODY callback (a body without Content-Length is read as "up to 100 MB"),
- * and heraldd decodes them itself (server_http.c, srv_http_chunked_ok); on 4.1 the request is
- * refused with 411 as before.
+ * and heraldd decodes them itself (server_http.c); on 4.1 the request is refused with
+ * 411 as before. Both are decided at build time from lws_config.h.
  */
-static bool lws_h1_pipelining_works(void)
+static const struct {
+    bool pipelining, chunked;
+} lws_h1 = {.pipelining = false,
+            .chunked = LWS_LIBRARY_VERSION_MAJOR > 4 ||
+                       (LWS_LIBRARY_VERSION_MAJOR == 4 && LWS_LIBRARY_VERSION_MINOR >= 3)};
+
+bool srv_lws_decodes_chunked(void)
 {
-    return false;
+    return lws_h1.chunked;
 }
 
 /* lws keeps each known header and each query part in a fragment of a fixed table
@@ -58,8 +65,8 @@ void srv_guard_init(const struct hd_config *cfg)
     opts = (struct hd_h1_opts){.max_head_bytes = cfg->limits.max_header_bytes,
                                .max_headers = GUARD_MAX_HEADERS,
                                .max_params = GUARD_MAX_PARAMS,
-                               .pipelining = lws_h1_pipelining_works(),
-                               .chunked = srv_http_chunked_ok()};
+                               .pipelining = lws_h1.pipelining,
+                               .chunked = lws_h1.chunked};
 }
 
 unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg)
@@ -127,11 +134,14 @@ static ssize_t discard(int fd)
 
 static void send_refusal(int fd, const struct hd_h1_refusal *ref)
 {
-    char extra[96] = "";
+    struct hd_http_resp resp = {0};
+    hd_api_error(&resp, ref->code, ref->message);
+    resp.status = ref->status; /* 414 and 431 carry too_large's body */
     if (ref->allow)
-        snprintf(extra, sizeof(extra), "allow: %s\r\n", ref->allow);
+        hd_http_resp_header(&resp, "allow:", ref->allow);
     char buf[1024];
-    size_t n = srv_format_error(buf, sizeof(buf), ref->status, ref->code, ref->message, extra);
+    size_t n = srv_format_resp(buf, sizeof(buf), &resp);
+    hd_http_resp_clear(&resp);
     /* Into an empty send buffer (nothing else was written on this request): never blocks. */
     if (n && send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
         hd_log_debug("refusal not sent", "errno=%d", errno);
@@ -166,6 +176,7 @@ static void send_ws_close(int fd, const struct hd_h1_refusal *ref)
 ssize_t hd_guard_recv(int fd, void *buf, size_t len, int flags)
 {
     struct guard *g = flags ? NULL : guard_of(fd);
+    /* (lws reads into buffers of hundreds of bytes or more; a 1-byte read is not its.) */
     if (!g || g->h.state == H1_PASS || len < 2)
         return recvfrom(fd, buf, len, flags, NULL, NULL);
     if (g->h.state == H1_DISCARD || g->h.state == H1_REFUSED)
@@ -189,16 +200,19 @@ ssize_t hd_guard_recv(int fd, void *buf, size_t len, int flags)
             hd_h1_took_body(&g->h, (size_t)n);
         return n;
     }
-    /* Look first: what belongs to the next request stays in the socket. */
+    /*
+     * Read into our own buffer and hand lws what the check lets through. One byte short of
+     * lws's buffer: the check may put a '/' in place of an absolute URI's authority, so its
+     * output is at most one byte longer than its input, and it then always takes all of it
+     * (a second request's bytes are dropped, not left for later; see hd_h1_opts).
+     */
     static char in[65536];
-    ssize_t n = recvfrom(fd, in, len < sizeof(in) ? len : sizeof(in), MSG_PEEK, NULL, NULL);
+    size_t want = len - 1 < sizeof(in) ? len - 1 : sizeof(in);
+    ssize_t n = recvfrom(fd, in, want, 0, NULL, NULL);
     if (n <= 0)
         return n;
     size_t consumed = 0, out = 0;
     enum hd_h1_verdict v = hd_h1_feed(&g->h, &opts, in, (size_t)n, buf, len, &consumed, &out, &ref);
-    /* MSG_TRUNC on TCP drops the bytes without copying them (tcp(7)). */
-    if (consumed && recvfrom(fd, NULL, consumed, MSG_TRUNC | MSG_DONTWAIT, NULL, NULL) < 0)
-        return -1;
     if (v == H1_REFUSE) {
         send_refusal(fd, &ref);
         return discard(fd);

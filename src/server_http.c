@@ -121,11 +121,6 @@ static void stream_end(struct hd_server *s, struct http_pss *pss)
     lws_sul_cancel(&pss->sul);
     if (pss->conn.broker)
         hd_conn_detach(&pss->conn);
-    struct hd_metrics *m = hd_broker_metrics(s->broker);
-    if (pss->mode == H_SSE)
-        m->sse_streams--;
-    else if (pss->mode == H_POLL)
-        m->long_polls--;
     pss->mode = H_PLAIN;
 }
 
@@ -295,15 +290,11 @@ static int write_headers(struct hd_server *s, struct http_pss *pss, int status, 
     return lws_finalize_write_http_header(pss->wsi, start, &p, end) ? -1 : 0;
 }
 
-/* Gives a streaming request its identity (for rights, expiry and reload) and attaches it. */
+/* Gives a streaming request the identity the route authenticated (for rights, expiry and
+ * reload) and attaches it. */
 static int stream_attach(struct hd_server *s, struct http_pss *pss, enum hd_conn_kind kind)
 {
-    struct hd_http_resp scratch = {0};
-    int r = hd_api_authenticate(s->broker, &pss->req, &pss->conn.identity, &pss->conn.credential,
-                                &scratch);
-    hd_http_resp_clear(&scratch);
-    if (r)
-        return -1; /* the route already checked; only a reload in between gets here */
+    hd_api_take_identity(&pss->resp, &pss->conn.identity, &pss->conn.credential);
     if (hd_conn_attach(s->broker, &pss->conn, kind, &stream_ops)) {
         hd_identity_clear(&pss->conn.identity);
         free(pss->conn.credential);
@@ -319,7 +310,6 @@ static int sse_start(struct hd_server *s, struct http_pss *pss)
     hd_api_cors(s->broker, &pss->req, &pss->resp);
     hd_http_resp_header(&pss->resp, "x-accel-buffering:", "no");
     pss->mode = H_SSE;
-    hd_broker_metrics(s->broker)->sse_streams++;
     if (stream_attach(s, pss, HD_CONN_SSE))
         return -1;
     if (write_headers(s, pss, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN))
@@ -329,28 +319,9 @@ static int sse_start(struct hd_server *s, struct http_pss *pss)
     stream_watch(s, pss);
     bool gap = false;
     struct hd_error err;
-    /* The reply-free subscribe queues the replay; a gap is announced before it. */
+    /* The broker queues the replay, after a gap notice when there is one. */
     if (hd_conn_subscribe(&pss->conn, st.pattern, st.has_since ? st.since : NULL, &gap, &err))
         return -1;
-    if (gap) {
-        static const char note[] = "event: gap\ndata: {\"type\":\"gap\"}\n\n";
-        /* Put the notice first: the replay already queued follows it. */
-        struct hd_msg *m = hd_msg_new_text(note, sizeof(note) - 1);
-        if (!m)
-            return -1;
-        struct hd_queue *q = &pss->conn.q;
-        if (hd_queue_push(q, m, HD_PUSH_FORCE)) {
-            hd_msg_unref(m);
-            return -1;
-        }
-        hd_msg_unref(m);
-        /* rotate the notice to the front */
-        for (uint32_t i = 0; i + 1 < q->count; i++) {
-            struct hd_msg *x = hd_queue_pop(q);
-            hd_queue_push(q, x, x->seq ? HD_PUSH_SHARED : HD_PUSH_FORCE);
-            hd_msg_unref(x);
-        }
-    }
     hd_http_resp_clear(&pss->resp);
     lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
     lws_callback_on_writable(pss->wsi);
@@ -360,7 +331,6 @@ static int sse_start(struct hd_server *s, struct http_pss *pss)
 static int poll_start(struct hd_server *s, struct http_pss *pss)
 {
     pss->mode = H_POLL;
-    hd_broker_metrics(s->broker)->long_polls++;
     if (stream_attach(s, pss, HD_CONN_POLL))
         return -1;
     bool gap;
@@ -377,17 +347,18 @@ static int poll_start(struct hd_server *s, struct http_pss *pss)
 
 static int sse_writable(struct http_pss *pss, struct lws *wsi)
 {
-    if (pss->stream_closing)
-        return -1;
     hd_conn_writable(&pss->conn);
     struct hd_msg *m = hd_conn_peek(&pss->conn);
+    /* A stream the broker ended still sends what it queued first (the notice saying why). */
+    if (pss->stream_closing && !m)
+        return -1;
     if (m) {
         size_t len = m->len;
         const char *data = m->seq ? hd_msg_sse(m, &len) : (const char *)hd_msg_payload(m);
         if (!data || lws_write(wsi, (unsigned char *)data, len, LWS_WRITE_HTTP) < (int)len)
             return -1;
         hd_conn_wrote(&pss->conn);
-        if (hd_conn_peek(&pss->conn) || pss->keepalive_due) {
+        if (hd_conn_peek(&pss->conn) || pss->keepalive_due || pss->stream_closing) {
             pss->conn.want_pending = true;
             lws_callback_on_writable(wsi);
         }
@@ -407,7 +378,8 @@ static int sse_writable(struct http_pss *pss, struct lws *wsi)
  * The body is complete: act on it at the end of this loop turn, never here. lws 4.1 re-feeds
  * stored input from the request line when the headers of a request with a body came from
  * pipelined input, so the first body it reports may be garbage and a second completion
- * follows; answering here would also hang lws in a loop that never returns to libuv.
+ * follows (on TLS connections: plaintext ones never give lws pipelined input, see
+ * server_guard.c); answering here would also hang lws in a loop that never returns to libuv.
  */
 static int body_complete(struct http_pss *pss)
 {
@@ -427,20 +399,9 @@ static int body_complete(struct http_pss *pss)
  * reports its end; lws 4.1 would re-parse it. So on 4.3 heraldd decodes it here and completes
  * the body itself at the last chunk. The connection closes after the answer: lws reads any
  * bytes after the last chunk as more body (the framing guard no longer follows the
- * connection), so they cannot be served as the next request.
+ * connection), so they cannot be served as the next request. Whether lws hands the body over
+ * at all is srv_lws_decodes_chunked's (server_guard.c) to say.
  */
-#if LWS_LIBRARY_VERSION_MAJOR > 4 ||                                                               \
-    (LWS_LIBRARY_VERSION_MAJOR == 4 && LWS_LIBRARY_VERSION_MINOR >= 3)
-#define HD_CHUNKED_BODIES 1
-#else
-#define HD_CHUNKED_BODIES 0
-#endif
-
-bool srv_http_chunked_ok(void)
-{
-    return HD_CHUNKED_BODIES;
-}
-
 enum {
     CH_SIZE,
     CH_EXT,
@@ -590,7 +551,8 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
     size_t cap = (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
                  (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
-                 (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX + 8;
+                 (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX +
+                 HD_IDEM_KEY_MAX + 2 + 8;
     pss->strings = malloc(cap);
     if (!pss->strings) {
         pss->req.path = "/";
@@ -619,6 +581,16 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     pss->req.authorization =
         take_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, AUTHORIZATION_MAX, &at, end);
+    /* Idempotency-Key is not a token lws knows either; longer than a key can be is left
+     * for the admission check to refuse by its length. */
+    int ik = lws_hdr_custom_length(wsi, "idempotency-key:", 16);
+    if (ik > 0 && ik <= HD_IDEM_KEY_MAX + 1 &&
+        lws_hdr_custom_copy(wsi, at, (int)(end - at), "idempotency-key:", 16) >= 0) {
+        pss->req.idempotency_key = at;
+        at += strlen(at) + 1;
+    } else if (ik > HD_IDEM_KEY_MAX + 1) {
+        pss->req.idempotency_key = "-invalid key-";
+    }
     /* The address counted at accept: no getpeername(), and text only if a limit asks. */
     const struct srv_conn *sc = srv_conn_of(wsi);
     if (sc && sc->peer) {
@@ -657,14 +629,14 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     if (next == HD_HTTP_READ_BODY) {
         if (pss->req.content_length < 0) {
-            if (HD_CHUNKED_BODIES && is_chunked(wsi)) {
+            if (srv_lws_decodes_chunked() && is_chunked(wsi)) {
                 pss->chunked = true;
                 pss->close_after = true; /* see chunked_feed */
                 pss->reading_body = true;
                 return 0;
             }
             if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
-                /* lws 4.1 does not decode chunked request bodies. */
+                /* lws 4.1 hands heraldd no chunked body; other codings are not decoded. */
                 hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
                              "send the body with a Content-Length (chunked is not supported)");
                 pss->resp.status = 411;
@@ -695,9 +667,11 @@ static void http_publish_done(void *arg, struct hd_http_resp *resp)
     if (pss) {
         struct hd_server *s = lws_context_user(lws_get_context(pss->wsi));
         pss->pending = NULL;
-        if (resp)
+        if (resp) {
+            /* What the route left in the response (its identity) goes first, or it leaks. */
+            hd_http_resp_clear(&pss->resp);
             pss->resp = *resp;
-        else
+        } else
             hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         free(resp);
         /* Outside any lws callback: a failed write closes the connection asynchronously. */
@@ -719,7 +693,15 @@ static int http_body_complete(struct hd_server *s, struct http_pss *pss)
         return http_respond(s, pss);
     }
     if (pss->body_too_large) {
-        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, "the request body is larger than allowed");
+        /* Only a body without Content-Length (chunked, where lws decodes it) gets here: the
+         * route refused a Content-Length over the limit, in the same words. */
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "the request body is larger than allowed: at most %zu bytes (%s)",
+                 hd_api_body_limit(s->broker, &pss->req),
+                 strcmp(pss->req.path, "/v1/publish") == 0 ? "limits.max_batch_bytes"
+                                                           : "limits.max_event_bytes + 16384");
+        hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, msg);
         return http_respond(s, pss);
     }
     struct http_pending *p = calloc(1, sizeof(*p));
@@ -742,7 +724,7 @@ static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, 
 {
     if (!pss->reading_body || pss->body_too_large)
         return 0;
-    size_t limit = hd_api_body_limit(s->broker);
+    size_t limit = hd_api_body_limit(s->broker, &pss->req);
     if (pss->body_len + len > limit) {
         pss->body_too_large = true;
         free(pss->body);
@@ -773,10 +755,14 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (pss->mode == H_POLL) {
         if (!pss->poll_ready)
             return 0;
-        hd_conn_discard_queue(&pss->conn);
         struct hd_http_stream st = *pss->resp.stream;
+        enum hd_err ended = pss->conn.ended;
         stream_end(s, pss);
-        hd_api_poll_answer(s->broker, &st, &pss->resp);
+        if (ended)
+            hd_api_error(&pss->resp, ended,
+                         "the server's rules no longer allow reading this pattern");
+        else
+            hd_api_poll_answer(s->broker, &st, &pss->resp);
         hd_api_cors(s->broker, &pss->req, &pss->resp);
         pss->response_ready = true;
     }
@@ -851,7 +837,9 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
         if (!pss)
             return -1;
         /* A new request while the last is unanswered is a pipelining client; lws 4.1
-         * cannot serve those reliably (see body_complete), so it is dropped. */
+         * cannot serve those reliably (see body_complete), so it is dropped. Only TLS
+         * connections get here: plaintext ones are handed to lws one request at a time,
+         * and the pipelined rest is refused politely (server_guard.c). */
         if (pss->busy)
             return -1;
         pss->wsi = wsi;

@@ -13,6 +13,7 @@
 #include <libwebsockets.h>
 #include <uv.h>
 
+#include "api.h"
 #include "broker.h"
 #include "config.h"
 #include "protocol.h"
@@ -153,15 +154,14 @@ static inline size_t srv_rx_capacity(size_t need, size_t max)
 bool srv_copy_header(struct lws *wsi, enum lws_token_indexes t, char *out, int cap);
 
 /*
- * A complete HTTP/1.1 error response with the JSON error body and `Connection: close`,
- * written raw where lws would not answer properly (it labels its own status line HTTP/1.0).
- * `extra` (borrowed, may be NULL) is more header lines, each ending in CRLF. Returns its
- * length, 0 when it does not fit.
+ * A complete HTTP/1.1 error response with the JSON error body, written raw where lws would
+ * not answer properly (it labels its own status line HTTP/1.0), with Retry-After on a 429
+ * or 503. Returns its length, 0 when it does not fit.
  */
-size_t srv_format_error(char *out, size_t cap, int status, enum hd_err code, const char *message,
-                        const char *extra);
-/* The same with the status of `code` (and Retry-After on a 429 or 503). */
 size_t srv_format_refusal(char *out, size_t cap, enum hd_err code, const char *message);
+/* The same for a whole response the API filled (status, headers, body), with
+ * `connection: close`. Returns its length, 0 when it does not fit. */
+size_t srv_format_resp(char *out, size_t cap, const struct hd_http_resp *resp);
 
 /*
  * The accept-to-destroy life of every TCP connection, whichever protocol lws routes it to
@@ -202,6 +202,9 @@ void srv_activation_stop(struct srv_listen_sock *ls);
 void srv_guard_init(const struct hd_config *cfg);
 /* The header buffer lws needs so that it never refuses a head the framing let through. */
 unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg);
+/* Whether chunked request bodies reach heraldd (lws 4.3 hands them over raw and
+ * server_http.c decodes them; false on 4.1: 411). */
+bool srv_lws_decodes_chunked(void);
 /* A connection was accepted on fd: checked from its first byte unless it is TLS. */
 void srv_guard_open(int fd, bool tls);
 /* True when the client sent more after its request, before the answer: answer, then close. */
@@ -211,9 +214,6 @@ void srv_guard_answered(int fd);
 
 /* server_http.c */
 extern const struct lws_protocols srv_http_protocol;
-/* True when heraldd reads chunked request bodies itself (lws 4.3, which hands them over raw);
- * false on lws 4.1, where such a request is answered 411. */
-bool srv_http_chunked_ok(void);
 /* Acts on the request bodies completed this turn, unless publishers are held. */
 void srv_http_turn(struct hd_server *s, uint64_t now_ns);
 /* The watcher of held-open requests (SSE, waiting long polls) saw its epoll set ready. */

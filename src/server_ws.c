@@ -96,42 +96,39 @@ static const struct hd_conn_ops ws_ops = {
  * would answer HTTP/1.0 with an HTML page, which WebSocket clients reject unread. Returns -1
  * for the callback to close the connection.
  */
-static int refuse_upgrade(struct lws *wsi, enum hd_err code, const char *message)
+static int refuse_upgrade(struct lws *wsi, const struct hd_http_resp *resp)
 {
-    unsigned char buf[LWS_PRE + 1024];
-    size_t n = srv_format_refusal((char *)buf + LWS_PRE, 1024, code, message);
+    unsigned char buf[LWS_PRE + 2048];
+    size_t n = srv_format_resp((char *)buf + LWS_PRE, 2048, resp);
     if (n)
         lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_HTTP_HEADERS);
     return -1;
 }
 
-/* Decides whether an upgrade may proceed; answers the refusal itself. */
+/* Asks the API's WebSocket route whether this upgrade may proceed; answers a refusal with
+ * the route's status and body. The headers are copied out: lws drops them after the upgrade. */
 static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
 {
-    char path[64];
-    if (!srv_copy_header(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)) ||
-        strcmp(path, "/v1/ws") != 0) {
-        return refuse_upgrade(wsi, HD_ERR_NOT_FOUND, "WebSocket is served on /v1/ws");
-    }
+    static char path[HD_TOPIC_MAX + 64], origin[HDR_SMALL], auth[4200], token[4097];
     const struct srv_conn *sc = srv_conn_of(wsi);
     if (sc && sc->reserve) {
+        /* Past limits.max_connections: this loopback place serves health and metrics only. */
+        struct hd_http_resp busy = {0};
+        hd_api_error(&busy, HD_ERR_UNAVAILABLE,
+                     "the server is at limits.max_connections; try again later");
+        hd_http_resp_header(&busy, "retry-after:", "1");
         hd_broker_metrics(s->broker)->connections_refused++;
-        return refuse_upgrade(wsi, HD_ERR_UNAVAILABLE,
-                              "the server is at limits.max_connections; try again later");
+        int r = refuse_upgrade(wsi, &busy);
+        hd_http_resp_clear(&busy);
+        return r;
     }
-    char origin[HDR_SMALL];
-    bool has_origin = srv_copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin));
-    if (!hd_api_origin_allowed(s->broker, has_origin ? origin : NULL)) {
-        hd_log_info("websocket upgrade refused", "reason=origin origin=\"%s\"", origin);
-        return refuse_upgrade(wsi, HD_ERR_FORBIDDEN, "this origin may not open WebSockets");
-    }
-    if (hd_broker_draining(s->broker)) {
-        return refuse_upgrade(wsi, HD_ERR_UNAVAILABLE, "the server is shutting down");
-    }
-    /* Browsers cannot set headers on a WebSocket: ?token= is accepted there too. */
-    static char auth[4200], token[4097];
-    struct hd_http_req req = {.method = HD_M_GET, .path = "/v1/ws", .content_length = -1};
     char query[4200];
+    struct hd_http_req req = {
+        .method = HD_M_GET, .path = "/", .content_length = -1, .upgrade = true};
+    if (srv_copy_header(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)))
+        req.path = path;
+    if (srv_copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin)))
+        req.origin = origin;
     if (srv_copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof(auth)))
         req.authorization = auth;
     /* lws copies the whole "token=..." fragment and returns where the value starts. */
@@ -142,16 +139,15 @@ static int ws_filter(struct hd_server *s, struct lws *wsi, struct ws_pss *pss)
     }
     struct hd_http_resp resp = {0};
     memset(pss, 0, sizeof(*pss));
-    int r = hd_api_authenticate(s->broker, &req, &pss->conn.identity, &pss->conn.credential, &resp);
-    if (r) {
-        r = refuse_upgrade(wsi, HD_ERR_UNAUTHORIZED,
-                           resp.body ? "invalid or expired credentials" : "unauthorized");
-        hd_http_resp_clear(&resp);
-        return r;
+    int r = 0;
+    if (hd_api_route(s->broker, &req, &resp) == HD_HTTP_UPGRADE) {
+        hd_api_take_identity(&resp, &pss->conn.identity, &pss->conn.credential);
+        pss->authed = true;
+    } else {
+        r = refuse_upgrade(wsi, &resp);
     }
     hd_http_resp_clear(&resp);
-    pss->authed = true;
-    return 0;
+    return r;
 }
 
 /* Reassembles fragments and enforces the frame limit; returns -1 to close. */

@@ -23,7 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2            /* 2: the keys table (idempotency keys) */
 #define APP_ID 0x48524c44           /* "HRLD" in the SQLite header: marks the file as ours */
 #define MAX_BATCH 4096              /* events per transaction */
 #define MAX_BATCH_BYTES (16u << 20) /* and at most about this much payload */
@@ -36,9 +36,17 @@
 struct job {
     struct job *next;
     struct hd_msg *msg;
+    char *key;             /* the publish's scoped idempotency key (malloc'd), or NULL */
     hd_store_done_fn done; /* NULL when already answered (durability async) */
     void *arg;
     int err;
+};
+
+/* An idempotency key read at open, with the answer it was first given. */
+struct loaded_key {
+    char *key;
+    uint64_t seq;
+    int64_t time_ms;
 };
 
 struct jlist {
@@ -60,7 +68,20 @@ struct tmap {
     struct tcount *todo;
 };
 
-enum { S_BEGIN, S_COMMIT, S_ROLLBACK, S_INSERT, S_LAST, S_PROBE, S_COUNT, S_PRUNE, S_AGE, S__N };
+enum {
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_INSERT,
+    S_LAST,
+    S_PROBE,
+    S_COUNT,
+    S_PRUNE,
+    S_AGE,
+    S_KEY,
+    S_KEY_AGE,
+    S__N
+};
 
 static const char *const sql_text[S__N] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -77,6 +98,11 @@ static const char *const sql_text[S__N] = {
     /* Only the oldest rows by id are looked at: ids follow accept time, so this never scans. */
     [S_AGE] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1) "
               "AND time_ms < ?2",
+    /* A key outlives its event's retention: a repeat inside the window still gets the
+     * first answer, even when the event itself has left history. */
+    [S_KEY] = "INSERT OR IGNORE INTO keys(key, seq, time_ms) VALUES(?1, ?2, ?3)",
+    [S_KEY_AGE] = "DELETE FROM keys WHERE rowid IN (SELECT rowid FROM keys WHERE time_ms < ?2 "
+                  "LIMIT ?1)",
 };
 
 struct hd_store {
@@ -110,13 +136,15 @@ struct hd_store {
     struct hd_history_limits wlim;
     unsigned wlim_gen;
     struct tmap counts;
-    uint64_t next_age_ms, next_probe_ms;
+    uint64_t next_age_ms, next_probe_ms, next_key_age_ms;
     bool age_more;
     char why[256];
 
     /* Read at open, handed out by hd_store_load. */
     struct hd_msg **loaded;
     size_t nloaded;
+    struct loaded_key *keys;
+    size_t nkeys;
 };
 
 static uint64_t mono_ms(void)
@@ -247,10 +275,23 @@ static int run(struct hd_store *st, int which, const char *t, int64_t a, int64_t
     return rc;
 }
 
-static int insert_event(struct hd_store *st, struct hd_msg *m)
+static int insert_key(struct hd_store *st, const char *key, const struct hd_msg *m)
+{
+    sqlite3_stmt *s = st->stmt[S_KEY];
+    int rc;
+    if ((rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC)) ||
+        (rc = sqlite3_bind_int64(s, 2, (sqlite3_int64)m->seq)) ||
+        (rc = sqlite3_bind_int64(s, 3, m->time_ms)) || (rc = run(st, S_KEY, NULL, 0, 0, NULL)))
+        return rc;
+    return SQLITE_OK;
+}
+
+static int insert_event(struct hd_store *st, struct hd_msg *m, const char *key)
 {
     sqlite3_stmt *s = st->stmt[S_INSERT];
     int rc;
+    if (key && st->wlim.key_window_s && (rc = insert_key(st, key, m)) != SQLITE_OK)
+        return rc;
     if ((rc = sqlite3_bind_int64(s, 1, (sqlite3_int64)m->seq)) ||
         (rc = sqlite3_bind_text(s, 2, m->topic, -1, SQLITE_STATIC)) ||
         (rc = sqlite3_bind_int64(s, 3, m->time_ms)) ||
@@ -298,6 +339,14 @@ static int prune_step(struct hd_store *st, uint64_t now)
             m->todo = e->next_todo;
         }
     }
+    if (st->wlim.key_window_s && budget > 0 && now >= st->next_key_age_ms) {
+        int64_t kcut = hd_wall_ms() - (int64_t)st->wlim.key_window_s * 1000;
+        if ((rc = run(st, S_KEY_AGE, NULL, budget, kcut, NULL)))
+            return rc;
+        int64_t ch = sqlite3_changes(st->db);
+        budget -= ch;
+        st->next_key_age_ms = ch ? now : now + AGE_CHECK_MS;
+    }
     if (!st->wlim.max_age_s || budget <= 0 || (!st->age_more && now < st->next_age_ms))
         return SQLITE_OK;
     int64_t cut = hd_wall_ms() - (int64_t)st->wlim.max_age_s * 1000;
@@ -322,7 +371,7 @@ static int run_txn(struct hd_store *st, struct jlist *batch, bool probe, bool pr
     if (rc != SQLITE_OK)
         return rc;
     for (struct job *j = batch->head; j; j = j->next) {
-        if ((rc = insert_event(st, j->msg)) != SQLITE_OK)
+        if ((rc = insert_event(st, j->msg, j->key)) != SQLITE_OK)
             goto fail;
         last = j->msg->seq;
     }
@@ -436,13 +485,17 @@ static void *writer_main(void *arg)
         struct jlist batch = take_batch(st);
         uint64_t now = mono_ms();
         bool failing = atomic_load(&st->failing);
-        bool age_due = st->wlim.max_age_s && (st->age_more || now >= st->next_age_ms);
+        bool age_due = (st->wlim.max_age_s && (st->age_more || now >= st->next_age_ms)) ||
+                       (st->wlim.key_window_s && now >= st->next_key_age_ms);
         bool probe = failing && !batch.n && !st->stopping && now >= st->next_probe_ms;
         bool idle_prune = !failing && !st->stopping && (st->counts.todo || age_due);
         if (!batch.n && !probe && !idle_prune) {
             if (st->stopping)
                 break;
-            uint64_t until = failing ? st->next_probe_ms : st->wlim.max_age_s ? st->next_age_ms : 0;
+            uint64_t until = failing                 ? st->next_probe_ms
+                             : st->wlim.max_age_s    ? st->next_age_ms
+                             : st->wlim.key_window_s ? st->next_key_age_ms
+                                                     : 0;
             if (!until) {
                 pthread_cond_wait(&st->cv, &st->mu);
             } else {
@@ -487,6 +540,7 @@ static void run_completions(struct hd_store *st)
         if (j->done)
             j->done(j->arg, j->err);
         hd_msg_unref(j->msg);
+        free(j->key);
         free(j);
     }
 }
@@ -507,7 +561,8 @@ static void on_prepare(uv_prepare_t *p)
     pthread_mutex_unlock(&st->mu);
 }
 
-int hd_store_append(struct hd_store *st, struct hd_msg *msg, hd_store_done_fn done, void *arg)
+int hd_store_append(struct hd_store *st, struct hd_msg *msg, const char *key, hd_store_done_fn done,
+                    void *arg)
 {
     if (st->closing)
         return -ESHUTDOWN;
@@ -516,10 +571,14 @@ int hd_store_append(struct hd_store *st, struct hd_msg *msg, hd_store_done_fn do
     if (!msg->topic || !msg->event || !msg->seq)
         return -EINVAL;
     struct job *j = malloc(sizeof(*j));
-    if (!j)
+    char *kcopy = key ? strdup(key) : NULL;
+    if (!j || (key && !kcopy)) {
+        free(j);
+        free(kcopy);
         return -ENOMEM;
+    }
     bool now = st->durability == HD_DURABILITY_ASYNC;
-    *j = (struct job){.msg = hd_msg_ref(msg), .done = now ? NULL : done, .arg = arg};
+    *j = (struct job){.msg = hd_msg_ref(msg), .key = kcopy, .done = now ? NULL : done, .arg = arg};
     struct jlist one = {.head = j, .tail = j, .n = 1};
     if (!st->staged.n)
         uv_prepare_start(&st->prep, on_prepare);
@@ -560,7 +619,18 @@ void hd_store_test_fail_commits(struct hd_store *st, unsigned n)
     atomic_store(&st->fail_next, n);
 }
 
-int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg), void *arg)
+static void free_keys(struct hd_store *st)
+{
+    for (size_t i = 0; i < st->nkeys; i++)
+        free(st->keys[i].key);
+    free(st->keys);
+    st->keys = NULL;
+    st->nkeys = 0;
+}
+
+int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg),
+                  void (*key_fn)(void *arg, const char *key, uint64_t seq, int64_t time_ms),
+                  void *arg)
 {
     for (size_t i = 0; i < st->nloaded; i++) {
         struct hd_msg *m = st->loaded[i];
@@ -570,6 +640,9 @@ int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg)
     free(st->loaded);
     st->loaded = NULL;
     st->nloaded = 0;
+    for (size_t i = 0; key_fn && i < st->nkeys; i++)
+        key_fn(arg, st->keys[i].key, st->keys[i].seq, st->keys[i].time_ms);
+    free_keys(st);
     return 0;
 }
 
@@ -592,6 +665,7 @@ static void destroy(struct hd_store *st)
     free(st->loaded);
     st->loaded = NULL;
     st->nloaded = 0;
+    free_keys(st);
     tmap_free(&st->counts);
     for (int i = 0; i < S__N; i++)
         sqlite3_finalize(st->stmt[i]);
@@ -639,11 +713,17 @@ static int query_int(sqlite3 *db, const char *sql, const char *key, int64_t *out
     return rc;
 }
 
+#define KEYS_SQL                                                                                   \
+    "CREATE TABLE keys(key TEXT PRIMARY KEY, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL);"     \
+    "CREATE INDEX keys_time ON keys(time_ms);"
 static const char schema_sql[] =
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "CREATE TABLE events(seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, time_ms INTEGER NOT "
     "NULL, event TEXT NOT NULL, payload BLOB NOT NULL);"
-    "CREATE INDEX events_topic_seq ON events(topic, seq);";
+    "CREATE INDEX events_topic_seq ON events(topic, seq);" KEYS_SQL;
+/* Version 1 had no keys table; adding it is the whole upgrade. */
+static const char upgrade_1_sql[] = KEYS_SQL "UPDATE meta SET value = 2 WHERE key = "
+                                             "'schema_version';";
 
 /* Opens the file, checks or creates the schema and fills base_seq and last_seq. */
 static int db_open(struct hd_store *st, uint64_t new_base, struct hd_store_info *info, char *err,
@@ -703,6 +783,12 @@ static int db_open(struct hd_store *st, uint64_t new_base, struct hd_store_info 
         (rc = query_int(st->db, get, "last_seq", &last)) ||
         (rc = query_int(st->db, "SELECT MAX(seq) FROM events", NULL, &maxseq)))
         return open_err(st, rc, err, errlen);
+    if (version == 1) {
+        if ((rc = sqlite3_exec(st->db, upgrade_1_sql, NULL, NULL, NULL)))
+            return open_err(st, rc, err, errlen);
+        hd_log_info("store upgraded", "path=%s schema_version=%d", st->path, SCHEMA_VERSION);
+        version = SCHEMA_VERSION;
+    }
     if (version != SCHEMA_VERSION) {
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
         set_err(err, errlen, "%s has store schema version %" PRId64 ", this heraldd reads %d",
@@ -789,6 +875,53 @@ static int preload(struct hd_store *st, const struct hd_history_limits *lim, cha
         st->loaded[j - 1] = t;
     }
     return 0;
+}
+
+/* Reads the idempotency keys still inside the window into st->keys. */
+static int preload_keys(struct hd_store *st, const struct hd_history_limits *lim, char *err,
+                        size_t errlen)
+{
+    if (!lim->key_window_s)
+        return 0;
+    sqlite3_stmt *s;
+    int rc = sqlite3_prepare_v2(
+        st->db, "SELECT key, seq, time_ms FROM keys WHERE time_ms >= ?1 ORDER BY time_ms", -1, &s,
+        NULL);
+    if (rc != SQLITE_OK)
+        return open_err(st, rc, err, errlen);
+    size_t cap = 0;
+    bool oom = false;
+    rc = sqlite3_bind_int64(s, 1, hd_wall_ms() - (int64_t)lim->key_window_s * 1000);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        rc = SQLITE_OK;
+        const char *key = (const char *)sqlite3_column_text(s, 0);
+        if (!key)
+            continue;
+        if (st->nkeys == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            struct loaded_key *n = realloc(st->keys, ncap * sizeof(*n));
+            if (!n) {
+                oom = true;
+                break;
+            }
+            st->keys = n;
+            cap = ncap;
+        }
+        struct loaded_key *k = &st->keys[st->nkeys];
+        if (!(k->key = strdup(key))) {
+            oom = true;
+            break;
+        }
+        k->seq = (uint64_t)sqlite3_column_int64(s, 1);
+        k->time_ms = sqlite3_column_int64(s, 2);
+        st->nkeys++;
+    }
+    if (rc != SQLITE_DONE && !oom)
+        open_err(st, rc, err, errlen);
+    sqlite3_finalize(s);
+    if (oom)
+        set_err(err, errlen, "out of memory loading the store %s", st->path);
+    return oom || rc != SQLITE_DONE ? -1 : 0;
 }
 
 /* Stops the writer after it committed everything queued. */
@@ -880,7 +1013,7 @@ struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_du
     if (!fits) {
         set_err(err, errlen, "data_dir %s is too long", data_dir);
     } else if (db_open(st, new_base_seq, info, err, errlen) == 0 &&
-               preload(st, lim, err, errlen) == 0) {
+               preload(st, lim, err, errlen) == 0 && preload_keys(st, lim, err, errlen) == 0) {
         info->events = st->nloaded;
         if (start(st) == 0)
             return st;

@@ -37,10 +37,14 @@ struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_du
 
 /*
  * Loads the retained events, oldest first, calling `fn(arg, msg)` for each (the message has
- * one reference, which the callee owns). Runs on the calling thread before serving starts.
- * Returns 0 or a negative errno.
+ * one reference, which the callee owns), then the idempotency keys still inside
+ * key_window_s, oldest first, with the id and time of the event each first published
+ * (`key_fn` may be NULL; the key is borrowed). Runs on the calling thread before serving
+ * starts. Returns 0 or a negative errno.
  */
-int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg), void *arg);
+int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg),
+                  void (*key_fn)(void *arg, const char *key, uint64_t seq, int64_t time_ms),
+                  void *arg);
 
 /*
  * Completion of an append, on the loop thread, in append order: err 0 once the event is
@@ -50,12 +54,14 @@ typedef void (*hd_store_done_fn)(void *arg, int err);
 
 /*
  * Queues `msg` (an event; the store takes a reference and drops it on the loop thread after
- * completion) for the writer. With durability sync `done` runs after the commit; with async
- * it runs before this returns (err 0) and the commit follows within a few milliseconds.
- * Returns 0, or -EIO while the store is failing (nothing queued, `done` not called), or
- * -ESHUTDOWN after hd_store_close began.
+ * completion) for the writer, with its idempotency key (borrowed, copied; NULL for none),
+ * which is committed with the event and kept for key_window_s. With durability sync `done` runs
+ * after the commit; with async it runs before this returns (err 0) and the commit follows within a
+ * few milliseconds. Returns 0, or -EIO while the store is failing (nothing queued, `done` not
+ * called), or -ESHUTDOWN after hd_store_close began.
  */
-int hd_store_append(struct hd_store *st, struct hd_msg *msg, hd_store_done_fn done, void *arg);
+int hd_store_append(struct hd_store *st, struct hd_msg *msg, const char *key, hd_store_done_fn done,
+                    void *arg);
 
 /* True while commits fail (disk full, I/O error); cleared by the next successful commit. */
 bool hd_store_failing(const struct hd_store *st);

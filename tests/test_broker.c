@@ -8,6 +8,7 @@
  * error and subscription limits, slow consumers, drain, and delivery status counters.
  */
 #include "broker.h"
+#include "fake_conn.h"
 
 #include <check.h>
 #include <errno.h>
@@ -27,7 +28,17 @@ struct test_engine {
     size_t last_receivers; /* what the broker's deliver returned for the last event */
 };
 
-static int te_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_done_fn done, void *arg)
+static int te_start(struct hd_engine *e, char *why, size_t why_len)
+{
+    (void)why;
+    (void)why_len;
+    e->sink.recover_base(e->sink.broker, 1);
+    e->sink.ready(e->sink.broker, true);
+    return 0;
+}
+
+/* Delivers, then acknowledges, at once: what engine_local.c does with the memory store. */
+static int te_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_ack_fn ack, void *arg)
 {
     struct test_engine *te = (struct test_engine *)e;
     if (te->drained)
@@ -37,9 +48,8 @@ static int te_publish(struct hd_engine *e, const struct hd_pub *pub, hd_pub_done
     if (!m)
         return -ENOMEM;
     m->accept_ns = hd_now_ns();
-    te->last_receivers = e->deliver(e->broker, m);
-    m->receivers = (uint32_t)te->last_receivers; /* as engine_local.c does */
-    done(arg, 0, m);
+    te->last_receivers = e->sink.deliver(e->sink.broker, m, pub->key);
+    ack(arg, 0, &(struct hd_pub_ack){.seq = m->seq, .time_ms = m->time_ms});
     hd_msg_unref(m);
     return 0;
 }
@@ -48,57 +58,26 @@ static void te_drain(struct hd_engine *e)
 {
     ((struct test_engine *)e)->drained = true;
 }
+static void te_stop(struct hd_engine *e)
+{
+    (void)e;
+}
 static void te_destroy(struct hd_engine *e)
 {
     free(e);
 }
 
-static const struct hd_engine_ops te_ops = {
-    .name = "test", .publish = te_publish, .drain = te_drain, .destroy = te_destroy};
-
-/* ---- a fake transport ------------------------------------------------------------------- */
-
-struct tconn {
-    struct hd_conn c; /* first: the ops get &c */
-    int want_writes;
-    int closes;
-    int close_code;
-    int pings;
-    bool detach_on_close; /* like a transport that tears down at once */
-};
-
-static void t_want_write(struct hd_conn *c)
-{
-    ((struct tconn *)c)->want_writes++;
-}
-
-static void t_close(struct hd_conn *c, int code, const char *reason)
-{
-    struct tconn *t = (struct tconn *)c;
-    ck_assert_ptr_nonnull(reason);
-    t->closes++;
-    t->close_code = code;
-    if (t->detach_on_close)
-        hd_conn_detach(c);
-}
-
-static void t_ping(struct hd_conn *c)
-{
-    ((struct tconn *)c)->pings++;
-}
-
-static const struct hd_conn_ops t_ops = {.want_write = t_want_write, .close = t_close};
-static const struct hd_conn_ops t_ops_ping = {
-    .want_write = t_want_write, .close = t_close, .ping = t_ping};
+static const struct hd_engine_ops te_ops = {.name = "test",
+                                            .start = te_start,
+                                            .publish = te_publish,
+                                            .drain = te_drain,
+                                            .stop = te_stop,
+                                            .destroy = te_destroy};
 
 /* ---- fixture ---------------------------------------------------------------------------- */
 
-#define MAX_CONNS 16
 static struct hd_config cfg, cfg2; /* cfg2: a reloaded config */
-static struct hd_broker *b;
 static struct test_engine *eng;
-static struct tconn *conns[MAX_CONNS];
-static size_t n_conns;
 
 static void setup(void)
 {
@@ -124,97 +103,15 @@ static void teardown(void)
 /* Creates the broker over cfg as the test adjusted it. */
 static void boot(void)
 {
-    b = hd_broker_new(&cfg, 1);
+    b = hd_broker_new(&cfg);
     ck_assert_ptr_nonnull(b);
     eng = calloc(1, sizeof(*eng));
     ck_assert_ptr_nonnull(eng);
     eng->base.ops = &te_ops;
     eng->next_seq = 1;
     hd_broker_set_engine(b, &eng->base);
-}
-
-/* A test connection, not yet attached; teardown frees it. */
-static struct tconn *new_tconn(void)
-{
-    ck_assert_uint_lt(n_conns, MAX_CONNS);
-    struct tconn *t = calloc(1, sizeof(*t));
-    ck_assert_ptr_nonnull(t);
-    conns[n_conns++] = t;
-    return t;
-}
-
-static struct tconn *open_kind(enum hd_conn_kind kind)
-{
-    struct tconn *t = new_tconn();
-    ck_assert_int_eq(hd_conn_attach(b, &t->c, kind, &t_ops), 0);
-    return t;
-}
-
-/* Pops the next frame as JSON (caller decrefs), or NULL when the queue is empty. */
-static json_t *next_frame(struct tconn *t)
-{
-    struct hd_msg *m = hd_conn_peek(&t->c);
-    if (!m)
-        return NULL;
-    json_error_t e;
-    json_t *j = json_loadb((const char *)hd_msg_payload(m), m->len, 0, &e);
-    ck_assert_msg(j != NULL, "frame is not JSON: %s: %s", e.text, (char *)hd_msg_payload(m));
-    hd_conn_writable(&t->c);
-    hd_conn_wrote(&t->c);
-    return j;
-}
-
-static json_t *expect_frame(struct tconn *t, const char *type)
-{
-    json_t *j = next_frame(t);
-    ck_assert_msg(j != NULL, "expected a %s frame, the queue is empty", type);
-    const char *got = json_string_value(json_object_get(j, "type"));
-    ck_assert_msg(got && strcmp(got, type) == 0, "expected a %s frame, got %s", type,
-                  got ? got : "(no type)");
-    return j;
-}
-
-static void expect_empty(struct tconn *t)
-{
-    json_t *j = next_frame(t);
-    if (j) {
-        char *s = json_dumps(j, JSON_COMPACT);
-        ck_abort_msg("unexpected frame %s", s);
-    }
-}
-
-/* An open WebSocket connection with its welcome frame already read. */
-static struct tconn *open_ws(void)
-{
-    struct tconn *t = open_kind(HD_CONN_WS);
-    json_decref(expect_frame(t, "welcome"));
-    return t;
-}
-
-static void cmd(struct tconn *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void cmd(struct tconn *t, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    ck_assert(n > 0 && (size_t)n < sizeof(buf));
-    hd_conn_on_text(&t->c, buf, (size_t)n);
-}
-
-static int64_t jint(json_t *j, const char *key)
-{
-    json_t *v = json_object_get(j, key);
-    ck_assert_msg(json_is_integer(v), "\"%s\" is not an integer", key);
-    return json_integer_value(v);
-}
-
-static const char *jstr(json_t *j, const char *key)
-{
-    const char *s = json_string_value(json_object_get(j, key));
-    ck_assert_msg(s != NULL, "\"%s\" is not a string", key);
-    return s;
+    char why[64];
+    ck_assert_int_eq(hd_broker_start(b, why, sizeof(why)), 0);
 }
 
 /* Subscribes over the WebSocket and checks the ok reply; returns `replayed`. */
@@ -240,21 +137,22 @@ static int64_t subscribe(struct tconn *t, const char *pattern, const char *since
 }
 
 struct pub_result {
-    int err;
-    uint64_t seq;
-    uint32_t queued;
-    struct hd_msg *msg; /* a reference, when kept */
+    bool done;
+    enum hd_err err;
+    struct hd_publish_result res;
 };
 
-static void pub_done(void *arg, int err, struct hd_msg *msg)
+static void pub_done(void *arg, const struct hd_error *err, const struct hd_publish_result *res)
 {
     struct pub_result *r = arg;
-    r->err = err;
-    r->seq = msg ? msg->seq : 0;
-    r->queued = msg ? msg->queued : 0;
-    if (msg)
-        r->msg = hd_msg_ref(msg);
+    r->done = true;
+    r->err = err ? err->code : HD_ERR_NONE;
+    if (res)
+        r->res = *res;
 }
+
+static const struct hd_identity anon = {.kind = HD_ID_ANONYMOUS, .everything = true};
+static const struct hd_publisher anon_pub = {.identity = &anon, .anon_rate_key = "ip:test"};
 
 /* Publishes as the HTTP API would; returns the event (a reference the caller drops). */
 static struct hd_msg *publish(const char *topic, const char *data)
@@ -263,10 +161,13 @@ static struct hd_msg *publish(const char *topic, const char *data)
         .topic = topic, .event = "message", .data_json = data, .data_len = strlen(data)};
     struct pub_result r = {0};
     struct hd_error err;
-    ck_assert_int_eq(hd_broker_publish(b, &p, pub_done, &r, &err), 0);
-    ck_assert_int_eq(r.err, 0);
-    ck_assert_ptr_nonnull(r.msg);
-    return r.msg;
+    ck_assert_int_eq(hd_broker_publish(b, &anon_pub, &p, pub_done, &r, &err), HD_ERR_NONE);
+    ck_assert(r.done);
+    ck_assert_int_eq(r.err, HD_ERR_NONE);
+    struct hd_msg *m = hd_history_get(hd_broker_history(b), r.res.seq);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_uint_eq(m->receivers, r.res.receivers);
+    return hd_msg_ref(m);
 }
 
 static void publish_drop(const char *topic, const char *data)
@@ -966,9 +867,9 @@ START_TEST(drain)
     struct hd_pub p = {.topic = "a", .event = "message", .data_json = "1", .data_len = 1};
     struct pub_result r = {0};
     struct hd_error err = {0};
-    ck_assert_int_lt(hd_broker_publish(b, &p, pub_done, &r, &err), 0);
+    ck_assert_int_eq(hd_broker_publish(b, &anon_pub, &p, pub_done, &r, &err), HD_ERR_UNAVAILABLE);
     ck_assert_int_eq(err.code, HD_ERR_UNAVAILABLE);
-    ck_assert_ptr_null(r.msg); /* done never ran */
+    ck_assert(!r.done); /* done never ran */
     ck_assert_uint_eq(hd_history_events(hd_broker_history(b)), 0);
     /* New connections are refused. */
     struct tconn *late = calloc(1, sizeof(*late));

@@ -214,7 +214,7 @@ START_TEST(render_structure)
             ck_assert_uint_eq(strtoull(strchr(line, ' ') + 1, NULL, 10), inf);
         }
     }
-    ck_assert_int_eq(families, 19);
+    ck_assert_int_eq(families, 22);
     ck_assert_int_eq(buckets, HD_HIST_BUCKETS + 1);
     ck_assert_uint_eq(inf, atomic_load(&m.store_commit.count));
     free(t);

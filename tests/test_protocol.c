@@ -96,7 +96,7 @@ static struct outcome parse(const char *s)
 /* Asserts a refusal with `code`; has_id/id say what the error reply must echo. */
 #define ASSERT_REFUSED(o, code_, has_id_, id_)                                                     \
     do {                                                                                           \
-        ck_assert_int_eq((o).rc, -1);                                                              \
+        ck_assert_int_ne((o).rc, HD_ERR_NONE);                                                     \
         ck_assert_str_eq(hd_err_name((o).err.code), hd_err_name(code_));                           \
         ck_assert_int_eq((o).cmd->has_id, (has_id_));                                              \
         if (has_id_)                                                                               \
@@ -108,7 +108,7 @@ static struct outcome parse(const char *s)
 static void refused(const char *frame, enum hd_err code, bool has_id, int64_t id)
 {
     struct outcome o = parse(frame);
-    ck_assert_msg(o.rc == -1, "accepted: %s", frame);
+    ck_assert_msg(o.rc != HD_ERR_NONE, "accepted: %s", frame);
     ck_assert_msg(o.err.code == code, "frame %s: got %s (%s), want %s", frame,
                   hd_err_name(o.err.code), o.err.message, hd_err_name(code));
     ASSERT_REFUSED(o, code, has_id, id);
@@ -167,12 +167,12 @@ START_TEST(error_set_truncates)
 {
     struct hd_error e;
     char *long_s = repeat('x', 500);
-    ck_assert_int_eq(hd_error_set(&e, HD_ERR_TOO_LARGE, "big %s", long_s), -1);
+    ck_assert_int_eq(hd_error_set(&e, HD_ERR_TOO_LARGE, "big %s", long_s), HD_ERR_TOO_LARGE);
     ck_assert_int_eq(e.code, HD_ERR_TOO_LARGE);
     ck_assert_uint_eq(strlen(e.message), sizeof(e.message) - 1);
     ck_assert(strncmp(e.message, "big xxx", 7) == 0);
     free(long_s);
-    ck_assert_int_eq(hd_error_set(NULL, HD_ERR_INTERNAL, "x"), -1);
+    ck_assert_int_eq(hd_error_set(NULL, HD_ERR_INTERNAL, "x"), HD_ERR_INTERNAL);
 
     /* A 2-byte character straddling the end is dropped whole, not split. */
     char buf[sizeof(e.message) + 8];
@@ -245,7 +245,7 @@ START_TEST(refuse_bad_bytes)
 
     /* The message quotes only printable ASCII of what jansson saw. */
     o = parse("{\"op\":\"\x01\xfe\"}");
-    ck_assert_int_eq(o.rc, -1);
+    ck_assert_int_ne(o.rc, HD_ERR_NONE);
     for (const char *p = o.err.message; *p; p++)
         ck_assert_msg(*p >= 0x20 && *p < 0x7f, "byte 0x%02x in message", (unsigned char)*p);
 }
@@ -652,7 +652,7 @@ START_TEST(robust_random)
             hd_cmd_clear(&cmd);
             continue;
         }
-        ck_assert_int_eq(rc, -1);
+        ck_assert_int_eq(rc, (int)err.code);
         ck_assert_int_ne(err.code, HD_ERR_NONE);
         size_t elen = 0;
         char *e = hd_encode_error(true, cmd.has_id, cmd.id, err.code, err.message, &elen);
@@ -681,15 +681,25 @@ END_TEST
 
 START_TEST(encode_replies)
 {
-    ASSERT_ENCODED(hd_encode_ok_subscribe(true, 1, "chat.>", 0, false, &len_),
-                   "{\"type\":\"ok\",\"id\":1,\"topic\":\"chat.>\",\"replayed\":0,\"gap\":false}");
-    ASSERT_ENCODED(hd_encode_ok_subscribe(false, 1, "a.*", 12, true, &len_),
-                   "{\"type\":\"ok\",\"topic\":\"a.*\",\"replayed\":12,\"gap\":true}");
+    ASSERT_ENCODED(hd_encode_ok_subscribe(true, 1, "chat.>", 0, false, "00000000000000ff", &len_),
+                   "{\"type\":\"ok\",\"id\":1,\"topic\":\"chat.>\",\"replayed\":0,\"gap\":false,"
+                   "\"next\":\"00000000000000ff\"}");
+    ASSERT_ENCODED(hd_encode_ok_subscribe(false, 1, "a.*", 12, true, "0000000000000001", &len_),
+                   "{\"type\":\"ok\",\"topic\":\"a.*\",\"replayed\":12,\"gap\":true,"
+                   "\"next\":\"0000000000000001\"}");
+    ASSERT_ENCODED(hd_encode_gap("a.*", "0000000000000002", &len_),
+                   "{\"type\":\"gap\",\"topic\":\"a.*\",\"next\":\"0000000000000002\"}");
+    ASSERT_ENCODED(hd_encode_unsubscribed("a.>", HD_ERR_FORBIDDEN, "no \"more\"", &len_),
+                   "{\"type\":\"unsubscribed\",\"topic\":\"a.>\",\"code\":\"forbidden\","
+                   "\"message\":\"no \\\"more\\\"\"}");
     ASSERT_ENCODED(hd_encode_ok(true, 2, &len_), "{\"type\":\"ok\",\"id\":2}");
     ASSERT_ENCODED(hd_encode_ok(false, 2, &len_), "{\"type\":\"ok\"}");
-    ASSERT_ENCODED(hd_encode_ok_publish(true, 3, "00000000000000ff", 7, &len_),
+    ASSERT_ENCODED(hd_encode_ok_publish(true, 3, "00000000000000ff", 7, false, &len_),
                    "{\"type\":\"ok\",\"id\":3,\"event_id\":\"00000000000000ff\",\"receivers\":7}");
-    ASSERT_ENCODED(hd_encode_ok_publish(false, 0, "0000000000000001", 0, &len_),
+    ASSERT_ENCODED(hd_encode_ok_publish(true, 3, "00000000000000ff", 7, true, &len_),
+                   "{\"type\":\"ok\",\"id\":3,\"event_id\":\"00000000000000ff\",\"receivers\":7,"
+                   "\"duplicate\":true}");
+    ASSERT_ENCODED(hd_encode_ok_publish(false, 0, "0000000000000001", 0, false, &len_),
                    "{\"type\":\"ok\",\"event_id\":\"0000000000000001\",\"receivers\":0}");
     ASSERT_ENCODED(hd_encode_pong(true, 4, &len_), "{\"type\":\"pong\",\"id\":4}");
     ASSERT_ENCODED(hd_encode_pong(false, 4, &len_), "{\"type\":\"pong\"}");
@@ -701,9 +711,13 @@ START_TEST(encode_replies)
                    "{\"type\":\"welcome\",\"session\":\"s-1f2e\",\"server\":\"heraldd/0.1.0\","
                    "\"heartbeat\":25,\"max_event_bytes\":65536}");
     ASSERT_ENCODED(
-        hd_encode_publish_reply("000000000000002a", "chat.room1", 1764288000123, 3, &len_),
+        hd_encode_publish_reply("000000000000002a", "chat.room1", 1764288000123, 3, false, &len_),
         "{\"id\":\"000000000000002a\",\"topic\":\"chat.room1\",\"time\":1764288000123,"
         "\"receivers\":3}");
+    ASSERT_ENCODED(
+        hd_encode_publish_reply("000000000000002a", "chat.room1", 1764288000123, 3, true, &len_),
+        "{\"id\":\"000000000000002a\",\"topic\":\"chat.room1\",\"time\":1764288000123,"
+        "\"receivers\":3,\"duplicate\":true}");
     /* len may be NULL. */
     char *s = hd_encode_ok(true, 5, NULL);
     ck_assert_str_eq(s, "{\"type\":\"ok\",\"id\":5}");

@@ -53,7 +53,7 @@ static int append_one(hd_store_done_fn done)
     if (!m)
         return -1;
     b.start_ns[seq - 1] = hd_now_ns();
-    int r = hd_store_append(b.st, m, done, (void *)(uintptr_t)seq);
+    int r = hd_store_append(b.st, m, NULL, done, (void *)(uintptr_t)seq);
     hd_msg_unref(m);
     return r;
 }

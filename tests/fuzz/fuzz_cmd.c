@@ -51,7 +51,7 @@ static void check_publish(const struct hd_cmd *cmd)
     }
     free(owned);
     size_t len = 0;
-    char *r = hd_encode_publish_reply(id, cmd->topic, 1764288000123, 3, &len);
+    char *r = hd_encode_publish_reply(id, cmd->topic, 1764288000123, 3, cmd->key != NULL, &len);
     must_parse(r, len);
 }
 
@@ -107,7 +107,7 @@ static void check_canonical(const uint8_t *data, size_t size)
         a.has_id != b.has_id || a.id != b.id || a.root || (rb == 0 && !b.root))
         abort();
     if (ra == 0 && (a.op != b.op || !same_str(a.topic, b.topic) || !same_str(a.since, b.since) ||
-                    !same_str(a.event, b.event)))
+                    !same_str(a.event, b.event) || !same_str(a.key, b.key)))
         abort();
     if (ra == 0 && a.op == HD_OP_PUBLISH)
         same_data(&a, &b);
@@ -136,7 +136,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case HD_OP_UNSUBSCRIBE:
         if (!cmd.topic || hd_pattern_check(cmd.topic, strlen(cmd.topic)) != 0)
             abort();
-        must_parse(hd_encode_ok_subscribe(cmd.has_id, cmd.id, cmd.topic, 2, true, &len), len);
+        must_parse(hd_encode_ok_subscribe(cmd.has_id, cmd.id, cmd.topic, 2, true,
+                                          "0000000000000001", &len),
+                   len);
         break;
     case HD_OP_PUBLISH:
         if (!cmd.topic)

@@ -77,11 +77,12 @@ static struct hd_broker *get_broker(void)
     CHECK(hd_config_defaults(&cfg) == 0);
     CHECK(hd_config_load_string(&cfg, FUZZ_CONFIG, strlen(FUZZ_CONFIG), "fuzz", &cerr) == 0);
     CHECK(cfg.limits.max_event_bytes == MAX_EVENT_BYTES);
-    broker = hd_broker_new(&cfg, 1);
+    broker = hd_broker_new(&cfg);
     CHECK(broker);
-    struct hd_engine *e = hd_engine_local_new(0, NULL);
+    struct hd_engine *e = hd_engine_local_new(NULL, &cfg, NULL, err, sizeof(err));
     CHECK(e);
     hd_broker_set_engine(broker, e);
+    CHECK(hd_broker_start(broker, err, sizeof(err)) == 0);
     struct hd_auth *a = hd_auth_new(&cfg, err, sizeof(err));
     CHECK(a);
     hd_broker_set_auth(broker, a);
@@ -190,7 +191,7 @@ static void run(struct hd_broker *b, const struct hd_http_req *req, enum body_ki
     CHECK(next == HD_HTTP_READ_BODY && strncmp(req->path, "/v1/topics/", 11) == 0);
     const char *topic = req->path + 11;
     CHECK(hd_topic_check(topic, strlen(topic)) == 0);
-    if (len > hd_api_body_limit(b)) {
+    if (len > hd_api_body_limit(b, req)) {
         hd_http_resp_clear(&resp); /* the transport answers 413 without reading it */
         return;
     }
@@ -261,7 +262,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         clen = -1;
         break;
     case 2:
-        clen = (int64_t)hd_api_body_limit(b) + 1 + (int64_t)left;
+        clen = (int64_t)hd_api_body_limit(b, &(struct hd_http_req){.path = target}) + 1 +
+               (int64_t)left;
         break;
     default:
         break;

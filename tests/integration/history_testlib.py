@@ -294,6 +294,18 @@ class SSEStream:
             except socket.timeout:
                 pass
 
+    def read_to_end(self, timeout=DEFAULT_TIMEOUT):
+        """Reads until the server ends the stream; AssertionError when it does not."""
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"the SSE stream did not end within {timeout}s")
+            try:
+                self._fill(left)
+            except socket.timeout:
+                pass
+
     def close(self, reset=False):
         try:
             if reset:

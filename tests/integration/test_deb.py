@@ -266,7 +266,12 @@ class DebTest(unittest.TestCase):
     def test_packaged_heraldd_accepts_the_packaged_config(self):
         conf = os.path.join(self.root, CONFIG.lstrip("/"))
         heraldd = os.path.join(self.root, "usr/bin/heraldd")
-        r = run([heraldd, "--check-config", "-c", conf], check=False, timeout=30)
+        # --check-config checks that data_dir exists: systemd makes the unit's
+        # StateDirectory, so an existing directory stands in for it.
+        data = tempfile.mkdtemp(prefix="herald-deb-")
+        self.addCleanup(os.rmdir, data)
+        r = run([heraldd, "--check-config", "-c", conf, "--data-dir", data], check=False,
+                timeout=30)
         self.assertEqual(r.returncode, 0, f"{r.stdout}{r.stderr}")
         with open(conf) as f:
             cfg = json.load(f)

@@ -173,6 +173,14 @@ class PublishErrorTest(HeraldTestCase):
         status, _, reply = self.d.publish("chat.room1", "x" * 500)
         self.assertEqual(status, 202, reply)
 
+    def test_too_large_body_names_the_limit_and_key(self):
+        """Like the other 413s: the limit (max_event_bytes 1024 + 16384) and its key."""
+        status, _, reply = self.d.publish("chat.room1", "x" * (1024 + 16384 + 1))
+        self.assertEqual(status, 413, reply)
+        self.assertErrorBody(reply, "too_large")
+        self.assertIn("17408", reply["message"])
+        self.assertIn("limits.max_event_bytes", reply["message"])
+
     def test_reserved_topic(self):
         for topic in ("$sys.x", "$x"):
             with self.subTest(topic=topic):

@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -125,7 +126,11 @@ class CommandLineTest(HeraldTestCase):
 
     def test_check_config_shipped_example(self):
         path = os.path.join(REPO, "config", "heraldd.json")
-        p = run_heraldd(["--check-config", "-c", path])
+        # Its data_dir is the unit's StateDirectory, which systemd creates; --check-config
+        # checks that it exists, so a directory that does stands in for it here.
+        data = tempfile.mkdtemp(prefix="herald-it-")
+        self.addCleanup(os.rmdir, data)
+        p = run_heraldd(["--check-config", "-c", path, "--data-dir", data])
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
 
     def check_bad(self, text, line, mention, args=("--check-config",)):
@@ -153,6 +158,52 @@ class CommandLineTest(HeraldTestCase):
 
     def test_check_config_syntax_error(self):
         self.check_bad('{\n  "heartbeat_s": 5,\n  "log": nope\n}\n', 3, None)
+
+    def test_check_config_reports_every_error(self):
+        text = ('{\n  "heartbeat_s": 0,\n  "bogus_key": 1,\n'
+                '  "limits": {"max_event_bytes": 1}\n}\n')
+        path = self.config_file(text)
+        p = run_heraldd(["--check-config", "-c", path])
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        lines = [l for l in p.stderr.splitlines() if l.startswith(f"heraldd: {path}:")]
+        self.assertEqual([re.match(re.escape(path) + r":(\d+):\d+:", l[9:]).group(1)
+                          for l in lines], ["2", "3", "4"], p.stderr)
+        for mention, line in zip(("heartbeat_s", "bogus_key", "max_event_bytes"), lines):
+            self.assertIn(mention, line)
+
+    def test_check_config_checks_the_data_dir(self):
+        missing = "/nonexistent/herald-it-data"
+        for cfg in ({"data_dir": missing, "history": {"store": "sqlite"}},
+                    {"data_dir": self.config_file({}), "history": {"store": "sqlite"}}):
+            with self.subTest(data_dir=cfg["data_dir"]):
+                p = run_heraldd(["--check-config", "-c", self.config_file(cfg)])
+                self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+                self.assertIn("data_dir", p.stderr)
+                self.assertIn(cfg["data_dir"], p.stderr)
+                self.assertNotIn("configuration ok", p.stdout)
+        # The memory store needs none.
+        p = run_heraldd(["--check-config", "-c",
+                         self.config_file({"data_dir": missing, "history": {"store": "memory"}})])
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+    def test_check_config_reports_cross_field_errors_together(self):
+        cfg = {"listen": [{"address": "0.0.0.0", "port": 0}],
+               "limits": {"max_queue_bytes": 4096, "max_event_bytes": 65536}}
+        p = run_heraldd(["--check-config", "-c", self.config_file(cfg)])
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("not loopback", p.stderr)
+        self.assertIn("max_queue_bytes", p.stderr)
+
+    def test_bad_flag_prints_one_line_and_a_hint(self):
+        for args in (["--no-such-flag"], ["--log-level", "loud"], ["-c"], ["serve"]):
+            with self.subTest(args=args):
+                p = run_heraldd(args)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                lines = p.stderr.strip().splitlines()
+                self.assertEqual(len(lines), 2, p.stderr)
+                self.assertTrue(lines[0].startswith("heraldd: "), lines)
+                self.assertEqual(lines[1], "try heraldd --help")
+                self.assertNotIn("Usage", p.stderr)
 
     def test_bad_config_refuses_to_start(self):
         self.check_bad('{\n  "heartbeat_s": 5,\n  "bogus_key": 1\n}\n', 3, "bogus_key",

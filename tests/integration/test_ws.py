@@ -53,8 +53,10 @@ class WebSocketTest(HeraldTestCase):
         c = await self.connect()
         await c.send_json({"op": "subscribe", "id": 41, "topic": "chat.>"})
         r = await c.recv_frame()
+        nxt = r.pop("next", None)
         self.assertEqual(r, {"type": "ok", "id": 41, "topic": "chat.>", "replayed": 0,
                              "gap": False})
+        self.assertRegex(nxt or "", r"^[0-9a-f]{16}$")
 
     @async_test()
     async def test_subscribe_without_since_is_live_only(self):
