@@ -122,7 +122,7 @@ int hd_query_get(const char *query, const char *name, char *out, size_t cap)
             const char *v = seglen == nlen ? p + nlen : p + nlen + 1;
             size_t vlen = seglen == nlen ? 0 : seglen - nlen - 1;
             if (hd_url_decode(v, vlen, out, cap))
-                return -1;
+                return -2;
             return (int)strlen(out);
         }
         if (!end)
@@ -131,7 +131,6 @@ int hd_query_get(const char *query, const char *name, char *out, size_t cap)
     }
     return -1;
 }
-
 bool hd_api_origin_allowed(const struct hd_broker *b, const char *origin)
 {
     const struct hd_strlist *o = &hd_broker_config(b)->cors_origins;
@@ -291,10 +290,17 @@ int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req, stru
                         char **credential, struct hd_http_resp *resp)
 {
     char token[4097];
-    bool has_token = hd_query_get(req->query, "token", token, sizeof(token)) >= 0;
+    int tlen = hd_query_get(req->query, "token", token, sizeof(token));
+    bool has_token = tlen >= 0;
     struct hd_error err = {0};
     if (credential)
         *credential = NULL;
+    if (tlen == -2) { /* a credential that cannot be read is wrong, never anonymous */
+        hd_api_error(resp, HD_ERR_UNAUTHORIZED,
+                     "?token= is not valid percent-encoding or is longer than 4096 bytes");
+        hd_http_resp_header(resp, "www-authenticate:", "Bearer realm=\"herald\"");
+        return -1;
+    }
     if (hd_auth_authenticate(hd_broker_auth(b), req->authorization, has_token ? token : NULL,
                              hd_wall_ms(), id, &err)) {
         hd_api_error(resp, HD_ERR_UNAUTHORIZED, err.message[0] ? err.message : "invalid token");
@@ -338,19 +344,6 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const ch
     return false;
 }
 
-/* True when the query names `name`, whatever its value. */
-static bool query_has(const char *query, const char *name)
-{
-    size_t nlen = strlen(name);
-    for (const char *p = query; p && *p;) {
-        if (strncmp(p, name, nlen) == 0 && (p[nlen] == '=' || p[nlen] == '&' || !p[nlen]))
-            return true;
-        p = strchr(p, '&');
-        p = p ? p + 1 : NULL;
-    }
-    return false;
-}
-
 /*
  * Reads an unsigned query parameter within [min, max]; absent gives `def`. Only plain ASCII
  * digits count as a number: a sign, a space (decoded from `+` or `%20`) or a value too long
@@ -361,9 +354,9 @@ static int query_uint(const char *query, const char *name, uint32_t min, uint32_
 {
     char buf[16];
     int n = hd_query_get(query, name, buf, sizeof(buf));
+    if (n == -2)
+        return -1; /* there, but undecodable or longer than any number in range */
     if (n < 0) {
-        if (query_has(query, name))
-            return -1; /* there, but undecodable or longer than any number in range */
         *out = def;
         return 0;
     }
@@ -476,7 +469,7 @@ static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_re
     char since[256];
     int n = hd_query_get(req->query, "since", since, sizeof(since));
     struct hd_since cur = hd_since_parse(n >= 0 ? since : NULL);
-    if (n < 0 && req->query && strstr(req->query, "since="))
+    if (n == -2)
         cur.kind = HD_SINCE_INVALID; /* present but undecodable or too long: a gap */
     struct hd_history *h = hd_broker_history(b);
     st->after = hd_history_resolve(h, st->pattern, cur, &st->gap);
@@ -502,11 +495,11 @@ static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req
     if (req->last_event_id) {
         snprintf(st->since, sizeof(st->since), "%s", req->last_event_id);
         st->has_since = true;
-    } else if (hd_query_get(req->query, "since", st->since, sizeof(st->since)) >= 0) {
-        st->has_since = true;
-    } else if (req->query && strstr(req->query, "since=")) {
-        snprintf(st->since, sizeof(st->since), "invalid"); /* undecodable: a gap */
-        st->has_since = true;
+    } else {
+        int n = hd_query_get(req->query, "since", st->since, sizeof(st->since));
+        if (n == -2) /* present but undecodable or too long: a gap */
+            snprintf(st->since, sizeof(st->since), "invalid");
+        st->has_since = n != -1;
     }
     return HD_HTTP_SSE;
 }
@@ -589,8 +582,8 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
         resp->content_type = NULL;
         hd_http_resp_header(resp, "allow:", route_allow[r]);
         hd_http_resp_header(resp, "access-control-allow-methods:", route_allow[r]);
-        hd_http_resp_header(
-            resp, "access-control-allow-headers:", "Authorization, Content-Type, Last-Event-ID");
+        hd_http_resp_header(resp, "access-control-allow-headers:",
+                            "Authorization, Content-Type, Last-Event-ID, Idempotency-Key");
         hd_http_resp_header(resp, "access-control-max-age:", "86400");
         return HD_HTTP_RESPOND;
     }

@@ -147,7 +147,8 @@ void hd_api_error(struct hd_http_resp *resp, enum hd_err code, const char *messa
 int hd_url_decode(const char *src, size_t len, char *dst, size_t cap);
 
 /* Finds `name` in a raw query string and decodes its value into out. Returns the decoded
- * length, or -1 when absent or malformed. */
+ * length, -1 when absent, or -2 when present but malformed (a bad escape, a decoded NUL, or
+ * longer than cap allows). */
 int hd_query_get(const char *query, const char *name, char *out, size_t cap);
 
 #endif

@@ -28,15 +28,9 @@ static bool ctype_is(const char *ctype, const char *want)
 
 /* Anonymous HTTP publishers are rate-limited per client address. */
 static struct hd_publisher publisher_of(const struct hd_http_req *req,
-                                        const struct hd_identity *who, char *key, size_t cap)
+                                        const struct hd_identity *who)
 {
-    if (req->peer_addr) {
-        memcpy(key, "ip:", 3);
-        hd_peer_addr_format(req->peer_addr, key + 3, cap - 3);
-    } else {
-        snprintf(key, cap, "ip:%s", req->peer ? req->peer : "?");
-    }
-    return (struct hd_publisher){.identity = who, .anon_rate_key = key};
+    return (struct hd_publisher){.identity = who, .peer_addr = req->peer_addr, .peer = req->peer};
 }
 
 static void refuse_too_large(struct hd_http_resp *resp, size_t limit, const char *key)
@@ -62,7 +56,7 @@ enum hd_http_next hd__api_publish_route(struct hd_broker *b, const struct hd_htt
     }
     char ev[HD_EVENT_KIND_MAX + 2];
     int n = hd_query_get(req->query, "event", ev, sizeof(ev));
-    if (n >= 0 && !hd_event_kind_valid(ev, (size_t)n)) {
+    if (n == -2 || (n >= 0 && !hd_event_kind_valid(ev, (size_t)n))) {
         hd_api_error(resp, HD_ERR_BAD_REQUEST, "event must be 1-64 bytes of A-Z a-z 0-9 _ - . :");
         return HD_HTTP_RESPOND;
     }
@@ -70,8 +64,7 @@ enum hd_http_next hd__api_publish_route(struct hd_broker *b, const struct hd_htt
     if (!who)
         return HD_HTTP_RESPOND;
     /* Everything but the data is known now: refuse before reading the body. */
-    char rate_key[80];
-    struct hd_publisher p = publisher_of(req, who, rate_key, sizeof(rate_key));
+    struct hd_publisher p = publisher_of(req, who);
     struct hd_pub pub = {.topic = topic, .key = req->idempotency_key};
     struct hd_error err = {0};
     if (hd_broker_publish_check(b, &p, &pub, &err) != HD_ERR_NONE) {
@@ -112,6 +105,7 @@ enum hd_http_next hd__api_batch_route(struct hd_broker *b, const struct hd_http_
 /* ---- one event -------------------------------------------------------------------------- */
 
 struct pub_ctx {
+    struct hd_broker *b;
     bool in_call;
     bool completed;
     struct hd_http_resp *sync_resp;
@@ -119,6 +113,15 @@ struct pub_ctx {
     void *arg;
     char topic[HD_TOPIC_MAX + 1];
 };
+
+/* The topic a repeated key's first publish went to: "the first publish's answer again" even
+ * when the repeat names another topic (while history still holds the event). */
+static const char *first_topic(struct hd_broker *b, const struct hd_publish_result *res,
+                               const char *topic)
+{
+    const struct hd_msg *m = res->duplicate ? hd_history_get(hd_broker_history(b), res->seq) : NULL;
+    return m ? m->topic : topic;
+}
 
 static void fill_publish_reply(struct hd_http_resp *resp, const char *topic,
                                const struct hd_error *err, const struct hd_publish_result *res)
@@ -140,13 +143,14 @@ static void http_publish_done(void *arg, const struct hd_error *err,
 {
     struct pub_ctx *ctx = arg;
     ctx->completed = true;
+    const char *topic = res ? first_topic(ctx->b, res, ctx->topic) : ctx->topic;
     if (ctx->in_call) {
-        fill_publish_reply(ctx->sync_resp, ctx->topic, err, res);
+        fill_publish_reply(ctx->sync_resp, topic, err, res);
         return;
     }
     struct hd_http_resp *resp = calloc(1, sizeof(*resp));
     if (resp)
-        fill_publish_reply(resp, ctx->topic, err, res);
+        fill_publish_reply(resp, topic, err, res);
     ctx->done(ctx->arg, resp);
     free(ctx);
 }
@@ -211,10 +215,9 @@ static int publish_one(struct hd_broker *b, const struct hd_http_req *req, const
         hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
         return HD_HTTP_RESPOND;
     }
-    *ctx = (struct pub_ctx){.in_call = true, .sync_resp = resp, .done = done, .arg = arg};
+    *ctx = (struct pub_ctx){.b = b, .in_call = true, .sync_resp = resp, .done = done, .arg = arg};
     snprintf(ctx->topic, sizeof(ctx->topic), "%.*s", HD_TOPIC_MAX, topic);
-    char rate_key[80];
-    struct hd_publisher p = publisher_of(req, who, rate_key, sizeof(rate_key));
+    struct hd_publisher p = publisher_of(req, who);
     struct hd_pub pub = {.topic = topic,
                          .event = ev,
                          .data_json = data,
@@ -254,6 +257,7 @@ struct line {
 };
 
 struct batch {
+    struct hd_broker *b;
     struct line *lines;
     size_t n, outstanding;
     bool in_call, submitting;
@@ -464,6 +468,9 @@ static void batch_line_done(void *arg, const struct hd_error *err,
         bt->err = *err;
     } else if (res) {
         ln->res = *res;
+        const char *t = first_topic(bt->b, res, ln->topic);
+        if (t != ln->topic) /* copied: history may let the event go before the answer */
+            snprintf(ln->topic, sizeof(ln->topic), "%s", t);
     }
     bt->outstanding--;
     batch_finish(bt);
@@ -480,13 +487,12 @@ static int publish_batch(struct hd_broker *b, const struct hd_http_req *req, con
         hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
         return HD_HTTP_RESPOND;
     }
-    *bt = (struct batch){.in_call = true, .sync_resp = resp, .done = done, .arg = arg};
+    *bt = (struct batch){.b = b, .in_call = true, .sync_resp = resp, .done = done, .arg = arg};
     if (!parse_batch(bt, body, len, hd_broker_config(b)->limits.max_batch_events, resp)) {
         batch_free(bt);
         return HD_HTTP_RESPOND;
     }
-    char rate_key[80];
-    struct hd_publisher p = publisher_of(req, who, rate_key, sizeof(rate_key));
+    struct hd_publisher p = publisher_of(req, who);
     struct hd_error err = {0};
     /* Every line is admitted, and the rate taken for all, before any is published. */
     for (size_t i = 0; i < bt->n; i++) {

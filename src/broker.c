@@ -424,9 +424,7 @@ static enum hd_err ws_publish(struct hd_conn *c, const struct hd_cmd *cmd, struc
     if (b->pending)
         b->pending->prev = p;
     b->pending = p;
-    char rate_key[32];
-    snprintf(rate_key, sizeof(rate_key), "conn:%" PRIu64, c->id);
-    struct hd_publisher who = {.identity = &c->identity, .anon_rate_key = rate_key};
+    struct hd_publisher who = {.identity = &c->identity, .conn_id = c->id};
     struct hd_pub pub = {.topic = cmd->topic,
                          .event = cmd->event,
                          .data_json = data,

@@ -191,11 +191,14 @@ static inline void hd_conn_writable(struct hd_conn *c)
 /* Queues a reply/control frame (takes no ownership of text). Returns 0 or -ENOMEM. */
 int hd_conn_send_text(struct hd_conn *c, const char *text, size_t len);
 
-/* Who publishes: the identity (borrowed) and, when it is anonymous, the key its rate is
- * counted under ("conn:<id>" for a WebSocket, "ip:<address>" over HTTP). */
+/* Who publishes: the identity (borrowed) and, for an anonymous one, what its rate is counted
+ * under: its WebSocket connection (conn_id), else its address (peer_addr, else the text in
+ * peer). Formatted into a limiter key only when a rate limit is set. */
 struct hd_publisher {
     const struct hd_identity *identity;
-    const char *anon_rate_key;
+    uint64_t conn_id;
+    const struct hd_peer_addr *peer_addr;
+    const char *peer;
 };
 
 /* The answer to a publish (PROTOCOL.md section 3). */

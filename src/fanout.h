@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Fan-out building blocks: the immutable, refcounted outbound message (an event encoded once,
- * or a reply) and the bounded per-connection queue of references to such messages. Every
- * receiver of an event shares the same bytes; a message is freed when its last reference
- * goes. Loop-thread only: refcounts are not atomic.
+ * Fan-out building blocks: the refcounted outbound message (an event encoded once, or a
+ * reply) and the bounded per-connection queue of references to such messages. Every receiver
+ * of an event shares the same bytes, which never change after the message is made; only its
+ * bookkeeping does (refs, the delivery counters of PROTOCOL.md section 4, receivers, and the
+ * SSE rendering made on first use). A message is freed when its last reference goes.
+ * Loop-thread only: refcounts and counters are not atomic.
  */
 #ifndef HD_FANOUT_H
 #define HD_FANOUT_H

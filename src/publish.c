@@ -19,6 +19,7 @@
 
 #include "broker_int.h"
 #include "log.h"
+#include "peers.h"
 
 /* One admitted publish waiting for its engine acknowledgement and/or its local delivery. */
 struct pub_op {
@@ -205,10 +206,16 @@ enum hd_err hd_broker_publish_take(struct hd_broker *b, const struct hd_publishe
         return HD_ERR_NONE;
     char key[80];
     const char *name = hd_identity_name(who->identity);
-    if (who->identity->kind != HD_ID_ANONYMOUS && name)
+    if (who->identity->kind != HD_ID_ANONYMOUS && name) {
         snprintf(key, sizeof(key), "id:%s", name);
-    else
-        snprintf(key, sizeof(key), "%s", who->anon_rate_key ? who->anon_rate_key : "anon");
+    } else if (who->conn_id) {
+        snprintf(key, sizeof(key), "conn:%" PRIu64, who->conn_id);
+    } else if (who->peer_addr) {
+        memcpy(key, "ip:", 3);
+        hd_peer_addr_format(who->peer_addr, key + 3, sizeof(key) - 3);
+    } else {
+        snprintf(key, sizeof(key), "ip:%s", who->peer ? who->peer : "?");
+    }
     uint32_t wait = hd_ratelimit_take(b->rate, key, n, cfg->limits.publish_rate,
                                       cfg->limits.publish_burst, hd_now_ns(), fits);
     if (!wait)

@@ -230,20 +230,22 @@ bool srv_peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callback_
     }
 }
 
-/*
- * The end of a loop turn: request bodies first (their publishes queue frames), then every
- * WebSocket connection with frames queued, so a burst read in one turn leaves in one
- * write per connection.
- */
+/* Wakes the loop for publishes held by backpressure: the turn it ends runs on_turn_end,
+ * which looks at them again. */
 static void hold_timer_cb(uv_timer_t *t)
 {
-    (void)t; /* the turn it ends runs on_turn_end, which looks at the held work again */
+    (void)t;
 }
 
+/*
+ * The end of a loop turn: first every WebSocket connection with frames queued (what the
+ * sockets take no longer counts against publishers), then request bodies and paused
+ * WebSocket readers whose publishes may go now (they queue frames), then those frames, so
+ * a burst read in one turn leaves in one write per connection.
+ */
 static void on_turn_end(uv_check_t *h)
 {
     struct hd_server *s = h->data;
-    /* Frames first: what the sockets take now no longer counts against publishers. */
     srv_ws_flush_all(s);
     uint64_t now = hd_now_ns();
     srv_http_turn(s, now);

@@ -6,7 +6,7 @@
  * uv_async in append order. After open the loop thread never touches the database and the
  * writer never touches a refcount. Indexing history for readers is history.c's job.
  */
-#include "store.h"
+#include "store_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -22,66 +22,6 @@
 
 #include "log.h"
 #include "metrics.h"
-
-#define SCHEMA_VERSION 2            /* 2: the keys table (idempotency keys) */
-#define APP_ID 0x48524c44           /* "HRLD" in the SQLite header: marks the file as ours */
-#define MAX_BATCH 4096              /* events per transaction */
-#define MAX_BATCH_BYTES (16u << 20) /* and at most about this much payload */
-#define PRUNE_STEP 1024             /* rows deleted per transaction, so no transaction runs long */
-#define PROBE_MS 1000       /* while failing, the writer tries one trivial commit a second */
-#define AGE_CHECK_MS 1000   /* how often the oldest rows are checked against max_age_s */
-#define TOPIC_MAP_MAX 65536 /* topics whose row count the writer remembers at once */
-#define BUSY_MS 1000
-
-struct job {
-    struct job *next;
-    struct hd_msg *msg;
-    char *key;             /* the publish's scoped idempotency key (malloc'd), or NULL */
-    hd_store_done_fn done; /* NULL when already answered (durability async) */
-    void *arg;
-    int err;
-};
-
-/* An idempotency key read at open, with the answer it was first given. */
-struct loaded_key {
-    char *key;
-    uint64_t seq;
-    int64_t time_ms;
-};
-
-struct jlist {
-    struct job *head, *tail;
-    size_t n;
-};
-
-/* A topic's row count as the writer knows it, so pruning never scans to find out. */
-struct tcount {
-    int64_t count;
-    bool todo;                /* in the todo list */
-    struct tcount *next_todo; /* entries over the per-topic limit, waiting for pruning */
-    char topic[];
-};
-
-struct tmap {
-    struct tcount **slot; /* open addressing, cap a power of two, at most half full */
-    size_t cap, n, max;   /* max 0 = unbounded */
-    struct tcount *todo;
-};
-
-enum {
-    S_BEGIN,
-    S_COMMIT,
-    S_ROLLBACK,
-    S_INSERT,
-    S_LAST,
-    S_PROBE,
-    S_COUNT,
-    S_PRUNE,
-    S_AGE,
-    S_KEY,
-    S_KEY_AGE,
-    S__N
-};
 
 static const char *const sql_text[S__N] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -105,48 +45,6 @@ static const char *const sql_text[S__N] = {
                   "LIMIT ?1)",
 };
 
-struct hd_store {
-    uv_loop_t *loop;
-    uv_async_t async;  /* writer -> loop: completions are ready */
-    uv_prepare_t prep; /* hands the appends of one loop iteration over together */
-    int open_handles;
-    size_t outstanding;  /* loop thread only: appends whose completion has not run */
-    struct jlist staged; /* loop thread only: appended, not yet handed to the writer */
-    bool closing;        /* loop thread only */
-    enum hd_durability durability;
-    char path[4096];
-    sqlite3 *db;
-    sqlite3_stmt *stmt[S__N];
-    pthread_t thread;
-
-    /* Shared between the loop and the writer, under mu. */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct jlist pending, completed;
-    bool stopping;
-    struct hd_history_limits lim;
-    unsigned lim_gen;
-
-    _Atomic bool failing;
-    _Atomic uint64_t commits;
-    _Atomic unsigned fail_next;
-    struct hd_histogram *_Atomic commit_hist;
-
-    /* Writer thread only (after open). */
-    struct hd_history_limits wlim;
-    unsigned wlim_gen;
-    struct tmap counts;
-    uint64_t next_age_ms, next_probe_ms, next_key_age_ms;
-    bool age_more;
-    char why[256];
-
-    /* Read at open, handed out by hd_store_load. */
-    struct hd_msg **loaded;
-    size_t nloaded;
-    struct loaded_key *keys;
-    size_t nkeys;
-};
-
 static uint64_t mono_ms(void)
 {
     struct timespec ts;
@@ -165,6 +63,15 @@ static void jlist_concat(struct jlist *dst, struct jlist *src)
     dst->tail = src->tail;
     dst->n += src->n;
     *src = (struct jlist){0};
+}
+
+int hd__store_prepare(struct hd_store *st)
+{
+    int rc = SQLITE_OK;
+    for (int i = 0; i < S__N && rc == SQLITE_OK; i++)
+        rc = sqlite3_prepare_v3(st->db, sql_text[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i],
+                                NULL);
+    return rc;
 }
 
 /* ---- topic row counts (writer; also used by the loader) ------------------------------ */
@@ -187,7 +94,7 @@ static void tmap_clear(struct tmap *m)
     m->todo = NULL;
 }
 
-static void tmap_free(struct tmap *m)
+void hd__store_tmap_free(struct tmap *m)
 {
     tmap_clear(m);
     free(m->slot);
@@ -203,7 +110,7 @@ static void tmap_place(struct tcount **slot, size_t cap, struct tcount *e)
 }
 
 /* The entry for `topic`, added with count 0 (and *created set) when absent; NULL on OOM. */
-static struct tcount *tmap_get(struct tmap *m, const char *topic, bool *created)
+struct tcount *hd__store_tmap_get(struct tmap *m, const char *topic, bool *created)
 {
     *created = false;
     if (m->cap) {
@@ -301,7 +208,7 @@ static int insert_event(struct hd_store *st, struct hd_msg *m, const char *key)
         return rc;
     /* Keep the topic's count; the first write in this life reads it (bounded by retention). */
     bool created;
-    struct tcount *e = tmap_get(&st->counts, m->topic, &created);
+    struct tcount *e = hd__store_tmap_get(&st->counts, m->topic, &created);
     if (!e)
         return SQLITE_OK;
     if (created)
@@ -648,8 +555,7 @@ int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg)
 
 /* ---- open and close -------------------------------------------------------------------- */
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
-                                                          ...)
+void hd__store_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -666,7 +572,7 @@ static void destroy(struct hd_store *st)
     st->loaded = NULL;
     st->nloaded = 0;
     free_keys(st);
-    tmap_free(&st->counts);
+    hd__store_tmap_free(&st->counts);
     for (int i = 0; i < S__N; i++)
         sqlite3_finalize(st->stmt[i]);
     int rc = sqlite3_close(st->db);
@@ -674,254 +580,6 @@ static void destroy(struct hd_store *st)
         hd_log_error("store close failed", "path=%s sqlite_error=\"%s\"", st->path,
                      sqlite3_errstr(rc));
     st->db = NULL;
-}
-
-/* Turns an SQLite failure at open into the sentence an operator needs. Returns -1. */
-static int open_err(struct hd_store *st, int rc, char *err, size_t errlen)
-{
-    int p = rc & 0xff;
-    const char *msg = st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc);
-    if (p == SQLITE_NOTADB || p == SQLITE_CORRUPT || p == SQLITE_ERROR) /* "no such table" */
-        set_err(err, errlen,
-                "%s is not a Herald database (%s); move it away or use another data_dir", st->path,
-                msg);
-    else if (p == SQLITE_BUSY || p == SQLITE_LOCKED)
-        set_err(err, errlen, "%s is in use by another process (another heraldd on this data_dir?)",
-                st->path);
-    else
-        set_err(err, errlen, "cannot open the store %s: %s", st->path, msg);
-    if (st->db && !sqlite3_get_autocommit(st->db))
-        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-    return -1;
-}
-
-/* Runs `sql` (one text parameter: `key`) and reads the first row's integer (0 when none). */
-static int query_int(sqlite3 *db, const char *sql, const char *key, int64_t *out)
-{
-    sqlite3_stmt *s;
-    int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
-    if (rc != SQLITE_OK)
-        return rc;
-    if (key)
-        rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_step(s);
-        *out = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
-        rc = (rc == SQLITE_ROW || rc == SQLITE_DONE) ? SQLITE_OK : rc;
-    }
-    sqlite3_finalize(s);
-    return rc;
-}
-
-#define KEYS_SQL                                                                                   \
-    "CREATE TABLE keys(key TEXT PRIMARY KEY, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL);"     \
-    "CREATE INDEX keys_time ON keys(time_ms);"
-static const char schema_sql[] =
-    "CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
-    "CREATE TABLE events(seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, time_ms INTEGER NOT "
-    "NULL, event TEXT NOT NULL, payload BLOB NOT NULL);"
-    "CREATE INDEX events_topic_seq ON events(topic, seq);" KEYS_SQL;
-/* Version 1 had no keys table; adding it is the whole upgrade. */
-static const char upgrade_1_sql[] = KEYS_SQL "UPDATE meta SET value = 2 WHERE key = "
-                                             "'schema_version';";
-
-/* Opens the file, checks or creates the schema and fills base_seq and last_seq. */
-static int db_open(struct hd_store *st, uint64_t new_base, struct hd_store_info *info, char *err,
-                   size_t errlen)
-{
-    int rc = sqlite3_open_v2(
-        st->path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK)
-        return open_err(st, rc, err, errlen);
-    sqlite3_extended_result_codes(st->db, 1);
-    sqlite3_busy_timeout(st->db, BUSY_MS);
-    /* Exclusive locking: a second heraldd on this data_dir fails here instead of writing
-     * interleaved ids; the WAL index then lives in memory, no -shm file. FULL syncs the WAL
-     * at every commit (sync durability); NORMAL only at checkpoints, which survives kill -9
-     * but not power loss. */
-    char sql[256];
-    snprintf(sql, sizeof(sql),
-             "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=%s; "
-             "PRAGMA wal_autocheckpoint=2000; PRAGMA journal_size_limit=67108864;",
-             st->durability == HD_DURABILITY_SYNC ? "FULL" : "NORMAL");
-    if ((rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL)) != SQLITE_OK)
-        return open_err(st, rc, err, errlen);
-    sqlite3_stmt *s;
-    if ((rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode=WAL", -1, &s, NULL)))
-        return open_err(st, rc, err, errlen);
-    rc = sqlite3_step(s);
-    bool wal = rc == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(s, 0), "wal") == 0;
-    sqlite3_finalize(s);
-    if (rc != SQLITE_ROW)
-        return open_err(st, rc, err, errlen);
-    if (!wal) {
-        set_err(err, errlen, "cannot put the store %s in WAL mode", st->path);
-        return -1;
-    }
-    int64_t tables, app, version = 0, base = 0, last = 0, maxseq = 0;
-    if ((rc = sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) ||
-        (rc = query_int(st->db, "SELECT COUNT(*) FROM sqlite_master", NULL, &tables)) ||
-        (rc = query_int(st->db, "PRAGMA application_id", NULL, &app)))
-        return open_err(st, rc, err, errlen);
-    if (tables == 0) {
-        snprintf(sql, sizeof(sql),
-                 "PRAGMA application_id=%d; INSERT INTO meta VALUES('schema_version', %d), "
-                 "('base_seq', %" PRId64 "), ('last_seq', 0);",
-                 APP_ID, SCHEMA_VERSION, (int64_t)new_base);
-        if ((rc = sqlite3_exec(st->db, schema_sql, NULL, NULL, NULL)) ||
-            (rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL)))
-            return open_err(st, rc, err, errlen);
-    } else if (app != APP_ID) {
-        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-        set_err(err, errlen, "%s is not a Herald database (it belongs to another application)",
-                st->path);
-        return -1;
-    }
-    const char *get = "SELECT value FROM meta WHERE key = ?1";
-    if ((rc = query_int(st->db, get, "schema_version", &version)) ||
-        (rc = query_int(st->db, get, "base_seq", &base)) ||
-        (rc = query_int(st->db, get, "last_seq", &last)) ||
-        (rc = query_int(st->db, "SELECT MAX(seq) FROM events", NULL, &maxseq)))
-        return open_err(st, rc, err, errlen);
-    if (version == 1) {
-        if ((rc = sqlite3_exec(st->db, upgrade_1_sql, NULL, NULL, NULL)))
-            return open_err(st, rc, err, errlen);
-        hd_log_info("store upgraded", "path=%s schema_version=%d", st->path, SCHEMA_VERSION);
-        version = SCHEMA_VERSION;
-    }
-    if (version != SCHEMA_VERSION) {
-        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-        set_err(err, errlen, "%s has store schema version %" PRId64 ", this heraldd reads %d",
-                st->path, version, SCHEMA_VERSION);
-        return -1;
-    }
-    /* A write now, so a read-only file or a full disk is reported at start, not at publish. */
-    snprintf(sql, sizeof(sql),
-             "INSERT OR REPLACE INTO meta VALUES('opened_ms', %" PRId64 ");"
-             "COMMIT;",
-             hd_wall_ms());
-    if ((rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL)) != SQLITE_OK)
-        return open_err(st, rc, err, errlen);
-    info->base_seq = (uint64_t)base;
-    info->last_seq = (uint64_t)(maxseq > last ? maxseq : last);
-    for (int i = 0; i < S__N; i++) {
-        if ((rc = sqlite3_prepare_v3(st->db, sql_text[i], -1, SQLITE_PREPARE_PERSISTENT,
-                                     &st->stmt[i], NULL)) != SQLITE_OK)
-            return open_err(st, rc, err, errlen);
-    }
-    return 0;
-}
-
-/* Reads what retention allows, newest first per topic, into st->loaded (oldest first). */
-static int preload(struct hd_store *st, const struct hd_history_limits *lim, char *err,
-                   size_t errlen)
-{
-    sqlite3_stmt *s;
-    int rc = sqlite3_prepare_v2(st->db,
-                                "SELECT seq, topic, time_ms, event, payload FROM "
-                                "events WHERE time_ms >= ?1 ORDER BY seq DESC",
-                                -1, &s, NULL);
-    if (rc != SQLITE_OK)
-        return open_err(st, rc, err, errlen);
-    int64_t cut = lim->max_age_s ? hd_wall_ms() - (int64_t)lim->max_age_s * 1000 : INT64_MIN;
-    struct tmap seen = {0};
-    size_t cap = 0;
-    bool oom = false;
-    rc = sqlite3_bind_int64(s, 1, cut);
-    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        rc = SQLITE_OK;
-        const char *topic = (const char *)sqlite3_column_text(s, 1);
-        const char *event = (const char *)sqlite3_column_text(s, 3);
-        bool created;
-        struct tcount *e = topic ? tmap_get(&seen, topic, &created) : NULL;
-        if (!e || !event) {
-            oom = topic && event;
-            break;
-        }
-        if (lim->max_events_per_topic && ++e->count > lim->max_events_per_topic)
-            continue;
-        const void *payload = sqlite3_column_blob(s, 4);
-        size_t len = (size_t)sqlite3_column_bytes(s, 4);
-        if (st->nloaded == cap) {
-            size_t ncap = cap ? cap * 2 : 256;
-            struct hd_msg **n = realloc(st->loaded, ncap * sizeof(*n));
-            if (!n) {
-                oom = true;
-                break;
-            }
-            st->loaded = n;
-            cap = ncap;
-        }
-        struct hd_msg *m = hd_msg_new_event_encoded((uint64_t)sqlite3_column_int64(s, 0),
-                                                    sqlite3_column_int64(s, 2), topic, event,
-                                                    payload ? payload : "", len);
-        if (!m) {
-            oom = true;
-            break;
-        }
-        st->loaded[st->nloaded++] = m;
-    }
-    if (rc != SQLITE_DONE && !oom)
-        open_err(st, rc, err, errlen);
-    sqlite3_finalize(s);
-    tmap_free(&seen);
-    if (oom)
-        set_err(err, errlen, "out of memory loading the store %s", st->path);
-    if (oom || rc != SQLITE_DONE)
-        return -1; /* destroy() frees what was loaded */
-    for (size_t i = 0, j = st->nloaded; i + 1 < j; i++, j--) {
-        struct hd_msg *t = st->loaded[i];
-        st->loaded[i] = st->loaded[j - 1];
-        st->loaded[j - 1] = t;
-    }
-    return 0;
-}
-
-/* Reads the idempotency keys still inside the window into st->keys. */
-static int preload_keys(struct hd_store *st, const struct hd_history_limits *lim, char *err,
-                        size_t errlen)
-{
-    if (!lim->key_window_s)
-        return 0;
-    sqlite3_stmt *s;
-    int rc = sqlite3_prepare_v2(
-        st->db, "SELECT key, seq, time_ms FROM keys WHERE time_ms >= ?1 ORDER BY time_ms", -1, &s,
-        NULL);
-    if (rc != SQLITE_OK)
-        return open_err(st, rc, err, errlen);
-    size_t cap = 0;
-    bool oom = false;
-    rc = sqlite3_bind_int64(s, 1, hd_wall_ms() - (int64_t)lim->key_window_s * 1000);
-    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        rc = SQLITE_OK;
-        const char *key = (const char *)sqlite3_column_text(s, 0);
-        if (!key)
-            continue;
-        if (st->nkeys == cap) {
-            size_t ncap = cap ? cap * 2 : 64;
-            struct loaded_key *n = realloc(st->keys, ncap * sizeof(*n));
-            if (!n) {
-                oom = true;
-                break;
-            }
-            st->keys = n;
-            cap = ncap;
-        }
-        struct loaded_key *k = &st->keys[st->nkeys];
-        if (!(k->key = strdup(key))) {
-            oom = true;
-            break;
-        }
-        k->seq = (uint64_t)sqlite3_column_int64(s, 1);
-        k->time_ms = sqlite3_column_int64(s, 2);
-        st->nkeys++;
-    }
-    if (rc != SQLITE_DONE && !oom)
-        open_err(st, rc, err, errlen);
-    sqlite3_finalize(s);
-    if (oom)
-        set_err(err, errlen, "out of memory loading the store %s", st->path);
-    return oom || rc != SQLITE_DONE ? -1 : 0;
 }
 
 /* Stops the writer after it committed everything queued. */
@@ -966,38 +624,24 @@ static int start(struct hd_store *st)
     return -1;
 }
 
-/*
- * SQLite takes a zero-length file for a new database, so an emptied herald.db (a truncation,
- * a full disk, a bad copy) would silently start an empty history. It is not refused (a file
- * made with touch is harmless), but said, with the path, before anything is written to it.
- */
-static void warn_if_empty(const char *path)
-{
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0)
-        hd_log_warn("the store file is empty (0 bytes): history starts empty, and any events "
-                    "it held are gone",
-                    "path=%s", path);
-}
-
 struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_durability durability,
                                const struct hd_history_limits *lim, uint64_t new_base_seq,
                                struct hd_store_info *info, char *err, size_t errlen)
 {
     struct stat sb;
     if (stat(data_dir, &sb) != 0) {
-        set_err(err, errlen, "data_dir %s %s", data_dir,
-                errno == ENOENT ? "does not exist; create it first (heraldd does not)"
-                                : strerror(errno));
+        hd__store_set_err(err, errlen, "data_dir %s %s", data_dir,
+                          errno == ENOENT ? "does not exist; create it first (heraldd does not)"
+                                          : strerror(errno));
         return NULL;
     }
     if (!S_ISDIR(sb.st_mode)) {
-        set_err(err, errlen, "data_dir %s is not a directory", data_dir);
+        hd__store_set_err(err, errlen, "data_dir %s is not a directory", data_dir);
         return NULL;
     }
     struct hd_store *st = calloc(1, sizeof(*st));
     if (!st) {
-        set_err(err, errlen, "out of memory opening the store");
+        hd__store_set_err(err, errlen, "out of memory opening the store");
         return NULL;
     }
     *info = (struct hd_store_info){0};
@@ -1009,15 +653,16 @@ struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_du
     bool fits =
         (size_t)snprintf(st->path, sizeof(st->path), "%s/herald.db", data_dir) < sizeof(st->path);
     if (fits)
-        warn_if_empty(st->path);
+        hd__store_warn_if_empty(st->path);
     if (!fits) {
-        set_err(err, errlen, "data_dir %s is too long", data_dir);
-    } else if (db_open(st, new_base_seq, info, err, errlen) == 0 &&
-               preload(st, lim, err, errlen) == 0 && preload_keys(st, lim, err, errlen) == 0) {
+        hd__store_set_err(err, errlen, "data_dir %s is too long", data_dir);
+    } else if (hd__store_db_open(st, new_base_seq, info, err, errlen) == 0 &&
+               hd__store_preload(st, lim, err, errlen) == 0 &&
+               hd__store_preload_keys(st, lim, err, errlen) == 0) {
         info->events = st->nloaded;
         if (start(st) == 0)
             return st;
-        set_err(err, errlen, "cannot start the store writer thread for %s", st->path);
+        hd__store_set_err(err, errlen, "cannot start the store writer thread for %s", st->path);
     }
     destroy(st);
     free(st);

@@ -152,7 +152,7 @@ static void pub_done(void *arg, const struct hd_error *err, const struct hd_publ
 }
 
 static const struct hd_identity anon = {.kind = HD_ID_ANONYMOUS, .everything = true};
-static const struct hd_publisher anon_pub = {.identity = &anon, .anon_rate_key = "ip:test"};
+static const struct hd_publisher anon_pub = {.identity = &anon, .peer = "test"};
 
 /* Publishes as the HTTP API would; returns the event (a reference the caller drops). */
 static struct hd_msg *publish(const char *topic, const char *data)

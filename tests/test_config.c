@@ -96,6 +96,10 @@ START_TEST(defaults)
     ck_assert_uint_eq(cfg.limits.publish_burst, 0);
     ck_assert_uint_eq(cfg.limits.max_header_bytes, 4096);
     ck_assert_uint_eq(cfg.limits.handshake_timeout_s, 10);
+    ck_assert_uint_eq(cfg.limits.max_batch_events, 1000);
+    ck_assert_uint_eq(cfg.limits.max_batch_bytes, 16u << 20);
+    ck_assert_uint_eq(cfg.history.dedupe_window_s, 120);
+    ck_assert_uint_eq(cfg.history.dedupe_max_keys, 1000000);
     ck_assert_uint_eq(cfg.heartbeat_s, 25);
     ck_assert_uint_eq(cfg.cors_origins.n, 1);
     ck_assert_str_eq(cfg.cors_origins.v[0], "*");
@@ -297,6 +301,11 @@ START_TEST(out_of_range)
     expect_error("{\"limits\": {\"max_queue_bytes\": 4095}}", "4095", "limits.max_queue_bytes");
     expect_error("{\"limits\": {\"max_header_bytes\": 65537}}", "65537", "1024 and 65536");
     expect_error("{\"limits\": {\"handshake_timeout_s\": 301}}", "301", "1 and 300");
+    expect_error("{\"limits\": {\"max_batch_events\": 0}}", "0}", "limits.max_batch_events");
+    expect_error("{\"limits\": {\"max_batch_bytes\": 100}}", "100", "limits.max_batch_bytes");
+    expect_error("{\"history\": {\"dedupe_window_s\": 604801}}", "604801",
+                 "history.dedupe_window_s");
+    expect_error("{\"history\": {\"dedupe_max_keys\": 10}}", "10}", "history.dedupe_max_keys");
     expect_error("{\"limits\": {\"publish_rate\": 10, \"publish_burst\": 0}}", "0}",
                  "limits.publish_burst: must be at least 1 when publish_rate is set");
     expect_error("{\"data_dir\": \"\"}", "\"\"", "data_dir: must not be empty");

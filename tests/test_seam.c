@@ -166,7 +166,7 @@ static void on_answer(void *arg, const struct hd_error *err, const struct hd_pub
 }
 
 static const struct hd_identity anon = {.kind = HD_ID_ANONYMOUS, .everything = true};
-static const struct hd_publisher who = {.identity = &anon, .anon_rate_key = "ip:test"};
+static const struct hd_publisher who = {.identity = &anon, .peer = "test"};
 
 static enum hd_err publish_key(const char *topic, const char *key, struct answer *a)
 {

@@ -8,6 +8,7 @@
  * It shows the asynchronous style: the program owns the event loop (poll() on the client's
  * fd and on a signal pipe), and libherald delivers events through a callback run by
  * herald_process(). Build: cc login_watch.c $(pkg-config --cflags --libs libherald)
+ * (from a build tree: PKG_CONFIG_PATH=build/clients/pkgconfig first; see clients/README.md)
  *
  *   login_watch [URL] [CURSOR_FILE]   (defaults: $HERALD_URL or ws://127.0.0.1:7070,
  *                                      ./login_watch.cursor)
@@ -25,7 +26,9 @@
 
 struct app {
     const char *cursor_file;
-    char cursor[HERALD_ID_SIZE]; /* the last login printed */
+    char cursor[HERALD_ID_SIZE]; /* the last event handled (login or not) */
+    size_t replay_left;          /* events of the catch-up replay still to come */
+    size_t replay_logins;        /* logins among them */
     int exit_code;
     bool done;
 };
@@ -78,20 +81,30 @@ static void field(const char *json, const char *key, char *out, size_t cap)
 static void on_event(herald_client *c, const herald_event *ev, void *user)
 {
     struct app *a = user;
-    (void)c;
     switch (ev->type) {
     case HERALD_EV_EVENT: {
-        if (strcmp(ev->kind, "login") != 0)
-            break;
-        char who[64], ip[64], when[32];
-        field(ev->data, "user", who, sizeof(who));
-        field(ev->data, "ip", ip, sizeof(ip));
-        time_t t = (time_t)(ev->time_ms / 1000);
-        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&t));
-        printf("%s  %s logged in%s%s\n", when, who[0] ? who : "someone", ip[0] ? " from " : "", ip);
-        fflush(stdout);
-        snprintf(a->cursor, sizeof(a->cursor), "%s", ev->id);
-        save_cursor(a);
+        bool login = strcmp(ev->kind, "login") == 0;
+        if (login) {
+            char who[64], ip[64], when[32];
+            field(ev->data, "user", who, sizeof(who));
+            field(ev->data, "ip", ip, sizeof(ip));
+            time_t t = (time_t)(ev->time_ms / 1000);
+            strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&t));
+            printf("%s  %s logged in%s%s\n", when, who[0] ? who : "someone", ip[0] ? " from " : "",
+                   ip);
+            fflush(stdout);
+        }
+        /* Every event moves the cursor, a logout as much as a login: it has been seen, and
+         * the next start must not replay it. The library's cursor is exactly that (the last
+         * event handed to us); it is saved after the line above is out. */
+        if (herald_subscription_cursor(c, "logins", a->cursor) == 0)
+            save_cursor(a);
+        if (a->replay_left) {
+            a->replay_logins += login;
+            if (--a->replay_left == 0)
+                fprintf(stderr, "login_watch: %zu login%s happened while we were away\n",
+                        a->replay_logins, a->replay_logins == 1 ? "" : "s");
+        }
         break;
     }
     case HERALD_EV_GAP:
@@ -121,8 +134,11 @@ static void on_subscribed(herald_client *c, const herald_reply *r, void *arg)
         fprintf(stderr, "login_watch: cannot subscribe: %s\n", r->error.message);
         a->exit_code = 3;
         a->done = true;
-    } else if (r->replayed) {
-        fprintf(stderr, "login_watch: %zu logins happened while we were away\n", r->replayed);
+    } else {
+        /* The replayed events follow (completions run before the events that came after
+         * them); they are counted as they arrive, logins only. */
+        a->replay_left = r->replayed;
+        a->replay_logins = 0;
     }
 }
 
@@ -141,14 +157,18 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    herald_options o;
-    herald_options_init(&o);
-    o.token = getenv("HERALD_TOKEN");
-    o.retry_first_connect = true; /* a watcher waits for its broker */
-    o.on_event = on_event;
-    o.user = &a;
+    herald_options *o = herald_options_new();
+    if (!o || herald_options_set_token(o, getenv("HERALD_TOKEN")) != 0) {
+        fprintf(stderr, "login_watch: %s\n",
+                o ? "HERALD_TOKEN is not a valid token" : "out of memory");
+        herald_options_free(o);
+        return 1;
+    }
+    herald_options_set_retry_first_connect(o, true); /* a watcher waits for its broker */
+    herald_options_set_event_callback(o, on_event, &a);
     herald_error err;
-    herald_client *c = herald_connect_async(url, &o, &err);
+    herald_client *c = herald_connect_async(url, o, &err);
+    herald_options_free(o); /* the client keeps its own copy */
     if (!c) {
         fprintf(stderr, "login_watch: %s\n", err.message);
         return 2;

@@ -16,10 +16,17 @@
 
 enum {
     EXIT_OK = 0,
-    EXIT_USAGE = 1,   /* bad options or input */
-    EXIT_CONNECT = 2, /* bad URL, connection refused or lost, timeout */
-    EXIT_REJECTED = 3 /* the server refused: its code and message are on stderr */
+    EXIT_USAGE = 1,    /* bad options or input */
+    EXIT_CONNECT = 2,  /* bad URL, connection refused or lost, timeout */
+    EXIT_REJECTED = 3, /* the server refused: its code and message are on stderr */
+    /* Interrupted by SIGINT or SIGTERM before the answer came (poll, status): 128 + the
+     * signal's number, as a shell reports a command killed by it (130 for SIGINT). */
+    EXIT_SIGNAL_BASE = 128
 };
+
+/* For one-shot commands (poll, status): SIGINT and SIGTERM end the process at once with
+ * EXIT_SIGNAL_BASE + the signal, saving nothing (there is nothing half-done to keep). */
+void cli_exit_on_signals(void);
 
 #define DEFAULT_URL "ws://127.0.0.1:7070"
 
@@ -48,7 +55,8 @@ enum {
         "help", no_argument, NULL, 'h'                                                             \
     }
 #define CLI_GLOBAL_HELP                                                                            \
-    "  --url URL       server (default $HERALD_URL, else " DEFAULT_URL ")\n"                       \
+    "  --url URL       server (default $HERALD_URL, else " DEFAULT_URL "); HOST:PORT\n"            \
+    "                  without a scheme means ws://HOST:PORT\n"                                    \
     "  --token TOKEN   bearer token (default $HERALD_TOKEN)\n"                                     \
     "  --cacert FILE   trust the CAs in FILE for wss:// and https://\n"                            \
     "  --insecure      do not check the server's certificate (testing only)\n"                     \
@@ -62,8 +70,9 @@ enum {
  */
 int cli_global_option(struct cli *cli, const char *cmd, int opt, const char *arg);
 
-/* Fills library options from the command line. */
-void cli_lib_options(const struct cli *cli, herald_options *o);
+/* Library options from the command line (free with herald_options_free), or NULL after
+ * printing why (a bad token: a usage error). */
+herald_options *cli_lib_options(const struct cli *cli);
 
 /* Maps a library error to an exit code. */
 int cli_exit_code(const herald_error *e);
@@ -71,7 +80,8 @@ int cli_exit_code(const herald_error *e);
 /* Prints the error as one line on stderr and returns its exit code. */
 int cli_fail(const herald_error *e);
 
-/* cli_fail for herald_connect(): everything but a refusal is a connection failure (2). */
+/* cli_fail for herald_connect(): a bad URL or token is a usage error (1), a refusal 3,
+ * anything else a connection failure (2). */
 int cli_fail_connect(const herald_error *e);
 
 /* Prints "herald CMD: <message>" and a hint to stderr; returns EXIT_USAGE. */

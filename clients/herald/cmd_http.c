@@ -119,13 +119,18 @@ int cmd_poll(struct cli *cli, int argc, char **argv)
         if (saved && *saved)
             since = saved;
     }
-    herald_options o;
-    cli_lib_options(cli, &o);
+    herald_options *o = cli_lib_options(cli);
+    if (!o) {
+        json_decref(cursors);
+        return EXIT_USAGE;
+    }
     herald_error e = {0};
     char *body = NULL;
     int rc;
-    if (herald_poll(cli->url, &o, pattern, since, (unsigned)limit, (unsigned)wait_s, &body, &e) !=
-        0) {
+    cli_exit_on_signals();
+    rc = herald_poll(cli->url, o, pattern, since, (unsigned)limit, (unsigned)wait_s, &body, &e);
+    herald_options_free(o);
+    if (rc != 0) {
         json_decref(cursors);
         return e.status == HERALD_E_SERVER || e.status == HERALD_E_AUTH ? cli_fail(&e)
                                                                         : cli_fail_connect(&e);
@@ -178,11 +183,15 @@ int cmd_status(struct cli *cli, int argc, char **argv)
     }
     if (argc - optind != 1)
         return cli_usage_error("status", argc - optind < 1 ? "missing ID" : "give exactly one ID");
-    herald_options o;
-    cli_lib_options(cli, &o);
+    herald_options *o = cli_lib_options(cli);
+    if (!o)
+        return EXIT_USAGE;
     herald_error e = {0};
     char *body = NULL;
-    if (herald_event_status(cli->url, &o, argv[optind], &body, &e) != 0)
+    cli_exit_on_signals();
+    int r = herald_event_status(cli->url, o, argv[optind], &body, &e);
+    herald_options_free(o);
+    if (r != 0)
         return e.status == HERALD_E_SERVER || e.status == HERALD_E_AUTH ? cli_fail(&e)
                                                                         : cli_fail_connect(&e);
     printf("%s\n", body);

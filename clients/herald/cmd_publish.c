@@ -17,16 +17,25 @@
 
 static void usage(FILE *out)
 {
-    fprintf(
-        out,
-        "Usage: herald publish [OPTIONS] TOPIC [DATA|-]\n\n"
-        "Publishes DATA (or standard input when DATA is '-' or absent) to TOPIC and\n"
-        "prints the event id. Data is sent as a JSON string unless --json is given.\n\n"
-        "Options:\n"
-        "  -e, --event KIND  the event kind (default: message)\n"
-        "  -j, --json        DATA is JSON (an object, array, number, ...)\n"
-        "  -l, --lines       publish each line of standard input as one event,\n"
-        "                    printing one id per line (blank lines are skipped)\n" CLI_GLOBAL_HELP);
+    fprintf(out,
+            "Usage: herald publish [OPTIONS] TOPIC [DATA|-]\n"
+            "       herald publish [OPTIONS] --batch FILE|-\n\n"
+            "Publishes DATA (or standard input when DATA is '-' or absent) to TOPIC and\n"
+            "prints the event id. Data is sent as a JSON string unless --json is given.\n\n"
+            "Options:\n"
+            "  -e, --event KIND  the event kind (default: message)\n"
+            "  -j, --json        DATA is JSON (an object, array, number, ...)\n"
+            "  -l, --lines       publish each line of standard input as one event,\n"
+            "                    printing one id per line (blank lines are skipped)\n"
+            "  -b, --batch FILE  publish the NDJSON lines of FILE ('-': standard input) in one\n"
+            "                    request: each line "
+            "{\"topic\":..,\"event\":..,\"data\":..,\"key\":..}\n"
+            "                    (event, data, key optional; blank lines skipped); all or none\n"
+            "                    are published; prints one id per line\n"
+            "  -k, --key KEY     idempotency key (1-128 visible ASCII bytes): publishing again\n"
+            "                    with the same key publishes nothing new and prints the first\n"
+            "                    event's id (default: a fresh key, which the client reuses\n"
+            "                    when it resends after a lost connection)\n" CLI_GLOBAL_HELP);
 }
 
 /* Turns input into the data JSON for the library: as given for --json, else a string. */
@@ -41,7 +50,7 @@ static char *to_json(const char *text, bool json)
 }
 
 static int publish_one(struct cli *cli, herald_client *c, const char *topic, const char *kind,
-                       const char *text, bool json)
+                       const char *key, const char *text, bool json)
 {
     char *data = to_json(text, json);
     if (!data) {
@@ -50,10 +59,13 @@ static int publish_one(struct cli *cli, herald_client *c, const char *topic, con
     }
     char id[HERALD_ID_SIZE];
     herald_error e = {0};
-    int r = herald_publish(c, topic, kind, data, cli->timeout_ms, id, &e);
+    bool dup = false;
+    int r = herald_publish_key(c, topic, kind, data, key, cli->timeout_ms, id, &dup, &e);
     free(data);
     if (r)
         return cli_fail(&e);
+    if (dup)
+        cli_notice(cli, "the server already had this event (same key); nothing new was published");
     printf("%s\n", id);
     return fflush(stdout) == 0 ? EXIT_OK : EXIT_CONNECT;
 }
@@ -88,7 +100,9 @@ static void on_reply(herald_client *c, const herald_reply *r, void *arg)
 static void fail_line(struct lines *l, unsigned long line, const herald_error *e)
 {
     int code = cli_exit_code(e);
-    if (code == EXIT_REJECTED)
+    if (e->status == HERALD_E_TOO_LARGE)
+        fprintf(stderr, "herald: line %lu: %s: %s\n", line, e->server_code, e->message);
+    else if (code == EXIT_REJECTED)
         fprintf(stderr, "herald: line %lu: rejected by the server: %s\n", line, e->message);
     else
         fprintf(stderr, "herald: line %lu: %s\n", line, e->message);
@@ -157,6 +171,12 @@ static long read_line(FILE *f, char **buf, size_t *cap, size_t max)
         return -1;
     if (too_long)
         return -2;
+    if (!*buf) { /* an empty first line: nothing was stored yet */
+        *buf = malloc(256);
+        if (!*buf)
+            return -2;
+        *cap = 256;
+    }
     if (n && (*buf)[n - 1] == '\r')
         n--;
     (*buf)[n] = '\0';
@@ -210,6 +230,102 @@ static int publish_lines(struct cli *cli, herald_client *c, const char *topic, c
     return l.rc;
 }
 
+/* ---- --batch ------------------------------------------------------------------------------ */
+
+/* Prints each event id of a batch answer on its own line. */
+static int print_batch_ids(const char *body)
+{
+    json_t *v = json_loads(body, 0, NULL);
+    json_t *evs = json_object_get(v, "events"), *ev;
+    size_t i;
+    json_array_foreach(evs, i, ev)
+    {
+        const char *id = json_string_value(json_object_get(ev, "id"));
+        printf("%s\n", id ? id : "");
+    }
+    json_decref(v);
+    return fflush(stdout) == 0 ? EXIT_OK : EXIT_CONNECT;
+}
+
+static int publish_batch(struct cli *cli, const char *path)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "herald: cannot read %s: %s\n", path, strerror(errno));
+        return EXIT_USAGE;
+    }
+    herald_batch *b = herald_batch_new();
+    unsigned long *lines = NULL; /* the input line of each event, for messages */
+    size_t n = 0, cap_lines = 0, cap = 0;
+    char *buf = NULL;
+    unsigned long lineno = 0;
+    long len;
+    int rc = b ? EXIT_OK : EXIT_CONNECT;
+    herald_error e = {0};
+    while (rc == EXIT_OK && (len = read_line(f, &buf, &cap, INPUT_MAX)) != -1) {
+        lineno++;
+        if (len == -2) {
+            fprintf(stderr, "herald: line %lu: longer than %u bytes\n", lineno, INPUT_MAX);
+            rc = EXIT_USAGE;
+            break;
+        }
+        if (len == 0 || strspn(buf, " \t") == (size_t)len)
+            continue;
+        if (n == cap_lines) {
+            size_t nc = cap_lines ? cap_lines * 2 : 256;
+            unsigned long *nl = realloc(lines, nc * sizeof(*nl));
+            if (!nl) {
+                fprintf(stderr, "herald: out of memory\n");
+                rc = EXIT_CONNECT;
+                break;
+            }
+            lines = nl;
+            cap_lines = nc;
+        }
+        if (herald_batch_add_line(b, buf, &e) != 0) {
+            fprintf(stderr, "herald: line %lu: %s\n", lineno, e.message);
+            rc = EXIT_USAGE;
+            break;
+        }
+        lines[n++] = lineno;
+    }
+    free(buf);
+    if (rc == EXIT_OK && ferror(f)) {
+        fprintf(stderr, "herald: cannot read %s: %s\n", path, strerror(errno));
+        rc = EXIT_USAGE;
+    }
+    if (f != stdin)
+        fclose(f);
+    if (rc == EXIT_OK && n == 0) {
+        fprintf(stderr, "herald: %s has no events\n", path);
+        rc = EXIT_USAGE;
+    }
+    herald_options *o = rc == EXIT_OK ? cli_lib_options(cli) : NULL;
+    if (rc == EXIT_OK && !o)
+        rc = EXIT_USAGE;
+    if (rc == EXIT_OK) {
+        char *body = NULL;
+        size_t bad = 0;
+        cli_exit_on_signals();
+        if (herald_publish_batch(cli->url, o, b, &body, &bad, &e) == 0) {
+            rc = print_batch_ids(body);
+            herald_free(body);
+        } else if (bad > 0 && bad <= n) {
+            /* The server counts the events it got; say which input line that was. */
+            const char *msg = strchr(e.message, ':');
+            fprintf(stderr, "herald: line %lu: rejected by the server:%s\n", lines[bad - 1],
+                    msg ? msg + 1 : e.message);
+            rc = cli_exit_code(&e);
+        } else {
+            rc = e.status == HERALD_E_INVALID ? cli_fail_connect(&e) : cli_fail(&e);
+        }
+    }
+    herald_options_free(o);
+    herald_batch_free(b);
+    free(lines);
+    return rc;
+}
+
 int cmd_publish(struct cli *cli, int argc, char **argv)
 {
     enum { OPT_EVENT = OPT_FIRST_LOCAL, OPT_JSON, OPT_LINES };
@@ -218,13 +334,15 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
         {"event", required_argument, NULL, 'e'},
         {"json", no_argument, NULL, 'j'},
         {"lines", no_argument, NULL, 'l'},
+        {"key", required_argument, NULL, 'k'},
+        {"batch", required_argument, NULL, 'b'},
         {NULL, 0, NULL, 0},
     };
-    const char *kind = NULL;
+    const char *kind = NULL, *key = NULL, *batch = NULL;
     bool json = false, lines = false;
     int opt;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":e:jlqh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":e:jlk:b:qh", longopts, NULL)) != -1) {
         int g = cli_global_option(cli, "publish", opt, optarg);
         if (g < 0)
             return EXIT_USAGE;
@@ -240,6 +358,19 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
         case 'l':
             lines = true;
             break;
+        case 'b':
+            batch = optarg;
+            break;
+        case 'k':
+            if (!*optarg || strlen(optarg) > HERALD_KEY_MAX)
+                return cli_usage_error("publish", "--key needs 1-%d visible ASCII bytes",
+                                       HERALD_KEY_MAX);
+            for (const char *p = optarg; *p; p++)
+                if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+                    return cli_usage_error("publish", "--key needs 1-%d visible ASCII bytes",
+                                           HERALD_KEY_MAX);
+            key = optarg;
+            break;
         case 'h':
             usage(stdout);
             return EXIT_OK;
@@ -250,6 +381,12 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
         }
     }
     int left = argc - optind;
+    if (batch) {
+        if (left > 0 || lines || key || kind || json)
+            return cli_usage_error("publish", "--batch takes everything from its lines: no "
+                                              "TOPIC, DATA, --lines, --key, --event or --json");
+        return publish_batch(cli, batch);
+    }
     if (left < 1)
         return cli_usage_error("publish", "missing TOPIC");
     if (left > 2)
@@ -259,6 +396,8 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
     bool from_stdin = !data || strcmp(data, "-") == 0;
     if (lines && !from_stdin)
         return cli_usage_error("publish", "--lines reads standard input: give '-' or no DATA");
+    if (lines && key)
+        return cli_usage_error("publish", "--key names one event; it cannot go with --lines");
 
     char *input = NULL;
     if (from_stdin && !lines) {
@@ -295,16 +434,20 @@ int cmd_publish(struct cli *cli, int argc, char **argv)
         json_decref(v);
     }
 
-    herald_options o;
-    cli_lib_options(cli, &o);
+    herald_options *o = cli_lib_options(cli);
+    if (!o) {
+        free(input);
+        return EXIT_USAGE;
+    }
     herald_error e = {0};
-    herald_client *c = herald_connect(cli->url, &o, &e);
+    herald_client *c = herald_connect(cli->url, o, &e);
+    herald_options_free(o);
     if (!c) {
         free(input);
         return cli_fail_connect(&e);
     }
     int rc = lines ? publish_lines(cli, c, topic, kind, json)
-                   : publish_one(cli, c, topic, kind, data, json);
+                   : publish_one(cli, c, topic, kind, key, data, json);
     herald_close(c);
     free(input);
     return rc;

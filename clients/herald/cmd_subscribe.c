@@ -50,6 +50,7 @@ struct sub_run {
     json_t *cursors; /* from the state file, updated before each save */
     char last[HERALD_ID_SIZE];
     bool dirty;
+    bool output_failed; /* stdout refused an event: the state must not claim it */
 };
 
 static int save_state(struct sub_run *s)
@@ -73,8 +74,10 @@ static int handle(struct sub_run *s, const herald_event *ev, enum cli_format fmt
 {
     switch (ev->type) {
     case HERALD_EV_EVENT:
-        if (cli_print_event(stdout, fmt, ev->json, ev->json_len) < 0)
+        if (cli_print_event(stdout, fmt, ev->json, ev->json_len) < 0) {
+            s->output_failed = true;
             return errno == EPIPE ? EXIT_OK : EXIT_CONNECT; /* the reader went away */
+        }
         snprintf(s->last, sizeof(s->last), "%s", ev->id);
         s->dirty = true;
         if (count && ++*printed >= count)
@@ -88,8 +91,8 @@ static int handle(struct sub_run *s, const herald_event *ev, enum cli_format fmt
         cli_notice(s->cli, "%s; reconnecting in %.1f s", ev->error.message, ev->retry_ms / 1000.0);
         return -1;
     case HERALD_EV_CONNECTED:
-        if (*was_down)
-            cli_notice(s->cli, "reconnected to %s", s->cli->url);
+        if (*was_down) /* the library says which server: with a list it may be another */
+            cli_notice(s->cli, "re%s", ev->error.message);
         *was_down = false;
         return -1;
     case HERALD_EV_ERROR:
@@ -129,8 +132,10 @@ static int run(struct sub_run *s, enum cli_format fmt, unsigned long count)
         int r = herald_next_event(s->c, &ev, 0);
         if (r == HERALD_E_TIMEOUT) {
             /* Caught up: make the output visible, then record how far it got. */
-            if (fflush(stdout) != 0)
+            if (fflush(stdout) != 0) {
+                s->output_failed = true;
                 return errno == EPIPE ? EXIT_OK : EXIT_CONNECT;
+            }
             if (save_state(s) < 0)
                 return EXIT_USAGE;
             r = herald_next_event(s->c, &ev, TICK_MS);
@@ -216,10 +221,14 @@ int cmd_subscribe(struct cli *cli, int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    herald_options o;
-    cli_lib_options(cli, &o);
+    herald_options *o = cli_lib_options(cli);
+    if (!o) {
+        json_decref(s.cursors);
+        return EXIT_USAGE;
+    }
     herald_error e = {0};
-    s.c = herald_connect(cli->url, &o, &e);
+    s.c = herald_connect(cli->url, o, &e);
+    herald_options_free(o);
     if (!s.c) {
         json_decref(s.cursors);
         return cli_fail_connect(&e);
@@ -236,8 +245,14 @@ int cmd_subscribe(struct cli *cli, int argc, char **argv)
     }
     if (rc == EXIT_OK)
         rc = run(&s, fmt, count);
-    fflush(stdout);
-    s.dirty = s.dirty || (s.state_path && rc == EXIT_OK);
+    /* The state moves only past what reached stdout: after a failed write it keeps what the
+     * last successful flush recorded. */
+    if (fflush(stdout) != 0)
+        s.output_failed = true;
+    if (s.output_failed)
+        s.dirty = false;
+    else
+        s.dirty = s.dirty || (s.state_path && rc == EXIT_OK);
     if (save_state(&s) < 0 && rc == EXIT_OK)
         rc = EXIT_USAGE;
     herald_close(s.c);

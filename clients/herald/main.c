@@ -3,7 +3,8 @@
  * herald: the command-line client of the Herald broker, in the style of git and ntfy: one
  * binary, a subcommand per task (publish, subscribe, poll, status). This file reads the
  * global options and the environment ($HERALD_URL, $HERALD_TOKEN) and dispatches; each
- * subcommand lives in its own file. Exit codes: 0 ok, 1 usage, 2 connection, 3 rejected.
+ * subcommand lives in its own file. Exit codes: 0 ok, 1 usage, 2 connection, 3 refused, 128+signal
+ * interrupted.
  */
 #include <signal.h>
 #include <stdlib.h>
@@ -30,8 +31,9 @@ static void usage(FILE *out)
         fprintf(out, "  %-10s  %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\nOptions (also accepted after the command):\n" CLI_GLOBAL_HELP
                  "  --version       print the version\n\n"
-                 "Exit status: 0 ok, 1 usage error, 2 connection failed, 3 rejected by the "
-                 "server.\nRun 'herald COMMAND --help' for a command's options.\n");
+                 "Exit status: 0 ok, 1 usage error or bad input, 2 connection failed, 3 refused\n"
+                 "(by the server, or too large to send), 130 interrupted (poll, status).\nRun "
+                 "'herald COMMAND --help' for a command's options.\n");
 }
 
 int main(int argc, char **argv)

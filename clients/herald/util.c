@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,13 +46,27 @@ int cli_global_option(struct cli *cli, const char *cmd, int opt, const char *arg
     }
 }
 
-void cli_lib_options(const struct cli *cli, herald_options *o)
+herald_options *cli_lib_options(const struct cli *cli)
 {
-    herald_options_init(o);
-    o->token = cli->token && *cli->token ? cli->token : NULL;
-    o->ca_file = cli->cacert;
-    o->insecure = cli->insecure;
-    o->connect_timeout_ms = cli->timeout_ms;
+    herald_options *o = herald_options_new();
+    if (!o) {
+        fprintf(stderr, "herald: out of memory\n");
+        return NULL;
+    }
+    if (herald_options_set_token(o, cli->token) != 0) {
+        fprintf(stderr, "herald: the token must be 1-4096 bytes of printable ASCII without "
+                        "spaces\n");
+        herald_options_free(o);
+        return NULL;
+    }
+    if (herald_options_set_ca_file(o, cli->cacert) != 0 ||
+        herald_options_set_insecure(o, cli->insecure) != 0 ||
+        herald_options_set_connect_timeout(o, cli->timeout_ms) != 0) {
+        fprintf(stderr, "herald: out of memory\n");
+        herald_options_free(o);
+        return NULL;
+    }
+    return o;
 }
 
 int cli_exit_code(const herald_error *e)
@@ -60,9 +75,12 @@ int cli_exit_code(const herald_error *e)
     case HERALD_E_SERVER:
     case HERALD_E_AUTH:
         return EXIT_REJECTED;
+    case HERALD_E_TOO_LARGE:
+        /* Over the limit the server announced: what the server would answer, found before
+         * sending (so not "rejected by the server", which never saw it). */
+        return EXIT_REJECTED;
     case HERALD_E_INVALID:
-        /* A limit the server announced (too_large) is the server's refusal, found early. */
-        return e->server_code[0] ? EXIT_REJECTED : EXIT_USAGE;
+        return EXIT_USAGE;
     default:
         return EXIT_CONNECT;
     }
@@ -71,7 +89,9 @@ int cli_exit_code(const herald_error *e)
 int cli_fail(const herald_error *e)
 {
     int code = cli_exit_code(e);
-    if (code == EXIT_REJECTED)
+    if (e->status == HERALD_E_TOO_LARGE)
+        fprintf(stderr, "herald: %s: %s\n", e->server_code, e->message);
+    else if (code == EXIT_REJECTED)
         fprintf(stderr, "herald: rejected by the server: %s\n", e->message);
     else
         fprintf(stderr, "herald: %s\n", e->message[0] ? e->message : herald_strerror(e->status));
@@ -80,14 +100,29 @@ int cli_fail(const herald_error *e)
 
 int cli_fail_connect(const herald_error *e)
 {
-    if (e->status == HERALD_E_AUTH || e->status == HERALD_E_SERVER)
-        return cli_fail(e);
-    /* A bad URL counts as a failed connection; any other bad argument is a usage error. */
-    if (e->status == HERALD_E_INVALID && strncmp(e->message, "invalid URL", 11) != 0 &&
-        strncmp(e->message, "no URL", 6) != 0)
+    /* A malformed URL or token is bad input (1), like any other bad argument. */
+    if (e->status == HERALD_E_AUTH || e->status == HERALD_E_SERVER || e->status == HERALD_E_INVALID)
         return cli_fail(e);
     fprintf(stderr, "herald: %s\n", e->message[0] ? e->message : herald_strerror(e->status));
     return EXIT_CONNECT;
+}
+
+static void exit_on_signal(int sig)
+{
+    static const char msg[] = "herald: interrupted\n";
+    ssize_t n = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)n;
+    _exit(EXIT_SIGNAL_BASE + sig);
+}
+
+void cli_exit_on_signals(void)
+{
+    /* Installed even when the shell started us with SIGINT ignored (a background job of a
+     * script): `herald poll -w 30 & kill -INT $!` must not end as if the poll succeeded. */
+    struct sigaction sa = {.sa_handler = exit_on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)

@@ -13,13 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "client.h"
 
-#define DEFAULT_CONNECT_TIMEOUT_MS 10000
-#define TOKEN_MAX 4096
 #define KIND_MAX 64
 
 /* ---- process-wide libwebsockets state ------------------------------------------------------ */
@@ -54,37 +53,6 @@ void herald__lws_quiet(const herald_options *o)
 
 /* ---- creating and closing ------------------------------------------------------------------- */
 
-HERALD_API void herald_options_init(herald_options *o)
-{
-    if (!o)
-        return;
-    *o = (herald_options){
-        .connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS,
-        .backoff_initial_ms = 250,
-        .backoff_max_ms = 30000,
-        .max_queued_events = 10000,
-        .max_queued_bytes = 64u << 20,
-        .max_pending = 10000,
-    };
-}
-
-static char *dup_str(const char *s)
-{
-    return s ? strdup(s) : NULL;
-}
-
-static int check_token(const char *t, herald_error *err)
-{
-    size_t n = strnlen(t, TOKEN_MAX + 1);
-    if (n == 0 || n > TOKEN_MAX)
-        return herald__err(err, HERALD_E_INVALID, NULL, "the token must be 1-%d bytes", TOKEN_MAX);
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)t[i] <= 0x20 || (unsigned char)t[i] >= 0x7f)
-            return herald__err(err, HERALD_E_INVALID, NULL,
-                               "the token may contain only printable ASCII without spaces");
-    return 0;
-}
-
 static void destroy(struct herald_client *c)
 {
     if (c->pipe_rd >= 0)
@@ -93,44 +61,32 @@ static void destroy(struct herald_client *c)
         close(c->pipe_wr);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->mu);
-    free(c->token);
-    free(c->ca_file);
+    herald__options_clear(&c->opts);
+    free(c->urls);
     free(c->rx);
+    free(c->wbuf);
     free(c);
 }
 
 static struct herald_client *create(const char *url, const herald_options *opts, herald_error *err)
 {
-    herald_options o;
-    herald_options_init(&o);
-    if (opts)
-        o = *opts;
-    if (o.connect_timeout_ms <= 0)
-        o.connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
-    if (!o.max_queued_events)
-        o.max_queued_events = 10000;
-    if (!o.max_queued_bytes)
-        o.max_queued_bytes = 64u << 20;
-    if (!o.max_pending)
-        o.max_pending = 10000;
-    if (o.token && check_token(o.token, err))
-        return NULL;
-
     struct herald_client *c = calloc(1, sizeof(*c));
     if (!c) {
         herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
         return NULL;
     }
     c->pipe_rd = c->pipe_wr = -1;
-    if (herald__url_parse(url, &c->url, err)) {
+    if (herald__url_list_parse(url, &c->urls, &c->n_urls, err)) {
         free(c);
         return NULL;
     }
-    c->opts = o;
-    c->token = dup_str(o.token);
-    c->ca_file = dup_str(o.ca_file);
-    c->opts.token = c->token;
-    c->opts.ca_file = c->ca_file;
+    if (herald__options_copy(&c->opts, opts)) {
+        free(c->urls);
+        free(c);
+        herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
+        return NULL;
+    }
+    const struct herald_options o = c->opts; /* a view for the set-up below */
     c->max_event_bytes = 65536;
     pthread_mutexattr_t ma;
     pthread_condattr_t ca;
@@ -145,8 +101,7 @@ static struct herald_client *create(const char *url, const herald_options *opts,
     pthread_cond_init(&c->cond, &ca);
     pthread_condattr_destroy(&ca);
     int fds[2];
-    if ((o.token && !c->token) || (o.ca_file && !c->ca_file) ||
-        pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
         herald__err(err, HERALD_E_NOMEM, NULL, "cannot allocate the client: %s", strerror(errno));
         destroy(c);
         return NULL;
@@ -158,6 +113,12 @@ static struct herald_client *create(const char *url, const herald_options *opts,
     uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
                     ((uint64_t)getpid() << 40) ^ (uint64_t)(uintptr_t)c;
     herald__backoff_init(&c->backoff, o.backoff_initial_ms, o.backoff_max_ms, seed);
+    /* Keys must not collide with another client's within the server's dedupe window:
+     * 64 random bits from the kernel (the clock and address mix as a last resort). */
+    uint64_t rnd = 0;
+    if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != (ssize_t)sizeof(rnd))
+        rnd = seed * 0x9E3779B97F4A7C15ull;
+    snprintf(c->key_prefix, sizeof(c->key_prefix), "hl%016llx", (unsigned long long)rnd);
     if (herald__ctx_create(c, err)) {
         destroy(c);
         return NULL;
@@ -188,8 +149,11 @@ HERALD_API herald_client *herald_connect(const char *url, const herald_options *
     if (!c)
         return NULL;
     struct timespec dl;
-    /* Without retries the I/O thread's own deadline fires first and says more. */
-    herald__deadline_in(&dl, c->opts.connect_timeout_ms + (c->opts.retry_first_connect ? 0 : 2000));
+    /* Without retries each server gets its own attempt, and the I/O thread's deadlines fire
+     * first and say more. */
+    herald__deadline_in(&dl, c->opts.retry_first_connect
+                                 ? c->opts.connect_timeout_ms
+                                 : (int)c->n_urls * (c->opts.connect_timeout_ms + 100) + 2000);
     pthread_mutex_lock(&c->mu);
     int rc = 0;
     while (!c->connected && !c->fatal && rc != ETIMEDOUT)
@@ -200,7 +164,7 @@ HERALD_API herald_client *herald_connect(const char *url, const herald_options *
             *err = c->fatal_err;
         else
             herald__err(err, HERALD_E_TIMEOUT, NULL, "could not connect to %s within %d ms",
-                        c->url.host_header, c->opts.connect_timeout_ms);
+                        herald__cur_url(c)->host_header, c->opts.connect_timeout_ms);
     }
     pthread_mutex_unlock(&c->mu);
     if (!ok) {
@@ -352,7 +316,7 @@ static int wait_req(struct herald_client *c, struct herald__req *r, int timeout_
         if (timeout_ms < 0) {
             pthread_cond_wait(&c->cond, &c->mu);
         } else if (pthread_cond_timedwait(&c->cond, &c->mu, &dl) == ETIMEDOUT && !r->done) {
-            bool sent = r->sent;
+            bool sent = r->sent || r->resent; /* a requeued publish went out once */
             abandon(c, r);
             if (sent)
                 return herald__err(err, HERALD_E_TIMEOUT, NULL,
@@ -523,12 +487,15 @@ HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern, h
 }
 
 static int publish(struct herald_client *c, enum herald__req_kind kind, const char *topic,
-                   const char *kind_name, const char *data_json, bool sync, herald_reply_fn cb,
-                   void *arg, struct herald__req **out, herald_error *err)
+                   const char *kind_name, const char *key, const char *data_json, bool sync,
+                   herald_reply_fn cb, void *arg, struct herald__req **out, herald_error *err)
 {
     int r;
     if (!c)
         return herald__err(err, HERALD_E_INVALID, NULL, "no client");
+    if (key && !herald__key_valid(key))
+        return herald__err(err, HERALD_E_INVALID, NULL, "the key must be 1-%d visible ASCII bytes",
+                           HERALD_KEY_MAX);
     if (kind == HERALD__REQ_PUB) {
         if ((r = check_name(topic, HERALD_TOPIC_MAX, "topic", err)) != 0)
             return r;
@@ -546,26 +513,43 @@ static int publish(struct herald_client *c, enum herald__req_kind kind, const ch
         herald__req_free(req);
         return r;
     }
+    /* The server measures the data, not the frame, against the max_event_bytes its welcome
+     * announced (at most the compact text: whitespace may be dropped before measuring). */
+    size_t dlen = data_json ? herald__json_compact(data_json, NULL) : 4;
+    if (kind == HERALD__REQ_PUB && dlen > c->max_event_bytes) {
+        size_t limit = c->max_event_bytes;
+        pthread_mutex_unlock(&c->mu);
+        herald__req_free(req);
+        return herald__err(err, HERALD_E_TOO_LARGE, "too_large",
+                           "the event's data is %zu bytes, over the server's limit of %zu "
+                           "(max_event_bytes); it was not sent",
+                           dlen, limit);
+    }
     req->wire_id = ++c->next_wire_id;
-    if (kind == HERALD__REQ_PUB)
-        req->frame = herald__encode_publish(LWS_PRE, req->wire_id, topic, kind_name, data_json,
-                                            &req->frame_len);
-    else
+    if (kind == HERALD__REQ_PUB) {
+        if (key)
+            snprintf(req->key, sizeof(req->key), "%s", key);
+        else
+            herald__key_make(req->key, sizeof(req->key), c->key_prefix, ++c->key_seq);
+        /* Whitespace could push a frame whose data fits past the frame limit (the server
+         * closes such a connection with 1009): send the compact text then. */
+        char *compact = NULL;
+        if (data_json && strlen(data_json) + 1024 > c->max_event_bytes &&
+            dlen < strlen(data_json)) {
+            compact = malloc(strlen(data_json) + 1);
+            if (compact)
+                herald__json_compact(data_json, compact);
+        }
+        req->frame = herald__encode_publish(LWS_PRE, req->wire_id, topic, kind_name, req->key,
+                                            compact ? compact : data_json, &req->frame_len);
+        free(compact);
+    } else {
         req->frame = herald__encode_ping(LWS_PRE, req->wire_id, &req->frame_len);
+    }
     if (!req->frame) {
         pthread_mutex_unlock(&c->mu);
         herald__req_free(req);
         return herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
-    }
-    /* The server closes the connection (1009) on frames this large: refuse it here. */
-    size_t limit = c->max_event_bytes + 16384;
-    if (req->frame_len > limit) {
-        pthread_mutex_unlock(&c->mu);
-        herald__req_free(req);
-        return herald__err(err, HERALD_E_INVALID, "too_large",
-                           "the event is %zu bytes; the "
-                           "server accepts at most %zu",
-                           (size_t)req->frame_len, limit);
     }
     c->n_pending++;
     push_outq(c, req);
@@ -575,12 +559,12 @@ static int publish(struct herald_client *c, enum herald__req_kind kind, const ch
     return 0;
 }
 
-HERALD_API int herald_publish(herald_client *c, const char *topic, const char *kind,
-                              const char *data_json, int timeout_ms, char *id_out,
-                              herald_error *err)
+HERALD_API int herald_publish_key(herald_client *c, const char *topic, const char *kind,
+                                  const char *data_json, const char *key, int timeout_ms,
+                                  char *id_out, bool *duplicate, herald_error *err)
 {
     struct herald__req *req = NULL;
-    int r = publish(c, HERALD__REQ_PUB, topic, kind, data_json, true, NULL, NULL, &req, err);
+    int r = publish(c, HERALD__REQ_PUB, topic, kind, key, data_json, true, NULL, NULL, &req, err);
     if (r)
         return r;
     pthread_mutex_lock(&c->mu);
@@ -589,10 +573,19 @@ HERALD_API int herald_publish(herald_client *c, const char *topic, const char *k
         r = req->status;
         if (r == 0 && id_out)
             memcpy(id_out, req->event_id, HERALD_ID_SIZE);
+        if (r == 0 && duplicate)
+            *duplicate = req->duplicate;
         herald__req_free(req);
     }
     pthread_mutex_unlock(&c->mu);
     return r;
+}
+
+HERALD_API int herald_publish(herald_client *c, const char *topic, const char *kind,
+                              const char *data_json, int timeout_ms, char *id_out,
+                              herald_error *err)
+{
+    return herald_publish_key(c, topic, kind, data_json, NULL, timeout_ms, id_out, NULL, err);
 }
 
 HERALD_API int herald_publish_text(herald_client *c, const char *topic, const char *kind,
@@ -614,13 +607,21 @@ HERALD_API int herald_publish_async(herald_client *c, const char *topic, const c
                                     herald_error *err)
 {
     struct herald__req *req = NULL;
-    return publish(c, HERALD__REQ_PUB, topic, kind, data_json, false, cb, arg, &req, err);
+    return publish(c, HERALD__REQ_PUB, topic, kind, NULL, data_json, false, cb, arg, &req, err);
+}
+
+HERALD_API int herald_publish_key_async(herald_client *c, const char *topic, const char *kind,
+                                        const char *data_json, const char *key, herald_reply_fn cb,
+                                        void *arg, herald_error *err)
+{
+    struct herald__req *req = NULL;
+    return publish(c, HERALD__REQ_PUB, topic, kind, key, data_json, false, cb, arg, &req, err);
 }
 
 HERALD_API int herald_ping(herald_client *c, int timeout_ms, herald_error *err)
 {
     struct herald__req *req = NULL;
-    int r = publish(c, HERALD__REQ_PING, NULL, NULL, NULL, true, NULL, NULL, &req, err);
+    int r = publish(c, HERALD__REQ_PING, NULL, NULL, NULL, NULL, true, NULL, NULL, &req, err);
     if (r)
         return r;
     pthread_mutex_lock(&c->mu);
@@ -649,9 +650,11 @@ HERALD_API int herald_subscription_cursor(herald_client *c, const char *pattern,
     if (!c || !pattern || !out)
         return HERALD_E_INVALID;
     pthread_mutex_lock(&c->mu);
+    if (!c->evq && !c->in_hand)
+        herald__subs_caught_up(&c->subs);
     struct herald__sub *s = herald__subs_find(&c->subs, pattern);
     if (s)
-        herald__sub_cursor(s, out);
+        herald__sub_app_cursor(s, out);
     pthread_mutex_unlock(&c->mu);
     return s ? 0 : HERALD_E_INVALID;
 }

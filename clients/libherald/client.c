@@ -53,7 +53,10 @@ static void schedule_retry(struct herald_client *c, const herald_error *why)
     if (c->open_since_us && (uint64_t)now - c->open_since_us >= STEADY_US)
         herald__backoff_reset(&c->backoff);
     c->open_since_us = 0;
-    unsigned delay = herald__backoff_next(&c->backoff);
+    /* Before any connection, the rest of the list is tried at once; after that the delays
+     * grow as usual whichever server comes next. */
+    unsigned delay =
+        !c->ever_connected && c->attempts < c->n_urls ? 1 : herald__backoff_next(&c->backoff);
     c->cstate = HERALD__C_WAITING;
     struct herald__evitem *it = herald__event_new(HERALD_EV_DISCONNECTED, NULL, why, 0);
     if (it) {
@@ -75,13 +78,27 @@ static void after_loss(struct herald_client *c)
     herald__err(&e, HERALD_E_INTERRUPTED, NULL,
                 "the connection was lost before the server answered; the request may or may "
                 "not have taken effect");
+    /* A publish carries its idempotency key: sent once more on the next connection, the
+     * server answers it (with "duplicate" when it already had it) and it exists once. */
+    struct herald__req *again = NULL, **again_tail = &again;
     while (c->inflight) {
         struct herald__req *r = c->inflight;
         c->inflight = r->next;
-        if (r->kind == HERALD__REQ_UNSUB)
+        if (r->kind == HERALD__REQ_UNSUB) {
             herald__complete(c, r, 0, NULL);
-        else
+        } else if (r->kind == HERALD__REQ_PUB && !r->resent && !r->abandoned && r->frame) {
+            r->resent = true;
+            r->sent = false;
+            r->next = NULL;
+            *again_tail = r;
+            again_tail = &r->next;
+        } else {
             herald__complete(c, r, HERALD_E_INTERRUPTED, &e);
+        }
+    }
+    if (again) {
+        *again_tail = c->outq;
+        c->outq = again;
     }
     struct herald__req **pp = &c->outq;
     c->outq_tail = NULL;
@@ -117,8 +134,10 @@ static void ended(struct herald_client *c, herald_error *why, bool fatal)
         return;
     after_loss(c);
     if (why->status == 0)
-        herald__err(why, HERALD_E_CONNECT, NULL, "connection to %s lost", c->url.host_header);
-    if (fatal || (!c->ever_connected && !c->opts.retry_first_connect)) {
+        herald__err(why, HERALD_E_CONNECT, NULL, "connection to %s lost",
+                    herald__cur_url(c)->host_header);
+    /* A first connection that fails is returned, once every server was tried. */
+    if (fatal || (!c->ever_connected && !c->opts.retry_first_connect && c->attempts >= c->n_urls)) {
         go_fatal(c, why);
         return;
     }
@@ -139,7 +158,7 @@ static void on_deadline(lws_sorted_usec_list_t *sul)
     if (c->cstate == HERALD__C_CONNECTING || c->cstate == HERALD__C_HANDSHAKE) {
         herald_error why = {0};
         herald__err(&why, HERALD_E_TIMEOUT, NULL, "no answer from %s within %d ms",
-                    c->url.host_header, c->opts.connect_timeout_ms);
+                    herald__cur_url(c)->host_header, c->opts.connect_timeout_ms);
         if (c->wsi)
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         ended(c, &why, false);
@@ -157,20 +176,25 @@ static void start_connect(struct herald_client *c)
     c->cstate = HERALD__C_CONNECTING;
     c->close_code = 0;
     c->close_reason[0] = '\0';
+    /* Each new attempt goes to the next server of the list (the same one when there is
+     * one); subscriptions resume there from their cursors as they would on the same one. */
+    if (c->attempts++)
+        c->cur_url = herald__url_next(c->cur_url, c->n_urls);
+    const struct herald__url *u = herald__cur_url(c); /* the array never changes */
     pthread_mutex_unlock(&c->mu);
 
     struct lws_client_connect_info i;
     memset(&i, 0, sizeof(i));
     i.context = c->ctx;
-    i.address = c->url.host;
-    i.port = c->url.port;
-    i.path = c->url.path;
-    i.host = c->url.host_header;
+    i.address = u->host;
+    i.port = u->port;
+    i.path = u->path;
+    i.host = u->host_header;
     i.origin = NULL; /* no Origin: not a browser, so not an outside origin */
     i.protocol = "herald.v1";
     i.pwsi = &c->wsi;
     i.retry_and_idle_policy = &c->idle_policy;
-    if (c->url.tls) {
+    if (u->tls) {
         i.ssl_connection = LCCSCF_USE_SSL;
         if (c->opts.insecure)
             i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
@@ -183,7 +207,8 @@ static void start_connect(struct herald_client *c)
         pthread_mutex_lock(&c->mu);
         if (c->cstate == HERALD__C_CONNECTING) { /* no error callback reported it */
             herald_error why = {0};
-            herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s", c->url.host_header);
+            herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s",
+                        herald__cur_url(c)->host_header);
             ended(c, &why, false);
         }
         pthread_mutex_unlock(&c->mu);
@@ -253,7 +278,9 @@ static int welcome(struct herald_client *c, const struct herald__frame *f, heral
             c->outq_tail = last;
         c->outq = head;
     }
-    struct herald__evitem *it = herald__event_new(HERALD_EV_CONNECTED, NULL, NULL, 0);
+    herald_error hello;
+    herald__err(&hello, 0, NULL, "connected to %s", herald__cur_url(c)->host_header);
+    struct herald__evitem *it = herald__event_new(HERALD_EV_CONNECTED, NULL, &hello, 0);
     if (it)
         herald__push_event(c, it);
     if (c->outq)
@@ -283,7 +310,7 @@ static void sub_gap_event(struct herald_client *c, const struct herald__sub *s, 
 static void subscribe_ok(struct herald_client *c, const struct herald__frame *f)
 {
     struct herald__sub *s = f->has_id ? herald__subs_find_wire(&c->subs, f->id) : NULL;
-    herald__subs_on_ok(&c->subs, s, f->replayed, f->gap);
+    herald__subs_on_ok(&c->subs, s, f->replayed, f->gap, f->next);
     if (!s)
         return; /* unsubscribed meanwhile; its replay is still counted */
     if (f->gap || s->blind)
@@ -340,7 +367,7 @@ static int event_frame(struct herald_client *c, const char *text, size_t len,
          * (before the cursors moved) so the subscription resumes before this event. */
         return herald__err(why, HERALD_E_NOMEM, NULL, "out of memory receiving an event");
     }
-    if (!herald__subs_on_event(&c->subs, f->topic, f->ev_id)) {
+    if (!herald__subs_on_event(&c->subs, f->topic, f->ev_id, &it->mark)) {
         herald_event_free(&it->ev); /* delivered before, through an overlapping pattern */
         return 0;
     }
@@ -368,6 +395,7 @@ static int event_frame(struct herald_client *c, const char *text, size_t len,
     it->ev.json = p;
     it->ev.json_len = len;
     it->ev.time_ms = f->time_ms;
+    it->has_mark = true;
     herald__push_event(c, it);
     return 0;
 }
@@ -398,6 +426,7 @@ static int handle_text(struct herald_client *c, const char *text, size_t len, he
             if (f.event_id)
                 snprintf(r->event_id, sizeof(r->event_id), "%s", f.event_id);
             r->receivers = f.receivers;
+            r->duplicate = f.duplicate;
             herald__complete(c, r, 0, NULL);
         }
         break;
@@ -515,7 +544,23 @@ static int writable(struct herald_client *c, struct lws *wsi, herald_error *why)
             }
             break;
         }
-        int n = lws_write(wsi, r->frame + LWS_PRE, r->frame_len, LWS_WRITE_TEXT);
+        /* Written from a scratch copy: lws masks the payload in place, and a publish keeps
+         * its frame until answered, to be sent again after a lost connection. */
+        if (c->wbuf_cap < LWS_PRE + r->frame_len) {
+            unsigned char *nb = realloc(c->wbuf, LWS_PRE + r->frame_len);
+            if (!nb) {
+                r->next = c->outq;
+                c->outq = r;
+                if (!c->outq_tail)
+                    c->outq_tail = r;
+                herald__err(why, HERALD_E_NOMEM, NULL, "out of memory writing a request");
+                return -1;
+            }
+            c->wbuf = nb;
+            c->wbuf_cap = LWS_PRE + r->frame_len;
+        }
+        memcpy(c->wbuf + LWS_PRE, r->frame + LWS_PRE, r->frame_len);
+        int n = lws_write(wsi, c->wbuf + LWS_PRE, r->frame_len, LWS_WRITE_TEXT);
         if (n < (int)r->frame_len) {
             r->next = c->outq; /* not sent: it goes out on the next connection */
             c->outq = r;
@@ -525,8 +570,10 @@ static int writable(struct herald_client *c, struct lws *wsi, herald_error *why)
             return -1;
         }
         r->sent = true;
-        free(r->frame);
-        r->frame = NULL;
+        if (r->kind != HERALD__REQ_PUB) {
+            free(r->frame);
+            r->frame = NULL;
+        }
         push_inflight(c, r);
         break;
     }
@@ -561,17 +608,17 @@ static void connection_error(struct herald_client *c, const char *in)
     bool fatal = false;
     if (status == 401 || status == 403) {
         herald__err(&why, HERALD_E_AUTH, status == 401 ? "unauthorized" : "forbidden",
-                    "%s refused the connection with HTTP %u: %s", c->url.host_header, status,
-                    status == 401 ? "missing or invalid credentials" : "not allowed");
+                    "%s refused the connection with HTTP %u: %s", herald__cur_url(c)->host_header,
+                    status, status == 401 ? "missing or invalid credentials" : "not allowed");
         fatal = true; /* retrying the same credentials cannot help */
     } else if (status) {
         herald__err(&why, HERALD_E_CONNECT, NULL,
                     "%s refused the WebSocket upgrade with HTTP "
                     "%u",
-                    c->url.host_header, status);
+                    herald__cur_url(c)->host_header, status);
     } else {
-        herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s", c->url.host_header,
-                    msg[0] ? msg : "connection failed");
+        herald__err(&why, HERALD_E_CONNECT, NULL, "cannot connect to %s: %s",
+                    herald__cur_url(c)->host_header, msg[0] ? msg : "connection failed");
     }
     ended(c, &why, fatal);
 }
@@ -587,11 +634,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     switch (reason) {
     case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
-        if (!c->token)
+        if (!c->opts.token)
             return 0;
         unsigned char **p = in, *end = *p + len;
         char hdr[8 + 4096 + 1];
-        int n = snprintf(hdr, sizeof(hdr), "Bearer %s", c->token);
+        int n = snprintf(hdr, sizeof(hdr), "Bearer %s", c->opts.token);
         if (n < 0 || (size_t)n >= sizeof(hdr) ||
             lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, (unsigned char *)hdr, n,
                                          p, end))
@@ -731,9 +778,12 @@ int herald__ctx_create(struct herald_client *c, herald_error *err)
     info.gid = (gid_t)-1;
     info.uid = (uid_t)-1;
     info.timeout_secs = (unsigned)(c->opts.connect_timeout_ms + 999) / 1000;
-    if (c->url.tls) {
+    bool tls = false;
+    for (size_t k = 0; k < c->n_urls; k++)
+        tls = tls || c->urls[k].tls;
+    if (tls) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-        info.client_ssl_ca_filepath = c->ca_file;
+        info.client_ssl_ca_filepath = c->opts.ca_file;
     }
     /* The server pings every heartbeat; ours only matter when it stops talking altogether. */
     c->idle_policy = (lws_retry_bo_t){.secs_since_valid_ping = 30, .secs_since_valid_hangup = 75};
@@ -743,6 +793,6 @@ int herald__ctx_create(struct herald_client *c, herald_error *err)
     herald__lws_global_unlock();
     if (!c->ctx)
         return herald__err(err, HERALD_E_CONNECT, NULL, "cannot set up libwebsockets%s",
-                           c->url.tls ? " with TLS" : "");
+                           tls ? " with TLS" : "");
     return 0;
 }

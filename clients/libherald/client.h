@@ -30,6 +30,8 @@ struct herald__req {
     char pattern[HERALD_TOPIC_MAX + 1]; /* pattern or topic */
     unsigned char *frame;               /* LWS_PRE headroom, then frame_len bytes of text */
     size_t frame_len;
+    char key[HERALD_KEY_MAX + 1]; /* publish: its idempotency key */
+    bool resent;                  /* publish: already sent again after a lost connection */
     bool sent;
     bool sync, done, abandoned;
     herald_reply_fn cb;
@@ -39,13 +41,15 @@ struct herald__req {
     herald_error err;
     char event_id[HERALD_ID_SIZE];
     size_t receivers, replayed;
-    bool gap;
+    bool gap, duplicate;
 };
 
 /* An item of the event stream: the public event plus its strings in one allocation. */
 struct herald__evitem {
     struct herald__evitem *next;
     size_t bytes;
+    bool has_mark; /* an EVENT: handing it over moves the saved cursors (subs.c) */
+    struct herald__evmark mark;
     herald_event ev;
     char buf[];
 };
@@ -69,14 +73,16 @@ struct herald_client {
 
     /* Immutable after creation. */
     struct lws_context *ctx;
-    struct herald__url url;
-    herald_options opts;
-    char *token, *ca_file;
+    struct herald__url *urls; /* the servers, tried in turn (herald__url_list_parse) */
+    size_t n_urls;
+    struct herald_options opts; /* the client's own copy */
     lws_retry_bo_t idle_policy;
     struct lws_protocols protocols[2];
 
     /* I/O thread only. */
     struct lws *wsi;
+    unsigned char *wbuf; /* lws masks what it writes in place: frames are written from here */
+    size_t wbuf_cap;
     struct herald__backoff backoff;
     lws_sorted_usec_list_t sul_retry, sul_deadline, sul_close;
     uint64_t open_since_us;
@@ -88,6 +94,8 @@ struct herald_client {
     bool rx_paused;
 
     /* Guarded by mu. */
+    size_t cur_url;  /* index in urls of the current or last attempt */
+    size_t attempts; /* connection attempts made, the first included */
     enum herald__cstate cstate;
     bool connected, ever_connected;
     size_t max_event_bytes;
@@ -96,12 +104,21 @@ struct herald_client {
     struct herald__req *inflight;         /* sent, waiting for the reply */
     size_t n_pending;
     int64_t next_wire_id;
+    char key_prefix[24]; /* random per client: its publishes' keys are "<prefix>-<n>" */
+    uint64_t key_seq;
     struct herald__evitem *evq, *evq_tail;
     size_t evq_n, evq_bytes;
+    size_t in_hand; /* taken off evq by herald_process(), callbacks not yet run */
     struct herald__req *cbq, *cbq_tail; /* async completions for herald_process */
     bool closing, stop_thread, fatal;
     herald_error fatal_err;
 };
+
+/* The server of the current (or last) connection attempt; mu held, or the I/O thread. */
+static inline const struct herald__url *herald__cur_url(const struct herald_client *c)
+{
+    return &c->urls[c->cur_url];
+}
 
 /* client.c: runs on the I/O thread. */
 void *herald__thread_main(void *arg);

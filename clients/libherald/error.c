@@ -22,6 +22,7 @@ static const char *const status_text[] = {
     [9] = "not allowed in this mode",
     [10] = "too many pending requests",
     [11] = "connection lost before the server answered",
+    [12] = "event larger than the server accepts",
 };
 
 /* Returns a constant description of `status`; unknown values give "unknown error". */

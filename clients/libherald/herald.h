@@ -40,37 +40,43 @@ extern "C" {
 #endif
 
 #define HERALD_VERSION_MAJOR 0
-#define HERALD_VERSION_MINOR 1
+#define HERALD_VERSION_MINOR 2
 #define HERALD_VERSION_PATCH 0
-#define HERALD_VERSION_STRING "0.1.0"
+#define HERALD_VERSION_STRING "0.2.0"
 
 /* Event ids and `since` cursors are at most this many bytes (plus the NUL). */
 #define HERALD_ID_MAX 255
 #define HERALD_ID_SIZE (HERALD_ID_MAX + 1)
 /* Topics and patterns are at most this many bytes. */
 #define HERALD_TOPIC_MAX 255
+/* Idempotency keys are 1 to this many visible ASCII bytes. */
+#define HERALD_KEY_MAX 128
 
 /* What a call returns. 0 is success; everything else is negative. */
 typedef enum herald_status {
     HERALD_OK = 0,
-    HERALD_E_INVALID = -1,     /* a bad argument: NULL, too long, bad URL, data not JSON */
-    HERALD_E_NOMEM = -2,       /* out of memory */
-    HERALD_E_CONNECT = -3,     /* could not connect, or the TLS/WebSocket handshake failed */
-    HERALD_E_TIMEOUT = -4,     /* no answer within the timeout; nothing more is known */
-    HERALD_E_SERVER = -5,      /* the server refused the request: see error.server_code */
-    HERALD_E_AUTH = -6,        /* credentials refused (HTTP 401/403 on connect, close 1008) */
-    HERALD_E_CLOSED = -7,      /* the client is closed, or stopped after a fatal error */
-    HERALD_E_PROTOCOL = -8,    /* the peer does not speak herald.v1 as documented */
-    HERALD_E_STATE = -9,       /* the call does not fit the client's mode (see the function) */
-    HERALD_E_BUSY = -10,       /* too many requests waiting to be sent */
-    HERALD_E_INTERRUPTED = -11 /* the connection dropped after the request was sent: a
-                                * publish may or may not have happened */
+    HERALD_E_INVALID = -1,      /* a bad argument: NULL, too long, bad URL, data not JSON */
+    HERALD_E_NOMEM = -2,        /* out of memory */
+    HERALD_E_CONNECT = -3,      /* could not connect, or the TLS/WebSocket handshake failed */
+    HERALD_E_TIMEOUT = -4,      /* no answer within the timeout; nothing more is known */
+    HERALD_E_SERVER = -5,       /* the server refused the request: see error.server_code */
+    HERALD_E_AUTH = -6,         /* credentials refused (HTTP 401/403 on connect, close 1008) */
+    HERALD_E_CLOSED = -7,       /* the client is closed, or stopped after a fatal error */
+    HERALD_E_PROTOCOL = -8,     /* the peer does not speak herald.v1 as documented */
+    HERALD_E_STATE = -9,        /* the call does not fit the client's mode (see the function) */
+    HERALD_E_BUSY = -10,        /* too many requests waiting to be sent */
+    HERALD_E_INTERRUPTED = -11, /* the connection dropped after the request was sent: a
+                                 * publish may or may not have happened */
+    HERALD_E_TOO_LARGE = -12    /* the event's data is over the size the server announced
+                                 * (max_event_bytes); it was not sent (server_code
+                                 * "too_large", as when the server refuses it) */
 } herald_status;
 
 /* An error: the status, the server's error code when it sent one, and a sentence. */
 typedef struct herald_error {
     int status;           /* a herald_status */
-    char server_code[32]; /* e.g. "invalid_topic", "forbidden"; "" when not from the server */
+    char server_code[32]; /* the protocol's code: e.g. "invalid_topic", "forbidden" from the
+                           * server, "too_large" also for HERALD_E_TOO_LARGE; else "" */
     char message[256];    /* one line, no trailing newline, valid UTF-8 */
 } herald_error;
 
@@ -86,7 +92,8 @@ typedef enum herald_event_type {
     HERALD_EV_EVENT = 1,    /* an event published to a topic you subscribed to */
     HERALD_EV_GAP,          /* events matching `pattern` may have been missed: resynchronize */
     HERALD_EV_DISCONNECTED, /* the connection was lost; the client retries in `retry_ms` */
-    HERALD_EV_CONNECTED,    /* the client (re)connected; subscriptions are being restored */
+    HERALD_EV_CONNECTED,    /* the client (re)connected ("connected to HOST:PORT" in error.message,
+                             * status 0); subscriptions are being restored */
     HERALD_EV_ERROR         /* see `error`; when `fatal` the client has stopped for good */
 } herald_event_type;
 
@@ -115,34 +122,64 @@ HERALD_API void herald_event_free(herald_event *ev);
 
 typedef void (*herald_event_fn)(herald_client *c, const herald_event *ev, void *user);
 
-/* Connection options. Initialize with herald_options_init(), then set what you need. */
-typedef struct herald_options {
-    const char *token;           /* sent as "Authorization: Bearer <token>"; NULL: none */
-    const char *ca_file;         /* PEM file of CAs to trust for wss:// (default: the system's) */
-    bool insecure;               /* wss:// without certificate checks (tests only) */
-    int connect_timeout_ms;      /* herald_connect(): give up after this long (default 10000) */
-    bool retry_first_connect;    /* keep retrying when the first connection fails (default:
-                                  * no, the failure is returned; later losses always retry) */
-    unsigned backoff_initial_ms; /* first reconnect delay (default 250) */
-    unsigned backoff_max_ms;     /* the delay doubles up to this (default 30000); each delay is
-                                  * jittered to between half and all of its value */
-    size_t max_queued_events;    /* events waiting for the application before the client stops
-                                  * reading from the socket (default 10000) */
-    size_t max_queued_bytes;     /* the same bound in bytes (default 64 MiB) */
-    size_t max_pending;          /* requests waiting to be sent or answered (default 10000) */
-    herald_event_fn on_event;    /* deliver events by callback from herald_process(); NULL:
-                                  * they wait for herald_next_event() */
-    void *user;                  /* passed to on_event */
-    bool keep_lws_log;           /* leave libwebsockets' process-wide logging alone (default:
-                                  * the library silences it, since a library must not print) */
-} herald_options;
+/*
+ * Connection options: an opaque object made by herald_options_new() and changed only through
+ * the setters below, the way nats.c (natsOptions), libcurl and zstd do it. A public struct
+ * cannot grow without breaking every program compiled against the smaller one (the library
+ * would read fields past its end); a leading size field needs every caller to get the size
+ * right, and every library version to carry the old layouts. With an opaque object the
+ * library alone knows the layout, so options can be added in any release of libherald.so.0
+ * and old programs keep working. One options object may serve any number of clients: it is
+ * copied (with its strings) when a client is made, and may be freed or changed afterwards.
+ * Every setter returns 0, or HERALD_E_INVALID for a NULL object or an argument out of range
+ * (the object is then unchanged), or HERALD_E_NOMEM.
+ */
+typedef struct herald_options herald_options;
 
-HERALD_API void herald_options_init(herald_options *opts);
+/* Returns options with every default, or NULL when out of memory. */
+HERALD_API herald_options *herald_options_new(void);
+/* Frees `o`; NULL is ignored. Clients made with it keep their copy. */
+HERALD_API void herald_options_free(herald_options *o);
+
+/* Sent as "Authorization: Bearer <token>" (1-4096 printable ASCII bytes, no spaces; copied).
+ * NULL or "": none (the default). */
+HERALD_API int herald_options_set_token(herald_options *o, const char *token);
+/* A PEM file of CAs to trust for wss:// and https:// (copied; NULL: the system's). */
+HERALD_API int herald_options_set_ca_file(herald_options *o, const char *path);
+/* wss:// without certificate checks (tests only; default false). */
+HERALD_API int herald_options_set_insecure(herald_options *o, bool insecure);
+/* herald_connect() gives up after `ms` (1 or more; default 10000); also the deadline of one
+ * HTTP request (herald_poll adds its wait to it). */
+HERALD_API int herald_options_set_connect_timeout(herald_options *o, int ms);
+/* Keep retrying when the first connection fails (default false: the failure is returned;
+ * later losses are always retried). */
+HERALD_API int herald_options_set_retry_first_connect(herald_options *o, bool retry);
+/* Reconnect delays: the first `initial_ms` (default 250), doubling up to `max_ms` (default
+ * 30000); each is jittered to between half and all of its value. */
+HERALD_API int herald_options_set_backoff(herald_options *o, unsigned initial_ms, unsigned max_ms);
+/* Events waiting for the application before the client stops reading from the socket
+ * (default 10000 events, 64 MiB); 0 keeps the default. */
+HERALD_API int herald_options_set_queue_limits(herald_options *o, size_t max_events,
+                                               size_t max_bytes);
+/* Requests waiting to be sent or answered (default 10000; 0 keeps the default). */
+HERALD_API int herald_options_set_max_pending(herald_options *o, size_t max_pending);
+/* Deliver events by callback from herald_process() (`fn` NULL: they wait for
+ * herald_next_event(), the default); `user` is passed to it. */
+HERALD_API int herald_options_set_event_callback(herald_options *o, herald_event_fn fn, void *user);
+/* Leave libwebsockets' process-wide logging alone (default false: the library silences it,
+ * since a library must not print). */
+HERALD_API int herald_options_set_keep_lws_log(herald_options *o, bool keep);
 
 /*
  * Connects to `url` (ws://host[:port][/path], wss://...; http:// and https:// are taken as
- * ws:// and wss://; the path defaults to /v1/ws; a ?token= query is passed on as is) and
- * waits for the server's welcome. `opts` may be NULL for the defaults; it is copied.
+ * ws:// and wss://; host[:port] without a scheme as ws:// on port 7070; the path defaults to
+ * /v1/ws; a ?token= query is passed on as is) and waits for the server's welcome. `url` may
+ * list up to 16 servers separated by commas ("ws://a:7070,ws://b:7070"; a comma inside a URL
+ * is written %2C): the first connection tries each in turn (failing once all failed), and
+ * every later reconnect goes to the next server of the list, resuming each subscription
+ * there from its last id. The HTTP calls below take the same lists and use the first
+ * server that accepts the connection. `opts` may
+ * be NULL for the defaults; it is copied.
  * Returns the client, or NULL with `err` filled (HERALD_E_INVALID for a bad URL,
  * HERALD_E_CONNECT, HERALD_E_AUTH, HERALD_E_TIMEOUT). With opts->retry_first_connect it waits
  * for success until connect_timeout_ms passes.
@@ -192,12 +229,27 @@ HERALD_API int herald_unsubscribe(herald_client *c, const char *pattern, int tim
 /*
  * Publishes to `topic` an event of kind `kind` (NULL: "message") whose data is the JSON text
  * `data_json` (NULL: null; it must be one JSON value). On success copies the event id into
- * `id_out` (HERALD_ID_SIZE bytes, may be NULL). A timeout or HERALD_E_INTERRUPTED leaves it
- * unknown whether the event was published.
+ * `id_out` (HERALD_ID_SIZE bytes, may be NULL). Every publish carries an idempotency key (a
+ * random per-client prefix and a counter): when the connection drops before the answer, the
+ * client sends it once more, with the same key, on the next connection, and the server
+ * publishes it at most once (PROTOCOL.md section 3). A timeout, or HERALD_E_INTERRUPTED
+ * (the second connection dropped too), leaves it unknown whether the event was published.
+ * Data over the server's max_event_bytes gives HERALD_E_TOO_LARGE without sending.
  */
 HERALD_API int herald_publish(herald_client *c, const char *topic, const char *kind,
                               const char *data_json, int timeout_ms, char *id_out,
                               herald_error *err);
+
+/*
+ * herald_publish() with the caller's idempotency key (1-HERALD_KEY_MAX visible ASCII bytes;
+ * NULL: one the client makes): resending with the same key, even from another process,
+ * publishes nothing new while the server remembers it (history.dedupe_window_s) and answers
+ * with the first publish's id. `*duplicate` (may be NULL) is then set true: the server
+ * already had this key, so this call published nothing new.
+ */
+HERALD_API int herald_publish_key(herald_client *c, const char *topic, const char *kind,
+                                  const char *data_json, const char *key, int timeout_ms,
+                                  char *id_out, bool *duplicate, herald_error *err);
 
 /* herald_publish() with a string as data: `text` (UTF-8) is sent as a JSON string. */
 HERALD_API int herald_publish_text(herald_client *c, const char *topic, const char *kind,
@@ -217,6 +269,8 @@ HERALD_API int herald_next_event(herald_client *c, herald_event **ev, int timeou
 
 /* ---- asynchronous calls: return at once; `cb` runs later from herald_process() ----------- */
 
+/* The library fills it and the application only reads it, so members may be added at the
+ * end in later versions without breaking programs built against this one. */
 typedef struct herald_reply {
     int status;           /* 0 or a negative herald_status */
     herald_error error;   /* when status != 0 */
@@ -225,6 +279,8 @@ typedef struct herald_reply {
     size_t receivers;     /* publish: connections the server queued the event to */
     size_t replayed;      /* subscribe */
     bool gap;             /* subscribe */
+    bool duplicate;       /* publish: the server already had its key; nothing new published */
+    const char *key;      /* publish: the idempotency key it carried */
 } herald_reply;
 
 typedef void (*herald_reply_fn)(herald_client *c, const herald_reply *r, void *arg);
@@ -241,6 +297,9 @@ HERALD_API int herald_unsubscribe_async(herald_client *c, const char *pattern, h
 HERALD_API int herald_publish_async(herald_client *c, const char *topic, const char *kind,
                                     const char *data_json, herald_reply_fn cb, void *arg,
                                     herald_error *err);
+HERALD_API int herald_publish_key_async(herald_client *c, const char *topic, const char *kind,
+                                        const char *data_json, const char *key, herald_reply_fn cb,
+                                        void *arg, herald_error *err);
 
 /*
  * A file descriptor that becomes readable when herald_process() has work (completions, or
@@ -262,10 +321,13 @@ HERALD_API int herald_process(herald_client *c, int timeout_ms);
 HERALD_API bool herald_connected(const herald_client *c);
 
 /*
- * Copies into `out` (HERALD_ID_SIZE bytes) where `pattern` would resume: the id of the last
- * event delivered for it, else the `since` it was subscribed with ("all" or an id), else "".
- * Save it and pass it as `since` in a later run to continue there. Returns 0, or
- * HERALD_E_INVALID when the client has no such subscription.
+ * Copies into `out` (HERALD_ID_SIZE bytes) where a later run may resume `pattern`: the
+ * position of the last event of it handed to the application (returned by
+ * herald_next_event() or passed to on_event; events still queued inside the client do not
+ * count), else where the subscription started (the server's `next`, or the `since` it was
+ * subscribed with: "all" or an id), else "". Save it and pass it as `since` in a later run
+ * to continue there with nothing missed. Returns 0, or HERALD_E_INVALID when the client has
+ * no such subscription.
  */
 HERALD_API int herald_subscription_cursor(herald_client *c, const char *pattern, char *out);
 
@@ -288,6 +350,47 @@ HERALD_API int herald_poll(const char *url, const herald_options *opts, const ch
  */
 HERALD_API int herald_event_status(const char *url, const herald_options *opts, const char *id,
                                    char **body_out, herald_error *err);
+
+/* ---- batches: many events in one HTTP request (POST /v1/publish, NDJSON) ---------------- */
+
+/*
+ * A batch of events to publish in one request: all are checked by the server before any is
+ * published, and the first bad one refuses the whole batch. Every event carries an
+ * idempotency key (the caller's, or one the batch makes), so sending the same batch again
+ * after a timeout or a 503 publishes each event at most once.
+ */
+typedef struct herald_batch herald_batch;
+
+/* Returns an empty batch, or NULL when out of memory. */
+HERALD_API herald_batch *herald_batch_new(void);
+HERALD_API void herald_batch_free(herald_batch *b);
+/* How many events `b` holds. */
+HERALD_API size_t herald_batch_count(const herald_batch *b);
+/*
+ * Appends an event: `topic`, `kind` (NULL: "message"), `data_json` (one JSON value; NULL:
+ * null) and `key` (NULL: the batch makes one), checked as herald_publish() checks them.
+ * Returns 0, HERALD_E_INVALID (nothing appended) or HERALD_E_NOMEM.
+ */
+HERALD_API int herald_batch_add(herald_batch *b, const char *topic, const char *kind,
+                                const char *data_json, const char *key, herald_error *err);
+/*
+ * Appends an event given as one NDJSON line: a JSON object with "topic" and optionally
+ * "event", "data" and "key" (nothing else), as PROTOCOL.md section 3 writes batch lines.
+ */
+HERALD_API int herald_batch_add_line(herald_batch *b, const char *line, herald_error *err);
+/*
+ * POST /v1/publish with the batch on the server of `url` (ws:// or http:// forms alike),
+ * within opts' connect timeout. On success *body_out is the answer
+ * {"events":[{"id":..,"topic":..,"time":..,"receivers":..}, ...]}, one per event in order
+ * (free with herald_free()). A refused batch gives HERALD_E_SERVER (or HERALD_E_AUTH) with
+ * the server's code; when the server named the event at fault, *bad_line (may be NULL) is
+ * its 1-based position in the batch, else 0. A batch refused with a 4xx published nothing;
+ * one cut short (503, a timeout, a lost connection) may have published a prefix: send the
+ * same batch again, its keys make that safe.
+ */
+HERALD_API int herald_publish_batch(const char *url, const herald_options *opts,
+                                    const herald_batch *b, char **body_out, size_t *bad_line,
+                                    herald_error *err);
 
 /* Frees memory the library handed over (herald_poll, herald_event_status). */
 HERALD_API void herald_free(void *p);

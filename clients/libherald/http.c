@@ -9,23 +9,40 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
 #include <libwebsockets.h>
 
 #define BODY_MAX (16u << 20)
+#define BODY_SLICE 16384
 
 struct http_req {
     const herald_options *opts;
+    const char *ctype;          /* request body's Content-Type; NULL: no body */
+    const unsigned char *rbody; /* borrowed */
+    size_t rlen, roff;
     int status;
     char *body;
     size_t len, cap;
     bool done, failed, too_big;
     char error[160];
     lws_sorted_usec_list_t sul;
+    struct lws_context *ctx;
+    uint64_t deadline_us; /* CLOCK_MONOTONIC */
     bool timed_out;
 };
+
+/* How often the request loop looks at its deadline. */
+#define TICK_US (100 * LWS_US_PER_MS)
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static int append(struct http_req *h, const char *in, size_t len)
 {
@@ -58,15 +75,40 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
         return 0;
     switch (reason) {
     case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
+        unsigned char **p = in, *end = *p + len;
+        if (h->ctype) {
+            if (lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE,
+                                             (const unsigned char *)h->ctype, (int)strlen(h->ctype),
+                                             p, end) ||
+                lws_add_http_header_content_length(wsi, h->rlen, p, end))
+                return -1;
+            lws_client_http_body_pending(wsi, 1);
+            lws_callback_on_writable(wsi);
+        }
         if (!h->opts->token)
             return 0;
-        unsigned char **p = in, *end = *p + len;
         char hdr[8 + 4096 + 1];
         int n = snprintf(hdr, sizeof(hdr), "Bearer %s", h->opts->token);
         if (n < 0 || (size_t)n >= sizeof(hdr) ||
             lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, (unsigned char *)hdr, n,
                                          p, end))
             return -1;
+        return 0;
+    }
+    case LWS_CALLBACK_CLIENT_HTTP_WRITEABLE: {
+        /* The body in slices, one per writable callback (lws writes from its own headroom). */
+        unsigned char buf[LWS_PRE + BODY_SLICE];
+        size_t n = h->rlen - h->roff < BODY_SLICE ? h->rlen - h->roff : BODY_SLICE;
+        bool last = h->roff + n == h->rlen;
+        memcpy(buf + LWS_PRE, h->rbody + h->roff, n);
+        if (lws_write(wsi, buf + LWS_PRE, n, last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) !=
+            (int)n)
+            return -1;
+        h->roff += n;
+        if (last)
+            lws_client_http_body_pending(wsi, 0);
+        else
+            lws_callback_on_writable(wsi);
         return 0;
     }
     case LWS_CALLBACK_ESTABLISHED_CLIENT_HTTP:
@@ -103,11 +145,21 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
     }
 }
 
-static void on_timeout(lws_sorted_usec_list_t *sul)
+/*
+ * The whole request has one deadline, checked on our own clock: a single lws timer for it
+ * was seen to be skipped when lws closed a silent connection on its own timeout at the same
+ * moment (the call then took 30 s instead of 2). A short periodic tick keeps lws_service()
+ * returning, and lws's own per-state timeouts are set beyond the deadline.
+ */
+static void on_tick(lws_sorted_usec_list_t *sul)
 {
     struct http_req *h = lws_container_of(sul, struct http_req, sul);
-    h->timed_out = true;
-    h->done = true;
+    if (mono_us() >= h->deadline_us) {
+        h->timed_out = true;
+        h->done = true;
+        return;
+    }
+    lws_sul_schedule(h->ctx, 0, &h->sul, on_tick, TICK_US);
 }
 
 int herald__pct_encode(char *out, size_t cap, const char *s)
@@ -136,11 +188,20 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
                      const char *path_and_query, int timeout_ms, int *status, char **body,
                      size_t *body_len, herald_error *err)
 {
+    return herald__http_request(u, o, NULL, NULL, 0, path_and_query, timeout_ms, status, body,
+                                body_len, err);
+}
+
+int herald__http_request(const struct herald__url *u, const herald_options *o, const char *ctype,
+                         const void *req_body, size_t req_len, const char *path_and_query,
+                         int timeout_ms, int *status, char **body, size_t *body_len,
+                         herald_error *err)
+{
     static const struct lws_protocols protocols[] = {
         {.name = "herald-http", .callback = http_cb},
         {.name = NULL},
     };
-    struct http_req h = {.opts = o};
+    struct http_req h = {.opts = o, .ctype = ctype, .rbody = req_body, .rlen = req_len};
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
     info.port = CONTEXT_PORT_NO_LISTEN;
@@ -148,7 +209,7 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
     info.user = &h;
     info.gid = (gid_t)-1;
     info.uid = (uid_t)-1;
-    info.timeout_secs = (unsigned)(timeout_ms + 999) / 1000;
+    info.timeout_secs = (unsigned)(timeout_ms + 999) / 1000 + 10; /* ours comes first */
     if (u->tls) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.client_ssl_ca_filepath = o->ca_file;
@@ -167,7 +228,7 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
     i.port = u->port;
     i.path = path_and_query;
     i.host = u->host_header;
-    i.method = "GET";
+    i.method = ctype ? "POST" : "GET";
     i.protocol = protocols[0].name;
     i.alpn = "http/1.1";
     if (u->tls) {
@@ -176,15 +237,22 @@ int herald__http_get(const struct herald__url *u, const herald_options *o,
             i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
                                 LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
     }
-    lws_sul_schedule(ctx, 0, &h.sul, on_timeout, (lws_usec_t)timeout_ms * LWS_US_PER_MS);
+    h.ctx = ctx;
+    h.deadline_us = mono_us() + (uint64_t)timeout_ms * 1000u;
+    lws_sul_schedule(ctx, 0, &h.sul, on_tick, TICK_US);
     if (!lws_client_connect_via_info(&i) && !h.done) {
         h.failed = true;
         h.done = true;
         snprintf(h.error, sizeof(h.error), "cannot start the request");
     }
-    while (!h.done)
+    while (!h.done) {
         if (lws_service(ctx, 0) < 0)
             break;
+        if (!h.done && mono_us() >= h.deadline_us) {
+            h.timed_out = true;
+            h.done = true;
+        }
+    }
     lws_sul_cancel(&h.sul);
     herald__lws_global_lock();
     lws_context_destroy(ctx);
@@ -225,22 +293,47 @@ static int http_error(int status, char *body, herald_error *err)
     return st;
 }
 
-static int get_json(const struct herald__url *u, const herald_options *opts, const char *path,
-                    int timeout, char **body_out, herald_error *err)
+int herald__http_any(const char *list, const herald_options *opts, const char *ctype,
+                     const void *req_body, size_t req_len, const char *path, int timeout_ms,
+                     int *status, char **body, size_t *body_len, herald_error *err)
 {
-    herald_options o;
-    herald_options_init(&o);
+    struct herald__url *urls;
+    size_t n;
+    int r = herald__url_list_parse(list, &urls, &n, err);
+    if (r)
+        return r;
+    struct herald_options o;
     if (opts)
-        o = *opts;
-    char full[3 * HERALD__PATH_MAX];
-    const char *sep = u->query[0] ? (strchr(path, '?') ? "&" : "?") : "";
-    int n = snprintf(full, sizeof(full), "%s%s%s", path, sep, u->query);
-    if (n < 0 || (size_t)n >= sizeof(full))
-        return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+        o = *opts; /* borrowed: the strings stay the caller's */
+    else
+        herald__options_defaults(&o);
+    for (size_t k = 0; k < n; k++) {
+        const struct herald__url *u = &urls[k];
+        char full[4 * HERALD__PATH_MAX];
+        const char *sep = u->query[0] ? (strchr(path, '?') ? "&" : "?") : "";
+        int len = snprintf(full, sizeof(full), "%s%s%s%s", u->prefix, path, sep, u->query);
+        if (len < 0 || (size_t)len >= sizeof(full)) {
+            r = herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
+            break;
+        }
+        r = herald__http_request(u, &o, ctype, req_body, req_len, full, timeout_ms, status, body,
+                                 body_len, err);
+        /* Only a server that could not be reached is skipped: after a timeout the request
+         * may be under way there, and the deadline is spent. */
+        if (r != HERALD_E_CONNECT)
+            break;
+    }
+    free(urls);
+    return r;
+}
+
+static int get_json(const char *list, const herald_options *opts, const char *path, int timeout,
+                    char **body_out, herald_error *err)
+{
     int status = 0;
     char *body = NULL;
     size_t len = 0;
-    int r = herald__http_get(u, &o, full, timeout, &status, &body, &len, err);
+    int r = herald__http_any(list, opts, NULL, NULL, 0, path, timeout, &status, &body, &len, err);
     if (r)
         return r;
     if (status < 200 || status > 299)
@@ -275,13 +368,8 @@ HERALD_API int herald_poll(const char *url, const herald_options *opts, const ch
         return herald__err(err, HERALD_E_INVALID, NULL, "wait must be 0-60 seconds");
     if (limit > 1000)
         return herald__err(err, HERALD_E_INVALID, NULL, "limit must be 1-1000");
-    struct herald__url u;
-    int r = herald__url_parse(url, &u, err);
-    if (r)
-        return r;
-    char path[2 * HERALD__PATH_MAX] = "";
+    char path[2 * HERALD__PATH_MAX] = "/v1/topics/"; /* after each server's prefix */
     char num[48];
-    snprintf(path, sizeof(path), "%s/v1/topics/", u.prefix); /* the prefix is a path already */
     if (herald__pct_encode(path, sizeof(path), pattern) < 0)
         return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
     snprintf(num, sizeof(num), "/events?wait=%u", wait_s);
@@ -301,9 +389,9 @@ HERALD_API int herald_poll(const char *url, const herald_options *opts, const ch
         if (herald__pct_encode(path, sizeof(path), since) < 0)
             return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
     }
-    int timeout = (int)wait_s * 1000 +
-                  (opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000);
-    return get_json(&u, opts, path, timeout, body_out, err);
+    int timeout =
+        (int)wait_s * 1000 + (opts ? opts->connect_timeout_ms : HERALD__DEFAULT_CONNECT_TIMEOUT_MS);
+    return get_json(url, opts, path, timeout, body_out, err);
 }
 
 HERALD_API int herald_event_status(const char *url, const herald_options *opts, const char *id,
@@ -314,14 +402,9 @@ HERALD_API int herald_event_status(const char *url, const herald_options *opts, 
     *body_out = NULL;
     if (!id || !*id || strlen(id) > HERALD_ID_MAX)
         return herald__err(err, HERALD_E_INVALID, NULL, "the id must be 1-%d bytes", HERALD_ID_MAX);
-    struct herald__url u;
-    int r = herald__url_parse(url, &u, err);
-    if (r)
-        return r;
-    char path[2 * HERALD__PATH_MAX];
-    snprintf(path, sizeof(path), "%s/v1/events/", u.prefix);
+    char path[2 * HERALD__PATH_MAX] = "/v1/events/";
     if (herald__pct_encode(path, sizeof(path), id) < 0)
         return herald__err(err, HERALD_E_INVALID, NULL, "request path too long");
-    int timeout = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000;
-    return get_json(&u, opts, path, timeout, body_out, err);
+    int timeout = opts ? opts->connect_timeout_ms : HERALD__DEFAULT_CONNECT_TIMEOUT_MS;
+    return get_json(url, opts, path, timeout, body_out, err);
 }

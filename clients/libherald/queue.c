@@ -125,6 +125,16 @@ static struct herald__evitem *pop_event(struct herald_client *c)
     return it;
 }
 
+/* `it` reaches the application now (mu held): the saved cursors move past it, and past
+ * everything the ranges cover once nothing else waits. */
+static void handed(struct herald_client *c, const struct herald__evitem *it)
+{
+    if (it->has_mark)
+        herald__subs_handed(&c->subs, it->ev.id, &it->mark);
+    if (!c->evq && !c->in_hand)
+        herald__subs_caught_up(&c->subs);
+}
+
 void herald__fail_all(struct herald_client *c, const herald_error *err)
 {
     struct herald__req *r;
@@ -203,6 +213,7 @@ HERALD_API int herald_next_event(herald_client *c, herald_event **ev, int timeou
         }
     }
     struct herald__evitem *it = pop_event(c);
+    handed(c, it);
     herald__drain_fd(c);
     pthread_mutex_unlock(&c->mu);
     *ev = &it->ev;
@@ -223,6 +234,8 @@ void herald__run_completions(struct herald_client *c, struct herald__req *list)
                 .receivers = r->receivers,
                 .replayed = r->replayed,
                 .gap = r->gap,
+                .duplicate = r->kind == HERALD__REQ_PUB && r->status == 0 && r->duplicate,
+                .key = r->kind == HERALD__REQ_PUB ? r->key : NULL,
             };
             r->cb(c, &rep, r->arg);
         }
@@ -260,6 +273,7 @@ HERALD_API int herald_process(herald_client *c, int timeout_ms)
         struct herald__evitem *it = pop_event(c);
         *tail = it;
         tail = &it->next;
+        c->in_hand++;
     }
     *tail = NULL;
     herald__drain_fd(c);
@@ -272,6 +286,10 @@ HERALD_API int herald_process(herald_client *c, int timeout_ms)
     while (evs) {
         struct herald__evitem *it = evs;
         evs = it->next;
+        pthread_mutex_lock(&c->mu);
+        c->in_hand--;
+        handed(c, it);
+        pthread_mutex_unlock(&c->mu);
         c->opts.on_event(c, &it->ev, c->opts.user);
         free(it);
         n++;

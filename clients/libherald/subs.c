@@ -60,6 +60,7 @@ struct herald__sub *herald__subs_add(struct herald__subs *s, const char *pattern
         return NULL;
     }
     sub->state = HERALD__SUB_UNSENT;
+    sub->uid = ++s->next_uid;
     struct herald__sub **tail = &s->head;
     while (*tail)
         tail = &(*tail)->next;
@@ -103,6 +104,8 @@ void herald__sub_sent(struct herald__sub *sub, int64_t wire_id, char out[HERALD_
     sub->blind = false;
     if (sub->has_range) {
         since = sub->hi;
+    } else if (sub->next_pos[0]) {
+        since = sub->next_pos; /* live, nothing arrived yet: the server said where it began */
     } else if (positional(sub->since)) {
         since = sub->since; /* nothing delivered yet: the original request still holds */
     } else if (sub->was_live) {
@@ -119,7 +122,8 @@ void herald__sub_sent(struct herald__sub *sub, int64_t wire_id, char out[HERALD_
     sub->state = HERALD__SUB_SENT;
 }
 
-void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed, bool gap)
+void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t replayed, bool gap,
+                        const char *next)
 {
     s->replay_sub = sub;
     s->replay_left = replayed;
@@ -127,6 +131,12 @@ void herald__subs_on_ok(struct herald__subs *s, struct herald__sub *sub, size_t 
         return;
     sub->was_live = true;
     sub->state = replayed ? HERALD__SUB_REPLAYING : HERALD__SUB_LIVE;
+    sub->live_since = s->rseq;
+    /* Only a position with nothing before it still to come: after a replay the range's top
+     * is where it resumes (and a replay cut short must resume inside it, not after). */
+    if (!replayed && !sub->has_range && next && *next && strcmp(next, "latest") != 0 &&
+        strcmp(next, "all") != 0)
+        copy(sub->next_pos, sizeof(sub->next_pos), next);
     if (sub->has_range)
         return; /* a resume continues the range it had */
     if (gap || strcmp(sub->sent_since, "all") == 0) {
@@ -151,10 +161,14 @@ static void extend(struct herald__sub *sub, const char *id)
     }
 }
 
-bool herald__subs_on_event(struct herald__subs *s, const char *topic, const char *id)
+bool herald__subs_on_event(struct herald__subs *s, const char *topic, const char *id,
+                           struct herald__evmark *mark)
 {
     bool replay = s->replay_left > 0;
     struct herald__sub *owner = replay ? s->replay_sub : NULL;
+    uint64_t rseq = ++s->rseq;
+    if (mark)
+        *mark = (struct herald__evmark){.rseq = rseq, .owner = owner ? owner->uid : 0};
     bool dup = false;
     for (struct herald__sub *p = s->head; p && !dup; p = p->next)
         dup = p->has_range && strcmp(p->lo, id) <= 0 && strcmp(id, p->hi) <= 0 &&
@@ -163,8 +177,10 @@ bool herald__subs_on_event(struct herald__subs *s, const char *topic, const char
         if (owner)
             extend(owner, id);
         if (--s->replay_left == 0) {
-            if (owner)
+            if (owner) {
                 owner->state = HERALD__SUB_LIVE;
+                owner->live_since = rseq;
+            }
             s->replay_sub = NULL;
         }
     } else {
@@ -175,10 +191,59 @@ bool herald__subs_on_event(struct herald__subs *s, const char *topic, const char
     return !dup;
 }
 
+static void handed(struct herald__sub *sub, const char *id)
+{
+    if (!sub->has_handed || strcmp(id, sub->handed) > 0) {
+        sub->has_handed = true;
+        copy(sub->handed, sizeof(sub->handed), id);
+    }
+}
+
+/*
+ * The events that extend a subscription's range arrive in id order (its replay, then live
+ * events, then after a reconnect what follows its top) and the queue hands them over in
+ * that order, so the last one handed is a position with nothing matching before it still
+ * waiting. A live subscription that lost its connection meanwhile got a new live_since:
+ * events of the old connection no longer move it, which can only make the cursor lag
+ * (repeats at the next start), never run ahead (losses).
+ */
+void herald__subs_handed(struct herald__subs *s, const char *id, const struct herald__evmark *mark)
+{
+    for (struct herald__sub *p = s->head; p; p = p->next) {
+        if (mark->owner ? p->uid == mark->owner
+                        : p->state == HERALD__SUB_LIVE && p->live_since < mark->rseq) {
+            handed(p, id);
+            if (mark->owner)
+                return;
+        }
+    }
+}
+
+void herald__subs_caught_up(struct herald__subs *s)
+{
+    for (struct herald__sub *p = s->head; p; p = p->next)
+        if (p->has_range)
+            handed(p, p->hi);
+}
+
+void herald__sub_app_cursor(const struct herald__sub *sub, char out[HERALD_ID_SIZE])
+{
+    if (sub->has_handed)
+        copy(out, HERALD_ID_SIZE, sub->handed);
+    else if (sub->next_pos[0])
+        copy(out, HERALD_ID_SIZE, sub->next_pos);
+    else if (positional(sub->since))
+        copy(out, HERALD_ID_SIZE, sub->since);
+    else
+        out[0] = '\0';
+}
+
 void herald__sub_cursor(const struct herald__sub *sub, char out[HERALD_ID_SIZE])
 {
     if (sub->has_range)
         copy(out, HERALD_ID_SIZE, sub->hi);
+    else if (sub->next_pos[0])
+        copy(out, HERALD_ID_SIZE, sub->next_pos);
     else if (positional(sub->since))
         copy(out, HERALD_ID_SIZE, sub->since);
     else

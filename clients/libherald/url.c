@@ -7,6 +7,7 @@
  */
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -33,8 +34,8 @@ static bool path_char(unsigned char c)
 }
 
 /* Splits the authority [start, end) into host and port. */
-static int parse_authority(const char *url, const char *a, const char *end, struct herald__url *u,
-                           herald_error *err)
+static int parse_authority(const char *url, const char *a, const char *end, int def_port,
+                           struct herald__url *u, herald_error *err)
 {
     const char *host, *host_end, *p;
     bool v6 = false;
@@ -66,7 +67,7 @@ static int parse_authority(const char *url, const char *a, const char *end, stru
     u->host[hl] = '\0';
 
     int def = u->tls ? 443 : 80;
-    u->port = def;
+    u->port = def_port ? def_port : def;
     if (p < end) {
         if (*p != ':')
             return bad(err, url, "unexpected character after host");
@@ -121,13 +122,17 @@ int herald__url_parse(const char *url, struct herald__url *u, herald_error *err)
     while (k < sizeof(schemes) / sizeof(schemes[0]) &&
            strncasecmp(url, schemes[k].name, strlen(schemes[k].name)) != 0)
         k++;
-    if (k == sizeof(schemes) / sizeof(schemes[0]))
+    /* HOST[:PORT][/PATH] without a scheme is what people type: ws:// on Herald's port. */
+    bool bare = k == sizeof(schemes) / sizeof(schemes[0]) && !strstr(url, "://");
+    if (bare)
+        k = 0;
+    else if (k == sizeof(schemes) / sizeof(schemes[0]))
         return bad(err, url, "use ws://, wss://, http:// or https://");
     u->tls = schemes[k].tls;
 
-    const char *a = url + strlen(schemes[k].name);
+    const char *a = bare ? url : url + strlen(schemes[k].name);
     const char *end = a + strcspn(a, "/?");
-    int r = parse_authority(url, a, end, u, err);
+    int r = parse_authority(url, a, end, bare ? HERALD__DEFAULT_PORT : 0, u, err);
     if (r) {
         memset(u, 0, sizeof(*u));
         return r;
@@ -174,4 +179,60 @@ int herald__url_parse(const char *url, struct herald__url *u, herald_error *err)
         return bad(err, url, "path too long");
     }
     return 0;
+}
+
+int herald__url_list_parse(const char *list, struct herald__url **out, size_t *n, herald_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (!list)
+        return herald__err(err, HERALD_E_INVALID, NULL, "no URL given");
+    size_t len = strnlen(list, HERALD__URL_LIST_MAX * 4096 + 1);
+    if (len > HERALD__URL_LIST_MAX * 4096)
+        return herald__err(err, HERALD_E_INVALID, NULL, "URL list too long");
+    size_t count = 1;
+    for (size_t i = 0; i < len; i++)
+        count += list[i] == ',';
+    if (count > HERALD__URL_LIST_MAX)
+        return herald__err(err, HERALD_E_INVALID, NULL, "at most %d URLs in a list",
+                           HERALD__URL_LIST_MAX);
+    struct herald__url *urls = calloc(count, sizeof(*urls));
+    if (!urls)
+        return herald__err(err, HERALD_E_NOMEM, NULL, "out of memory");
+    const char *p = list;
+    for (size_t k = 0; k < count; k++) {
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = list + len;
+        /* Spaces around the commas are for the reader ("ws://a:7070, ws://b:7070"). */
+        const char *a = p, *b = end;
+        while (a < b && (*a == ' ' || *a == '\t'))
+            a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+            b--;
+        char one[4096];
+        if (a == b || (size_t)(b - a) >= sizeof(one)) {
+            free(urls);
+            return herald__err(err, HERALD_E_INVALID, NULL,
+                               a == b ? "invalid URL list \"%.60s\": an empty entry"
+                                      : "invalid URL list \"%.60s\": an entry is too long",
+                               list);
+        }
+        memcpy(one, a, (size_t)(b - a));
+        one[b - a] = '\0';
+        int r = herald__url_parse(one, &urls[k], err);
+        if (r) {
+            free(urls);
+            return r;
+        }
+        p = end + 1;
+    }
+    *out = urls;
+    *n = count;
+    return 0;
+}
+
+size_t herald__url_next(size_t cur, size_t n)
+{
+    return n ? (cur + 1) % n : 0;
 }

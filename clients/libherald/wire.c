@@ -41,6 +41,49 @@ int herald__check_json(const char *text, herald_error *err)
     return 0;
 }
 
+size_t herald__json_compact(const char *text, char *out)
+{
+    size_t n = 0;
+    bool in_str = false, esc = false;
+    for (const char *p = text; *p; p++) {
+        char ch = *p;
+        if (in_str) {
+            if (esc)
+                esc = false;
+            else if (ch == '\\')
+                esc = true;
+            else if (ch == '"')
+                in_str = false;
+        } else if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r') {
+            continue;
+        } else if (ch == '"') {
+            in_str = true;
+        }
+        if (out)
+            out[n] = ch;
+        n++;
+    }
+    if (out)
+        out[n] = '\0';
+    return n;
+}
+
+bool herald__key_valid(const char *key)
+{
+    size_t n = strnlen(key, HERALD_KEY_MAX + 1);
+    if (n == 0 || n > HERALD_KEY_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)key[i] <= 0x20 || (unsigned char)key[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+void herald__key_make(char *out, size_t cap, const char *prefix, uint64_t seq)
+{
+    snprintf(out, cap, "%s-%llu", prefix, (unsigned long long)seq);
+}
+
 /* A growing byte buffer with `headroom` reserved in front; `oom` latches. */
 struct buf {
     unsigned char *p;
@@ -132,7 +175,8 @@ unsigned char *herald__encode_unsubscribe(size_t headroom, int64_t id, const cha
 }
 
 unsigned char *herald__encode_publish(size_t headroom, int64_t id, const char *topic,
-                                      const char *kind, const char *data_json, size_t *len)
+                                      const char *kind, const char *key, const char *data_json,
+                                      size_t *len)
 {
     struct buf b;
     start(&b, headroom, "publish", id);
@@ -142,8 +186,31 @@ unsigned char *herald__encode_publish(size_t headroom, int64_t id, const char *t
         puts_(&b, ",\"event\":");
         put_quoted(&b, kind);
     }
+    if (key && *key) {
+        puts_(&b, ",\"key\":");
+        put_quoted(&b, key);
+    }
     puts_(&b, ",\"data\":");
     puts_(&b, data_json ? data_json : "null");
+    return finish(&b, len);
+}
+
+unsigned char *herald__encode_batch_line(const char *topic, const char *kind, const char *key,
+                                         const char *data_json, size_t *len)
+{
+    struct buf b = {.head = 0};
+    puts_(&b, "{\"topic\":");
+    put_quoted(&b, topic);
+    if (kind) {
+        puts_(&b, ",\"event\":");
+        put_quoted(&b, kind);
+    }
+    puts_(&b, ",\"data\":");
+    puts_(&b, data_json ? data_json : "null");
+    if (key && *key) {
+        puts_(&b, ",\"key\":");
+        put_quoted(&b, key);
+    }
     return finish(&b, len);
 }
 
@@ -220,11 +287,15 @@ int herald__frame_parse(const char *text, size_t len, struct herald__frame *f, h
                 return proto(err, f, "\"replayed\" is not a count");
             f->is_subscribe_ok = true;
             f->gap = json_is_true(json_object_get(f->root, "gap"));
+            f->next = str_member(f->root, "next");
+            if (f->next && (!*f->next || strlen(f->next) > HERALD_ID_MAX))
+                return proto(err, f, "\"next\" is not an id");
         }
         f->event_id = str_member(f->root, "event_id");
         if (f->event_id && strlen(f->event_id) > HERALD_ID_MAX)
             return proto(err, f, "event id too long");
         count_member(f->root, "receivers", &f->receivers);
+        f->duplicate = json_is_true(json_object_get(f->root, "duplicate"));
         return 0;
     }
     if (strcmp(type, "error") == 0) {

@@ -103,12 +103,12 @@ static void *poker(void *arg)
 static int run_threads(const char *url, int nthreads, int each)
 {
     struct counts k = {.total = 0};
-    herald_options o;
-    herald_options_init(&o);
-    o.on_event = count_event;
-    o.user = &k;
+    herald_options *o = herald_options_new();
+    if (!o || herald_options_set_event_callback(o, count_event, &k) != 0)
+        return fail("options", NULL);
     herald_error e;
-    herald_client *sub = herald_connect(url, &o, &e);
+    herald_client *sub = herald_connect(url, o, &e);
+    herald_options_free(o);
     if (!sub)
         return fail("connect subscriber", &e);
     if (herald_subscribe(sub, "mt.>", NULL, 10000, NULL, &e) != 0)
@@ -199,13 +199,14 @@ static void on_published(herald_client *c, const herald_reply *r, void *arg)
 
 static int run_slow(const char *url, int n, int size)
 {
-    herald_options o;
-    herald_options_init(&o);
-    o.max_queued_events = 50;
-    o.backoff_initial_ms = 50;
+    herald_options *o = herald_options_new();
+    if (!o || herald_options_set_queue_limits(o, 50, 0) != 0 ||
+        herald_options_set_backoff(o, 50, 30000) != 0)
+        return fail("options", NULL);
     herald_error e;
     struct slow s = {.n = n, .delay_s = 1.5};
-    s.c = herald_connect(url, &o, &e);
+    s.c = herald_connect(url, o, &e);
+    herald_options_free(o);
     if (!s.c)
         return fail("connect consumer", &e);
     if (herald_subscribe(s.c, "slow", NULL, 10000, NULL, &e) != 0)

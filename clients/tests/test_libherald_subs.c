@@ -34,12 +34,12 @@ static const char *send_sub(struct herald__sub *s)
 
 static void ok(struct herald__subs *t, struct herald__sub *s, size_t replayed, bool gap)
 {
-    herald__subs_on_ok(t, herald__subs_find_wire(t, s->wire_id), replayed, gap);
+    herald__subs_on_ok(t, herald__subs_find_wire(t, s->wire_id), replayed, gap, NULL);
 }
 
 static bool ev(struct herald__subs *t, const char *topic, unsigned n)
 {
-    return herald__subs_on_event(t, topic, id(n));
+    return herald__subs_on_event(t, topic, id(n), NULL);
 }
 
 static const char *cursor(struct herald__sub *s)
@@ -240,9 +240,122 @@ START_TEST(orphan_ok_counts_its_replay)
     struct herald__sub *live = herald__subs_add(&t, "k", NULL);
     send_sub(live);
     ok(&t, live, 0, false);
-    herald__subs_on_ok(&t, NULL, 1, false); /* ok for a subscription already dropped */
+    herald__subs_on_ok(&t, NULL, 1, false, NULL); /* ok for a subscription already dropped */
     ck_assert(ev(&t, "k", 3));
     ck_assert_str_eq(cursor(live), "");
+    herald__subs_clear(&t);
+}
+END_TEST
+
+/* An event as client.c queues it, with the mark handing it over needs. */
+static bool evm(struct herald__subs *t, const char *topic, unsigned n, struct herald__evmark *m)
+{
+    return herald__subs_on_event(t, topic, id(n), m);
+}
+
+static const char *app_cursor(struct herald__sub *s)
+{
+    static char out[HERALD_ID_SIZE];
+    herald__sub_app_cursor(s, out);
+    return out;
+}
+
+START_TEST(saved_cursor_moves_only_past_handed_events)
+{
+    /* `herald subscribe --since all --count 2 --state F` on three events: the third is in
+     * the client's queue but was never printed, so the saved cursor must stay at the second. */
+    struct herald__subs t = {0};
+    struct herald__sub *s = herald__subs_add(&t, "st.>", "all");
+    send_sub(s);
+    ok(&t, s, 3, false);
+    struct herald__evmark m[3];
+    ck_assert(evm(&t, "st.a", 1, &m[0]));
+    ck_assert(evm(&t, "st.a", 2, &m[1]));
+    ck_assert(evm(&t, "st.a", 3, &m[2]));
+    ck_assert_str_eq(cursor(s), id(3));     /* a reconnect resumes after what is queued */
+    ck_assert_str_eq(app_cursor(s), "all"); /* nothing handed yet */
+    herald__subs_handed(&t, id(1), &m[0]);
+    herald__subs_handed(&t, id(2), &m[1]);
+    ck_assert_str_eq(app_cursor(s), id(2));
+    herald__subs_handed(&t, id(3), &m[2]);
+    ck_assert_str_eq(app_cursor(s), id(3));
+    herald__subs_clear(&t);
+}
+END_TEST
+
+START_TEST(saved_cursor_follows_live_events_of_live_subscriptions_only)
+{
+    struct herald__subs t = {0};
+    struct herald__sub *a = herald__subs_add(&t, "a", NULL);
+    struct herald__sub *b = herald__subs_add(&t, "b", "0000000000000005");
+    send_sub(a);
+    ok(&t, a, 0, false);
+    send_sub(b); /* no ok yet */
+    struct herald__evmark m1, m2, m3;
+    ck_assert(evm(&t, "a", 10, &m1)); /* live before b was accepted */
+    ok(&t, b, 1, false);
+    ck_assert(evm(&t, "b", 8, &m2));  /* b's replay */
+    ck_assert(evm(&t, "a", 12, &m3)); /* live for both */
+    herald__subs_handed(&t, id(10), &m1);
+    ck_assert_str_eq(app_cursor(a), id(10));
+    ck_assert_str_eq(app_cursor(b), "0000000000000005"); /* 10 arrived before b was live */
+    herald__subs_handed(&t, id(8), &m2);
+    ck_assert_str_eq(app_cursor(a), id(10));
+    ck_assert_str_eq(app_cursor(b), id(8));
+    herald__subs_handed(&t, id(12), &m3);
+    ck_assert_str_eq(app_cursor(a), id(12));
+    ck_assert_str_eq(app_cursor(b), id(12));
+    herald__subs_clear(&t);
+}
+END_TEST
+
+START_TEST(caught_up_moves_saved_cursor_to_the_top)
+{
+    /* Events the client drops as repeats still extend a range; once nothing waits for the
+     * application, everything the range covers was handed. */
+    struct herald__subs t = {0};
+    struct herald__sub *s = herald__subs_add(&t, "x", NULL);
+    send_sub(s);
+    ok(&t, s, 0, false);
+    struct herald__evmark m;
+    ck_assert(evm(&t, "x", 4, &m));
+    ck_assert(evm(&t, "y", 9, NULL)); /* not ours, proves ours up to 9 */
+    herald__subs_handed(&t, id(4), &m);
+    ck_assert_str_eq(app_cursor(s), id(4));
+    herald__subs_caught_up(&t);
+    ck_assert_str_eq(app_cursor(s), id(9));
+    herald__subs_clear(&t);
+}
+END_TEST
+
+START_TEST(quiet_subscription_resumes_from_the_oks_next)
+{
+    struct herald__subs t = {0};
+    struct herald__sub *s = herald__subs_add(&t, "quiet", NULL);
+    send_sub(s);
+    herald__subs_on_ok(&t, herald__subs_find_wire(&t, s->wire_id), 0, false, id(42));
+    ck_assert_str_eq(app_cursor(s), id(42)); /* a later run continues from there */
+    herald__subs_disconnected(&t);
+    ck_assert_str_eq(send_sub(s), id(42));
+    ck_assert(!s->blind); /* nothing missed: no gap to report */
+    herald__subs_on_ok(&t, herald__subs_find_wire(&t, s->wire_id), 1, false, id(50));
+    ck_assert(ev(&t, "quiet", 47)); /* published during the outage */
+    ck_assert_str_eq(cursor(s), id(47));
+    herald__subs_disconnected(&t);
+    ck_assert_str_eq(send_sub(s), id(47));
+    herald__subs_clear(&t);
+}
+END_TEST
+
+START_TEST(next_after_a_replay_is_not_a_resume_point)
+{
+    /* A replay cut short must resume inside it, not after the ok's next. */
+    struct herald__subs t = {0};
+    struct herald__sub *s = herald__subs_add(&t, "r", "all");
+    send_sub(s);
+    herald__subs_on_ok(&t, herald__subs_find_wire(&t, s->wire_id), 2, false, id(20));
+    herald__subs_disconnected(&t);
+    ck_assert_str_eq(send_sub(s), "all");
     herald__subs_clear(&t);
 }
 END_TEST
@@ -301,6 +414,11 @@ int main(void)
     tcase_add_test(tc, never_accepted_resends_original_request);
     tcase_add_test(tc, removed_during_replay_still_counts_frames);
     tcase_add_test(tc, orphan_ok_counts_its_replay);
+    tcase_add_test(tc, saved_cursor_moves_only_past_handed_events);
+    tcase_add_test(tc, saved_cursor_follows_live_events_of_live_subscriptions_only);
+    tcase_add_test(tc, caught_up_moves_saved_cursor_to_the_top);
+    tcase_add_test(tc, quiet_subscription_resumes_from_the_oks_next);
+    tcase_add_test(tc, next_after_a_replay_is_not_a_resume_point);
     tcase_add_test(tc, table_basics);
     tcase_add_test(tc, pattern_matching);
     suite_add_tcase(s, tc);

@@ -88,11 +88,89 @@ START_TEST(ipv6)
 }
 END_TEST
 
+START_TEST(without_a_scheme_is_ws_on_heralds_port)
+{
+    struct herald__url u = parse_ok("localhost:7070");
+    ck_assert(!u.tls);
+    ck_assert_str_eq(u.host, "localhost");
+    ck_assert_int_eq(u.port, 7070);
+    ck_assert_str_eq(u.path, "/v1/ws");
+    u = parse_ok("10.0.0.5");
+    ck_assert_int_eq(u.port, 7070);
+    ck_assert_str_eq(u.host_header, "10.0.0.5:7070");
+    u = parse_ok("[::1]:8080/base/v1/ws");
+    ck_assert_int_eq(u.port, 8080);
+    ck_assert_str_eq(u.prefix, "/base");
+    parse_bad("not a url", "spaces");
+}
+END_TEST
+
+START_TEST(url_lists)
+{
+    struct herald__url *u;
+    size_t n;
+    herald_error e = {0};
+    ck_assert_int_eq(
+        herald__url_list_parse("ws://a:7070,ws://b:7071/base/v1/ws, wss://c", &u, &n, &e), 0);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_str_eq(u[0].host_header, "a:7070");
+    ck_assert_str_eq(u[1].host, "b");
+    ck_assert_int_eq(u[1].port, 7071);
+    ck_assert_str_eq(u[1].prefix, "/base");
+    ck_assert(u[2].tls);
+    ck_assert_int_eq(u[2].port, 443);
+    free(u);
+    ck_assert_int_eq(herald__url_list_parse("localhost:7070", &u, &n, &e), 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_int_eq(u[0].port, 7070);
+    free(u);
+    /* Query commas must be encoded: a comma always separates. */
+    ck_assert_int_eq(herald__url_list_parse("ws://a/v1/ws?token=x%2Cy", &u, &n, &e), 0);
+    ck_assert_str_eq(u[0].query, "token=x%2Cy");
+    free(u);
+    const char *bad[] = {"",
+                         ",",
+                         "ws://a,",
+                         ",ws://a",
+                         "ws://a,,ws://b",
+                         "ws://a, ,ws://b",
+                         "ws://a,ftp://b",
+                         "ws://a,not a url"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        u = (struct herald__url *)1;
+        ck_assert_msg(herald__url_list_parse(bad[i], &u, &n, &e) == HERALD_E_INVALID,
+                      "accepted \"%s\"", bad[i]);
+        ck_assert_ptr_null(u);
+    }
+    char many[17 * 12 + 1] = "";
+    for (int i = 0; i < 17; i++)
+        strcat(many, i ? ",ws://h:1" : "ws://h:1");
+    ck_assert_int_eq(herald__url_list_parse(many, &u, &n, &e), HERALD_E_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.message, "at most 16"));
+    ck_assert_int_eq(herald__url_list_parse(NULL, &u, &n, &e), HERALD_E_INVALID);
+}
+END_TEST
+
+START_TEST(rotation_goes_round_the_list)
+{
+    size_t cur = 0, seen[3] = {0};
+    for (int i = 0; i < 9; i++) {
+        cur = herald__url_next(cur, 3);
+        seen[cur]++;
+    }
+    ck_assert_uint_eq(seen[0], 3);
+    ck_assert_uint_eq(seen[1], 3);
+    ck_assert_uint_eq(seen[2], 3);
+    ck_assert_uint_eq(herald__url_next(0, 1), 0); /* one server: always the same */
+    ck_assert_uint_eq(herald__url_next(1, 2), 0);
+}
+END_TEST
+
 START_TEST(refusals)
 {
     parse_bad(NULL, "no URL");
-    parse_bad("", "use ws://");
-    parse_bad("127.0.0.1:7070", "use ws://");
+    parse_bad("", "missing host");
+    parse_bad("x://h", "use ws://");
     parse_bad("ftp://h", "use ws://");
     parse_bad("ws://", "missing host");
     parse_bad("ws://:7070", "missing host");
@@ -149,6 +227,9 @@ int main(void)
     tcase_add_test(tc, http_schemes_name_the_server);
     tcase_add_test(tc, ws_path_and_query);
     tcase_add_test(tc, ipv6);
+    tcase_add_test(tc, without_a_scheme_is_ws_on_heralds_port);
+    tcase_add_test(tc, url_lists);
+    tcase_add_test(tc, rotation_goes_round_the_list);
     tcase_add_test(tc, refusals);
     tcase_add_test(tc, bounds);
     tcase_add_test(tc, error_messages_are_printable);

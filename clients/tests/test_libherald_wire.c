@@ -47,13 +47,17 @@ START_TEST(publish_frame_keeps_data_verbatim)
 {
     size_t len;
     unsigned char *b =
-        herald__encode_publish(0, 3, "t", "login", "{\"n\":0.1,\"big\":1e400}", &len);
+        herald__encode_publish(0, 3, "t", "login", NULL, "{\"n\":0.1,\"big\":1e400}", &len);
     ck_assert_ptr_nonnull(b);
     ck_assert_ptr_nonnull(strstr((char *)b, "\"data\":{\"n\":0.1,\"big\":1e400}"));
     free(b);
-    json_t *v = frame_json(herald__encode_publish(0, 4, "t", NULL, NULL, &len), 0, &len);
+    json_t *v = frame_json(herald__encode_publish(0, 4, "t", NULL, NULL, NULL, &len), 0, &len);
     ck_assert(json_is_null(json_object_get(v, "data")));
     ck_assert_ptr_null(json_object_get(v, "event"));
+    ck_assert_ptr_null(json_object_get(v, "key"));
+    json_decref(v);
+    v = frame_json(herald__encode_publish(0, 7, "t", NULL, "k-1", "1", &len), 0, &len);
+    ck_assert_str_eq(json_string_value(json_object_get(v, "key")), "k-1");
     json_decref(v);
     v = frame_json(herald__encode_unsubscribe(0, 5, "p", &len), 0, &len);
     ck_assert_str_eq(json_string_value(json_object_get(v, "op")), "unsubscribe");
@@ -117,6 +121,11 @@ START_TEST(reply_frames)
     ck_assert(f.type == HERALD__F_OK && f.is_subscribe_ok && f.has_id && f.id == 1);
     ck_assert_uint_eq(f.replayed, 3);
     ck_assert(f.gap);
+    ck_assert_ptr_null(f.next); /* an older server: no next */
+    herald__frame_clear(&f);
+    f = parse("{\"type\":\"ok\",\"id\":1,\"topic\":\"a\",\"replayed\":0,\"gap\":false,"
+              "\"next\":\"00000000000000ff\"}");
+    ck_assert_str_eq(f.next, "00000000000000ff");
     herald__frame_clear(&f);
     f = parse("{\"type\":\"ok\",\"id\":2,\"event_id\":\"abc\",\"receivers\":4}");
     ck_assert(!f.is_subscribe_ok);
@@ -140,6 +149,35 @@ START_TEST(reply_frames)
 }
 END_TEST
 
+START_TEST(idempotency_keys)
+{
+    ck_assert(herald__key_valid("a"));
+    ck_assert(herald__key_valid("order-42:retry~x"));
+    ck_assert(!herald__key_valid(""));
+    ck_assert(!herald__key_valid("has space"));
+    ck_assert(!herald__key_valid("tab\there"));
+    ck_assert(!herald__key_valid("caf\xc3\xa9"));
+    char k[HERALD_KEY_MAX + 2];
+    memset(k, 'k', HERALD_KEY_MAX);
+    k[HERALD_KEY_MAX] = '\0';
+    ck_assert(herald__key_valid(k));
+    k[HERALD_KEY_MAX] = 'k';
+    k[HERALD_KEY_MAX + 1] = '\0';
+    ck_assert(!herald__key_valid(k));
+    char out[HERALD_KEY_MAX + 1];
+    herald__key_make(out, sizeof(out), "hl5f3a9c0e1d2b4a6c", 18446744073709551615ull);
+    ck_assert_str_eq(out, "hl5f3a9c0e1d2b4a6c-18446744073709551615");
+    ck_assert(herald__key_valid(out));
+    struct herald__frame f = parse("{\"type\":\"ok\",\"id\":3,\"event_id\":\"e\",\"receivers\":0,"
+                                   "\"duplicate\":true}");
+    ck_assert(f.duplicate);
+    herald__frame_clear(&f);
+    f = parse("{\"type\":\"ok\",\"id\":3,\"event_id\":\"e\",\"receivers\":0}");
+    ck_assert(!f.duplicate);
+    herald__frame_clear(&f);
+}
+END_TEST
+
 START_TEST(bad_frames)
 {
     const char *bad[] = {
@@ -151,6 +189,7 @@ START_TEST(bad_frames)
         "{\"type\":\"event\",\"topic\":\"t\",\"id\":\"1\",\"time\":\"x\"}",
         "{\"type\":\"ok\",\"replayed\":-1}",
         "{\"type\":\"ok\",\"replayed\":\"3\"}",
+        "{\"type\":\"ok\",\"replayed\":0,\"next\":\"\"}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct herald__frame f;
@@ -232,6 +271,7 @@ int main(void)
     TCase *tc = tcase_create("wire");
     tcase_add_test(tc, subscribe_frame);
     tcase_add_test(tc, publish_frame_keeps_data_verbatim);
+    tcase_add_test(tc, idempotency_keys);
     tcase_add_test(tc, check_json);
     tcase_add_test(tc, event_frame);
     tcase_add_test(tc, reply_frames);

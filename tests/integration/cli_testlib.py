@@ -250,12 +250,22 @@ class FakeServer:
     """A scripted herald.v1 server on a free port, for what the real daemon will not do on
     demand. Each connection gets a welcome; subscribes are answered ok; `close_code`, when
     set, closes the connection right after the first ok. `silent` accepts TCP and says
-    nothing at all. Runs its own asyncio loop on a thread."""
+    nothing at all. `drop_publishes`: the first that many publishes are not answered, the
+    connection is cut instead; later ones are answered ok, with `"duplicate": true` for a
+    key seen before (as a server with idempotency keys does). Every publish command is kept
+    in `publishes`, every subscribe in `subscribes`; `next_id` is sent as the subscribe ok's
+    `next`. Runs its own asyncio loop on a thread."""
 
-    def __init__(self, close_code=None, close_reason="", silent=False):
+    def __init__(self, close_code=None, close_reason="", silent=False, drop_publishes=0,
+                 next_id=None):
+        self.next_id = next_id
         self.close_code = close_code
         self.close_reason = close_reason
         self.silent = silent
+        self.drop_publishes = drop_publishes
+        self.publishes = []
+        self.subscribes = []
+        self._answers = {}
         self.connections = 0
         self.port = None
         self._ready = threading.Event()
@@ -264,15 +274,40 @@ class FakeServer:
         self._sockets = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    async def _publish(self, ws, cmd):
+        self.publishes.append(cmd)
+        key = cmd.get("key")
+        answer = {"type": "ok", "id": cmd.get("id"), "receivers": 0}
+        if key in self._answers:
+            answer.update(self._answers[key], duplicate=True)
+        else:
+            answer["event_id"] = f"{len(self._answers) + 1:016x}"
+            if key:
+                self._answers[key] = {"event_id": answer["event_id"]}
+        if len(self.publishes) <= self.drop_publishes:
+            # Published, but the answer is lost with the connection.
+            await ws.close(1011, "dropped on purpose")
+            return False
+        await ws.send(json.dumps(answer))
+        return True
+
     async def _handler(self, ws, path=None):
         self.connections += 1
         await ws.send(json.dumps({"type": "welcome", "session": "fake", "server": "fake/0",
                                   "heartbeat": 25, "max_event_bytes": 65536}))
         async for msg in ws:
             cmd = json.loads(msg)
-            await ws.send(json.dumps({"type": "ok", "id": cmd.get("id"),
-                                      "topic": cmd.get("topic"), "replayed": 0,
-                                      "gap": False}))
+            if cmd.get("op") == "publish":
+                if not await self._publish(ws, cmd):
+                    return
+                continue
+            ok = {"type": "ok", "id": cmd.get("id"), "topic": cmd.get("topic"),
+                  "replayed": 0, "gap": False}
+            if cmd.get("op") == "subscribe":
+                self.subscribes.append(cmd)
+                if self.next_id:
+                    ok["next"] = self.next_id
+            await ws.send(json.dumps(ok))
             if self.close_code:
                 await ws.close(self.close_code, self.close_reason)
                 return
@@ -321,3 +356,58 @@ def stop_gracefully(d, timeout=10.0):
     rc = d.stop(signal.SIGTERM, timeout)
     if rc != 0:
         raise AssertionError(f"heraldd exited {rc} on SIGTERM")
+
+
+class FakeBatchServer:
+    """POST /v1/publish as PROTOCOL.md section 3 describes it, for the client side of
+    batches: records each request (headers and NDJSON lines) and answers 202 with one event
+    per line, or, when a line's topic is "bad", 400 invalid_topic naming that line."""
+
+    def __init__(self):
+        import http.server
+
+        outer = self
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n).decode()
+                lines = [json.loads(x) for x in body.split("\n") if x]
+                outer.requests.append({"path": self.path, "type":
+                                       self.headers.get("Content-Type"), "lines": lines,
+                                       "raw": body})
+                bad = [i for i, x in enumerate(lines, 1) if x.get("topic") == "bad"]
+                if bad:
+                    code, answer = 400, {"type": "error", "code": "invalid_topic",
+                                         "message": "invalid topic \"bad\"", "line": bad[0]}
+                else:
+                    code, answer = 202, {"events": [
+                        {"id": f"{i:016x}", "topic": x["topic"], "time": 1, "receivers": 0}
+                        for i, x in enumerate(lines, 1)]}
+                data = json.dumps(answer).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+    @property
+    def url(self):
+        return f"ws://127.0.0.1:{self.port}"

@@ -516,6 +516,7 @@ class WSClient:
                       subprotocols=(WS_SUBPROTOCOL,), headers=None, compression=None,
                       expect_welcome=True, path="/v1/ws"):
         url = target if isinstance(target, str) else f"ws://127.0.0.1:{target.port}{path}"
+        timeout *= DAEMON_SLOW  # a daemon under valgrind answers the handshake slowly too
         try:
             ws = await asyncio.wait_for(
                 ws_connect(url, headers, subprotocols=list(subprotocols) or None,
