@@ -91,10 +91,7 @@ static enum hd_h1_verdict head_done(struct hd_h1 *h, const struct hd_h1_opts *o,
         return H1_OK;
     }
     if (h->te) {
-        /* lws 4.1 does not decode a chunked request body: the request is answered (411 for
-         * a publish) and the connection closes, and the body is never parsed as requests.
-         * Where heraldd decodes it (hd_h1_opts.chunked) the body goes to lws as it comes. */
-        h->state = o->pipelining || o->chunked ? H1_PASS : H1_DISCARD;
+        h->state = o->chunked ? H1_PASS : H1_DISCARD; /* see hd_h1_opts.chunked */
         return H1_OK;
     }
     if (h->cl > 0) {

@@ -24,8 +24,10 @@ struct hd_h1_opts {
      * bytes after a complete request are discarded and the answer closes the connection, so
      * the client retries them (RFC 9112 9.3.2). */
     bool pipelining;
-    /* heraldd reads a chunked request body itself (lws 4.3): after such a head the bytes go to
-     * lws unchecked, and the answer closes the connection. When false, the body is discarded. */
+    /* Chunked request bodies reach heraldd (lws 4.3 hands them over raw and server_http.c
+     * decodes them). When false the request is answered (411 for a publish) and closed, and
+     * the body is dropped unparsed; when true it goes to lws unchecked, the connection's later
+     * bytes are lws's alone (this check has no chunk decoder), and the answer closes it. */
     bool chunked;
 };
 

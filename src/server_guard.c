@@ -31,12 +31,18 @@
  *
  * Chunked request bodies: neither 4.1 nor 4.3 decodes them. On 4.3 lws hands the raw chunked
  * bytes to the HTTP_BODY callback (a body without Content-Length is read as "up to 100 MB"),
- * and heraldd decodes them itself (server_http.c, srv_http_chunked_ok); on 4.1 the request is
- * refused with 411 as before.
+ * and heraldd decodes them itself (server_http.c); on 4.1 the request is refused with
+ * 411 as before. Both are decided at build time from lws_config.h.
  */
-static bool lws_h1_pipelining_works(void)
+static const struct {
+    bool pipelining, chunked;
+} lws_h1 = {.pipelining = false,
+            .chunked = LWS_LIBRARY_VERSION_MAJOR > 4 ||
+                       (LWS_LIBRARY_VERSION_MAJOR == 4 && LWS_LIBRARY_VERSION_MINOR >= 3)};
+
+bool srv_lws_decodes_chunked(void)
 {
-    return false;
+    return lws_h1.chunked;
 }
 
 /* lws keeps each known header and each query part in a fragment of a fixed table
@@ -59,8 +65,8 @@ void srv_guard_init(const struct hd_config *cfg)
     opts = (struct hd_h1_opts){.max_head_bytes = cfg->limits.max_header_bytes,
                                .max_headers = GUARD_MAX_HEADERS,
                                .max_params = GUARD_MAX_PARAMS,
-                               .pipelining = lws_h1_pipelining_works(),
-                               .chunked = srv_http_chunked_ok()};
+                               .pipelining = lws_h1.pipelining,
+                               .chunked = lws_h1.chunked};
 }
 
 unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg)

@@ -408,20 +408,9 @@ static int body_complete(struct http_pss *pss)
  * reports its end; lws 4.1 would re-parse it. So on 4.3 heraldd decodes it here and completes
  * the body itself at the last chunk. The connection closes after the answer: lws reads any
  * bytes after the last chunk as more body (the framing guard no longer follows the
- * connection), so they cannot be served as the next request.
+ * connection), so they cannot be served as the next request. Whether lws hands the body over
+ * at all is srv_lws_decodes_chunked's (server_guard.c) to say.
  */
-#if LWS_LIBRARY_VERSION_MAJOR > 4 ||                                                               \
-    (LWS_LIBRARY_VERSION_MAJOR == 4 && LWS_LIBRARY_VERSION_MINOR >= 3)
-#define HD_CHUNKED_BODIES 1
-#else
-#define HD_CHUNKED_BODIES 0
-#endif
-
-bool srv_http_chunked_ok(void)
-{
-    return HD_CHUNKED_BODIES;
-}
-
 enum {
     CH_SIZE,
     CH_EXT,
@@ -653,14 +642,14 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     }
     if (next == HD_HTTP_READ_BODY) {
         if (pss->req.content_length < 0) {
-            if (HD_CHUNKED_BODIES && is_chunked(wsi)) {
+            if (srv_lws_decodes_chunked() && is_chunked(wsi)) {
                 pss->chunked = true;
                 pss->close_after = true; /* see chunked_feed */
                 pss->reading_body = true;
                 return 0;
             }
             if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
-                /* lws 4.1 does not decode chunked request bodies. */
+                /* lws 4.1 hands heraldd no chunked body; other codings are not decoded. */
                 hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
                              "send the body with a Content-Length (chunked is not supported)");
                 pss->resp.status = 411;

@@ -227,6 +227,9 @@ void srv_activation_stop(struct srv_listen_sock *ls);
 void srv_guard_init(const struct hd_config *cfg);
 /* The header buffer lws needs so that it never refuses a head the framing let through. */
 unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg);
+/* Whether chunked request bodies reach heraldd (lws 4.3 hands them over raw and
+ * server_http.c decodes them; false on 4.1: 411). */
+bool srv_lws_decodes_chunked(void);
 /* A connection was accepted on fd: checked from its first byte unless it is TLS. */
 void srv_guard_open(int fd, bool tls);
 /* True when the client sent more after its request, before the answer: answer, then close. */
@@ -236,9 +239,6 @@ void srv_guard_answered(int fd);
 
 /* server_http.c */
 extern const struct lws_protocols srv_http_protocol;
-/* True when heraldd reads chunked request bodies itself (lws 4.3, which hands them over raw);
- * false on lws 4.1, where such a request is answered 411. */
-bool srv_http_chunked_ok(void);
 /* Acts on the request bodies completed this turn, unless publishers are held. */
 void srv_http_turn(struct hd_server *s, uint64_t now_ns);
 /* The watcher of held-open requests (SSE, waiting long polls) saw its epoll set ready. */

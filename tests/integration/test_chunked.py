@@ -59,6 +59,14 @@ class ChunkedTest(HeraldTestCase):
         self.assertEqual([r.status for r in rs], [202], rs)
         self.assertEqual(self.events("c.split"), ["abc456789"])
 
+    def test_a_request_inside_a_chunk_is_only_data(self):
+        inner = b"GET /healthz HTTP/1.1\r\n\r\n"
+        rs, closed = raw_http(self.d.port, chunked_post(
+            b"c.inner", b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)))
+        self.assertEqual([r.status for r in rs], [202], rs)
+        self.assertTrue(closed)
+        self.assertEqual(self.events("c.inner"), [inner.decode()])
+
     def test_empty_chunked_body(self):
         rs, _ = raw_http(self.d.port, chunked_post(b"c.empty", b"0\r\n\r\n"))
         self.assertEqual([r.status for r in rs], [202], rs)

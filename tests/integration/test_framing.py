@@ -9,7 +9,7 @@ an HTTP library would refuse to send it.
 
 import unittest
 
-from herald_testlib import HeraldTestCase, WSClient, async_test, raw_http
+from herald_testlib import HeraldTestCase, WSClient, async_test, lws_version, raw_http
 
 HOST = b"Host: 127.0.0.1\r\n"
 
@@ -55,6 +55,10 @@ class FramingTest(HeraldTestCase):
     def test_chunked_body_gets_411_and_is_not_parsed(self):
         """lws 4.1 does not decode chunked bodies: 411, close, and the chunk bytes (here a
         whole request) are never answered as a request of their own."""
+        v = lws_version()
+        if v >= (4, 3, 0):
+            self.skipTest(f"libwebsockets {'.'.join(map(str, v))}: heraldd decodes chunked "
+                          f"bodies (test_chunked covers a chunk that holds a request)")
         inner = b"GET /healthz HTTP/1.1\r\n\r\n"
         data = (b"POST /v1/topics/f.chunked HTTP/1.1\r\n" + HOST +
                 b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(inner) + inner +
