@@ -180,16 +180,24 @@ bad:
     return -EINVAL;
 }
 
-/* JetStream stream names become subjects and file names: keep them to one plain word. */
-static int check_stream(const char *s, char *why, size_t cap)
+/* A plain word: letters, digits and the characters in `extra` (named in the message). */
+static int check_word(const char *s, const char *extra, char *why, size_t cap)
 {
     for (const char *p = s; *p; p++) {
-        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", *p)) {
-            snprintf(why, cap, "may only use A-Z a-z 0-9 _ -");
+        bool alnum =
+            (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9');
+        if (!alnum && !strchr(extra, *p)) {
+            snprintf(why, cap, "may only use A-Z a-z 0-9 and %s", extra);
             return -EINVAL;
         }
     }
     return 0;
+}
+
+/* JetStream stream names become subjects and file names: keep them to one plain word. */
+static int check_stream(const char *s, char *why, size_t cap)
+{
+    return check_word(s, "_-", why, cap);
 }
 
 /* Dot-separated segments without wildcards: events go to "<prefix>.<topic>". */
@@ -208,13 +216,7 @@ static int check_subject_prefix(const char *s, char *why, size_t cap)
 /* Token names go into log fields unquoted, so keep them to one plain word. */
 static int check_name(const char *s, char *why, size_t cap)
 {
-    for (const char *p = s; *p; p++) {
-        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@-", *p)) {
-            snprintf(why, cap, "may only use A-Z a-z 0-9 _ . : @ -");
-            return -EINVAL;
-        }
-    }
-    return 0;
+    return check_word(s, "_.:@-", why, cap);
 }
 
 /* ---- listeners ------------------------------------------------------------------------- */

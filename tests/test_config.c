@@ -868,7 +868,7 @@ START_TEST(engine_keys)
     expect_error("{\"engine\": {\"servers\": \"nats://a\"}}", "\"nats://a\"",
                  "must be an array of strings");
     expect_error("{\"engine\": {\"stream\": \"HER.ALD\"}}", "\"HER.ALD\"",
-                 "engine.stream: may only use A-Z a-z 0-9 _ -");
+                 "engine.stream: may only use A-Z a-z 0-9 and _-");
     expect_error("{\"engine\": {\"subject_prefix\": \"herald.>\"}}", "\"herald.>\"",
                  "is not a subject prefix");
     expect_error("{\"engine\": {\"subject_prefix\": \"a..b\"}}", "\"a..b\"",
