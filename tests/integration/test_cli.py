@@ -885,7 +885,12 @@ class ExampleApp(CLITestCase):
             if pcdir.startswith(prefix):
                 self.assertIn(f"-I{prefix}/include", flags)
             out = os.path.join(tmp, "watch")
-            p = subprocess.run([cc, "-Wall", "-Werror", "-o", out, src] + flags, env=env,
+            # A sanitizer build's library needs its runtime first: the example gets it too.
+            san = []
+            with open(os.path.join(build, "CMakeCache.txt")) as f:
+                if "HERALD_SANITIZE:BOOL=ON" in f.read():
+                    san = ["-fsanitize=address,undefined"]
+            p = subprocess.run([cc, "-Wall", "-Werror", "-o", out, src] + san + flags, env=env,
                                capture_output=True, text=True)
             self.assertEqual(p.returncode, 0, p.stderr)
             # It runs and reaches a daemon.
