@@ -1722,6 +1722,18 @@ static void nats_destroy(struct hd_engine *base)
         free(fc);
     }
     free_config(e);
+    /* Posted after stop drained the queue (libnats' disconnect callback as the connection
+     * closed): nothing is left to act on it, so it is only freed. */
+    for (bool more = true; more;) {
+        struct hd_handoff_node *n = hd_handoff_pop(&e->inbox, SIZE_MAX, &more);
+        if (!n)
+            break;
+        while (n) {
+            struct item *it = (struct item *)n;
+            n = n->next;
+            item_free(it);
+        }
+    }
     hd_handoff_destroy(&e->inbox);
     pthread_mutex_destroy(&e->feed_lock);
     pthread_mutex_destroy(&e->job_lock);
