@@ -335,9 +335,17 @@ class Daemon:
     def wait(self, timeout=10.0):
         """Waits for exit; returns the status or raises DaemonError after timeout."""
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise DaemonError(f"heraldd did not exit within {timeout}s") from None
+        self._join_drains()
+        return rc
+
+    def _join_drains(self):
+        # The process has exited, but its last lines may still sit in the pipe: a test
+        # that reads self.log right after stop() must see everything the daemon wrote.
+        for t in self._threads:
+            t.join(5)
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
         """Sends sig and waits (bounded) for exit; returns the exit status. Kills on timeout."""
@@ -346,10 +354,12 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise DaemonError(f"heraldd did not exit within {timeout}s of signal {sig}")
+        self._join_drains()
+        return rc
 
     def kill(self):
         self.stopped = True
