@@ -59,6 +59,18 @@ class ClusterTestCase(HeraldTestCase):
         self.assertTrue(d.wait_for_log("cluster engine ready", T), f"{name} never ready")
         return d
 
+    async def publish_when_ready(self, d, topic, body, timeout=60 * DAEMON_SLOW):
+        """Publishes, retrying while the node answers 503 (then nothing was sent); returns
+        the 202 answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, _, reply = d.publish(topic, body)
+            if status == 202:
+                return reply
+            self.assertEqual(status, 503, reply)
+            self.assertLess(time.monotonic(), deadline, f"still 503 after {timeout}s: {reply}")
+            await asyncio.sleep(0.2)
+
     def poll_all(self, d, pattern, since="all"):
         """Every retained event matching `pattern` after `since`, paging with `next`."""
         out, gap = [], None
@@ -229,9 +241,15 @@ class ClusterTest(ClusterTestCase):
         self.cluster.wait_jetstream(timeout=90.0)
         self.assertTrue(a.wait_for_log("cluster engine ready", 60 * DAEMON_SLOW, start=mark),
                         "the node never became ready again after NATS came back")
-        self.assertEqual(a.get("/healthz").status, 200)
-        after = [a.publish_ok("keep.x", {"n": f"after {i}"})["id"] for i in range(5)]
+        # While the restarted cluster settles the node may lose its consumer or connection
+        # again for a moment (and answer 503 meanwhile): what counts is that it comes back.
+        after = [(await self.publish_when_ready(a, "keep.x", {"n": f"after {i}"}))["id"]
+                 for i in range(5)]
         self.assertIncreasing(before + live + after, "ids across the restart")
+        deadline = time.monotonic() + T
+        while a.get("/healthz").status != 200:  # ready again: 200 (README "Cluster")
+            self.assertLess(time.monotonic(), deadline, "/healthz never 200 again")
+            await asyncio.sleep(0.2)
         # The live subscriber gets exactly what was published since, once, in order.
         self.assertEqual([e["id"] for e in await s.recv_events(5, T)], after)
         await s.expect_no_event(0.5)
