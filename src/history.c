@@ -407,6 +407,18 @@ void hd_history_mark_gap(struct hd_history *h, uint64_t next_seq)
         h->last_seq = next_seq - 1;
 }
 
+void hd_history_mark_pruned(struct hd_history *h, const char *topic, uint64_t upto)
+{
+    struct topic_state *t = topic ? topic_find(h, topic, hash_str(topic)) : NULL;
+    if (t && upto > t->pruned_upto)
+        t->pruned_upto = upto;
+    else if (!t && upto > h->forgotten_upto)
+        h->forgotten_upto = upto;
+    /* `upto` was an id: a cursor at it is valid even when nothing after it is retained. */
+    if (upto > h->last_seq)
+        h->last_seq = upto;
+}
+
 uint64_t hd_history_resolve(struct hd_history *h, const char *pattern, struct hd_since since,
                             bool *gap)
 {
