@@ -12,7 +12,8 @@
  * for a topic the pattern matches, may have missed events. Topics emptied by age or memory
  * eviction are forgotten, folding their pruned id into one global horizon: since eviction
  * takes the globally oldest events first, that horizon only flags cursors older than
- * anything retained, not recent ones.
+ * anything retained, not recent ones. After a restart the store's record of what retention
+ * dropped sets the same two (hd_history_mark_pruned).
  */
 #include "history.h"
 

@@ -4,7 +4,8 @@
  * group commit so the event loop never waits on the disk. The loop thread appends encoded
  * events; the writer batches whatever is queued into one transaction; completions come back
  * to the loop thread (uv_async) in append order. On open it reports what it holds so ids
- * continue after a restart, and it replays retained events into history.
+ * continue after a restart, and it replays retained events into history, with where retention
+ * cut them so that a cursor into what was dropped still resolves with a gap.
  */
 #ifndef HD_STORE_H
 #define HD_STORE_H
