@@ -5,7 +5,9 @@
  * subscribers before its publisher is answered; with the SQLite store (a fresh temporary
  * data_dir and a real uv loop, run until the store's completions arrive), nothing is
  * delivered or acknowledged before its commit, a restart over the same directory recovers
- * history and continues the ids, idempotency keys survive the restart for
+ * history and continues the ids, a cursor into what retention dropped (by count, by age while
+ * down, or by a limit lowered between lives) still resolves with a gap, idempotency keys
+ * survive the restart for
  * history.dedupe_window_s and no longer, and a failing store refuses with 503 and changes
  * nothing. Publishes go through hd_broker_publish and, where the answer's shape matters, the
  * HTTP API (hd_api_route / hd_api_publish), whose asynchronous completion only a durable

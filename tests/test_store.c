@@ -2,7 +2,8 @@
 /*
  * Check suite for the SQLite event store (src/store.c), with a real uv loop, real SQLite and a
  * fresh temporary data_dir per test: what is committed comes back byte for byte and in order
- * after a reopen, ids continue, group commit batches, retention prunes the file, foreign files
+ * after a reopen, ids continue, group commit batches, retention prunes the file and records
+ * where it cut (bounded, reported at the next load; a schema 2 file is upgraded), foreign files
  * are refused with a sentence, and a failing disk gives -EIO and then recovers.
  */
 #include "store.h"
