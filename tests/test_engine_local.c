@@ -7,12 +7,11 @@
  * delivered or acknowledged before its commit, a restart over the same directory recovers
  * history and continues the ids, a cursor into what retention dropped (by count, by age while
  * down, or by a limit lowered between lives) still resolves with a gap, idempotency keys
- * survive the restart for
- * history.dedupe_window_s and no longer, and a failing store refuses with 503 and changes
- * nothing. Publishes go through hd_broker_publish and, where the answer's shape matters, the
- * HTTP API (hd_api_route / hd_api_publish), whose asynchronous completion only a durable
- * store exercises. Subscribers are SSE connections on the shared fake transport
- * (fake_conn.h).
+ * survive the restart for history.dedupe_window_s and no longer, and a failing store refuses
+ * with 503 and changes nothing. Publishes go through hd_broker_publish and, where the
+ * answer's shape matters, the HTTP API (hd_api_route / hd_api_publish), whose asynchronous
+ * completion only a durable store exercises. Subscribers are SSE connections on the shared
+ * fake transport (fake_conn.h).
  */
 #include <check.h>
 #include <errno.h>
