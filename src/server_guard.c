@@ -8,6 +8,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,9 +61,16 @@ struct guard {
 static struct guard *guards;
 static size_t n_guards;
 static struct hd_h1_opts opts;
+/* The loop thread, the only one lws reads on. Every other recv() in the process (libnats'
+ * threads in cluster mode) goes straight to the socket: a guard left on an fd number that
+ * NATS reuses would eat its replies, and `guards` is not safe to read off the loop. */
+static pthread_t loop_thread;
+static atomic_bool loop_thread_set;
 
 void srv_guard_init(const struct hd_config *cfg)
 {
+    loop_thread = pthread_self();
+    atomic_store_explicit(&loop_thread_set, true, memory_order_release);
     opts = (struct hd_h1_opts){.max_head_bytes = cfg->limits.max_header_bytes,
                                .max_headers = GUARD_MAX_HEADERS,
                                .max_params = GUARD_MAX_PARAMS,
@@ -175,6 +184,9 @@ static void send_ws_close(int fd, const struct hd_h1_refusal *ref)
 
 ssize_t hd_guard_recv(int fd, void *buf, size_t len, int flags)
 {
+    if (!atomic_load_explicit(&loop_thread_set, memory_order_acquire) ||
+        !pthread_equal(pthread_self(), loop_thread))
+        return recvfrom(fd, buf, len, flags, NULL, NULL);
     struct guard *g = flags ? NULL : guard_of(fd);
     /* (lws reads into buffers of hundreds of bytes or more; a 1-byte read is not its.) */
     if (!g || g->h.state == H1_PASS || len < 2)

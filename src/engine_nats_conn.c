@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The NATS engine's connection (options, reconnects, the server's version) and the callbacks
+ * libnats runs on its own threads: they turn what they got into items for the loop and
+ * never touch loop-owned state (engine_nats_int.h).
+ */
+#include "engine_nats_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "natsid.h"
+
+void ne_post(struct nats_engine *e, struct item *it)
+{
+    if (hd_handoff_push(&e->inbox, &it->node))
+        uv_async_send(&e->async);
+}
+
+struct item *ne_item_new(enum item_kind kind)
+{
+    struct item *it = calloc(1, sizeof(*it));
+    if (it)
+        it->kind = kind;
+    else
+        hd_log_error("out of memory in the NATS engine", "where=item");
+    return it;
+}
+/* Reads the INFO line a NATS server sends first on a plain TCP connection, for its version
+ * (libnats 3.4 does not expose it). Bounded: 2 s, 8 KiB. Returns 0 with major/minor set. */
+static int server_version(const char *url, int *major, int *minor, char *text, size_t cap)
+{
+    char host[256] = "", port[8] = "4222";
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    const char *at = strrchr(p, '@');
+    if (at)
+        p = at + 1;
+    const char *end = *p == '[' ? strchr(p, ']') : NULL;
+    const char *colon = end ? strchr(end, ':') : strrchr(p, ':');
+    size_t hl = colon ? (size_t)(colon - p) : strlen(p);
+    if (*p == '[') {
+        p++;
+        hl = end ? (size_t)(end - p) : hl;
+    }
+    if (hl == 0 || hl >= sizeof(host))
+        return -EINVAL;
+    memcpy(host, p, hl);
+    if (colon)
+        snprintf(port, sizeof(port), "%.5s", colon + 1);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
+        return -EHOSTUNREACH;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int rc = fd < 0 ? -errno : 0;
+    if (rc == 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS)
+        rc = -errno;
+    freeaddrinfo(ai);
+    char buf[8192];
+    size_t n = 0;
+    while (rc == 0 && n < sizeof(buf) - 1 && !memchr(buf, '\n', n)) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, 2000) <= 0) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+        ssize_t r = read(fd, buf + n, sizeof(buf) - 1 - n);
+        if (r <= 0)
+            rc = r < 0 ? -errno : -ECONNRESET;
+        else
+            n += (size_t)r;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (rc < 0)
+        return rc;
+    buf[n] = '\0';
+    return hd_natsid_info_version(buf, major, minor, text, cap);
+}
+void ne_on_feed_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct feed_closure *fc = closure;
+    struct nats_engine *e = fc->e;
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    uint64_t seq = meta->Sequence.Stream, pending = meta->NumPending;
+    jsMsgMetaData_Destroy(meta);
+    pthread_mutex_lock(&e->feed_lock);
+    if (fc->gen != e->feed_gen || seq <= e->feed_seq) {
+        pthread_mutex_unlock(&e->feed_lock);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    struct item *it = ne_item_new(IT_FEED);
+    if (!it) {
+        /* Cannot hand it over: leave feed_seq behind so a later attach fetches it again. */
+        pthread_mutex_unlock(&e->feed_lock);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    it->seq = seq;
+    it->gen = fc->gen;
+    it->pending = pending;
+    it->msg = ne_event_of(e, msg, hd_natsid_make(e->feed_base, seq), &it->key);
+    e->feed_seq = seq;
+    ne_post(e, it);
+    pthread_mutex_unlock(&e->feed_lock);
+    natsMsg_Destroy(msg);
+}
+
+static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    struct nats_engine *e = closure;
+    struct item *it = ne_item_new(IT_ACK);
+    if (!it)
+        return;     /* the publish times out at destroy; nothing better to do without memory */
+    it->nmsg = msg; /* ownership passes to the loop */
+    if (pa) {
+        it->ok = true;
+        it->seq = pa->Sequence;
+        it->duplicate = pa->Duplicate;
+    } else {
+        it->st = pae ? pae->Err : NATS_ERR;
+        it->jerr = pae ? pae->ErrCode : 0;
+    }
+    ne_post(e, it);
+}
+
+static void on_conn(struct nats_engine *e, bool up)
+{
+    atomic_store(&e->connected_flag, up);
+    struct item *it = ne_item_new(IT_CONN);
+    if (!it)
+        return;
+    it->up = up;
+    ne_post(e, it);
+}
+
+static void on_connected(natsConnection *nc, void *closure)
+{
+    on_conn(closure, true);
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    on_conn(closure, false);
+}
+
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    struct nats_engine *e = closure;
+    hd_log_warn("NATS reported an asynchronous error", "status=\"%s\"", natsStatus_GetText(err));
+    /* The server holding our ordered consumer went away without our connection noticing
+     * (we are connected to another one): attach a new consumer from where the feed stands.
+     * Only JetStream subscriptions have heartbeats; a replay's ends on its own. */
+    if (err == NATS_MISSED_HEARTBEAT) {
+        struct item *it = ne_item_new(IT_DETACHED);
+        if (it)
+            ne_post(e, it);
+    }
+}
+
+void ne_warn_old_server(struct nats_engine *e)
+{
+    char url[256] = "";
+    int major = 0, minor = 0;
+    char ver[32] = "";
+    natsConnection_GetConnectedUrl(e->nc, url, sizeof(url));
+    if (server_version(url, &major, &minor, ver, sizeof(ver)) == 0 &&
+        (major < 2 || (major == 2 && minor < 10)))
+        hd_log_warn("nats-server is older than 2.10: acknowledged events can be lost when a "
+                    "stream leader dies; upgrade it",
+                    "version=%s", ver);
+}
+
+int ne_connect(struct nats_engine *e, char *why, size_t why_len)
+{
+    natsStatus s;
+    if (nats_Open(-1) != NATS_OK) {
+        snprintf(why, why_len, "cannot initialise libnats");
+        return -EIO;
+    }
+    s = natsOptions_Create(&e->opts);
+    if (s == NATS_OK)
+        s = natsOptions_SetServers(e->opts, (const char **)e->servers, e->n_servers);
+    if (s == NATS_OK) {
+        char name[128];
+        snprintf(name, sizeof(name), "heraldd %s", e->node);
+        s = natsOptions_SetName(e->opts, name);
+    }
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(e->opts, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(e->opts, 500);
+    if (s == NATS_OK)
+        s = natsOptions_SetPingInterval(e->opts, 2000);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPingsOut(e->opts, 2);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(e->opts, 2000);
+    if (s == NATS_OK)
+        s = natsOptions_SetRetryOnFailedConnect(e->opts, true, on_connected, e);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(e->opts, on_disconnected, e);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(e->opts, on_connected, e);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(e->opts, on_async_error, e);
+    if (s == NATS_OK && e->creds)
+        s = natsOptions_SetUserCredentialsFromFiles(e->opts, e->creds, NULL);
+    if (s == NATS_OK && e->ca)
+        s = natsOptions_LoadCATrustedCertificates(e->opts, e->ca);
+    if (s != NATS_OK) {
+        const char *last = nats_GetLastError(NULL);
+        snprintf(why, why_len, "NATS options: %s %s", natsStatus_GetText(s), last ? last : "");
+        return -EINVAL;
+    }
+    /* With RetryOnFailedConnect the connect returns at once when no server answers yet
+     * (NATS_NOT_YET_CONNECTED) and keeps trying in the background. */
+    s = natsConnection_Connect(&e->nc, e->opts);
+    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
+        const char *last = nats_GetLastError(NULL);
+        snprintf(why, why_len, "cannot connect to NATS: %s %s", natsStatus_GetText(s),
+                 last ? last : "");
+        return -EIO;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 3000; /* JetStream API calls: short, so that attaches retry soon during elections */
+    jo.PublishAsync.MaxPending = MAX_INFLIGHT;
+    jo.PublishAsync.AckHandler = on_ack;
+    jo.PublishAsync.AckHandlerClosure = e;
+    jo.PublishAsync.StallWait = 1; /* never hold the loop: past MaxPending, answer 503 */
+    s = natsConnection_JetStream(&e->js, e->nc, &jo);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&e->status_sub, e->nc, e->status_subject, ne_on_status_request,
+                                     e);
+    if (s != NATS_OK) {
+        snprintf(why, why_len, "NATS JetStream context: %s", natsStatus_GetText(s));
+        return -EIO;
+    }
+    return 0;
+}
