@@ -3,7 +3,8 @@
  * libwebsockets adapter: the context on the caller's libuv loop (epoll; lws installs no
  * signal handlers of its own), one vhost per listener, accept-time limits, and the end of
  * each loop turn, where queued frames are written and request bodies acted on. WebSocket
- * connections live in server_ws.c, HTTP requests in server_http.c.
+ * connections live in server_ws.c, HTTP requests in server_http.c, SSE streams and long polls
+ * in server_stream.c.
  */
 #include "server.h"
 
@@ -439,7 +440,7 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
         return s;
     }
     s->ep_watch.data = s;
-    uv_poll_start(&s->ep_watch, UV_READABLE, srv_http_on_ep_ready);
+    uv_poll_start(&s->ep_watch, UV_READABLE, srv_stream_on_ep_ready);
     s->ep_started = true;
     uv_check_init(loop, &s->turn_end);
     uv_idle_init(loop, &s->turn_idle);

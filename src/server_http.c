@@ -2,62 +2,21 @@
 /*
  * HTTP requests: each is copied into a struct hd_http_req, routed by api.c, and the answer
  * written back in one send. Request bodies are acted on at the end of the loop turn (see
- * hd_broker_publish_held for when they wait). SSE streams and long polls attach a struct
- * hd_conn like a WebSocket and are watched for a peer that leaves.
+ * hd_broker_publish_held for when they wait). A route that answers with an SSE stream or a
+ * long poll hands the request to server_stream.c.
  */
-#include "server_int.h"
+#include "server_http_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 
 #include "api.h"
 #include "log.h"
 #include "peers.h"
 #include "topic.h"
-
-struct http_pending; /* a publish waiting for its commit */
-
-enum http_mode { H_PLAIN, H_SSE, H_POLL };
-
-struct http_pss {
-    struct hd_conn conn;    /* attached while streaming (SSE) or waiting (long poll) */
-    struct turn_link ready; /* in the server's http_ready list: the body is to be acted on */
-    uint64_t ready_ns;      /* when it was listed, for the backpressure bound */
-    enum http_mode mode;
-    lws_sorted_usec_list_t sul; /* SSE keepalive or long-poll deadline */
-    bool keepalive_due, poll_ready, stream_closing;
-    bool watched;   /* in the server's epoll set of held-open requests */
-    bool busy;      /* a request is being answered on this connection */
-    bool body_done; /* the body is complete; it is acted on at the end of the turn */
-    bool publish_started;
-    uint32_t ticks, deadline_ticks;
-    struct lws *wsi;
-    struct hd_http_req req;
-    /* This request's path, query and header copies, in one allocation sized to them: the
-     * pss is zeroed for every transaction, so it stays small. */
-    char *strings;
-    bool close_after; /* answered before its body was read: close instead of keep-alive */
-    char *body;
-    size_t body_len;
-    bool body_too_large;
-    bool reading_body;
-    bool chunked; /* a Transfer-Encoding: chunked body, decoded here (lws 4.3 only) */
-    bool body_malformed;
-    uint8_t ch_state;
-    uint64_t ch_left; /* of the chunk being read, or its size while reading the size */
-    bool response_ready;
-    bool head;
-    struct hd_http_resp resp;
-    struct http_pending *pending;
-};
-
-/* lws allocates and zeroes the pss for every request on a connection: small, it is a cheap
- * tcache allocation instead of a large-chunk one (3 KB made glibc consolidate its bins). */
-_Static_assert(sizeof(struct http_pss) <= 1000, "keep the per-request allocation small");
 
 struct http_pending {
     struct http_pss *pss; /* NULL when the client went away first */
@@ -85,51 +44,12 @@ static enum hd_method method_of(int m)
     }
 }
 
-static void stream_unwatch(struct hd_server *s, struct http_pss *pss)
-{
-    if (pss->watched) {
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, lws_get_socket_fd(pss->wsi), NULL);
-        pss->watched = false;
-    }
-}
-
-static void stream_watch(struct hd_server *s, struct http_pss *pss)
-{
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = pss};
-    if (s->epfd >= 0 && epoll_ctl(s->epfd, EPOLL_CTL_ADD, lws_get_socket_fd(pss->wsi), &ev) == 0)
-        pss->watched = true;
-}
-
-/* A held-open request's peer left or sent more than its one request: close it now. */
-void srv_http_on_ep_ready(uv_poll_t *h, int status, int events)
-{
-    struct hd_server *s = h->data;
-    struct epoll_event evs[64];
-    int n = epoll_wait(s->epfd, evs, 64, 0);
-    for (int i = 0; i < n; i++) {
-        struct http_pss *pss = evs[i].data.ptr;
-        stream_unwatch(s, pss);
-        lws_set_timeout(pss->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-    }
-    if (n > 0)
-        lws_cancel_service(s->ctx); /* we run outside lws service: have it act now */
-}
-
-static void stream_end(struct hd_server *s, struct http_pss *pss)
-{
-    stream_unwatch(s, pss);
-    lws_sul_cancel(&pss->sul);
-    if (pss->conn.broker)
-        hd_conn_detach(&pss->conn);
-    pss->mode = H_PLAIN;
-}
-
 /* Frees what one request holds. lws frees the pss itself when a transaction completes. */
 static void http_release(struct http_pss *pss)
 {
     turn_del(&pss->ready);
     if (pss->mode != H_PLAIN)
-        stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
+        srv_stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
     free(pss->body);
     pss->body = NULL;
     free(pss->strings);
@@ -228,159 +148,6 @@ static size_t bounded_length(struct lws *wsi, enum lws_token_indexes t, int max)
 {
     int n = lws_hdr_total_length(wsi, t);
     return n > 0 && n <= max ? (size_t)n + 1 : 0;
-}
-
-/* SSE keepalive comment period (the protocol promises one at least every 30 s). */
-#define SSE_KEEPALIVE_TICKS 15
-/* Timer resolution for keepalives and long-poll deadlines. */
-#define STREAM_TICK_US (LWS_US_PER_SEC / 2)
-
-static void stream_want_write(struct hd_conn *c)
-{
-    struct http_pss *pss = container_of(c, struct http_pss, conn);
-    if (pss->mode == H_POLL)
-        pss->poll_ready = true;
-    lws_callback_on_writable(pss->wsi);
-}
-
-static void stream_close(struct hd_conn *c, int code, const char *reason)
-{
-    (void)code;
-    (void)reason;
-    struct http_pss *pss = container_of(c, struct http_pss, conn);
-    if (pss->mode == H_POLL)
-        pss->poll_ready = true; /* a drain answers waiting polls at once */
-    else
-        pss->stream_closing = true;
-    lws_callback_on_writable(pss->wsi);
-}
-
-static const struct hd_conn_ops stream_ops = {.want_write = stream_want_write,
-                                              .close = stream_close};
-
-static void sul_stream_tick(lws_sorted_usec_list_t *sul)
-{
-    struct http_pss *pss = container_of(sul, struct http_pss, sul);
-    pss->ticks++;
-    if (pss->mode == H_POLL) {
-        if (pss->ticks >= pss->deadline_ticks) {
-            pss->poll_ready = true;
-            lws_callback_on_writable(pss->wsi);
-            return;
-        }
-    } else {
-        if (pss->ticks % (SSE_KEEPALIVE_TICKS * 2) == 0) {
-            pss->keepalive_due = true;
-            lws_callback_on_writable(pss->wsi);
-        }
-    }
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
-}
-
-/* Writes response headers with CORS; for SSE no Content-Length. Returns 0 or -1. */
-static int write_headers(struct hd_server *s, struct http_pss *pss, int status, const char *ctype,
-                         lws_filepos_t clen)
-{
-    unsigned char buf[LWS_PRE + 2048];
-    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof(buf) - 1;
-    struct hd_http_resp *r = &pss->resp;
-    if (lws_add_http_common_headers(pss->wsi, (unsigned int)status, ctype, clen, &p, end))
-        return -1;
-    for (size_t i = 0; i < r->n_headers; i++)
-        if (lws_add_http_header_by_name(pss->wsi, (const unsigned char *)r->headers[i].name,
-                                        (const unsigned char *)r->headers[i].value,
-                                        (int)strlen(r->headers[i].value), &p, end))
-            return -1;
-    const char *cc = pss->mode == H_SSE ? "no-cache" : "no-store";
-    if (lws_add_http_header_by_name(pss->wsi, (const unsigned char *)"cache-control:",
-                                    (const unsigned char *)cc, (int)strlen(cc), &p, end))
-        return -1;
-    (void)s;
-    return lws_finalize_write_http_header(pss->wsi, start, &p, end) ? -1 : 0;
-}
-
-/* Gives a streaming request the identity the route authenticated (for rights, expiry and
- * reload) and attaches it. */
-static int stream_attach(struct hd_server *s, struct http_pss *pss, enum hd_conn_kind kind)
-{
-    hd_api_take_identity(&pss->resp, &pss->conn.identity, &pss->conn.credential);
-    if (hd_conn_attach(s->broker, &pss->conn, kind, &stream_ops)) {
-        hd_identity_clear(&pss->conn.identity);
-        free(pss->conn.credential);
-        pss->conn.credential = NULL;
-        return -1;
-    }
-    return 0;
-}
-
-static int sse_start(struct hd_server *s, struct http_pss *pss)
-{
-    struct hd_http_stream st = *pss->resp.stream;
-    hd_api_cors(s->broker, &pss->req, &pss->resp);
-    hd_http_resp_header(&pss->resp, "x-accel-buffering:", "no");
-    pss->mode = H_SSE;
-    if (stream_attach(s, pss, HD_CONN_SSE))
-        return -1;
-    if (write_headers(s, pss, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN))
-        return -1;
-    lws_http_mark_sse(pss->wsi);
-    lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
-    stream_watch(s, pss);
-    bool gap = false;
-    struct hd_error err;
-    /* The broker queues the replay, after a gap notice when there is one. */
-    if (hd_conn_subscribe(&pss->conn, st.pattern, st.has_since ? st.since : NULL, &gap, &err))
-        return -1;
-    hd_http_resp_clear(&pss->resp);
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
-    lws_callback_on_writable(pss->wsi);
-    return 0;
-}
-
-static int poll_start(struct hd_server *s, struct http_pss *pss)
-{
-    pss->mode = H_POLL;
-    if (stream_attach(s, pss, HD_CONN_POLL))
-        return -1;
-    bool gap;
-    struct hd_error err;
-    if (hd_conn_subscribe(&pss->conn, pss->resp.stream->pattern, NULL, &gap, &err))
-        return -1;
-    /* lws gives a request 5 s for its content; a long poll keeps its own deadline. */
-    lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
-    stream_watch(s, pss);
-    pss->deadline_ticks = pss->resp.stream->wait_s * 2;
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
-    return 0;
-}
-
-static int sse_writable(struct http_pss *pss, struct lws *wsi)
-{
-    hd_conn_writable(&pss->conn);
-    struct hd_msg *m = hd_conn_peek(&pss->conn);
-    /* A stream the broker ended still sends what it queued first (the notice saying why). */
-    if (pss->stream_closing && !m)
-        return -1;
-    if (m) {
-        size_t len = m->len;
-        const char *data = m->seq ? hd_msg_sse(m, &len) : (const char *)hd_msg_payload(m);
-        if (!data || lws_write(wsi, (unsigned char *)data, len, LWS_WRITE_HTTP) < (int)len)
-            return -1;
-        hd_conn_wrote(&pss->conn);
-        if (hd_conn_peek(&pss->conn) || pss->keepalive_due || pss->stream_closing) {
-            pss->conn.want_pending = true;
-            lws_callback_on_writable(wsi);
-        }
-        return 0;
-    }
-    if (pss->keepalive_due) {
-        unsigned char buf[LWS_PRE + 16];
-        memcpy(buf + LWS_PRE, ": keepalive\n\n", 13);
-        pss->keepalive_due = false;
-        if (lws_write(wsi, buf + LWS_PRE, 13, LWS_WRITE_HTTP) < 13)
-            return -1;
-    }
-    return 0;
 }
 
 /*
@@ -632,11 +399,11 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     /* No long requests yet: keep lws's content timeout for the body, or respond now. */
     enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
     if (next == HD_HTTP_SSE)
-        return sse_start(s, pss) ? -1 : 0;
+        return srv_sse_start(s, pss) ? -1 : 0;
     if (next == HD_HTTP_LONGPOLL) {
-        if (poll_start(s, pss) == 0)
+        if (srv_poll_start(s, pss) == 0)
             return 0;
-        stream_end(s, pss);
+        srv_stream_end(s, pss);
         hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         return http_respond(s, pss);
     }
@@ -760,25 +527,13 @@ static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, 
 static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
 {
     if (pss->mode == H_SSE)
-        return sse_writable(pss, wsi);
+        return srv_sse_writable(pss, wsi);
     if (pss->body_done && !pss->publish_started) {
         pss->publish_started = true;
         return http_body_complete(s, pss); /* responds, now or when the commit is done */
     }
-    if (pss->mode == H_POLL) {
-        if (!pss->poll_ready)
-            return 0;
-        struct hd_http_stream st = *pss->resp.stream;
-        enum hd_err ended = pss->conn.ended;
-        stream_end(s, pss);
-        if (ended)
-            hd_api_error(&pss->resp, ended,
-                         "the server's rules no longer allow reading this pattern");
-        else
-            hd_api_poll_answer(s->broker, &st, &pss->resp);
-        hd_api_cors(s->broker, &pss->req, &pss->resp);
-        pss->response_ready = true;
-    }
+    if (pss->mode == H_POLL && !srv_poll_answer(s, pss))
+        return 0;
     if (!pss->response_ready)
         return 0;
     struct hd_http_resp *r = &pss->resp;
