@@ -307,47 +307,21 @@ static int http_body_chunked(struct hd_server *s, struct http_pss *pss, const ch
     return body_complete(pss);
 }
 
-static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+/* Room for the strings copy_request keeps of a request: the path, query and headers it reads
+ * (lid: the Last-Event-ID header's length), each with its NUL, and the peer's address. */
+static size_t strings_size(struct lws *wsi, int ulen, int qlen, int lid)
 {
-    http_reset(pss);
-    pss->wsi = wsi;
-    pss->busy = true; /* until the answer completes the transaction */
-    char *uri;
-    int ulen;
-    int m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
-    pss->req.method = method_of(m);
-    pss->head = pss->req.method == HD_M_HEAD;
-    /* lws has already percent-decoded the path and split off the query. */
-    if (ulen < 0 || ulen > HD_TOPIC_MAX + 63) {
-        pss->req.path = "/";
-        hd_api_error(&pss->resp, HD_ERR_NOT_FOUND, "path too long");
-        return http_respond(s, pss);
-    }
-    int qlen = query_length(wsi);
-    int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
-    size_t cap = (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
-                 (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
-                 (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX +
-                 HD_IDEM_KEY_MAX + 2 + 8 + bounded_length(wsi, WSI_TOKEN_HOST, HOST_MAX) +
-                 bounded_length(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, IF_NONE_MATCH_MAX);
-    pss->strings = malloc(cap);
-    if (!pss->strings) {
-        pss->req.path = "/";
-        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
-        pss->close_after = true;
-        return http_respond(s, pss);
-    }
-    char *at = pss->strings, *end = pss->strings + cap;
-    memcpy(at, uri, (size_t)ulen);
-    at[ulen] = '\0';
-    pss->req.path = at;
-    at += ulen + 1;
-    if (qlen < 0) {
-        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "the query string is too long");
-        pss->close_after = true;
-        return http_respond(s, pss);
-    }
-    pss->req.query = copy_query(wsi, &at, end);
+    return (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
+           (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
+           (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX +
+           HD_IDEM_KEY_MAX + 2 + 8 + bounded_length(wsi, WSI_TOKEN_HOST, HOST_MAX) +
+           bounded_length(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, IF_NONE_MATCH_MAX);
+}
+
+/* Copies the headers the API reads into pss->req, their text into at..end (sized by
+ * strings_size; lid as there), and the peer's address. */
+static void copy_headers(struct http_pss *pss, struct lws *wsi, char *at, const char *end, int lid)
+{
     pss->req.content_type = take_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, CTYPE_MAX, &at, end);
     pss->req.origin = take_header(wsi, WSI_TOKEN_ORIGIN, ORIGIN_MAX, &at, end);
     /* Last-Event-ID is not a token lws knows: read it as a custom header. */
@@ -382,20 +356,105 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     pss->req.content_length = -1;
     if (srv_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
         pss->req.content_length = strtoll(cl, NULL, 10);
+}
 
-    if (sc && sc->reserve) {
-        /* Past limits.max_connections, from loopback: health and metrics only, then close. */
-        pss->close_after = true;
-        if (strcmp(pss->req.path, "/healthz") != 0 && strcmp(pss->req.path, "/metrics") != 0) {
-            char msg[100];
-            snprintf(msg, sizeof(msg), "the server is at limits.max_connections (%u)",
-                     s->cfg->limits.max_connections);
-            hd_api_error(&pss->resp, HD_ERR_UNAVAILABLE, msg);
-            hd_http_resp_header(&pss->resp, "retry-after:", "1");
-            hd_broker_metrics(s->broker)->connections_refused++;
-            return http_respond(s, pss);
-        }
+/* Copies what lws parsed of the request into pss->req, the text into one allocation
+ * (pss->strings). False when the request is refused for it, with the answer in pss->resp. */
+static bool copy_request(struct http_pss *pss, struct lws *wsi)
+{
+    char *uri;
+    int ulen;
+    int m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
+    pss->req.method = method_of(m);
+    pss->head = pss->req.method == HD_M_HEAD;
+    /* lws has already percent-decoded the path and split off the query. */
+    if (ulen < 0 || ulen > HD_TOPIC_MAX + 63) {
+        pss->req.path = "/";
+        hd_api_error(&pss->resp, HD_ERR_NOT_FOUND, "path too long");
+        return false;
     }
+    int qlen = query_length(wsi);
+    int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
+    size_t cap = strings_size(wsi, ulen, qlen, lid);
+    pss->strings = malloc(cap);
+    if (!pss->strings) {
+        pss->req.path = "/";
+        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        pss->close_after = true;
+        return false;
+    }
+    char *at = pss->strings, *end = pss->strings + cap;
+    memcpy(at, uri, (size_t)ulen);
+    at[ulen] = '\0';
+    pss->req.path = at;
+    at += ulen + 1;
+    if (qlen < 0) {
+        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "the query string is too long");
+        pss->close_after = true;
+        return false;
+    }
+    pss->req.query = copy_query(wsi, &at, end);
+    copy_headers(pss, wsi, at, end, lid);
+    return true;
+}
+
+/* A connection past limits.max_connections (from loopback) may ask for health and metrics
+ * only, and closes after: true when this request is refused, with the answer in pss->resp. */
+static bool reserve_refused(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    const struct srv_conn *sc = srv_conn_of(wsi);
+    if (!sc || !sc->reserve)
+        return false;
+    pss->close_after = true;
+    if (strcmp(pss->req.path, "/healthz") == 0 || strcmp(pss->req.path, "/metrics") == 0)
+        return false;
+    char msg[100];
+    snprintf(msg, sizeof(msg), "the server is at limits.max_connections (%u)",
+             s->cfg->limits.max_connections);
+    hd_api_error(&pss->resp, HD_ERR_UNAVAILABLE, msg);
+    hd_http_resp_header(&pss->resp, "retry-after:", "1");
+    hd_broker_metrics(s->broker)->connections_refused++;
+    return true;
+}
+
+/* The route wants the body: reads it (lws reports its end, or chunked_feed finds it), or, with
+ * none, lists the request for the end of the turn. 0, or http_respond's result. */
+static int body_start(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    if (pss->req.content_length >= 0) {
+        pss->reading_body = true; /* lws reports completion even for an empty body */
+        return 0;
+    }
+    if (srv_lws_decodes_chunked() && is_chunked(wsi)) {
+        pss->chunked = true;
+        pss->close_after = true; /* see chunked_feed */
+        pss->reading_body = true;
+        return 0;
+    }
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
+        /* lws 4.1 hands heraldd no chunked body; other codings are not decoded. */
+        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
+                     "send the body with a Content-Length (chunked is not supported)");
+        pss->resp.status = 411;
+        pss->close_after = true;
+        return http_respond(s, pss);
+    }
+    /* No length and no chunking: an empty body, and lws reports no completion. */
+    pss->body_done = true;
+    pss->ready_ns = hd_now_ns();
+    srv_turn_add(s, &s->http_ready, &pss->ready);
+    return 0;
+}
+
+/* LWS_CALLBACK_HTTP: a request's head arrived. Copied, routed, then answered now, streamed,
+ * or its body read. 0, or -1 to close the connection. */
+static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    http_reset(pss);
+    pss->wsi = wsi;
+    pss->busy = true; /* until the answer completes the transaction */
+    if (!copy_request(pss, wsi) || reserve_refused(s, pss, wsi))
+        return http_respond(s, pss);
     /* No long requests yet: keep lws's content timeout for the body, or respond now. */
     enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
     if (next == HD_HTTP_SSE)
@@ -407,31 +466,8 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
         hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         return http_respond(s, pss);
     }
-    if (next == HD_HTTP_READ_BODY) {
-        if (pss->req.content_length < 0) {
-            if (srv_lws_decodes_chunked() && is_chunked(wsi)) {
-                pss->chunked = true;
-                pss->close_after = true; /* see chunked_feed */
-                pss->reading_body = true;
-                return 0;
-            }
-            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
-                /* lws 4.1 hands heraldd no chunked body; other codings are not decoded. */
-                hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
-                             "send the body with a Content-Length (chunked is not supported)");
-                pss->resp.status = 411;
-                pss->close_after = true;
-                return http_respond(s, pss);
-            }
-            /* No length and no chunking: an empty body, and lws reports no completion. */
-            pss->body_done = true;
-            pss->ready_ns = hd_now_ns();
-            srv_turn_add(s, &s->http_ready, &pss->ready);
-            return 0;
-        }
-        pss->reading_body = true; /* lws reports completion even for an empty body */
-        return 0;
-    }
+    if (next == HD_HTTP_READ_BODY)
+        return body_start(s, pss, wsi);
     /* Refused before its body was read: lws 4.1 would parse that body as the next request
      * (and can hang doing so), so the connection closes after this answer. */
     if (pss->req.content_length > 0 ||
@@ -524,18 +560,10 @@ static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, 
     return 0;
 }
 
-static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+/* Writes pss->resp (status, headers, body) in one send, with connection: close when the
+ * connection closes after it. 0, or -1 when it could not be written. */
+static int write_response(struct http_pss *pss, struct lws *wsi)
 {
-    if (pss->mode == H_SSE)
-        return srv_sse_writable(pss, wsi);
-    if (pss->body_done && !pss->publish_started) {
-        pss->publish_started = true;
-        return http_body_complete(s, pss); /* responds, now or when the commit is done */
-    }
-    if (pss->mode == H_POLL && !srv_poll_answer(s, pss))
-        return 0;
-    if (!pss->response_ready)
-        return 0;
     struct hd_http_resp *r = &pss->resp;
     size_t hcap = 2048;
     size_t body_len = pss->head ? 0 : r->body_len;
@@ -578,6 +606,16 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS) != (int)(p - start))
         goto fail;
     free(buf);
+    return 0;
+fail:
+    free(buf);
+    return -1;
+}
+
+/* The answer went out: the request is released and the connection closed or kept for the
+ * next one. 0, or -1 to close. */
+static int http_answered(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
     pss->response_ready = false;
     /* lws frees and re-zeroes the pss when the transaction completes: release first and
      * touch nothing after. */
@@ -591,9 +629,23 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
         return -1;
     s->http_completed = wsi;
     return 0;
-fail:
-    free(buf);
-    return -1;
+}
+
+static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    if (pss->mode == H_SSE)
+        return srv_sse_writable(pss, wsi);
+    if (pss->body_done && !pss->publish_started) {
+        pss->publish_started = true;
+        return http_body_complete(s, pss); /* responds, now or when the commit is done */
+    }
+    if (pss->mode == H_POLL && !srv_poll_answer(s, pss))
+        return 0;
+    if (!pss->response_ready)
+        return 0;
+    if (write_response(pss, wsi))
+        return -1;
+    return http_answered(s, pss, wsi);
 }
 
 static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
