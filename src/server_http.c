@@ -194,8 +194,6 @@ enum {
 
 static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, size_t len);
 
-/* Feeds len raw bytes of a chunked body: 0 needs more, 1 the body is complete (anything after
- * it is ignored), -1 malformed. Data goes through http_body (and its size limit). */
 /* Transfer-Encoding is exactly "chunked" (any case): other codings are not decoded. */
 static bool is_chunked(struct lws *wsi)
 {
@@ -204,6 +202,10 @@ static bool is_chunked(struct lws *wsi)
            !strcasecmp(te, "chunked");
 }
 
+/* Feeds len raw bytes of a chunked body: 0 needs more, 1 the body is complete (anything after
+ * it is ignored), -1 malformed. Data goes through http_body (and its size limit). One switch
+ * over the decoder's states, longer than a function here usually is: each state is a few
+ * lines, and the grammar reads best in one place. */
 static int chunked_feed(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
 {
     size_t i = 0;
