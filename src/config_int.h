@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Shared by the configuration module's files: config.c (the tables of keys, defaults and
- * freeing, and the checks of single values), config_json.c (applying a JSON file to the
- * struct through the tables, and placing an error at its file:line:column), config_cli.c
- * (the command line, its overrides and the cross-field checks). Nobody else includes it.
+ * freeing), config_value.c (the checks of single values), config_json.c (applying a JSON file
+ * to the struct through the tables, and placing an error at its file:line:column),
+ * config_cli.c (the command line, its overrides and the cross-field checks). Nobody else
+ * includes it.
  */
 #ifndef HD_CONFIG_INT_H
 #define HD_CONFIG_INT_H
@@ -120,12 +121,34 @@ void hd__cfg_strlist_free(struct hd_strlist *l);
 void hd__cfg_free_table(const struct table *tb, void *base);
 int hd__cfg_defaults_table(const struct table *tb, void *base);
 
-/* Single values (config.c), shared with the command line. */
+/*
+ * Single values (config_value.c), for the tables' rows and the command line. The parsers
+ * write an enum's value through *out; the checks borrow s and, when they refuse it, write
+ * the reason into why (cap bytes). Both return 0 or -EINVAL.
+ */
+/* True for an address on loopback (127.0.0.0/8, ::1, or IPv4-mapped 127.x). */
 bool hd__cfg_is_loopback(const char *address);
 int hd__cfg_parse_store(const char *s, int *out);
+int hd__cfg_parse_durability(const char *s, int *out);
+int hd__cfg_parse_engine(const char *s, int *out);
 int hd__cfg_parse_log_level(const char *s, int *out);
+/* ADDR:PORT or [IPv6]:PORT, a numeric address, into *out (overwritten). */
 int hd__cfg_listener_parse(const char *s, struct hd_listener *out, char *why, size_t cap);
-/* A NATS server URL (nats:// or tls://, host, optional port). 0, or -EINVAL with `why`. */
+/* A pattern; `{sub}` (the JWT subject) counts as a valid segment. */
+int hd__cfg_check_pattern(const char *s, char *why, size_t cap);
+/* A pattern for anonymous clients: as hd__cfg_check_pattern, without `{sub}`. */
+int hd__cfg_check_anon_pattern(const char *s, char *why, size_t cap);
+/* "*" or scheme://host[:port]. */
+int hd__cfg_check_origin(const char *s, char *why, size_t cap);
+/* A NATS server URL (nats:// or tls://, host, optional port). */
 int hd__cfg_check_nats_url(const char *s, char *why, size_t cap);
+/* A JetStream stream name: one plain word. */
+int hd__cfg_check_stream(const char *s, char *why, size_t cap);
+/* A NATS subject prefix: dot-separated segments, no wildcards. */
+int hd__cfg_check_subject_prefix(const char *s, char *why, size_t cap);
+/* A token name: one plain word. */
+int hd__cfg_check_name(const char *s, char *why, size_t cap);
+/* A numeric IPv4 or IPv6 address (no brackets, no host names). */
+int hd__cfg_check_any_address(const char *s, char *why, size_t cap);
 
 #endif

@@ -3,7 +3,8 @@
  * libwebsockets adapter: the context on the caller's libuv loop (epoll; lws installs no
  * signal handlers of its own), one vhost per listener, accept-time limits, and the end of
  * each loop turn, where queued frames are written and request bodies acted on. WebSocket
- * connections live in server_ws.c, HTTP requests in server_http.c.
+ * connections live in server_ws.c, HTTP requests in server_http.c, SSE streams and long polls
+ * in server_stream.c.
  */
 #include "server.h"
 
@@ -306,26 +307,13 @@ static const char *bind_error(const char *address, unsigned port, char *buf, siz
     return buf;
 }
 
-struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg)
+/* The lws context on s->loop, with the limits of s->cfg. 0, or -1 (logged). */
+static int context_create(struct hd_server *s)
 {
-    struct hd_server *s = calloc(1, sizeof(*s));
-    if (!s)
-        return NULL;
-    s->broker = b;
-    s->cfg = cfg;
-    s->loop = loop;
-    s->epfd = -1;
-    s->creating = SIZE_MAX;
-    s->ws_dirty.prev = s->ws_dirty.next = &s->ws_dirty;
-    s->http_ready.prev = s->http_ready.next = &s->http_ready;
-    s->ws_paused.prev = s->ws_paused.next = &s->ws_paused;
-    s->protocols[PROTO_HTTP] = srv_http_protocol;
-    s->protocols[PROTO_WS] = srv_ws_protocol;
-    lws_set_log_level(LLL_ERR | (hd_log_enabled(HD_LOG_DEBUG) ? LLL_WARN : 0), lws_logger);
-
+    const struct hd_config *cfg = s->cfg;
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
-    void *foreign[] = {loop};
+    void *foreign[] = {s->loop};
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
                    LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.foreign_loops = foreign;
@@ -348,105 +336,172 @@ struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const stru
     if (!s->ctx) {
         hd_log_error("cannot create the libwebsockets context",
                      "hint=\"is libwebsockets-evlib-uv installed?\"");
-        free(s);
-        return NULL;
+        return -1;
     }
-
     /* All zero: no lws validity timers (the broker's tick runs heartbeats, see broker.c). */
     s->retry = (lws_retry_bo_t){0};
     /* WebSocket upgrades without Sec-WebSocket-Protocol still land on herald.v1. */
     s->pvo_default = (struct lws_protocol_vhost_options){.name = "default", .value = ""};
     s->pvo = (struct lws_protocol_vhost_options){
         .name = "herald.v1", .options = &s->pvo_default, .value = ""};
-    for (size_t i = 0; i < cfg->n_listeners; i++) {
-        const struct hd_listener *l = &cfg->listeners[i];
-        struct lws_context_creation_info vi;
-        memset(&vi, 0, sizeof(vi));
-        /* lws keeps the pointer, not a copy. */
-        snprintf(s->names[i % HD_MAX_LISTENERS], sizeof(s->names[0]), "listener%zu", i);
-        vi.vhost_name = s->names[i % HD_MAX_LISTENERS];
-        vi.port = l->port; /* 0: the kernel picks one; lws reports it back below */
-        vi.iface = l->address;
-        /* A socket systemd passed for this address: heraldd accepts on it, lws listens on
-         * nothing (server_activation.c). */
-        struct srv_listen_sock *ls = &s->activated[i % HD_MAX_LISTENERS];
-        ls->fd = srv_activation_find(l);
-        ls->tls = l->tls_cert != NULL;
-        if (ls->fd >= 0) {
-            vi.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-            vi.iface = NULL;
-        }
-        vi.protocols = s->protocols;
-        vi.pvo = &s->pvo;
-        vi.retry_and_idle_policy = &s->retry;
-        vi.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
-        if (strchr(l->address, ':'))
-            vi.options |=
-                LWS_SERVER_OPTION_IPV6_V6ONLY_MODIFY | LWS_SERVER_OPTION_IPV6_V6ONLY_VALUE;
-        else
-            vi.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
-        vi.keepalive_timeout = 60;
-        vi.timeout_secs = cfg->limits.handshake_timeout_s;
-        /* lws reads this per vhost (10 s when 0), not from the context. */
-        vi.timeout_secs_ah_idle = cfg->limits.handshake_timeout_s;
-        if (l->tls_cert) {
-            vi.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-            vi.ssl_cert_filepath = l->tls_cert;
-            vi.ssl_private_key_filepath = l->tls_key;
-            /* HTTP/1.1 only: WebSocket over h2 and long-lived h2 streams are not worth
-             * the idle-timer trouble in lws 4.1. */
-            vi.alpn = "http/1.1";
-        }
-        s->creating = i;
-        struct lws_vhost *vh = lws_create_vhost(s->ctx, &vi);
-        s->creating = SIZE_MAX;
-        if (!vh) {
-            char why[128], msg[300];
-            snprintf(msg, sizeof(msg), "cannot listen on %s%s%s:%u: %s",
-                     strchr(l->address, ':') ? "[" : "", l->address,
-                     strchr(l->address, ':') ? "]" : "", l->port,
-                     bind_error(l->address, l->port, why, sizeof(why)));
-            hd_log_error(msg, "address=%s port=%u", l->address, l->port);
-            s->failed = true;
-            return s;
-        }
-        s->vhosts[i % HD_MAX_LISTENERS] = vh;
-        if (ls->fd >= 0) {
-            ls->vh = vh;
-            if (srv_activation_start(s, ls)) {
-                hd_log_error("cannot watch the socket systemd passed", "fd=%d", ls->fd);
-                s->failed = true;
-                return s;
-            }
-            hd_log_info("listening", "address=%s port=%d tls=%s from=systemd", l->address,
-                        srv_activation_port(ls->fd), l->tls_cert ? "yes" : "no");
-        } else {
-            hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
-                        lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
-        }
-        if (l->tls_cert && !s->ssl_ctx[i % HD_MAX_LISTENERS])
-            hd_log_warn("this TLS listener's certificate cannot be reloaded", "address=%s",
-                        l->address);
+    return 0;
+}
+
+/* A TLS listener's certificate, key and protocol in its vhost's creation info. */
+static void vhost_tls(const struct hd_listener *l, struct lws_context_creation_info *vi)
+{
+    vi->options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    vi->ssl_cert_filepath = l->tls_cert;
+    vi->ssl_private_key_filepath = l->tls_key;
+    /* HTTP/1.1 only: WebSocket over h2 and long-lived h2 streams are not worth the
+     * idle-timer trouble in lws 4.1. */
+    vi->alpn = "http/1.1";
+}
+
+/* Listener i's vhost creation info: its address (or, for a socket systemd passed, no listener
+ * of lws's own), IP version, timeouts and TLS. */
+static void vhost_info(struct hd_server *s, size_t i, struct lws_context_creation_info *vi)
+{
+    const struct hd_listener *l = &s->cfg->listeners[i];
+    const struct srv_listen_sock *ls = &s->activated[i % HD_MAX_LISTENERS];
+    memset(vi, 0, sizeof(*vi));
+    /* lws keeps the pointer, not a copy. */
+    snprintf(s->names[i % HD_MAX_LISTENERS], sizeof(s->names[0]), "listener%zu", i);
+    vi->vhost_name = s->names[i % HD_MAX_LISTENERS];
+    vi->port = l->port; /* 0: the kernel picks one (listener_start logs it) */
+    vi->iface = l->address;
+    if (ls->fd >= 0) {
+        vi->port = CONTEXT_PORT_NO_LISTEN_SERVER;
+        vi->iface = NULL;
     }
-    srv_activation_unused();
+    vi->protocols = s->protocols;
+    vi->pvo = &s->pvo;
+    vi->retry_and_idle_policy = &s->retry;
+    vi->options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+    if (strchr(l->address, ':'))
+        vi->options |= LWS_SERVER_OPTION_IPV6_V6ONLY_MODIFY | LWS_SERVER_OPTION_IPV6_V6ONLY_VALUE;
+    else
+        vi->options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+    vi->keepalive_timeout = 60;
+    vi->timeout_secs = s->cfg->limits.handshake_timeout_s;
+    /* lws reads this per vhost (10 s when 0), not from the context. */
+    vi->timeout_secs_ah_idle = s->cfg->limits.handshake_timeout_s;
+    if (l->tls_cert)
+        vhost_tls(l, vi);
+}
+
+/* Starts accepting on listener i, whose vhost is vh: on the socket systemd passed, or on lws's
+ * own listener. 0, or -1 (logged). */
+static int listener_start(struct hd_server *s, size_t i, struct lws_vhost *vh)
+{
+    const struct hd_listener *l = &s->cfg->listeners[i];
+    struct srv_listen_sock *ls = &s->activated[i % HD_MAX_LISTENERS];
+    if (ls->fd >= 0) {
+        ls->vh = vh;
+        if (srv_activation_start(s, ls)) {
+            hd_log_error("cannot watch the socket systemd passed", "fd=%d", ls->fd);
+            return -1;
+        }
+        hd_log_info("listening", "address=%s port=%d tls=%s from=systemd", l->address,
+                    srv_activation_port(ls->fd), l->tls_cert ? "yes" : "no");
+    } else {
+        hd_log_info("listening", "address=%s port=%d tls=%s", l->address,
+                    lws_get_vhost_listen_port(vh), l->tls_cert ? "yes" : "no");
+    }
+    if (l->tls_cert && !s->ssl_ctx[i % HD_MAX_LISTENERS])
+        hd_log_warn("this TLS listener's certificate cannot be reloaded", "address=%s", l->address);
+    return 0;
+}
+
+/* Listener i: its vhost (bound, unless systemd passed its socket) and accepting. 0, or -1
+ * (logged). */
+static int listener_open(struct hd_server *s, size_t i)
+{
+    const struct hd_listener *l = &s->cfg->listeners[i];
+    /* A socket systemd passed for this address: heraldd accepts on it, lws listens on
+     * nothing (server_activation.c). */
+    struct srv_listen_sock *ls = &s->activated[i % HD_MAX_LISTENERS];
+    ls->fd = srv_activation_find(l);
+    ls->tls = l->tls_cert != NULL;
+    struct lws_context_creation_info vi;
+    vhost_info(s, i, &vi);
+    s->creating = i; /* srv_peer_lifecycle records its SSL_CTX */
+    struct lws_vhost *vh = lws_create_vhost(s->ctx, &vi);
+    s->creating = SIZE_MAX;
+    if (!vh) {
+        char why[128], msg[300];
+        snprintf(msg, sizeof(msg), "cannot listen on %s%s%s:%u: %s",
+                 strchr(l->address, ':') ? "[" : "", l->address, strchr(l->address, ':') ? "]" : "",
+                 l->port, bind_error(l->address, l->port, why, sizeof(why)));
+        hd_log_error(msg, "address=%s port=%u", l->address, l->port);
+        return -1;
+    }
+    s->vhosts[i % HD_MAX_LISTENERS] = vh;
+    return listener_start(s, i, vh);
+}
+
+/* The epoll set held-open requests are watched in (server_stream.c), on the loop. 0, or -1
+ * (logged). */
+static int stream_watcher_start(struct hd_server *s)
+{
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (s->epfd < 0 || uv_poll_init(loop, &s->ep_watch, s->epfd)) {
+    if (s->epfd < 0 || uv_poll_init(s->loop, &s->ep_watch, s->epfd)) {
         hd_log_error("cannot create the stream watcher", "errno=%d", errno);
         if (s->epfd >= 0)
             close(s->epfd);
         s->epfd = -1;
-        s->failed = true;
-        return s;
+        return -1;
     }
     s->ep_watch.data = s;
-    uv_poll_start(&s->ep_watch, UV_READABLE, srv_http_on_ep_ready);
+    uv_poll_start(&s->ep_watch, UV_READABLE, srv_stream_on_ep_ready);
     s->ep_started = true;
-    uv_check_init(loop, &s->turn_end);
-    uv_idle_init(loop, &s->turn_idle);
-    uv_timer_init(loop, &s->hold_timer);
+    return 0;
+}
+
+/* The end-of-turn work (on_turn_end) on the loop. */
+static void turn_end_start(struct hd_server *s)
+{
+    uv_check_init(s->loop, &s->turn_end);
+    uv_idle_init(s->loop, &s->turn_idle);
+    uv_timer_init(s->loop, &s->hold_timer);
     s->turn_end.data = s;
     uv_check_start(&s->turn_end, on_turn_end);
     s->turn_started = true;
+}
+
+struct hd_server *hd_server_new(uv_loop_t *loop, struct hd_broker *b, const struct hd_config *cfg)
+{
+    struct hd_server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->broker = b;
+    s->cfg = cfg;
+    s->loop = loop;
+    s->epfd = -1;
+    s->creating = SIZE_MAX;
+    s->ws_dirty.prev = s->ws_dirty.next = &s->ws_dirty;
+    s->http_ready.prev = s->http_ready.next = &s->http_ready;
+    s->ws_paused.prev = s->ws_paused.next = &s->ws_paused;
+    s->protocols[PROTO_HTTP] = srv_http_protocol;
+    s->protocols[PROTO_WS] = srv_ws_protocol;
+    lws_set_log_level(LLL_ERR | (hd_log_enabled(HD_LOG_DEBUG) ? LLL_WARN : 0), lws_logger);
+    if (context_create(s)) {
+        free(s);
+        return NULL;
+    }
+    /* From here a failure returns s marked failed: the caller tears it down and exits. */
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        if (listener_open(s, i)) {
+            s->failed = true;
+            return s;
+        }
+    }
+    srv_activation_unused();
+    if (stream_watcher_start(s)) {
+        s->failed = true;
+        return s;
+    }
+    turn_end_start(s);
     return s;
 }
 

@@ -2,62 +2,21 @@
 /*
  * HTTP requests: each is copied into a struct hd_http_req, routed by api.c, and the answer
  * written back in one send. Request bodies are acted on at the end of the loop turn (see
- * hd_broker_publish_held for when they wait). SSE streams and long polls attach a struct
- * hd_conn like a WebSocket and are watched for a peer that leaves.
+ * hd_broker_publish_held for when they wait). A route that answers with an SSE stream or a
+ * long poll hands the request to server_stream.c.
  */
-#include "server_int.h"
+#include "server_http_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 
 #include "api.h"
 #include "log.h"
 #include "peers.h"
 #include "topic.h"
-
-struct http_pending; /* a publish waiting for its commit */
-
-enum http_mode { H_PLAIN, H_SSE, H_POLL };
-
-struct http_pss {
-    struct hd_conn conn;    /* attached while streaming (SSE) or waiting (long poll) */
-    struct turn_link ready; /* in the server's http_ready list: the body is to be acted on */
-    uint64_t ready_ns;      /* when it was listed, for the backpressure bound */
-    enum http_mode mode;
-    lws_sorted_usec_list_t sul; /* SSE keepalive or long-poll deadline */
-    bool keepalive_due, poll_ready, stream_closing;
-    bool watched;   /* in the server's epoll set of held-open requests */
-    bool busy;      /* a request is being answered on this connection */
-    bool body_done; /* the body is complete; it is acted on at the end of the turn */
-    bool publish_started;
-    uint32_t ticks, deadline_ticks;
-    struct lws *wsi;
-    struct hd_http_req req;
-    /* This request's path, query and header copies, in one allocation sized to them: the
-     * pss is zeroed for every transaction, so it stays small. */
-    char *strings;
-    bool close_after; /* answered before its body was read: close instead of keep-alive */
-    char *body;
-    size_t body_len;
-    bool body_too_large;
-    bool reading_body;
-    bool chunked; /* a Transfer-Encoding: chunked body, decoded here (lws 4.3 only) */
-    bool body_malformed;
-    uint8_t ch_state;
-    uint64_t ch_left; /* of the chunk being read, or its size while reading the size */
-    bool response_ready;
-    bool head;
-    struct hd_http_resp resp;
-    struct http_pending *pending;
-};
-
-/* lws allocates and zeroes the pss for every request on a connection: small, it is a cheap
- * tcache allocation instead of a large-chunk one (3 KB made glibc consolidate its bins). */
-_Static_assert(sizeof(struct http_pss) <= 1000, "keep the per-request allocation small");
 
 struct http_pending {
     struct http_pss *pss; /* NULL when the client went away first */
@@ -85,51 +44,12 @@ static enum hd_method method_of(int m)
     }
 }
 
-static void stream_unwatch(struct hd_server *s, struct http_pss *pss)
-{
-    if (pss->watched) {
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, lws_get_socket_fd(pss->wsi), NULL);
-        pss->watched = false;
-    }
-}
-
-static void stream_watch(struct hd_server *s, struct http_pss *pss)
-{
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = pss};
-    if (s->epfd >= 0 && epoll_ctl(s->epfd, EPOLL_CTL_ADD, lws_get_socket_fd(pss->wsi), &ev) == 0)
-        pss->watched = true;
-}
-
-/* A held-open request's peer left or sent more than its one request: close it now. */
-void srv_http_on_ep_ready(uv_poll_t *h, int status, int events)
-{
-    struct hd_server *s = h->data;
-    struct epoll_event evs[64];
-    int n = epoll_wait(s->epfd, evs, 64, 0);
-    for (int i = 0; i < n; i++) {
-        struct http_pss *pss = evs[i].data.ptr;
-        stream_unwatch(s, pss);
-        lws_set_timeout(pss->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-    }
-    if (n > 0)
-        lws_cancel_service(s->ctx); /* we run outside lws service: have it act now */
-}
-
-static void stream_end(struct hd_server *s, struct http_pss *pss)
-{
-    stream_unwatch(s, pss);
-    lws_sul_cancel(&pss->sul);
-    if (pss->conn.broker)
-        hd_conn_detach(&pss->conn);
-    pss->mode = H_PLAIN;
-}
-
 /* Frees what one request holds. lws frees the pss itself when a transaction completes. */
 static void http_release(struct http_pss *pss)
 {
     turn_del(&pss->ready);
     if (pss->mode != H_PLAIN)
-        stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
+        srv_stream_end(lws_context_user(lws_get_context(pss->wsi)), pss);
     free(pss->body);
     pss->body = NULL;
     free(pss->strings);
@@ -230,159 +150,6 @@ static size_t bounded_length(struct lws *wsi, enum lws_token_indexes t, int max)
     return n > 0 && n <= max ? (size_t)n + 1 : 0;
 }
 
-/* SSE keepalive comment period (the protocol promises one at least every 30 s). */
-#define SSE_KEEPALIVE_TICKS 15
-/* Timer resolution for keepalives and long-poll deadlines. */
-#define STREAM_TICK_US (LWS_US_PER_SEC / 2)
-
-static void stream_want_write(struct hd_conn *c)
-{
-    struct http_pss *pss = container_of(c, struct http_pss, conn);
-    if (pss->mode == H_POLL)
-        pss->poll_ready = true;
-    lws_callback_on_writable(pss->wsi);
-}
-
-static void stream_close(struct hd_conn *c, int code, const char *reason)
-{
-    (void)code;
-    (void)reason;
-    struct http_pss *pss = container_of(c, struct http_pss, conn);
-    if (pss->mode == H_POLL)
-        pss->poll_ready = true; /* a drain answers waiting polls at once */
-    else
-        pss->stream_closing = true;
-    lws_callback_on_writable(pss->wsi);
-}
-
-static const struct hd_conn_ops stream_ops = {.want_write = stream_want_write,
-                                              .close = stream_close};
-
-static void sul_stream_tick(lws_sorted_usec_list_t *sul)
-{
-    struct http_pss *pss = container_of(sul, struct http_pss, sul);
-    pss->ticks++;
-    if (pss->mode == H_POLL) {
-        if (pss->ticks >= pss->deadline_ticks) {
-            pss->poll_ready = true;
-            lws_callback_on_writable(pss->wsi);
-            return;
-        }
-    } else {
-        if (pss->ticks % (SSE_KEEPALIVE_TICKS * 2) == 0) {
-            pss->keepalive_due = true;
-            lws_callback_on_writable(pss->wsi);
-        }
-    }
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
-}
-
-/* Writes response headers with CORS; for SSE no Content-Length. Returns 0 or -1. */
-static int write_headers(struct hd_server *s, struct http_pss *pss, int status, const char *ctype,
-                         lws_filepos_t clen)
-{
-    unsigned char buf[LWS_PRE + 2048];
-    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof(buf) - 1;
-    struct hd_http_resp *r = &pss->resp;
-    if (lws_add_http_common_headers(pss->wsi, (unsigned int)status, ctype, clen, &p, end))
-        return -1;
-    for (size_t i = 0; i < r->n_headers; i++)
-        if (lws_add_http_header_by_name(pss->wsi, (const unsigned char *)r->headers[i].name,
-                                        (const unsigned char *)r->headers[i].value,
-                                        (int)strlen(r->headers[i].value), &p, end))
-            return -1;
-    const char *cc = pss->mode == H_SSE ? "no-cache" : "no-store";
-    if (lws_add_http_header_by_name(pss->wsi, (const unsigned char *)"cache-control:",
-                                    (const unsigned char *)cc, (int)strlen(cc), &p, end))
-        return -1;
-    (void)s;
-    return lws_finalize_write_http_header(pss->wsi, start, &p, end) ? -1 : 0;
-}
-
-/* Gives a streaming request the identity the route authenticated (for rights, expiry and
- * reload) and attaches it. */
-static int stream_attach(struct hd_server *s, struct http_pss *pss, enum hd_conn_kind kind)
-{
-    hd_api_take_identity(&pss->resp, &pss->conn.identity, &pss->conn.credential);
-    if (hd_conn_attach(s->broker, &pss->conn, kind, &stream_ops)) {
-        hd_identity_clear(&pss->conn.identity);
-        free(pss->conn.credential);
-        pss->conn.credential = NULL;
-        return -1;
-    }
-    return 0;
-}
-
-static int sse_start(struct hd_server *s, struct http_pss *pss)
-{
-    struct hd_http_stream st = *pss->resp.stream;
-    hd_api_cors(s->broker, &pss->req, &pss->resp);
-    hd_http_resp_header(&pss->resp, "x-accel-buffering:", "no");
-    pss->mode = H_SSE;
-    if (stream_attach(s, pss, HD_CONN_SSE))
-        return -1;
-    if (write_headers(s, pss, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN))
-        return -1;
-    lws_http_mark_sse(pss->wsi);
-    lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
-    stream_watch(s, pss);
-    bool gap = false;
-    struct hd_error err;
-    /* The broker queues the replay, after a gap notice when there is one. */
-    if (hd_conn_subscribe(&pss->conn, st.pattern, st.has_since ? st.since : NULL, &gap, &err))
-        return -1;
-    hd_http_resp_clear(&pss->resp);
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
-    lws_callback_on_writable(pss->wsi);
-    return 0;
-}
-
-static int poll_start(struct hd_server *s, struct http_pss *pss)
-{
-    pss->mode = H_POLL;
-    if (stream_attach(s, pss, HD_CONN_POLL))
-        return -1;
-    bool gap;
-    struct hd_error err;
-    if (hd_conn_subscribe(&pss->conn, pss->resp.stream->pattern, NULL, &gap, &err))
-        return -1;
-    /* lws gives a request 5 s for its content; a long poll keeps its own deadline. */
-    lws_set_timeout(pss->wsi, NO_PENDING_TIMEOUT, 0);
-    stream_watch(s, pss);
-    pss->deadline_ticks = pss->resp.stream->wait_s * 2;
-    lws_sul_schedule(lws_get_context(pss->wsi), 0, &pss->sul, sul_stream_tick, STREAM_TICK_US);
-    return 0;
-}
-
-static int sse_writable(struct http_pss *pss, struct lws *wsi)
-{
-    hd_conn_writable(&pss->conn);
-    struct hd_msg *m = hd_conn_peek(&pss->conn);
-    /* A stream the broker ended still sends what it queued first (the notice saying why). */
-    if (pss->stream_closing && !m)
-        return -1;
-    if (m) {
-        size_t len = m->len;
-        const char *data = m->seq ? hd_msg_sse(m, &len) : (const char *)hd_msg_payload(m);
-        if (!data || lws_write(wsi, (unsigned char *)data, len, LWS_WRITE_HTTP) < (int)len)
-            return -1;
-        hd_conn_wrote(&pss->conn);
-        if (hd_conn_peek(&pss->conn) || pss->keepalive_due || pss->stream_closing) {
-            pss->conn.want_pending = true;
-            lws_callback_on_writable(wsi);
-        }
-        return 0;
-    }
-    if (pss->keepalive_due) {
-        unsigned char buf[LWS_PRE + 16];
-        memcpy(buf + LWS_PRE, ": keepalive\n\n", 13);
-        pss->keepalive_due = false;
-        if (lws_write(wsi, buf + LWS_PRE, 13, LWS_WRITE_HTTP) < 13)
-            return -1;
-    }
-    return 0;
-}
-
 /*
  * The body is complete: act on it at the end of this loop turn, never here. lws 4.1 re-feeds
  * stored input from the request line when the headers of a request with a body came from
@@ -427,8 +194,6 @@ enum {
 
 static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, size_t len);
 
-/* Feeds len raw bytes of a chunked body: 0 needs more, 1 the body is complete (anything after
- * it is ignored), -1 malformed. Data goes through http_body (and its size limit). */
 /* Transfer-Encoding is exactly "chunked" (any case): other codings are not decoded. */
 static bool is_chunked(struct lws *wsi)
 {
@@ -437,6 +202,10 @@ static bool is_chunked(struct lws *wsi)
            !strcasecmp(te, "chunked");
 }
 
+/* Feeds len raw bytes of a chunked body: 0 needs more, 1 the body is complete (anything after
+ * it is ignored), -1 malformed. Data goes through http_body (and its size limit). One switch
+ * over the decoder's states, longer than a function here usually is: each state is a few
+ * lines, and the grammar reads best in one place. */
 static int chunked_feed(struct hd_server *s, struct http_pss *pss, const char *in, size_t len)
 {
     size_t i = 0;
@@ -540,47 +309,21 @@ static int http_body_chunked(struct hd_server *s, struct http_pss *pss, const ch
     return body_complete(pss);
 }
 
-static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+/* Room for the strings copy_request keeps of a request: the path, query and headers it reads
+ * (lid: the Last-Event-ID header's length), each with its NUL, and the peer's address. */
+static size_t strings_size(struct lws *wsi, int ulen, int qlen, int lid)
 {
-    http_reset(pss);
-    pss->wsi = wsi;
-    pss->busy = true; /* until the answer completes the transaction */
-    char *uri;
-    int ulen;
-    int m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
-    pss->req.method = method_of(m);
-    pss->head = pss->req.method == HD_M_HEAD;
-    /* lws has already percent-decoded the path and split off the query. */
-    if (ulen < 0 || ulen > HD_TOPIC_MAX + 63) {
-        pss->req.path = "/";
-        hd_api_error(&pss->resp, HD_ERR_NOT_FOUND, "path too long");
-        return http_respond(s, pss);
-    }
-    int qlen = query_length(wsi);
-    int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
-    size_t cap = (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
-                 (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
-                 (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX +
-                 HD_IDEM_KEY_MAX + 2 + 8 + bounded_length(wsi, WSI_TOKEN_HOST, HOST_MAX) +
-                 bounded_length(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, IF_NONE_MATCH_MAX);
-    pss->strings = malloc(cap);
-    if (!pss->strings) {
-        pss->req.path = "/";
-        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
-        pss->close_after = true;
-        return http_respond(s, pss);
-    }
-    char *at = pss->strings, *end = pss->strings + cap;
-    memcpy(at, uri, (size_t)ulen);
-    at[ulen] = '\0';
-    pss->req.path = at;
-    at += ulen + 1;
-    if (qlen < 0) {
-        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "the query string is too long");
-        pss->close_after = true;
-        return http_respond(s, pss);
-    }
-    pss->req.query = copy_query(wsi, &at, end);
+    return (size_t)ulen + (size_t)(qlen > 0 ? qlen : 0) + CTYPE_MAX + ORIGIN_MAX +
+           (size_t)(lid > 0 && lid <= LAST_EVENT_ID_MAX ? lid : 0) +
+           (size_t)lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) + PEER_MAX +
+           HD_IDEM_KEY_MAX + 2 + 8 + bounded_length(wsi, WSI_TOKEN_HOST, HOST_MAX) +
+           bounded_length(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, IF_NONE_MATCH_MAX);
+}
+
+/* Copies the headers the API reads into pss->req, their text into at..end (sized by
+ * strings_size; lid as there), and the peer's address. */
+static void copy_headers(struct http_pss *pss, struct lws *wsi, char *at, const char *end, int lid)
+{
     pss->req.content_type = take_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, CTYPE_MAX, &at, end);
     pss->req.origin = take_header(wsi, WSI_TOKEN_ORIGIN, ORIGIN_MAX, &at, end);
     /* Last-Event-ID is not a token lws knows: read it as a custom header. */
@@ -615,56 +358,118 @@ static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *w
     pss->req.content_length = -1;
     if (srv_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl)))
         pss->req.content_length = strtoll(cl, NULL, 10);
+}
 
-    if (sc && sc->reserve) {
-        /* Past limits.max_connections, from loopback: health and metrics only, then close. */
-        pss->close_after = true;
-        if (strcmp(pss->req.path, "/healthz") != 0 && strcmp(pss->req.path, "/metrics") != 0) {
-            char msg[100];
-            snprintf(msg, sizeof(msg), "the server is at limits.max_connections (%u)",
-                     s->cfg->limits.max_connections);
-            hd_api_error(&pss->resp, HD_ERR_UNAVAILABLE, msg);
-            hd_http_resp_header(&pss->resp, "retry-after:", "1");
-            hd_broker_metrics(s->broker)->connections_refused++;
-            return http_respond(s, pss);
-        }
+/* Copies what lws parsed of the request into pss->req, the text into one allocation
+ * (pss->strings). False when the request is refused for it, with the answer in pss->resp. */
+static bool copy_request(struct http_pss *pss, struct lws *wsi)
+{
+    char *uri;
+    int ulen;
+    int m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
+    pss->req.method = method_of(m);
+    pss->head = pss->req.method == HD_M_HEAD;
+    /* lws has already percent-decoded the path and split off the query. */
+    if (ulen < 0 || ulen > HD_TOPIC_MAX + 63) {
+        pss->req.path = "/";
+        hd_api_error(&pss->resp, HD_ERR_NOT_FOUND, "path too long");
+        return false;
     }
-    /* No long requests yet: keep lws's content timeout for the body, or respond now. */
-    enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
-    if (next == HD_HTTP_SSE)
-        return sse_start(s, pss) ? -1 : 0;
-    if (next == HD_HTTP_LONGPOLL) {
-        if (poll_start(s, pss) == 0)
-            return 0;
-        stream_end(s, pss);
+    int qlen = query_length(wsi);
+    int lid = lws_hdr_custom_length(wsi, "last-event-id:", 14);
+    size_t cap = strings_size(wsi, ulen, qlen, lid);
+    pss->strings = malloc(cap);
+    if (!pss->strings) {
+        pss->req.path = "/";
         hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
-        return http_respond(s, pss);
+        pss->close_after = true;
+        return false;
     }
-    if (next == HD_HTTP_READ_BODY) {
-        if (pss->req.content_length < 0) {
-            if (srv_lws_decodes_chunked() && is_chunked(wsi)) {
-                pss->chunked = true;
-                pss->close_after = true; /* see chunked_feed */
-                pss->reading_body = true;
-                return 0;
-            }
-            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
-                /* lws 4.1 hands heraldd no chunked body; other codings are not decoded. */
-                hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
-                             "send the body with a Content-Length (chunked is not supported)");
-                pss->resp.status = 411;
-                pss->close_after = true;
-                return http_respond(s, pss);
-            }
-            /* No length and no chunking: an empty body, and lws reports no completion. */
-            pss->body_done = true;
-            pss->ready_ns = hd_now_ns();
-            srv_turn_add(s, &s->http_ready, &pss->ready);
-            return 0;
-        }
+    char *at = pss->strings, *end = pss->strings + cap;
+    memcpy(at, uri, (size_t)ulen);
+    at[ulen] = '\0';
+    pss->req.path = at;
+    at += ulen + 1;
+    if (qlen < 0) {
+        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST, "the query string is too long");
+        pss->close_after = true;
+        return false;
+    }
+    pss->req.query = copy_query(wsi, &at, end);
+    copy_headers(pss, wsi, at, end, lid);
+    return true;
+}
+
+/* A connection past limits.max_connections (from loopback) may ask for health and metrics
+ * only, and closes after: true when this request is refused, with the answer in pss->resp. */
+static bool reserve_refused(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    const struct srv_conn *sc = srv_conn_of(wsi);
+    if (!sc || !sc->reserve)
+        return false;
+    pss->close_after = true;
+    if (strcmp(pss->req.path, "/healthz") == 0 || strcmp(pss->req.path, "/metrics") == 0)
+        return false;
+    char msg[100];
+    snprintf(msg, sizeof(msg), "the server is at limits.max_connections (%u)",
+             s->cfg->limits.max_connections);
+    hd_api_error(&pss->resp, HD_ERR_UNAVAILABLE, msg);
+    hd_http_resp_header(&pss->resp, "retry-after:", "1");
+    hd_broker_metrics(s->broker)->connections_refused++;
+    return true;
+}
+
+/* The route wants the body: reads it (lws reports its end, or chunked_feed finds it), or, with
+ * none, lists the request for the end of the turn. 0, or http_respond's result. */
+static int body_start(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    if (pss->req.content_length >= 0) {
         pss->reading_body = true; /* lws reports completion even for an empty body */
         return 0;
     }
+    if (srv_lws_decodes_chunked() && is_chunked(wsi)) {
+        pss->chunked = true;
+        pss->close_after = true; /* see chunked_feed */
+        pss->reading_body = true;
+        return 0;
+    }
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
+        /* lws 4.1 hands heraldd no chunked body; other codings are not decoded. */
+        hd_api_error(&pss->resp, HD_ERR_BAD_REQUEST,
+                     "send the body with a Content-Length (chunked is not supported)");
+        pss->resp.status = 411;
+        pss->close_after = true;
+        return http_respond(s, pss);
+    }
+    /* No length and no chunking: an empty body, and lws reports no completion. */
+    pss->body_done = true;
+    pss->ready_ns = hd_now_ns();
+    srv_turn_add(s, &s->http_ready, &pss->ready);
+    return 0;
+}
+
+/* LWS_CALLBACK_HTTP: a request's head arrived. Copied, routed, then answered now, streamed,
+ * or its body read. 0, or -1 to close the connection. */
+static int http_request(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    http_reset(pss);
+    pss->wsi = wsi;
+    pss->busy = true; /* until the answer completes the transaction */
+    if (!copy_request(pss, wsi) || reserve_refused(s, pss, wsi))
+        return http_respond(s, pss);
+    /* No long requests yet: keep lws's content timeout for the body, or respond now. */
+    enum hd_http_next next = hd_api_route(s->broker, &pss->req, &pss->resp);
+    if (next == HD_HTTP_SSE)
+        return srv_sse_start(s, pss) ? -1 : 0;
+    if (next == HD_HTTP_LONGPOLL) {
+        if (srv_poll_start(s, pss) == 0)
+            return 0;
+        srv_stream_end(s, pss);
+        hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
+        return http_respond(s, pss);
+    }
+    if (next == HD_HTTP_READ_BODY)
+        return body_start(s, pss, wsi);
     /* Refused before its body was read: lws 4.1 would parse that body as the next request
      * (and can hang doing so), so the connection closes after this answer. */
     if (pss->req.content_length > 0 ||
@@ -757,30 +562,10 @@ static int http_body(struct hd_server *s, struct http_pss *pss, const char *in, 
     return 0;
 }
 
-static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+/* Writes pss->resp (status, headers, body) in one send, with connection: close when the
+ * connection closes after it. 0, or -1 when it could not be written. */
+static int write_response(struct http_pss *pss, struct lws *wsi)
 {
-    if (pss->mode == H_SSE)
-        return sse_writable(pss, wsi);
-    if (pss->body_done && !pss->publish_started) {
-        pss->publish_started = true;
-        return http_body_complete(s, pss); /* responds, now or when the commit is done */
-    }
-    if (pss->mode == H_POLL) {
-        if (!pss->poll_ready)
-            return 0;
-        struct hd_http_stream st = *pss->resp.stream;
-        enum hd_err ended = pss->conn.ended;
-        stream_end(s, pss);
-        if (ended)
-            hd_api_error(&pss->resp, ended,
-                         "the server's rules no longer allow reading this pattern");
-        else
-            hd_api_poll_answer(s->broker, &st, &pss->resp);
-        hd_api_cors(s->broker, &pss->req, &pss->resp);
-        pss->response_ready = true;
-    }
-    if (!pss->response_ready)
-        return 0;
     struct hd_http_resp *r = &pss->resp;
     size_t hcap = 2048;
     size_t body_len = pss->head ? 0 : r->body_len;
@@ -823,6 +608,16 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
     if (lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS) != (int)(p - start))
         goto fail;
     free(buf);
+    return 0;
+fail:
+    free(buf);
+    return -1;
+}
+
+/* The answer went out: the request is released and the connection closed or kept for the
+ * next one. 0, or -1 to close. */
+static int http_answered(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
     pss->response_ready = false;
     /* lws frees and re-zeroes the pss when the transaction completes: release first and
      * touch nothing after. */
@@ -836,9 +631,23 @@ static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *
         return -1;
     s->http_completed = wsi;
     return 0;
-fail:
-    free(buf);
-    return -1;
+}
+
+static int http_writable(struct hd_server *s, struct http_pss *pss, struct lws *wsi)
+{
+    if (pss->mode == H_SSE)
+        return srv_sse_writable(pss, wsi);
+    if (pss->body_done && !pss->publish_started) {
+        pss->publish_started = true;
+        return http_body_complete(s, pss); /* responds, now or when the commit is done */
+    }
+    if (pss->mode == H_POLL && !srv_poll_answer(s, pss))
+        return 0;
+    if (!pss->response_ready)
+        return 0;
+    if (write_response(pss, wsi))
+        return -1;
+    return http_answered(s, pss, wsi);
 }
 
 static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,

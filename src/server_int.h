@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Inside the transport: what server.c (context, listeners, accept-time limits, the end of
- * each loop turn), server_ws.c (WebSocket connections) and server_http.c (HTTP requests,
- * SSE, long polls) share. Nothing outside those three files includes it.
+ * each loop turn), server_ws.c (WebSocket connections), server_http.c (HTTP requests) and
+ * server_stream.c (SSE, long polls) share, with server_activation.c and server_guard.c.
+ * Nothing outside the server files includes it.
  */
 #ifndef HD_SERVER_INT_H
 #define HD_SERVER_INT_H
@@ -241,7 +242,9 @@ void srv_guard_answered(int fd);
 extern const struct lws_protocols srv_http_protocol;
 /* Acts on the request bodies completed this turn, unless publishers are held. */
 void srv_http_turn(struct hd_server *s, uint64_t now_ns);
+
+/* server_stream.c */
 /* The watcher of held-open requests (SSE, waiting long polls) saw its epoll set ready. */
-void srv_http_on_ep_ready(uv_poll_t *h, int status, int events);
+void srv_stream_on_ep_ready(uv_poll_t *h, int status, int events);
 
 #endif
