@@ -88,12 +88,42 @@ int hd__cfg_check_anon_pattern(const char *s, char *why, size_t cap)
     return hd__cfg_check_pattern(s, why, cap);
 }
 
+#define HOST_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-"
+
+/* Scans host[:port] at *pp (an [IPv6] address, or a name of `name_chars`) and moves *pp past
+ * it. A port is 1 to 5 digits up to 65535, and 0 only when `zero_port_ok`. */
+static bool scan_host_port(const char **pp, const char *name_chars, bool zero_port_ok)
+{
+    const char *p = *pp, *host = p;
+    if (*p == '[') {
+        p = strchr(p, ']');
+        if (!p)
+            return false;
+        p++;
+    } else {
+        while (*p && strchr(name_chars, *p))
+            p++;
+    }
+    if (p == host)
+        return false;
+    if (*p == ':') {
+        const char *d = ++p;
+        while (*p >= '0' && *p <= '9')
+            p++;
+        long port = atol(d);
+        if (p == d || p - d > 5 || port > 65535 || (port < 1 && !zero_port_ok))
+            return false;
+    }
+    *pp = p;
+    return true;
+}
+
 /* "*" or scheme://host[:port], the form browsers send in the Origin header. */
 int hd__cfg_check_origin(const char *s, char *why, size_t cap)
 {
     if (strcmp(s, "*") == 0)
         return 0;
-    const char *p = s, *host;
+    const char *p = s;
     if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
         goto bad;
     while (*p && *p != ':' &&
@@ -102,25 +132,9 @@ int hd__cfg_check_origin(const char *s, char *why, size_t cap)
         p++;
     if (strncmp(p, "://", 3) != 0)
         goto bad;
-    host = p += 3;
-    if (*p == '[') {
-        p = strchr(p, ']');
-        if (!p)
-            goto bad;
-        p++;
-    } else {
-        while (*p && strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-", *p))
-            p++;
-    }
-    if (p == host)
+    p += 3;
+    if (!scan_host_port(&p, HOST_CHARS, true))
         goto bad;
-    if (*p == ':') {
-        const char *d = ++p;
-        while (*p >= '0' && *p <= '9')
-            p++;
-        if (p == d || p - d > 5 || atol(d) > 65535)
-            goto bad;
-    }
     if (*p == '\0')
         return 0;
 bad:
@@ -138,7 +152,7 @@ bad:
  */
 int hd__cfg_check_nats_url(const char *s, char *why, size_t cap)
 {
-    const char *p, *host, *at;
+    const char *p, *at;
     if (strncmp(s, "nats://", 7) == 0)
         p = s + 7;
     else if (strncmp(s, "tls://", 6) == 0)
@@ -148,26 +162,8 @@ int hd__cfg_check_nats_url(const char *s, char *why, size_t cap)
     at = strrchr(p, '@');
     if (at)
         p = at + 1;
-    host = p;
-    if (*p == '[') {
-        p = strchr(p, ']');
-        if (!p)
-            goto bad;
-        p++;
-    } else {
-        while (*p &&
-               strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_", *p))
-            p++;
-    }
-    if (p == host)
+    if (!scan_host_port(&p, HOST_CHARS "_", false))
         goto bad;
-    if (*p == ':') {
-        const char *d = ++p;
-        while (*p >= '0' && *p <= '9')
-            p++;
-        if (p == d || p - d > 5 || atol(d) < 1 || atol(d) > 65535)
-            goto bad;
-    }
     if (*p == '/')
         p++;
     if (*p == '\0' && !strpbrk(s, " ,\t"))
