@@ -113,10 +113,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct hd_h1_refusal ra = {0}, rb = {0};
         size_t ca = 0, cb = 0, la = 0, lb = 0;
         /* server_guard.c reads one byte less than lws's buffer holds */
-        enum hd_h1_verdict va = hd_h1_feed(&a, &o, (const char *)data + at, piece, oa, piece + 1,
-                                           &ca, &la, &ra);
-        enum hd_h1_verdict vb = ref_h1_feed(&b, &o, (const char *)data + at, piece, ob, piece + 1,
-                                            &cb, &lb, &rb);
+        enum hd_h1_verdict va =
+            hd_h1_feed(&a, &o, (const char *)data + at, piece, oa, piece + 1, &ca, &la, &ra);
+        enum hd_h1_verdict vb =
+            ref_h1_feed(&b, &o, (const char *)data + at, piece, ob, piece + 1, &cb, &lb, &rb);
         if (va != vb || ca != cb || la != lb || memcmp(oa, ob, la) != 0)
             abort();
         same_refusal(va, &ra, &rb);
