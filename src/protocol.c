@@ -138,8 +138,11 @@ enum field_kind { F_ABSENT, F_STRING, F_INTEGER, F_OTHER };
 static const struct canon_member *span_find(const struct fields *f, const char *key)
 {
     size_t klen = strlen(key);
+    /* "id" and "op", "topic" and "event" share a length: the first byte tells them apart
+     * without a call */
     for (size_t i = 0; i < f->n; i++)
-        if (f->m[i].key_len == klen && memcmp(f->m[i].key, key, klen) == 0)
+        if (f->m[i].key_len == klen && f->m[i].key[0] == key[0] &&
+            memcmp(f->m[i].key, key, klen) == 0)
             return &f->m[i];
     return NULL;
 }
