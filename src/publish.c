@@ -230,14 +230,12 @@ enum hd_err hd_broker_publish_check(struct hd_broker *b, const struct hd_publish
     return HD_ERR_NONE;
 }
 
-enum hd_err hd_broker_publish_take(struct hd_broker *b, const struct hd_publisher *who, uint32_t n,
-                                   uint32_t *fits, struct hd_error *err)
+/* hd_broker_publish_take with a rate limit set (apart: the usual path without one is short). */
+__attribute__((noinline)) static enum hd_err rate_take(struct hd_broker *b,
+                                                       const struct hd_publisher *who, uint32_t n,
+                                                       uint32_t *fits, struct hd_error *err)
 {
     const struct hd_config *cfg = b->cfg;
-    if (fits)
-        *fits = n;
-    if (!cfg->limits.publish_rate)
-        return HD_ERR_NONE;
     char key[80];
     const char *name = hd_identity_name(who->identity);
     if (who->identity->kind != HD_ID_ANONYMOUS && name) {
@@ -265,6 +263,16 @@ enum hd_err hd_broker_publish_take(struct hd_broker *b, const struct hd_publishe
         err->retry_after = wait;
     }
     return HD_ERR_RATE_LIMITED;
+}
+
+enum hd_err hd_broker_publish_take(struct hd_broker *b, const struct hd_publisher *who, uint32_t n,
+                                   uint32_t *fits, struct hd_error *err)
+{
+    if (fits)
+        *fits = n;
+    if (!b->cfg->limits.publish_rate)
+        return HD_ERR_NONE;
+    return rate_take(b, who, n, fits, err);
 }
 
 static void on_duplicate_done(void *arg, int err, const struct hd_dedupe_answer *a)
