@@ -226,6 +226,32 @@ START_TEST(tracked_headers_in_any_case_at_any_split)
 }
 END_TEST
 
+START_TEST(value_bytes_are_checked_wherever_they_fall)
+{
+    /* Values are scanned eight bytes at a time: a control character, DEL or NUL is refused
+     * at any offset of a long value, and a tab is a value byte at any offset. */
+    for (size_t at = 0; at < 24; at++) {
+        static const char bad[] = {0x00, 0x01, 0x0b, 0x1f, 0x7f};
+        char req[128];
+        for (size_t b = 0; b < sizeof(bad); b++) {
+            int n = snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nX-Long: %.*sZ%.*s\r\n\r\n",
+                             (int)at, "abcdefghijklmnopqrstuvwxyz", (int)(24 - at),
+                             "abcdefghijklmnopqrstuvwxyz");
+            char *z = strchr(req, 'Z');
+            *z = bad[b];
+            expect_status(req, (size_t)n, 400, HD_ERR_BAD_REQUEST);
+        }
+        int n = snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nX-Long: %.*s\t%.*s\r\n\r\n", (int)at,
+                         "abcdefghijklmnopqrstuvwxyz", (int)(24 - at),
+                         "\x80\xff\x20~bcdefghijklmnopqrstuvwxyz");
+        struct result r;
+        feed(req, (size_t)n, 0, &r);
+        ck_assert_int_eq(r.v, H1_OK);
+        ck_assert_int_eq(r.h.state, H1_AWAIT);
+    }
+}
+END_TEST
+
 START_TEST(absolute_form_becomes_its_path)
 {
     static const struct {
@@ -335,6 +361,7 @@ static Suite *h1frame_suite(void)
     tcase_add_test(tc, smuggling_constructs_are_refused);
     tcase_add_test(tc, bad_heads_get_their_status);
     tcase_add_test(tc, tracked_headers_in_any_case_at_any_split);
+    tcase_add_test(tc, value_bytes_are_checked_wherever_they_fall);
     tcase_add_test(tc, absolute_form_becomes_its_path);
     tcase_add_test(tc, upgrades_hand_over_after_the_head);
     tcase_add_test(tc, websocket_frames_must_be_masked);
