@@ -141,7 +141,9 @@ static const struct canon_member *span_find(const struct fields *f, const char *
      * members, and most differ from the key in their first byte. */
     for (size_t i = 0; i < f->n; i++) {
         const char *k = f->m[i].key;
-        size_t n = f->m[i].key_len, j = 0;
+        size_t n = f->m[i].key_len, j = 1;
+        if (!n || k[0] != key[0])
+            continue;
         while (j < n && key[j] && k[j] == key[j])
             j++;
         if (j == n && !key[j])
