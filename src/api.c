@@ -197,9 +197,6 @@ const struct hd_identity *hd__api_who(struct hd_broker *b, const struct hd_http_
     return id;
 }
 
-static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const char *what,
-                    struct hd_http_resp *resp);
-
 /* Routes: each path shape lists the methods it answers, for 405 Allow and preflights. */
 enum route {
     R_NONE,
@@ -343,10 +340,8 @@ int hd_api_authenticate(struct hd_broker *b, const struct hd_http_req *req, stru
     return 0;
 }
 
-/* Authenticates and checks the right to read `what`; fills resp and returns false when
- * refused. */
-static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const char *what,
-                    struct hd_http_resp *resp)
+bool hd__api_allowed(struct hd_broker *b, const struct hd_http_req *req, const char *what,
+                     struct hd_http_resp *resp)
 {
     const struct hd_identity *id = hd__api_who(b, req, resp);
     if (!id)
@@ -360,166 +355,6 @@ static bool allowed(struct hd_broker *b, const struct hd_http_req *req, const ch
                                               : "these credentials may not read this pattern");
     hd__api_refuse(resp, &err);
     return false;
-}
-
-/*
- * Reads an unsigned query parameter within [min, max]; absent gives `def`. Only plain ASCII
- * digits count as a number: a sign, a space (decoded from `+` or `%20`) or a value too long
- * to hold is -1, never a number or absent.
- */
-static int query_uint(const char *query, const char *name, uint32_t min, uint32_t max, uint32_t def,
-                      uint32_t *out)
-{
-    char buf[16];
-    int n = hd_query_get(query, name, buf, sizeof(buf));
-    if (n == -2)
-        return -1; /* there, but undecodable or longer than any number in range */
-    if (n < 0) {
-        *out = def;
-        return 0;
-    }
-    if (n == 0 || n > 10)
-        return -1;
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++) {
-        if (buf[i] < '0' || buf[i] > '9')
-            return -1;
-        v = v * 10 + (uint64_t)(buf[i] - '0');
-    }
-    if (v < min || v > max)
-        return -1;
-    *out = (uint32_t)v;
-    return 0;
-}
-
-static bool pattern_param(const char *pattern, struct hd_http_stream *st, struct hd_http_resp *resp)
-{
-    if (hd_pattern_check(pattern, strlen(pattern))) {
-        hd_api_error(resp, HD_ERR_INVALID_TOPIC,
-                     "a pattern is a topic whose segments may also be * or a final >");
-        return false;
-    }
-    snprintf(st->pattern, sizeof(st->pattern), "%s", pattern);
-    return true;
-}
-
-void hd_api_poll_answer(struct hd_broker *b, const struct hd_http_stream *st,
-                        struct hd_http_resp *resp)
-{
-    struct hd_history *h = hd_broker_history(b);
-    struct hd_msg *stack[64], **events = stack;
-    if (st->limit > 64) {
-        events = malloc(sizeof(*events) * st->limit);
-        if (!events) {
-            hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
-            return;
-        }
-    }
-    size_t n = hd_history_collect(h, st->pattern, st->after, 0, events, st->limit);
-    size_t cap = 64 + HD_EVENT_ID_LEN;
-    for (size_t i = 0; i < n; i++)
-        cap += events[i]->len + 1;
-    char *body = malloc(cap);
-    if (!body) {
-        if (events != stack)
-            free(events);
-        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    /* The events are spliced in as encoded at publish: no re-encoding per poll. */
-    size_t o = 0;
-    memcpy(body, "{\"events\":[", 11);
-    o = 11;
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            body[o++] = ',';
-        memcpy(body + o, hd_msg_payload(events[i]), events[i]->len);
-        o += events[i]->len;
-        events[i]->queued++;
-        events[i]->written++;
-    }
-    /* With nothing new, the cursor moves to the newest id: nothing matching lies between. */
-    uint64_t next = n ? events[n - 1]->seq : hd_history_last_seq(h);
-    if (next < st->after)
-        next = st->after;
-    char id[HD_EVENT_ID_LEN + 1];
-    hd_event_id_format(next, id);
-    o += (size_t)snprintf(body + o, cap - o, "],\"next\":\"%s\",\"gap\":%s}", id,
-                          st->gap ? "true" : "false");
-    if (events != stack)
-        free(events);
-    hd__api_body(resp, 200, "application/json", body, o);
-}
-
-/*
- * The parameters of an SSE or long-poll request, attached to resp; NULL when resp already holds
- * the answer (out of memory, a bad pattern, no right to read it).
- */
-static struct hd_http_stream *stream_begin(struct hd_broker *b, const struct hd_http_req *req,
-                                           const char *pattern, struct hd_http_resp *resp)
-{
-    struct hd_http_stream *st = calloc(1, sizeof(*st));
-    if (!st) {
-        hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
-        return NULL;
-    }
-    free(resp->stream);
-    resp->stream = st;
-    if (!pattern_param(pattern, st, resp) || !allowed(b, req, st->pattern, resp))
-        return NULL;
-    return st;
-}
-
-static enum hd_http_next poll_route(struct hd_broker *b, const struct hd_http_req *req,
-                                    const char *pattern, struct hd_http_resp *resp)
-{
-    struct hd_http_stream *st = stream_begin(b, req, pattern, resp);
-    if (!st)
-        return HD_HTTP_RESPOND;
-    if (query_uint(req->query, "limit", 1, 1000, 100, &st->limit)) {
-        hd_api_error(resp, HD_ERR_BAD_REQUEST, "limit must be a whole number from 1 to 1000");
-        return HD_HTTP_RESPOND;
-    }
-    if (query_uint(req->query, "wait", 0, 60, 0, &st->wait_s)) {
-        hd_api_error(resp, HD_ERR_BAD_REQUEST, "wait must be a whole number of seconds, 0 to 60");
-        return HD_HTTP_RESPOND;
-    }
-    char since[256];
-    int n = hd_query_get(req->query, "since", since, sizeof(since));
-    struct hd_since cur = hd_since_parse(n >= 0 ? since : NULL);
-    if (n == -2)
-        cur.kind = HD_SINCE_INVALID; /* present but undecodable or too long: a gap */
-    struct hd_history *h = hd_broker_history(b);
-    st->after = hd_history_resolve(h, st->pattern, cur, &st->gap);
-    if (st->wait_s == 0 || st->gap || hd_history_count(h, st->pattern, st->after, 0) > 0 ||
-        hd_broker_draining(b)) {
-        hd_api_poll_answer(b, st, resp);
-        return HD_HTTP_RESPOND;
-    }
-    return HD_HTTP_LONGPOLL;
-}
-
-static enum hd_http_next sse_route(struct hd_broker *b, const struct hd_http_req *req,
-                                   const char *pattern, struct hd_http_resp *resp)
-{
-    struct hd_http_stream *st = stream_begin(b, req, pattern, resp);
-    if (!st)
-        return HD_HTTP_RESPOND;
-    if (hd_broker_draining(b)) {
-        hd_api_error(resp, HD_ERR_UNAVAILABLE, "the server is shutting down");
-        return HD_HTTP_RESPOND;
-    }
-    /* A reconnecting EventSource repeats its URL and adds Last-Event-ID: the header wins. */
-    if (req->last_event_id) {
-        snprintf(st->since, sizeof(st->since), "%s", req->last_event_id);
-        st->has_since = true;
-    } else {
-        int n = hd_query_get(req->query, "since", st->since, sizeof(st->since));
-        if (n == -2) /* present but undecodable or too long: a gap */
-            snprintf(st->since, sizeof(st->since), "invalid");
-        st->has_since = n != -1;
-    }
-    return HD_HTTP_SSE;
 }
 
 /* The status body: this node's counts plus the other nodes' (nodes 0: no "nodes" member). */
@@ -562,7 +397,7 @@ static enum hd_http_next status_route(struct hd_broker *b, const struct hd_http_
         return HD_HTTP_RESPOND;
     }
     /* The status carries the event itself: it takes the right to read its topic. */
-    if (!allowed(b, req, m->topic, resp))
+    if (!hd__api_allowed(b, req, m->topic, resp))
         return HD_HTTP_RESPOND;
     struct hd_engine *e = hd_broker_engine(b);
     if (e && hd_engine_is_nats(e))
@@ -728,9 +563,9 @@ enum hd_http_next hd_api_route(struct hd_broker *b, const struct hd_http_req *re
     case R_PUBLISH:
         return hd__api_publish_route(b, req, var, resp);
     case R_POLL:
-        return poll_route(b, req, var, resp);
+        return hd__api_poll_route(b, req, var, resp);
     case R_SSE:
-        return sse_route(b, req, var, resp);
+        return hd__api_sse_route(b, req, var, resp);
     case R_STATUS:
         return status_route(b, req, var, resp);
     case R_ASSET:

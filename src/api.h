@@ -48,7 +48,8 @@ struct hd_http_stream {
     char pattern[HD_TOPIC_MAX + 1];
     char since[256]; /* SSE: the cursor (query or Last-Event-ID), "" for live only */
     bool has_since;
-    uint64_t after; /* long poll: answer with matching events after this id */
+    uint64_t after;        /* long poll: answer with matching events after this id */
+    uint64_t replay_after; /* poll: a cursor older than history for the engine to replay, or 0 */
     bool gap;
     uint32_t limit;
     uint32_t wait_s;

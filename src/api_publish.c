@@ -548,6 +548,8 @@ int hd_api_publish(struct hd_broker *b, const struct hd_http_req *req, const cha
         return publish_batch(b, req, body, len, resp, done, arg);
     if (strncmp(req->path, "/v1/events/", 11) == 0) /* a status gathered over the cluster */
         return hd__api_status_gather(b, req, resp, done, arg);
+    if (req->method == HD_M_GET && resp->stream) /* a poll the engine replays */
+        return hd__api_poll_replay(b, resp, done, arg);
     const char *prefix = "/v1/topics/";
     if (strncmp(req->path, prefix, strlen(prefix)) != 0) {
         hd_api_error(resp, HD_ERR_NOT_FOUND, "no such endpoint");

@@ -91,6 +91,12 @@ struct hd_engine_sink {
      * history.dedupe_window_s, however long the events themselves are retained). */
     void (*recovered_key)(void *broker, const char *key, uint64_t seq, int64_t time_ms);
     /*
+     * Optional for engines (one whose history has no holes never calls it), after the
+     * recovered events: retention of an earlier life dropped events of `topic` (borrowed;
+     * NULL: of any topic) with ids up to `upto`, so cursors before it resolve with a gap.
+     */
+    void (*recovered_pruned)(void *broker, const char *topic, uint64_t upto);
+    /*
      * A discontinuity: events before `next_seq` that were not delivered may be missing
      * (a node cut off from its cluster for longer than the stream keeps). Live subscribers
      * get a gap frame, and cursors before it resolve with a gap.

@@ -5,7 +5,8 @@
  * and durability sync it happens when the group commit that holds the event reaches the
  * disk, in id order, so subscribers never see an event a crash could take back. Delivery
  * comes before the acknowledgement, so the broker's answer can count the receivers at once.
- * It never reports a gap and is ready once recovery is done.
+ * It never reports a feed gap (sink.gap); at recovery it reports where the store's retention
+ * cut history (sink.recovered_pruned), and it is ready once recovery is done.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -126,6 +127,14 @@ static void recovered_key(void *arg, const char *key, uint64_t seq, int64_t time
     s->recovered_key(s->broker, key, seq, time_ms);
 }
 
+static void recovered_pruned(void *arg, const char *topic, uint64_t upto)
+{
+    struct local_engine *le = arg;
+    struct hd_engine_sink *s = &le->base.sink;
+    if (s->recovered_pruned)
+        s->recovered_pruned(s->broker, topic, upto);
+}
+
 static int local_start(struct hd_engine *e, char *why, size_t why_len)
 {
     struct local_engine *le = (struct local_engine *)e;
@@ -134,7 +143,7 @@ static int local_start(struct hd_engine *e, char *why, size_t why_len)
         const struct hd_store_info *info = &le->info;
         s->recover_base(s->broker, info->base_seq);
         le->last_seq = info->last_seq > info->base_seq - 1 ? info->last_seq : info->base_seq - 1;
-        int r = hd_store_load(le->store, recovered, recovered_key, le);
+        int r = hd_store_load(le->store, recovered, recovered_pruned, recovered_key, le);
         if (r) {
             snprintf(why, why_len, "cannot load history from the event store: %s", strerror(-r));
             return r;

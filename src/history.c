@@ -12,7 +12,8 @@
  * for a topic the pattern matches, may have missed events. Topics emptied by age or memory
  * eviction are forgotten, folding their pruned id into one global horizon: since eviction
  * takes the globally oldest events first, that horizon only flags cursors older than
- * anything retained, not recent ones.
+ * anything retained, not recent ones. After a restart the store's record of what retention
+ * dropped sets the same two (hd_history_mark_pruned).
  */
 #include "history.h"
 
@@ -405,6 +406,18 @@ void hd_history_mark_gap(struct hd_history *h, uint64_t next_seq)
         h->forgotten_upto = next_seq - 1;
     if (next_seq && next_seq - 1 > h->last_seq)
         h->last_seq = next_seq - 1;
+}
+
+void hd_history_mark_pruned(struct hd_history *h, const char *topic, uint64_t upto)
+{
+    struct topic_state *t = topic ? topic_find(h, topic, hash_str(topic)) : NULL;
+    if (t && upto > t->pruned_upto)
+        t->pruned_upto = upto;
+    else if (!t && upto > h->forgotten_upto)
+        h->forgotten_upto = upto;
+    /* `upto` was an id: a cursor at it is valid even when nothing after it is retained. */
+    if (upto > h->last_seq)
+        h->last_seq = upto;
 }
 
 uint64_t hd_history_resolve(struct hd_history *h, const char *pattern, struct hd_since since,

@@ -89,6 +89,14 @@ int hd_history_set_base(struct hd_history *h, uint64_t base_seq);
  * a cursor before next_seq - 1 resolves with a gap from now on (retained events stay).
  */
 void hd_history_mark_gap(struct hd_history *h, uint64_t next_seq);
+/*
+ * Records where retention cut history in an earlier life (start-up recovery, after the
+ * recovered events): events of `topic` (borrowed; NULL: of any topic) with ids up to `upto`
+ * were dropped, so a cursor before `upto` on a pattern that matches it resolves with a gap.
+ * A topic that holds no retained event is not remembered by name: its boundary joins the
+ * horizon for every topic, as when eviction empties a topic.
+ */
+void hd_history_mark_pruned(struct hd_history *h, const char *topic, uint64_t upto);
 /* The newest sequence ever appended (or base_seq - 1 when none). */
 uint64_t hd_history_last_seq(const struct hd_history *h);
 size_t hd_history_events(const struct hd_history *h);

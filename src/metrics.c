@@ -185,7 +185,8 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
     counter(&b, "herald_feed_gaps_total",
             "Discontinuities in the event feed (live subscribers were sent a gap).", m->feed_gaps);
     counter(&b, "herald_engine_replays_total",
-            "Subscriptions whose replay came from the engine because history no longer held it.",
+            "Subscriptions and polls answered from the engine because history no longer held the "
+            "events.",
             m->engine_replays);
 
     if (m->engine_node) {

@@ -467,6 +467,12 @@ static void sink_recovered_key(void *broker, const char *key, uint64_t seq, int6
                            hd_wall_ms());
 }
 
+static void sink_recovered_pruned(void *broker, const char *topic, uint64_t upto)
+{
+    struct hd_broker *b = broker;
+    hd_history_mark_pruned(b->hist, topic, upto);
+}
+
 static void sink_gap(void *broker, uint64_t next_seq)
 {
     struct hd_broker *b = broker;
@@ -502,6 +508,7 @@ void hd__broker_sink(struct hd_broker *b, struct hd_engine_sink *sink)
         .recover_base = sink_recover_base,
         .recovered = sink_recovered,
         .recovered_key = sink_recovered_key,
+        .recovered_pruned = sink_recovered_pruned,
         .gap = sink_gap,
         .ready = sink_ready,
     };

@@ -26,8 +26,8 @@ struct ws_pss {
     uint32_t rx_len;      /* under max_event_bytes (at most 16 MiB) plus the envelope */
     uint16_t close_code;  /* WebSocket close codes are under 5000 */
     bool in_callback : 1; /* close requested from inside this wsi's own callback */
-    bool rx_discard : 1;
-    bool authed : 1; /* identity filled at the upgrade */
+    bool rx_discard : 1;  /* a receive callback asked lws to close: ignore what follows */
+    bool authed : 1;      /* identity filled at the upgrade */
     bool ping_due : 1;
     bool read_more : 1; /* listed in the server's read_more this turn */
 };
@@ -330,6 +330,10 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
         hd_conn_touch(&pss->conn);
         return 0;
     case LWS_CALLBACK_RECEIVE:
+        /* lws 4.3 keeps passing data frames up while its close frame waits for POLLOUT, and
+         * a second -1 then kills the socket without that frame (the peer saw EOF, not 1009). */
+        if (pss->rx_discard)
+            return 0;
         hd_conn_touch(&pss->conn);
         if (!pss->read_more && s->n_read_more < WS_READ_MORE_CONNS) {
             pss->read_more = true;
@@ -346,10 +350,14 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
                 srv_turn_add(s, &s->ws_paused, &pss->paused);
             }
         }
-        if (r || !pss->close_code)
+        if (r || !pss->close_code) {
+            pss->rx_discard = r != 0;
             return r;
-        if (!hd_conn_peek(&pss->conn))
+        }
+        if (!hd_conn_peek(&pss->conn)) {
+            pss->rx_discard = true;
             return ws_finish_close(pss, false);
+        }
         lws_callback_on_writable(wsi); /* flush the replies that explain the close first */
         lws_set_timeout(wsi, PENDING_TIMEOUT_LAGGING, 4);
         return 0;
@@ -394,7 +402,8 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
 static bool ws_more_to_read(struct ws_pss *pss, int *avail)
 {
     *avail = 0;
-    if (!pss->conn.broker || pss->conn.closing || pss->close_code || pss->paused.next)
+    if (!pss->conn.broker || pss->conn.closing || pss->close_code || pss->rx_discard ||
+        pss->paused.next)
         return false;
     int fd = lws_get_socket_fd(pss->wsi);
     return fd >= 0 && ioctl(fd, FIONREAD, avail) == 0 && *avail > 0;
@@ -449,7 +458,7 @@ void srv_ws_read_more(struct hd_server *s)
                     s->read_more[i] = NULL;
                     break;
                 }
-                if (pss->conn.closing || pss->close_code || pss->paused.next)
+                if (pss->conn.closing || pss->close_code || pss->rx_discard || pss->paused.next)
                     break;
             }
             live += s->read_more[i] != NULL;

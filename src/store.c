@@ -33,11 +33,27 @@ static const char *const sql_text[S__N] = {
     [S_LAST] = "UPDATE meta SET value = MAX(value, ?1) WHERE key = 'last_seq'",
     [S_PROBE] = "INSERT OR REPLACE INTO meta(key, value) VALUES('probe_ms', ?1)",
     [S_COUNT] = "SELECT COUNT(*) FROM events WHERE topic = ?1",
-    [S_PRUNE] = "DELETE FROM events WHERE seq IN "
-                "(SELECT seq FROM events WHERE topic = ?1 ORDER BY seq LIMIT ?2)",
-    /* Only the oldest rows by id are looked at: ids follow accept time, so this never scans. */
+    /* Per-topic retention drops a topic's oldest ?2 rows: the newest of them is where its
+     * history now begins, kept in `pruned` with the deletion so that a cursor before it still
+     * resolves with a gap after a restart. */
+    [S_PRUNE_UPTO] = "SELECT MAX(seq) FROM "
+                     "(SELECT seq FROM events WHERE topic = ?1 ORDER BY seq LIMIT ?2)",
+    [S_PRUNE] = "DELETE FROM events WHERE topic = ?1 AND seq <= ?2",
+    [S_PRUNED_SET] = "INSERT INTO pruned(topic, upto) VALUES(?1, ?2) "
+                     "ON CONFLICT(topic) DO UPDATE SET upto = MAX(upto, excluded.upto)",
+    /* Only the oldest rows by id are looked at: ids follow accept time, so this never scans.
+     * What age drops is (nearly) a prefix of all ids, so one horizon for every topic records
+     * it (meta pruned_upto): a cursor below it is older than anything retained. */
+    [S_AGE_UPTO] = "SELECT MAX(seq) FROM (SELECT seq, time_ms FROM events ORDER BY seq LIMIT ?1) "
+                   "WHERE time_ms < ?2",
     [S_AGE] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1) "
               "AND time_ms < ?2",
+    [S_HORIZON] = "UPDATE meta SET value = MAX(value, ?1) WHERE key = 'pruned_upto'",
+    /* A topic boundary at or below the horizon says nothing the horizon does not: dropping it
+     * keeps `pruned` to topics that still have rows in `events` (per-topic retention always
+     * leaves a topic's newest rows, and only age removes those, raising the horizon above). */
+    [S_PRUNED_GC] = "DELETE FROM pruned WHERE topic IN (SELECT topic FROM pruned WHERE upto <= "
+                    "(SELECT value FROM meta WHERE key = 'pruned_upto') LIMIT ?1)",
     /* A key outlives its event's retention: a repeat inside the window still gets the
      * first answer, even when the event itself has left history. */
     [S_KEY] = "INSERT OR IGNORE INTO keys(key, seq, time_ms) VALUES(?1, ?2, ?3)",
@@ -231,9 +247,16 @@ static int prune_step(struct hd_store *st, uint64_t now)
         int64_t want = e->count - max < budget ? e->count - max : budget;
         bool done = !max || want <= 0;
         if (!done) {
-            if ((rc = run(st, S_PRUNE, e->topic, 0, want, NULL)))
+            int64_t upto = 0, ch = 0;
+            if ((rc = run(st, S_PRUNE_UPTO, e->topic, 0, want, &upto)))
                 return rc;
-            int64_t ch = sqlite3_changes(st->db);
+            if (upto) {
+                if ((rc = run(st, S_PRUNE, e->topic, 0, upto, NULL)))
+                    return rc;
+                ch = sqlite3_changes(st->db);
+                if ((rc = run(st, S_PRUNED_SET, e->topic, 0, upto, NULL)))
+                    return rc;
+            }
             budget -= ch;
             e->count -= ch;
             /* Fewer rows than counted (some aged out): read the count again, stop chasing. */
@@ -256,13 +279,22 @@ static int prune_step(struct hd_store *st, uint64_t now)
     }
     if (!st->wlim.max_age_s || budget <= 0 || (!st->age_more && now < st->next_age_ms))
         return SQLITE_OK;
-    int64_t cut = hd_wall_ms() - (int64_t)st->wlim.max_age_s * 1000;
-    if ((rc = run(st, S_AGE, NULL, budget, cut, NULL)))
+    int64_t cut = hd_wall_ms() - (int64_t)st->wlim.max_age_s * 1000, upto = 0, ch = 0, gc;
+    if ((rc = run(st, S_AGE_UPTO, NULL, budget, cut, &upto)))
         return rc;
-    int64_t ch = sqlite3_changes(st->db);
+    if (upto) {
+        if ((rc = run(st, S_AGE, NULL, budget, cut, NULL)))
+            return rc;
+        ch = sqlite3_changes(st->db);
+        if ((rc = run(st, S_HORIZON, NULL, upto, 0, NULL)))
+            return rc;
+    }
+    if ((rc = run(st, S_PRUNED_GC, NULL, PRUNE_STEP, 0, NULL)))
+        return rc;
+    gc = sqlite3_changes(st->db);
     if (ch)
         tmap_clear(m); /* counts of the topics hit are stale: read again on their next write */
-    st->age_more = ch >= budget;
+    st->age_more = ch >= budget || gc >= PRUNE_STEP;
     st->next_age_ms = now + AGE_CHECK_MS;
     return SQLITE_OK;
 }
@@ -535,7 +567,17 @@ static void free_keys(struct hd_store *st)
     st->nkeys = 0;
 }
 
+static void free_pruned(struct hd_store *st)
+{
+    for (size_t i = 0; i < st->npruned; i++)
+        free(st->pruned[i].topic);
+    free(st->pruned);
+    st->pruned = NULL;
+    st->npruned = st->pruned_cap = 0;
+}
+
 int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg),
+                  void (*pruned_fn)(void *arg, const char *topic, uint64_t upto),
                   void (*key_fn)(void *arg, const char *key, uint64_t seq, int64_t time_ms),
                   void *arg)
 {
@@ -547,6 +589,14 @@ int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg)
     free(st->loaded);
     st->loaded = NULL;
     st->nloaded = 0;
+    if (pruned_fn && st->horizon)
+        pruned_fn(arg, NULL, st->horizon);
+    /* Boundaries at or below the horizon add nothing (the preload's may be). */
+    for (size_t i = 0; pruned_fn && i < st->npruned; i++)
+        if (st->pruned[i].upto > st->horizon)
+            pruned_fn(arg, st->pruned[i].topic, st->pruned[i].upto);
+    free_pruned(st);
+    st->horizon = 0;
     for (size_t i = 0; key_fn && i < st->nkeys; i++)
         key_fn(arg, st->keys[i].key, st->keys[i].seq, st->keys[i].time_ms);
     free_keys(st);
@@ -572,6 +622,7 @@ static void destroy(struct hd_store *st)
     st->loaded = NULL;
     st->nloaded = 0;
     free_keys(st);
+    free_pruned(st);
     hd__store_tmap_free(&st->counts);
     for (int i = 0; i < S__N; i++)
         sqlite3_finalize(st->stmt[i]);
@@ -658,6 +709,7 @@ struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_du
         hd__store_set_err(err, errlen, "data_dir %s is too long", data_dir);
     } else if (hd__store_db_open(st, new_base_seq, info, err, errlen) == 0 &&
                hd__store_preload(st, lim, err, errlen) == 0 &&
+               hd__store_preload_pruned(st, err, errlen) == 0 &&
                hd__store_preload_keys(st, lim, err, errlen) == 0) {
         info->events = st->nloaded;
         if (start(st) == 0)

@@ -4,7 +4,8 @@
  * group commit so the event loop never waits on the disk. The loop thread appends encoded
  * events; the writer batches whatever is queued into one transaction; completions come back
  * to the loop thread (uv_async) in append order. On open it reports what it holds so ids
- * continue after a restart, and it replays retained events into history.
+ * continue after a restart, and it replays retained events into history, with where retention
+ * cut them so that a cursor into what was dropped still resolves with a gap.
  */
 #ifndef HD_STORE_H
 #define HD_STORE_H
@@ -37,12 +38,17 @@ struct hd_store *hd_store_open(uv_loop_t *loop, const char *data_dir, enum hd_du
 
 /*
  * Loads the retained events, oldest first, calling `fn(arg, msg)` for each (the message has
- * one reference, which the callee owns), then the idempotency keys still inside
+ * one reference, which the callee owns); then where retention cut history (`pruned_fn`, may
+ * be NULL; the topic is borrowed): once with topic NULL and the horizon below which events of
+ * any topic may be gone (when there is one), then per topic the newest id retention dropped
+ * from it, where that is above the horizon (what the writer pruned in earlier lives, and what
+ * this load skipped because the limits are lower now); then the idempotency keys still inside
  * key_window_s, oldest first, with the id and time of the event each first published
- * (`key_fn` may be NULL; the key is borrowed). Runs on the calling thread before serving
- * starts. Returns 0 or a negative errno.
+ * (`key_fn` may be NULL; the key is borrowed). Everything is handed out once. Runs on the
+ * calling thread before serving starts. Returns 0 or a negative errno.
  */
 int hd_store_load(struct hd_store *st, void (*fn)(void *arg, struct hd_msg *msg),
+                  void (*pruned_fn)(void *arg, const char *topic, uint64_t upto),
                   void (*key_fn)(void *arg, const char *key, uint64_t seq, int64_t time_ms),
                   void *arg);
 

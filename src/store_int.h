@@ -15,7 +15,10 @@
 
 #include "store.h"
 
-#define SCHEMA_VERSION 2            /* 2: the keys table (idempotency keys) */
+/* 2: the keys table (idempotency keys); 3: the pruned table and meta pruned_upto (where
+ * retention cut history, so a cursor into what it dropped still resolves with a gap after a
+ * restart) */
+#define SCHEMA_VERSION 3
 #define APP_ID 0x48524c44           /* "HRLD" in the SQLite header: marks the file as ours */
 #define MAX_BATCH 4096              /* events per transaction */
 #define MAX_BATCH_BYTES (16u << 20) /* and at most about this much payload */
@@ -39,6 +42,13 @@ struct loaded_key {
     char *key;
     uint64_t seq;
     int64_t time_ms;
+};
+
+/* A retention boundary read at open: events of `topic` (NULL: of every topic) with ids up to
+ * `upto` were dropped. */
+struct loaded_pruned {
+    char *topic;
+    uint64_t upto;
 };
 
 struct jlist {
@@ -68,8 +78,13 @@ enum {
     S_LAST,
     S_PROBE,
     S_COUNT,
+    S_PRUNE_UPTO,
     S_PRUNE,
+    S_PRUNED_SET,
+    S_AGE_UPTO,
     S_AGE,
+    S_HORIZON,
+    S_PRUNED_GC,
     S_KEY,
     S_KEY_AGE,
     S__N
@@ -115,6 +130,9 @@ struct hd_store {
     size_t nloaded;
     struct loaded_key *keys;
     size_t nkeys;
+    uint64_t horizon; /* meta pruned_upto at open, then raised by what the preload skipped */
+    struct loaded_pruned *pruned;
+    size_t npruned, pruned_cap;
 };
 
 /* Prepares every statement of the writer (store.c). SQLITE_OK or the error. */
@@ -131,6 +149,7 @@ int hd__store_db_open(struct hd_store *st, uint64_t new_base, struct hd_store_in
                       size_t errlen);
 int hd__store_preload(struct hd_store *st, const struct hd_history_limits *lim, char *err,
                       size_t errlen);
+int hd__store_preload_pruned(struct hd_store *st, char *err, size_t errlen);
 int hd__store_preload_keys(struct hd_store *st, const struct hd_history_limits *lim, char *err,
                            size_t errlen);
 void hd__store_warn_if_empty(const char *path);

@@ -58,14 +58,32 @@ static int query_int(sqlite3 *db, const char *sql, const char *key, int64_t *out
 #define KEYS_SQL                                                                                   \
     "CREATE TABLE keys(key TEXT PRIMARY KEY, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL);"     \
     "CREATE INDEX keys_time ON keys(time_ms);"
+/* Where retention cut history: per topic the newest id it dropped, and in meta pruned_upto a
+ * horizon for every topic (store.c says which deletion writes which). */
+#define PRUNED_SQL                                                                                 \
+    "CREATE TABLE pruned(topic TEXT PRIMARY KEY, upto INTEGER NOT NULL) WITHOUT ROWID;"            \
+    "CREATE INDEX pruned_by_upto ON pruned(upto);"
 static const char schema_sql[] =
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "CREATE TABLE events(seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, time_ms INTEGER NOT "
     "NULL, event TEXT NOT NULL, payload BLOB NOT NULL);"
-    "CREATE INDEX events_topic_seq ON events(topic, seq);" KEYS_SQL;
-/* Version 1 had no keys table; adding it is the whole upgrade. */
+    "CREATE INDEX events_topic_seq ON events(topic, seq);" KEYS_SQL PRUNED_SQL;
+/* Version 1 had no keys table; adding it is the whole upgrade to 2. */
 static const char upgrade_1_sql[] = KEYS_SQL "UPDATE meta SET value = 2 WHERE key = "
                                              "'schema_version';";
+/*
+ * Version 2 did not record what retention dropped, so the upgrade assumes the worst: every
+ * topic may have lost what came before its oldest row, and every topic may have lost
+ * everything before the oldest row of all (with no row left: everything up to last_seq). A
+ * cursor older than that resolves with a gap once after the upgrade, even where nothing was
+ * dropped; a false gap makes a client resynchronise, a missed one would lose events.
+ */
+static const char upgrade_2_sql[] =
+    PRUNED_SQL "INSERT INTO meta VALUES('pruned_upto', COALESCE((SELECT MIN(seq) - 1 FROM events), "
+               "(SELECT value FROM meta WHERE key = 'last_seq'), 0));"
+               "INSERT INTO pruned(topic, upto) SELECT topic, MIN(seq) - 1 FROM events GROUP BY "
+               "topic HAVING MIN(seq) - 1 > (SELECT value FROM meta WHERE key = 'pruned_upto');"
+               "UPDATE meta SET value = 3 WHERE key = 'schema_version';";
 
 /* Opens the file, checks or creates the schema and fills base_seq and last_seq. */
 int hd__store_db_open(struct hd_store *st, uint64_t new_base, struct hd_store_info *info, char *err,
@@ -100,7 +118,7 @@ int hd__store_db_open(struct hd_store *st, uint64_t new_base, struct hd_store_in
         hd__store_set_err(err, errlen, "cannot put the store %s in WAL mode", st->path);
         return -1;
     }
-    int64_t tables, app, version = 0, base = 0, last = 0, maxseq = 0;
+    int64_t tables, app, version = 0, base = 0, last = 0, maxseq = 0, horizon = 0;
     if ((rc = sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) ||
         (rc = query_int(st->db, "SELECT COUNT(*) FROM sqlite_master", NULL, &tables)) ||
         (rc = query_int(st->db, "PRAGMA application_id", NULL, &app)))
@@ -108,7 +126,7 @@ int hd__store_db_open(struct hd_store *st, uint64_t new_base, struct hd_store_in
     if (tables == 0) {
         snprintf(sql, sizeof(sql),
                  "PRAGMA application_id=%d; INSERT INTO meta VALUES('schema_version', %d), "
-                 "('base_seq', %" PRId64 "), ('last_seq', 0);",
+                 "('base_seq', %" PRId64 "), ('last_seq', 0), ('pruned_upto', 0);",
                  APP_ID, SCHEMA_VERSION, (int64_t)new_base);
         if ((rc = sqlite3_exec(st->db, schema_sql, NULL, NULL, NULL)) ||
             (rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL)))
@@ -126,10 +144,13 @@ int hd__store_db_open(struct hd_store *st, uint64_t new_base, struct hd_store_in
         (rc = query_int(st->db, get, "last_seq", &last)) ||
         (rc = query_int(st->db, "SELECT MAX(seq) FROM events", NULL, &maxseq)))
         return hd__store_open_err(st, rc, err, errlen);
-    if (version == 1) {
-        if ((rc = sqlite3_exec(st->db, upgrade_1_sql, NULL, NULL, NULL)))
+    if (version == 1 || version == 2) {
+        int64_t from = version;
+        if ((version == 1 && (rc = sqlite3_exec(st->db, upgrade_1_sql, NULL, NULL, NULL))) ||
+            (rc = sqlite3_exec(st->db, upgrade_2_sql, NULL, NULL, NULL)))
             return hd__store_open_err(st, rc, err, errlen);
-        hd_log_info("store upgraded", "path=%s schema_version=%d", st->path, SCHEMA_VERSION);
+        hd_log_info("store upgraded", "path=%s from_schema_version=%" PRId64 " schema_version=%d",
+                    st->path, from, SCHEMA_VERSION);
         version = SCHEMA_VERSION;
     }
     if (version != SCHEMA_VERSION) {
@@ -146,6 +167,9 @@ int hd__store_db_open(struct hd_store *st, uint64_t new_base, struct hd_store_in
              hd_wall_ms());
     if ((rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL)) != SQLITE_OK)
         return hd__store_open_err(st, rc, err, errlen);
+    if ((rc = query_int(st->db, get, "pruned_upto", &horizon)))
+        return hd__store_open_err(st, rc, err, errlen);
+    st->horizon = horizon > 0 ? (uint64_t)horizon : 0;
     info->base_seq = (uint64_t)base;
     info->last_seq = (uint64_t)(maxseq > last ? maxseq : last);
     if ((rc = hd__store_prepare(st)) != SQLITE_OK)
@@ -153,14 +177,37 @@ int hd__store_db_open(struct hd_store *st, uint64_t new_base, struct hd_store_in
     return 0;
 }
 
-/* Reads what retention allows, newest first per topic, into st->loaded (oldest first). */
+/* Adds a topic's retention boundary to st->pruned. Returns 0 or -1 (out of memory). */
+static int add_pruned(struct hd_store *st, const char *topic, uint64_t upto)
+{
+    if (st->npruned == st->pruned_cap) {
+        size_t ncap = st->pruned_cap ? st->pruned_cap * 2 : 64;
+        struct loaded_pruned *n = realloc(st->pruned, ncap * sizeof(*n));
+        if (!n)
+            return -1;
+        st->pruned = n;
+        st->pruned_cap = ncap;
+    }
+    char *t = strdup(topic);
+    if (!t)
+        return -1;
+    st->pruned[st->npruned++] = (struct loaded_pruned){.topic = t, .upto = upto};
+    return 0;
+}
+
+/*
+ * Reads what retention allows, newest first per topic, into st->loaded (oldest first). What
+ * the limits skip (rows the writer has not deleted yet: expired while down, or over a limit
+ * lowered since) is a cut like the writer's: the newest aged row raises st->horizon, the
+ * newest row a topic's limit skips goes to st->pruned.
+ */
 int hd__store_preload(struct hd_store *st, const struct hd_history_limits *lim, char *err,
                       size_t errlen)
 {
     sqlite3_stmt *s;
     int rc = sqlite3_prepare_v2(st->db,
                                 "SELECT seq, topic, time_ms, event, payload FROM "
-                                "events WHERE time_ms >= ?1 ORDER BY seq DESC",
+                                "events ORDER BY seq DESC",
                                 -1, &s, NULL);
     if (rc != SQLITE_OK)
         return hd__store_open_err(st, rc, err, errlen);
@@ -168,9 +215,14 @@ int hd__store_preload(struct hd_store *st, const struct hd_history_limits *lim, 
     struct tmap seen = {0};
     size_t cap = 0;
     bool oom = false;
-    rc = sqlite3_bind_int64(s, 1, cut);
-    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         rc = SQLITE_OK;
+        uint64_t seq = (uint64_t)sqlite3_column_int64(s, 0);
+        if (sqlite3_column_int64(s, 2) < cut) {
+            if (seq > st->horizon)
+                st->horizon = seq; /* the payload is never read: no overflow pages */
+            continue;
+        }
         const char *topic = (const char *)sqlite3_column_text(s, 1);
         const char *event = (const char *)sqlite3_column_text(s, 3);
         bool created;
@@ -179,8 +231,14 @@ int hd__store_preload(struct hd_store *st, const struct hd_history_limits *lim, 
             oom = topic && event;
             break;
         }
-        if (lim->max_events_per_topic && ++e->count > lim->max_events_per_topic)
+        if (lim->max_events_per_topic && ++e->count > lim->max_events_per_topic) {
+            /* Newest first: the first row skipped is the newest this topic loses. */
+            if (e->count == (int64_t)lim->max_events_per_topic + 1 && add_pruned(st, topic, seq)) {
+                oom = true;
+                break;
+            }
             continue;
+        }
         const void *payload = sqlite3_column_blob(s, 4);
         size_t len = (size_t)sqlite3_column_bytes(s, 4);
         if (st->nloaded == cap) {
@@ -216,6 +274,33 @@ int hd__store_preload(struct hd_store *st, const struct hd_history_limits *lim, 
         st->loaded[j - 1] = t;
     }
     return 0;
+}
+
+/* Reads the per-topic boundaries the writer recorded, above the horizon, into st->pruned
+ * (after what the preload added). */
+int hd__store_preload_pruned(struct hd_store *st, char *err, size_t errlen)
+{
+    sqlite3_stmt *s;
+    int rc =
+        sqlite3_prepare_v2(st->db, "SELECT topic, upto FROM pruned WHERE upto > ?1", -1, &s, NULL);
+    if (rc != SQLITE_OK)
+        return hd__store_open_err(st, rc, err, errlen);
+    bool oom = false;
+    rc = sqlite3_bind_int64(s, 1, (sqlite3_int64)st->horizon);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        rc = SQLITE_OK;
+        const char *topic = (const char *)sqlite3_column_text(s, 0);
+        if (topic && add_pruned(st, topic, (uint64_t)sqlite3_column_int64(s, 1))) {
+            oom = true;
+            break;
+        }
+    }
+    if (rc != SQLITE_DONE && !oom)
+        hd__store_open_err(st, rc, err, errlen);
+    sqlite3_finalize(s);
+    if (oom)
+        hd__store_set_err(err, errlen, "out of memory loading the store %s", st->path);
+    return oom || rc != SQLITE_DONE ? -1 : 0;
 }
 
 /* Reads the idempotency keys still inside the window into st->keys. */

@@ -5,12 +5,13 @@
  * subscribers before its publisher is answered; with the SQLite store (a fresh temporary
  * data_dir and a real uv loop, run until the store's completions arrive), nothing is
  * delivered or acknowledged before its commit, a restart over the same directory recovers
- * history and continues the ids, idempotency keys survive the restart for
- * history.dedupe_window_s and no longer, and a failing store refuses with 503 and changes
- * nothing. Publishes go through hd_broker_publish and, where the answer's shape matters, the
- * HTTP API (hd_api_route / hd_api_publish), whose asynchronous completion only a durable
- * store exercises. Subscribers are SSE connections on the shared fake transport
- * (fake_conn.h).
+ * history and continues the ids, a cursor into what retention dropped (by count, by age while
+ * down, or by a limit lowered between lives) still resolves with a gap, idempotency keys
+ * survive the restart for history.dedupe_window_s and no longer, and a failing store refuses
+ * with 503 and changes nothing. Publishes go through hd_broker_publish and, where the
+ * answer's shape matters, the HTTP API (hd_api_route / hd_api_publish), whose asynchronous
+ * completion only a durable store exercises. Subscribers are SSE connections on the shared
+ * fake transport (fake_conn.h).
  */
 #include <check.h>
 #include <errno.h>
@@ -594,14 +595,12 @@ static bool cursor_gap(const char *pattern, uint64_t seq)
 }
 
 /*
- * BUG: history forgets across a restart which events retention dropped. With
- * max_events_per_topic 2, four events e1..e4 on one topic leave e3 and e4; a client whose
- * cursor is e1 missed e2. Before the restart its cursor resolves with a gap, as PROTOCOL.md
- * section 5 requires; after it, the recovered history knows only base_seq and e3..e4, so the
- * cursor resolves without a gap and the client silently never sees e2 (src/history.c
- * hd_history_resolve trusts any id between base and last; recovery does not mark what the
- * store pruned, e.g. with hd_history_mark_gap up to the first recovered id per topic or
- * overall). Not registered until recovery keeps that boundary.
+ * Retention's cut survives a restart (issue 13). With max_events_per_topic 2, four events
+ * e1..e4 on one topic leave e3 and e4; a client whose cursor is e1 missed e2, so its cursor
+ * resolves with a gap (PROTOCOL.md section 5), before the restart and after it, on the topic
+ * and on a wildcard that matches it; e2, the oldest id whose successors are all retained, is a
+ * valid cursor. The store records the boundary with the deletion, so it holds across any
+ * number of restarts.
  */
 START_TEST(sqlite_restart_keeps_retention_gap)
 {
@@ -611,13 +610,88 @@ START_TEST(sqlite_restart_keeps_retention_gap)
     uint64_t seq[4];
     for (int i = 0; i < 4; i++)
         seq[i] = publish_wait("t", NULL).res.seq;
+    uint64_t other = publish_wait("u", NULL).res.seq;
     ck_assert_uint_eq(hd_history_count(hd_broker_history(b), "t", 0, 0), 2);
     ck_assert(cursor_gap("t", seq[0]));
     ck_assert(!cursor_gap("t", seq[1]));
-    restart();
-    ck_assert_uint_eq(hd_history_count(hd_broker_history(b), "t", 0, 0), 2);
-    ck_assert(!cursor_gap("t", seq[1]));
-    ck_assert_msg(cursor_gap("t", seq[0]), "a cursor before a pruned event resolves without gap");
+    for (int life = 0; life < 2; life++) {
+        restart();
+        ck_assert_uint_eq(hd_history_count(hd_broker_history(b), "t", 0, 0), 2);
+        ck_assert(!cursor_gap("t", seq[1]));
+        ck_assert_msg(cursor_gap("t", seq[0]),
+                      "a cursor before a pruned event resolves without gap (life %d)", life);
+        ck_assert(cursor_gap(">", seq[0]));
+        ck_assert(!cursor_gap(">", seq[1]));
+        ck_assert(!cursor_gap("u", seq[0])); /* "u" lost nothing */
+        ck_assert(!cursor_gap("t", other));  /* the newest id, of another topic */
+    }
+    shutdown_broker();
+    ck_assert_int_eq(db_count("pruned", "topic = 't'"), 1);
+}
+END_TEST
+
+/*
+ * A limit lowered between two lives cuts history at start, before the writer deletes anything:
+ * the skipped events are as gone as pruned ones, and stay so once the writer prunes them.
+ */
+START_TEST(sqlite_lower_limit_at_restart_gives_gap)
+{
+    use_sqlite();
+    cfg.history.max_events_per_topic = 10;
+    boot();
+    uint64_t seq[4];
+    for (int i = 0; i < 4; i++)
+        seq[i] = publish_wait("l", NULL).res.seq;
+    ck_assert(!cursor_gap("l", seq[0]));
+    shutdown_broker();
+    cfg.history.max_events_per_topic = 2;
+    boot();
+    ck_assert_uint_eq(hd_history_count(hd_broker_history(b), "l", 0, 0), 2);
+    ck_assert(cursor_gap("l", seq[0]));
+    ck_assert(!cursor_gap("l", seq[1]));
+    uint64_t last = publish_wait("l", NULL).res.seq; /* the writer now prunes e1..e3 */
+    shutdown_broker();
+    ck_assert_int_eq(db_count("events", "topic = 'l'"), 2);
+    boot();
+    ck_assert(cursor_gap("l", seq[0]));
+    ck_assert(cursor_gap("l", seq[1]));
+    ck_assert(!cursor_gap("l", seq[2])); /* e3 was pruned, but nothing after it */
+    ck_assert(!cursor_gap("l", seq[3]));
+    ck_assert(!cursor_gap("l", last));
+}
+END_TEST
+
+/*
+ * Every event of a topic expired while the daemon was down (history.max_age_s): no event of it
+ * is recovered, and still a cursor before its last event resolves with a gap, after the
+ * start-up skips them and after the writer deleted them. The newest id stays a valid cursor.
+ */
+START_TEST(sqlite_restart_gap_when_topic_expired)
+{
+    use_sqlite();
+    cfg.history.max_age_s = 3600;
+    boot();
+    uint64_t g1 = publish_wait("gone", NULL).res.seq;
+    uint64_t g2 = publish_wait("gone", NULL).res.seq;
+    shutdown_broker();
+    /* As if "gone" had been published two hours ago. */
+    db_exec("UPDATE events SET time_ms = time_ms - 7200000 WHERE topic = 'gone'");
+    boot();
+    ck_assert_uint_eq(history_count(), 0);
+    ck_assert(cursor_gap("gone", g1));
+    ck_assert(!cursor_gap("gone", g2));
+    sleep_loop(300); /* the writer's age check at start deletes them */
+    shutdown_broker();
+    ck_assert_int_eq(db_count("events", "1"), 0);
+    boot();
+    ck_assert(cursor_gap("gone", g1));
+    ck_assert(cursor_gap(">", g1));
+    ck_assert(!cursor_gap("gone", g2));
+    /* A new event in this life does not make the old cursor valid again. */
+    uint64_t n = publish_wait("gone", NULL).res.seq;
+    ck_assert_uint_gt(n, g2);
+    ck_assert(cursor_gap("gone", g1));
+    ck_assert(!cursor_gap("gone", g2));
 }
 END_TEST
 
@@ -767,8 +841,9 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, sqlite_key_survives_restart);
     tcase_add_test(tc, sqlite_same_key_in_flight);
     tcase_add_test(tc, sqlite_keys_expire_with_window);
-    /* BUG (see the test): tcase_add_test(tc, sqlite_restart_keeps_retention_gap); */
-    (void)sqlite_restart_keeps_retention_gap;
+    tcase_add_test(tc, sqlite_restart_keeps_retention_gap);
+    tcase_add_test(tc, sqlite_lower_limit_at_restart_gives_gap);
+    tcase_add_test(tc, sqlite_restart_gap_when_topic_expired);
     tcase_add_test(tc, sqlite_window_zero_keeps_no_keys);
     tcase_add_test(tc, sqlite_store_failure_503);
     tcase_add_test(tc, sqlite_drain_completes_in_flight);

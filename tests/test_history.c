@@ -365,6 +365,59 @@ START_TEST(resolve_cursors)
 }
 END_TEST
 
+/* Resolves `since` on `pattern` and returns whether it is a gap. */
+static bool gap_of(struct hd_history *h, const char *pattern, uint64_t since)
+{
+    bool gap = false;
+    hd_history_resolve(h, pattern, since_id(since), &gap);
+    return gap;
+}
+
+/*
+ * Boundaries recovered from a store (what retention dropped in an earlier life) act like the
+ * history's own pruning: per topic for a topic that has events, as the horizon for every topic
+ * for one that has none (not kept by name) and for topic NULL; an id at a boundary is a valid
+ * cursor even when nothing after it is retained.
+ */
+START_TEST(mark_pruned_recovered_boundaries)
+{
+    struct hd_history *h = new_history(10, 0, 1 << 20, 100);
+    append(h, 110, "a");
+    append(h, 120, "b");
+    hd_history_mark_pruned(h, "a", 105); /* "a" lost 100..105 */
+    ck_assert(gap_of(h, "a", 104));
+    ck_assert(gap_of(h, "*", 104));
+    ck_assert(!gap_of(h, "a", 105));
+    ck_assert(!gap_of(h, "b", 100));     /* "b" lost nothing */
+    hd_history_mark_pruned(h, "a", 103); /* a lower boundary changes nothing */
+    ck_assert(gap_of(h, "a", 104));
+
+    /* A topic with no retained event: every topic's cursors before it are cut. */
+    hd_history_mark_pruned(h, "gone", 102);
+    ck_assert(gap_of(h, "gone", 101));
+    ck_assert(gap_of(h, "b", 101));
+    ck_assert(!gap_of(h, "b", 102));
+    ck_assert(!gap_of(h, "gone", 102));
+    hd_history_mark_pruned(h, NULL, 103);
+    ck_assert(gap_of(h, "b", 102));
+    ck_assert(!gap_of(h, "b", 103));
+    ck_assert_uint_eq(hd_history_events(h), 2); /* nothing retained is dropped */
+    hd_history_free(h);
+
+    /* Everything was dropped: the newest dropped id is still a valid cursor, and "latest". */
+    h = new_history(10, 0, 1 << 20, 100);
+    hd_history_mark_pruned(h, NULL, 150);
+    ck_assert(gap_of(h, "x", 149));
+    ck_assert(!gap_of(h, "x", 150));
+    ck_assert(gap_of(h, "x", 151));
+    ck_assert_uint_eq(hd_history_last_seq(h), 150);
+    append(h, 160, "x");
+    ck_assert(gap_of(h, "x", 149));
+    ck_assert(!gap_of(h, "x", 150));
+    hd_history_free(h);
+}
+END_TEST
+
 START_TEST(max_bytes_evicts_oldest)
 {
     /* Every event here has the same size; room for three and a half. */
@@ -707,6 +760,7 @@ static Suite *history_suite(void)
     tcase_add_test(tc, collect_bounds);
     tcase_add_test(tc, count_agrees_with_collect);
     tcase_add_test(tc, resolve_cursors);
+    tcase_add_test(tc, mark_pruned_recovered_boundaries);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("eviction");

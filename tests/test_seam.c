@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api.h"
+#include "auth.h"
 #include "broker.h"
 #include "fake_conn.h"
 
@@ -149,6 +151,16 @@ static void setup(void)
     char why[64];
     ck_assert_int_eq(hd_broker_start(b, why, sizeof(why)), 0);
     n_conns = 0;
+}
+
+/* HTTP requests go through the authenticator (here: no auth section, everything allowed). */
+static void setup_http(void)
+{
+    setup();
+    char why[64];
+    struct hd_auth *a = hd_auth_new(&cfg, why, sizeof(why));
+    ck_assert_msg(a != NULL, "auth: %s", why);
+    hd_broker_set_auth(b, a);
 }
 
 static void teardown(void)
@@ -527,6 +539,182 @@ START_TEST(replay_outlived_by_connection)
 }
 END_TEST
 
+/* ---- polls the engine replays -------------------------------------------------------- */
+
+struct poll_done {
+    int calls;
+    struct hd_http_resp *resp;
+};
+
+static void on_poll_done(void *arg, struct hd_http_resp *resp)
+{
+    struct poll_done *d = arg;
+    d->calls++;
+    d->resp = resp;
+}
+
+/* Routes GET /v1/topics/a/events?since=<since><more>; returns what routing said, with the
+ * response in *resp (cleared by the caller). */
+static enum hd_http_next poll_start(uint64_t since, const char *more, struct hd_http_resp *resp)
+{
+    char id[HD_EVENT_ID_LEN + 1], query[128];
+    hd_event_id_format(since, id);
+    snprintf(query, sizeof(query), "since=%s%s", id, more);
+    struct hd_http_req req = {
+        .method = HD_M_GET, .path = "/v1/topics/a/events", .query = query, .content_length = -1};
+    return hd_api_route(b, &req, resp);
+}
+
+/* The ids a poll's body lists, its next and gap. */
+static size_t poll_ids(const struct hd_http_resp *resp, uint64_t *ids, size_t cap, uint64_t *next,
+                       bool *gap)
+{
+    ck_assert_int_eq(resp->status, 200);
+    json_error_t jerr;
+    json_t *body = json_loadb(resp->body, resp->body_len, 0, &jerr);
+    ck_assert_ptr_nonnull(body);
+    json_t *events = json_object_get(body, "events");
+    size_t n = json_array_size(events);
+    ck_assert_uint_le(n, cap);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_int_eq(
+            hd_event_id_parse(json_string_value(json_object_get(json_array_get(events, i), "id")),
+                              &ids[i]),
+            0);
+    ck_assert_int_eq(hd_event_id_parse(json_string_value(json_object_get(body, "next")), next), 0);
+    *gap = json_is_true(json_object_get(body, "gap"));
+    json_decref(body);
+    return n;
+}
+
+static void history_of_two(void)
+{
+    struct answer a[2] = {{0}};
+    for (int i = 0; i < 2; i++) {
+        publish("a", &a[i]);
+        deliver((size_t)i);
+        ack((size_t)i);
+    }
+}
+
+static void poll_old_cursor(const char *more, struct poll_done *d)
+{
+    history_of_two(); /* history holds 100..101 */
+    struct hd_http_resp resp = {0};
+    char id[HD_EVENT_ID_LEN + 1], query[128];
+    hd_event_id_format(50, id);
+    snprintf(query, sizeof(query), "since=%s%s", id, more);
+    struct hd_http_req req = {
+        .method = HD_M_GET, .path = "/v1/topics/a/events", .query = query, .content_length = -1};
+    ck_assert_int_eq(hd_api_route(b, &req, &resp), HD_HTTP_READ_BODY);
+    ck_assert_int_eq(hd_api_publish(b, &req, "", 0, &resp, on_poll_done, d), -1);
+    hd_http_resp_clear(&resp); /* the connection's own response: the answer comes in d */
+    ck_assert(eng->has_replay);
+    ck_assert_str_eq(eng->replay_pattern, "a");
+    ck_assert_uint_eq(eng->replay_after, 50);
+    ck_assert_uint_eq(eng->replay_upto, 101);
+    ck_assert_int_eq(d->calls, 0);
+}
+
+static void answer_replay(int err, bool gap)
+{
+    struct hd_msg *old[4] = {hd_msg_new_event(40, 1, "a", "message", "0", 1), /* before since */
+                             hd_msg_new_event(60, 1, "a", "message", "0", 1),
+                             hd_history_get(hd_broker_history(b), 100),
+                             hd_history_get(hd_broker_history(b), 101)};
+    eng->has_replay = false;
+    eng->replay_done(eng->replay_arg, err, err ? NULL : old, err ? 0 : 4, gap);
+    hd_msg_unref(old[0]);
+    hd_msg_unref(old[1]);
+}
+
+static void poll_done_clear(struct poll_done *d)
+{
+    hd_http_resp_clear(d->resp);
+    free(d->resp);
+}
+
+START_TEST(poll_of_old_cursor_replays_from_engine)
+{
+    struct poll_done d = {0};
+    poll_old_cursor("", &d);
+    answer_replay(0, false);
+    ck_assert_int_eq(d.calls, 1);
+    uint64_t ids[8], next;
+    bool gap;
+    size_t n = poll_ids(d.resp, ids, 8, &next, &gap);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_uint_eq(ids[0], 60);
+    ck_assert_uint_eq(ids[1], 100);
+    ck_assert_uint_eq(ids[2], 101);
+    ck_assert_uint_eq(next, 101);
+    ck_assert(!gap);
+    poll_done_clear(&d);
+}
+END_TEST
+
+START_TEST(poll_replay_pages_with_limit)
+{
+    struct poll_done d = {0};
+    poll_old_cursor("&limit=2", &d);
+    answer_replay(0, true); /* the engine lost some too: the poll says so */
+    uint64_t ids[8], next;
+    bool gap;
+    size_t n = poll_ids(d.resp, ids, 8, &next, &gap);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_uint_eq(ids[0], 60);
+    ck_assert_uint_eq(ids[1], 100);
+    ck_assert_uint_eq(next, 100); /* the page ends at its last event, not at history's end */
+    ck_assert(gap);
+    poll_done_clear(&d);
+}
+END_TEST
+
+START_TEST(poll_replay_failure_answers_history_with_gap)
+{
+    struct poll_done d = {0};
+    poll_old_cursor("", &d);
+    answer_replay(-EAGAIN, false);
+    uint64_t ids[8], next;
+    bool gap;
+    size_t n = poll_ids(d.resp, ids, 8, &next, &gap);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_uint_eq(ids[0], 100);
+    ck_assert_uint_eq(ids[1], 101);
+    ck_assert(gap);
+    poll_done_clear(&d);
+}
+END_TEST
+
+START_TEST(poll_within_history_does_not_ask_the_engine)
+{
+    history_of_two();
+    struct hd_http_resp resp = {0};
+    ck_assert_int_eq(poll_start(100, "", &resp), HD_HTTP_RESPOND);
+    ck_assert(!eng->has_replay);
+    uint64_t ids[8], next;
+    bool gap;
+    ck_assert_uint_eq(poll_ids(&resp, ids, 8, &next, &gap), 1);
+    ck_assert_uint_eq(ids[0], 101);
+    ck_assert(!gap);
+    hd_http_resp_clear(&resp);
+}
+END_TEST
+
+START_TEST(poll_without_engine_replay_is_a_gap)
+{
+    eng->base.ops = &se_ops_noreplay; /* history is all there is */
+    history_of_two();
+    struct hd_http_resp resp = {0};
+    ck_assert_int_eq(poll_start(50, "", &resp), HD_HTTP_RESPOND);
+    uint64_t ids[8], next;
+    bool gap;
+    ck_assert_uint_eq(poll_ids(&resp, ids, 8, &next, &gap), 2);
+    ck_assert(gap);
+    hd_http_resp_clear(&resp);
+}
+END_TEST
+
 static Suite *seam_suite(void)
 {
     Suite *s = suite_create("seam");
@@ -555,6 +743,14 @@ static Suite *seam_suite(void)
     tcase_add_test(tc, replay_from_engine_then_live);
     tcase_add_test(tc, replay_failure_falls_back_to_history_with_gap);
     tcase_add_test(tc, replay_outlived_by_connection);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("poll");
+    tcase_add_checked_fixture(tc, setup_http, teardown);
+    tcase_add_test(tc, poll_of_old_cursor_replays_from_engine);
+    tcase_add_test(tc, poll_replay_pages_with_limit);
+    tcase_add_test(tc, poll_replay_failure_answers_history_with_gap);
+    tcase_add_test(tc, poll_within_history_does_not_ask_the_engine);
+    tcase_add_test(tc, poll_without_engine_replay_is_a_gap);
     suite_add_tcase(s, tc);
     return s;
 }

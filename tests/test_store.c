@@ -2,7 +2,8 @@
 /*
  * Check suite for the SQLite event store (src/store.c), with a real uv loop, real SQLite and a
  * fresh temporary data_dir per test: what is committed comes back byte for byte and in order
- * after a reopen, ids continue, group commit batches, retention prunes the file, foreign files
+ * after a reopen, ids continue, group commit batches, retention prunes the file and records
+ * where it cut (bounded, reported at the next load; a schema 2 file is upgraded), foreign files
  * are refused with a sentence, and a failing disk gives -EIO and then recovers.
  */
 #include "store.h"
@@ -116,10 +117,44 @@ static void on_load(void *arg, struct hd_msg *m)
     got.m[got.n++] = m;
 }
 
+/* What the load reported about retention: the horizon (topic NULL) and per-topic bounds. */
+static struct {
+    uint64_t horizon;
+    int horizon_calls;
+    char topic[16][32];
+    uint64_t upto[16];
+    size_t n;
+} cut;
+
+static void on_pruned(void *arg, const char *topic, uint64_t upto)
+{
+    (void)arg;
+    if (!topic) {
+        ck_assert_int_eq(cut.n, 0); /* the horizon comes first */
+        cut.horizon = upto;
+        cut.horizon_calls++;
+        return;
+    }
+    ck_assert_uint_lt(cut.n, 16);
+    snprintf(cut.topic[cut.n], sizeof(cut.topic[0]), "%s", topic);
+    cut.upto[cut.n++] = upto;
+}
+
+/* The boundary reported for `topic` (the highest when reported twice), 0 when none. */
+static uint64_t cut_of(const char *topic)
+{
+    uint64_t u = 0;
+    for (size_t i = 0; i < cut.n; i++)
+        if (strcmp(cut.topic[i], topic) == 0 && cut.upto[i] > u)
+            u = cut.upto[i];
+    return u;
+}
+
 static void load_all(struct hd_store *st)
 {
     got.n = 0;
-    ck_assert_int_eq(hd_store_load(st, on_load, NULL, NULL), 0);
+    memset(&cut, 0, sizeof(cut));
+    ck_assert_int_eq(hd_store_load(st, on_load, on_pruned, NULL, NULL), 0);
 }
 
 static void unref_loaded(void)
@@ -159,6 +194,23 @@ static int64_t db_count(const char *where)
     char path[128], sql[256];
     snprintf(path, sizeof(path), "%s/herald.db", dir);
     snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM events WHERE %s", where);
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *s;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+    int64_t n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return n;
+}
+
+/* Like db_count, on any table: the rows of `table` matching `where`. */
+static int64_t db_rows(const char *table, const char *where)
+{
+    char path[128], sql[256];
+    snprintf(path, sizeof(path), "%s/herald.db", dir);
+    snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM %s WHERE %s", table, where);
     sqlite3 *db;
     ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     sqlite3_stmt *s;
@@ -294,6 +346,10 @@ START_TEST(retention_per_topic)
     ck_assert_int_eq(db_count("topic = 'a' AND seq > 90"), 10);
     ck_assert_int_eq(db_count("topic = 'b'"), 5);
 
+    /* The file says where "a" now begins; "b" lost nothing. */
+    ck_assert_int_eq(db_rows("pruned", "topic = 'a' AND upto = 90"), 1);
+    ck_assert_int_eq(db_rows("pruned", "1"), 1);
+
     st = open_ok(HD_DURABILITY_SYNC, 10, 0, &info);
     ck_assert_uint_eq(info.events, 15);
     ck_assert_uint_eq(info.last_seq, 105);
@@ -302,9 +358,14 @@ START_TEST(retention_per_topic)
     for (size_t i = 0; i < 15; i++)
         ck_assert_uint_eq(got.m[i]->seq, 91 + i);
     unref_loaded();
+    /* Reported after the events: "a" lost everything up to 90, and no horizon. */
+    ck_assert_int_eq(cut.horizon_calls, 0);
+    ck_assert_uint_eq(cut.n, 1);
+    ck_assert_uint_eq(cut_of("a"), 90);
     close_store(st);
 
-    /* A lower limit at start loads only the newest of each topic, oldest first. */
+    /* A lower limit at start loads only the newest of each topic, oldest first, and reports
+     * what it skipped as cut (the rows are still in the file). */
     st = open_ok(HD_DURABILITY_SYNC, 3, 0, &info);
     load_all(st);
     static const uint64_t want[] = {98, 99, 100, 103, 104, 105};
@@ -312,6 +373,9 @@ START_TEST(retention_per_topic)
     for (size_t i = 0; i < 6; i++)
         ck_assert_uint_eq(got.m[i]->seq, want[i]);
     unref_loaded();
+    ck_assert_uint_eq(cut_of("a"), 97);
+    ck_assert_uint_eq(cut_of("b"), 102);
+    ck_assert_int_eq(cut.horizon_calls, 0);
     /* Lowering the limit at run time prunes a topic on its next write. */
     struct hd_history_limits lim = {.max_events_per_topic = 2};
     hd_store_set_limits(st, &lim);
@@ -320,6 +384,7 @@ START_TEST(retention_per_topic)
     close_store(st);
     ck_assert_int_eq(db_count("topic = 'b'"), 2);
     ck_assert_int_eq(db_count("topic = 'b' AND seq >= 105"), 2);
+    ck_assert_int_eq(db_rows("pruned", "topic = 'b' AND upto = 104"), 1);
 }
 END_TEST
 
@@ -343,10 +408,107 @@ START_TEST(retention_age)
     for (size_t i = 0; i < 3; i++)
         ck_assert_uint_eq(got.m[i]->seq, 6 + i);
     unref_loaded();
+    /* Expired while down: everything up to 5 is cut, for every topic. */
+    ck_assert_int_eq(cut.horizon_calls, 1);
+    ck_assert_uint_eq(cut.horizon, 5);
+    ck_assert_uint_eq(cut.n, 0);
     sleep_loop(500); /* the writer's age check runs at start */
     close_store(st);
     ck_assert_int_eq(db_count("1"), 3);
     ck_assert_int_eq(db_count("seq >= 6"), 3);
+    /* Once the writer deleted them, the file keeps the horizon. */
+    ck_assert_int_eq(db_rows("meta", "key = 'pruned_upto' AND value = 5"), 1);
+    st = open_ok(HD_DURABILITY_SYNC, 1000, 0, &info);
+    load_all(st);
+    unref_loaded();
+    ck_assert_int_eq(cut.horizon_calls, 1);
+    ck_assert_uint_eq(cut.horizon, 5);
+    close_store(st);
+}
+END_TEST
+
+/*
+ * The pruned table stays bounded: a topic's boundary is dropped once age removed the topic's
+ * last rows, because the horizon then covers it; a topic that keeps rows keeps its boundary.
+ */
+START_TEST(pruned_bounded_by_horizon)
+{
+    struct hd_store_info info;
+    struct hd_store *st = open_ok(HD_DURABILITY_SYNC, 2, 0, &info);
+    int64_t now = hd_wall_ms(), old = now - 2 * 3600 * 1000;
+    for (uint64_t i = 1; i <= 4; i++) /* "gone" keeps 3 and 4; both expire below */
+        ck_assert_int_eq(append(st, i, "gone", old), 0);
+    for (uint64_t i = 5; i <= 8; i++) /* "kept" keeps 7 and 8 */
+        ck_assert_int_eq(append(st, i, "kept", now), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    close_store(st);
+    ck_assert_int_eq(db_rows("pruned", "topic = 'gone' AND upto = 2"), 1);
+    ck_assert_int_eq(db_rows("pruned", "topic = 'kept' AND upto = 6"), 1);
+
+    st = open_ok(HD_DURABILITY_SYNC, 2, 3600, &info);
+    load_all(st);
+    ck_assert_uint_eq(got.n, 2);
+    unref_loaded();
+    ck_assert_uint_eq(cut.horizon, 4);
+    ck_assert_uint_eq(cut_of("kept"), 6);
+    ck_assert_uint_eq(cut_of("gone"), 0); /* at or below the horizon: not reported */
+    sleep_loop(500);
+    close_store(st);
+    ck_assert_int_eq(db_count("topic = 'gone'"), 0);
+    ck_assert_int_eq(db_rows("pruned", "topic = 'gone'"), 0);
+    ck_assert_int_eq(db_rows("pruned", "topic = 'kept' AND upto = 6"), 1);
+    ck_assert_int_eq(db_rows("meta", "key = 'pruned_upto' AND value = 4"), 1);
+}
+END_TEST
+
+/*
+ * A schema 2 file (no record of what retention dropped) is upgraded in place, assuming the
+ * worst: each topic may have lost what came before its oldest row, and every topic what came
+ * before the oldest row of all. Its events and ids are kept.
+ */
+START_TEST(upgrade_from_schema_2)
+{
+    struct hd_store_info info;
+    struct hd_store *st = open_ok(HD_DURABILITY_SYNC, 1000, 0, &info);
+    int64_t now = hd_wall_ms();
+    ck_assert_int_eq(append(st, 10, "a", now), 0);
+    ck_assert_int_eq(append(st, 20, "b", now), 0);
+    ck_assert_int_eq(append(st, 30, "a", now), 0);
+    ck_assert_int_eq(append(st, 40, "c", now), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    close_store(st);
+    /* Back to what a schema 2 heraldd wrote. */
+    db_exec("DROP TABLE pruned; DELETE FROM meta WHERE key = 'pruned_upto';"
+            "UPDATE meta SET value = 2 WHERE key = 'schema_version';");
+
+    st = open_ok(HD_DURABILITY_SYNC, 1000, 0, &info);
+    ck_assert_uint_eq(info.last_seq, 40);
+    load_all(st);
+    ck_assert_uint_eq(got.n, 4);
+    unref_loaded();
+    ck_assert_uint_eq(cut.horizon, 9);
+    ck_assert_uint_eq(cut_of("a"), 0); /* its oldest row is the oldest of all */
+    ck_assert_uint_eq(cut_of("b"), 19);
+    ck_assert_uint_eq(cut_of("c"), 39);
+    ck_assert_int_eq(append(st, 50, "b", now), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    close_store(st);
+    ck_assert_int_eq(db_rows("meta", "key = 'schema_version' AND value = 3"), 1);
+    ck_assert_int_eq(db_count("1"), 5);
+
+    /* An empty schema 2 file: everything up to its high-water mark may be gone. */
+    teardown();
+    setup();
+    close_store(open_ok(HD_DURABILITY_SYNC, 1000, 0, &info));
+    db_exec("DROP TABLE pruned; DELETE FROM meta WHERE key = 'pruned_upto';"
+            "UPDATE meta SET value = 2 WHERE key = 'schema_version';"
+            "UPDATE meta SET value = 77 WHERE key = 'last_seq';");
+    st = open_ok(HD_DURABILITY_SYNC, 1000, 0, &info);
+    ck_assert_uint_eq(info.last_seq, 77);
+    load_all(st);
+    ck_assert_uint_eq(got.n, 0);
+    ck_assert_uint_eq(cut.horizon, 77);
+    close_store(st);
 }
 END_TEST
 
@@ -598,6 +760,8 @@ static Suite *store_suite(void)
     tcase_add_test(tc, retention_per_topic);
     tcase_add_test(tc, retention_age);
     tcase_add_test(tc, ids_continue_when_all_pruned);
+    tcase_add_test(tc, pruned_bounded_by_horizon);
+    tcase_add_test(tc, upgrade_from_schema_2);
     tcase_add_test(tc, refuses_foreign_files);
     tcase_add_test(tc, data_dir_must_exist);
     tcase_add_test(tc, second_open_refused);

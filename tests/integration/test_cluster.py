@@ -302,6 +302,27 @@ class ClusterTest(ClusterTestCase):
         self.assertEqual(m.get('herald_engine_publishes_pending{node="A"}'), 0)
         self.assertIn('herald_engine_feed_lag{node="A"}', m)
 
+    def test_poll_older_than_node_history_is_served_from_the_stream(self):
+        # The node keeps 5 events per topic in memory; the stream keeps them all. A poll from
+        # an older cursor is answered from JetStream: nothing missed, no gap, paged by limit.
+        a = self.node("A", history={"max_events_per_topic": 5})
+        ids = [a.publish_ok("old.t", {"n": i})["id"] for i in range(20)]
+        r = a.get(f"/v1/topics/old.t/events?since={ids[2]}")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([e["id"] for e in r.json["events"]], ids[3:])
+        self.assertEqual((r.json["gap"], r.json["next"]), (False, ids[-1]))
+        r = a.get(f"/v1/topics/old.t/events?since={ids[2]}&limit=5")
+        self.assertEqual([e["id"] for e in r.json["events"]], ids[3:8])
+        self.assertEqual((r.json["gap"], r.json["next"]), (False, ids[7]))
+        # A long poll from there answers at once with the next page.
+        r = a.get(f"/v1/topics/old.t/events?since={ids[7]}&limit=5&wait=20")
+        self.assertEqual([e["id"] for e in r.json["events"]], ids[8:13])
+        self.assertGreaterEqual(a.metric("herald_engine_replays_total"), 3)
+        # Within the node's memory: history answers (and a cursor of the stream's future is a
+        # gap, as on a single node).
+        r = a.get(f"/v1/topics/old.t/events?since={ids[16]}")
+        self.assertEqual([e["id"] for e in r.json["events"]], ids[17:])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -3,12 +3,16 @@
 history retains and then goes live without a duplicate or a hole, also while a publisher keeps
 publishing and the client keeps reconnecting; overlapping patterns on one connection deliver
 each event once across replay and live; retention keeps the newest max_events_per_topic events
-and reports a gap for ids it let go; a restarted memory-store daemon reports a gap for ids from
-its previous life.
+and reports a gap for ids it let go, also after a restart with the sqlite store (issue 13); a
+restarted memory-store daemon reports a gap for ids from its previous life.
 """
 
 import asyncio
+import os
 import random
+import shutil
+import sqlite3
+import tempfile
 import unittest
 
 from herald_testlib import HeraldTestCase, WSClient, async_test
@@ -281,6 +285,63 @@ class MemoryRestartTest(HeraldTestCase):
         c = await WSClient.connect(d3)
         r = await c.subscribe("mem.t", since=new[-1])
         self.assertEqual((r["replayed"], r["gap"]), (0, True), r)
+
+
+class SqliteRestartRetentionTest(HeraldTestCase):
+    """What retention let go before a restart stays let go: a cursor into it gets gap: true
+    from the restarted daemon, however the events went (the per-topic limit, or max_age_s
+    while it was down), and the newest id let go is still a valid cursor."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="herald-it-retain-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def config(self, **history):
+        return {"data_dir": self.dir,
+                "history": {"store": "sqlite", "max_events_per_topic": RETAIN, **history}}
+
+    def publish_n(self, d, topic, n):
+        return [d.publish_ok(topic, {"seq": i}, "application/json")["id"] for i in range(n)]
+
+    @async_test()
+    async def test_pruned_ids_give_gap_after_restart(self):
+        d1 = self.start_daemon(self.config())
+        ids = self.publish_n(d1, "sr.p", RETAIN + 4)
+        self.assertTrue(check_page(self, poll(d1, "sr.p", since=ids[0]))["gap"])
+        self.assertEqual(d1.stop(), 0)
+        d2 = self.start_daemon(self.config())
+        body = check_page(self, poll(d2, "sr.p", since=ids[0]))
+        self.assertTrue(body["gap"], body)
+        self.assertEqual([e["id"] for e in body["events"]], ids[-RETAIN:])
+        # The newest pruned id: nothing after it is missing.
+        body = check_page(self, poll(d2, "sr.p", since=ids[-RETAIN - 1]))
+        self.assertFalse(body["gap"], body)
+        self.assertEqual([e["id"] for e in body["events"]], ids[-RETAIN:])
+        c = await WSClient.connect(d2)
+        r = await c.subscribe("sr.>", since=ids[1])
+        self.assertEqual((r["replayed"], r["gap"]), (RETAIN, True), r)
+        self.assertEqual([e["id"] for e in await c.recv_events(RETAIN)], ids[-RETAIN:])
+
+    def test_expired_topic_gives_gap_after_restart(self):
+        d1 = self.start_daemon(self.config(max_age_s=3600))
+        gone = self.publish_n(d1, "sr.gone", 2)
+        kept = self.publish_n(d1, "sr.kept", 1)
+        self.assertEqual(d1.stop(), 0)
+        # As if sr.gone had been published two hours ago: it expires while the daemon is down.
+        db = sqlite3.connect(os.path.join(self.dir, "herald.db"))
+        with db:
+            n = db.execute("UPDATE events SET time_ms = time_ms - 7200000 "
+                           "WHERE topic = 'sr.gone'").rowcount
+        db.close()
+        self.assertEqual(n, 2)
+        d2 = self.start_daemon(self.config(max_age_s=3600))
+        body = check_page(self, poll(d2, "sr.gone", since=gone[0]))
+        self.assertEqual((body["events"], body["gap"]), ([], True), body)
+        body = check_page(self, poll(d2, "sr.gone", since=gone[-1]))
+        self.assertEqual((body["events"], body["gap"]), ([], False), body)
+        body = check_page(self, poll(d2, "sr.kept", since=kept[0]))
+        self.assertEqual((body["events"], body["gap"]), ([], False), body)
+        self.assertEqual(d2.get(f"/v1/events/{gone[-1]}").status, 404)
 
 
 if __name__ == "__main__":
