@@ -62,6 +62,8 @@ struct hd_broker {
     uint64_t delivered_seq;                 /* the newest id delivered (or recovered) here */
     struct pub_op *awaiting, *awaiting_end; /* acknowledged, not yet delivered; by id */
     size_t n_awaiting;
+    struct pub_op *spare_ops; /* finished ones kept for the next publishes (a malloc each) */
+    uint32_t n_spare_ops;
     struct {
         uint64_t seq;
         uint32_t receivers;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * HTTP/1.1 request framing (RFC 9112), one byte at a time so that a request split across
- * reads is checked the same as one read whole. It checks only what decides where a request
+ * HTTP/1.1 request framing (RFC 9112), as a state machine fed one byte at a time (head_byte) so
+ * that a request split across reads is checked the same as one read whole; plain_run takes the
+ * usual parts of a head in runs, to the same effect. It checks only what decides where a request
  * ends or what lws 4.1 cannot parse: methods, the request target, header syntax, the head's
  * size, Content-Length and Transfer-Encoding. The meaning of a request stays api.c's.
  */
@@ -31,15 +32,61 @@ enum part {
 enum tracked { T_OTHER, T_CL, T_TE, T_UPGRADE };
 
 /* Methods something in Herald answers; api.c answers 405 for the ones a path does not. */
-static const char *const known_methods[] = {"GET",   "HEAD",   "POST",   "PUT",
-                                            "PATCH", "DELETE", "OPTIONS"};
+static const struct {
+    uint8_t len;
+    char name[8];
+} known_methods[] = {{3, "GET"},   {4, "HEAD"},   {4, "POST"},   {3, "PUT"},
+                     {5, "PATCH"}, {6, "DELETE"}, {7, "OPTIONS"}};
 #define ALLOW_ANY "GET, HEAD, POST, OPTIONS"
+
+/* RFC 9110 5.6.2 token characters: methods and header names. */
+static const bool token[256] = {
+    ['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1, ['!'] = 1, ['#'] = 1, ['$'] = 1,
+    ['%'] = 1,         ['&'] = 1,         ['\''] = 1,        ['*'] = 1, ['+'] = 1, ['-'] = 1,
+    ['.'] = 1,         ['^'] = 1,         ['_'] = 1,         ['`'] = 1, ['|'] = 1, ['~'] = 1};
+
+/* A header value's bytes (RFC 9110 5.5): any but the control characters other than HTAB. */
+static const bool field_byte[256] = {['\t'] = 1, [0x20 ... 0x7e] = 1, [0x80 ... 0xff] = 1};
+
+/* Request target bytes that need no attention: all but space, control characters, and the
+ * '%' of an escape and '?', '&', ';' that start and separate query parameters. */
+static const bool target_plain[256] = {[0x21 ... 0x24] = 1,
+                                       [0x27 ... 0x3a] = 1,
+                                       [0x3c ... 0x3e] = 1,
+                                       [0x40 ... 0x7e] = 1,
+                                       [0x80 ... 0xff] = 1};
+
+/* Where the run of bytes of class cls that starts at s[k] ends (at most lim); four at a time
+ * while it lasts, the usual runs being names and values of a few dozen bytes. */
+static inline size_t span(const bool cls[256], const unsigned char *s, size_t k, size_t lim)
+{
+    while (lim - k >= 4 && (cls[s[k]] & cls[s[k + 1]] & cls[s[k + 2]] & cls[s[k + 3]]))
+        k += 4;
+    while (k < lim && cls[s[k]])
+        k++;
+    return k;
+}
+
+/* As span(field_byte, ...), eight bytes at a time while none of them is below 0x20 or 0x7f
+ * (a word-wide test: the "haszero" bit trick, exact for whether any byte is below n <= 128).
+ * A value with a tab goes on a byte at a time. */
+static inline size_t value_span(const unsigned char *s, size_t k, size_t lim)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    while (lim - k >= 8) {
+        uint64_t x;
+        memcpy(&x, s + k, 8);
+        uint64_t del = x ^ (0x7f * ones);
+        if (((x - 0x20 * ones) & ~x & highs) | ((del - ones) & ~del & highs))
+            break;
+        k += 8;
+    }
+    return span(field_byte, s, k, lim);
+}
 
 static bool tchar(unsigned char c)
 {
-    /* RFC 9110 5.6.2 token characters */
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
-           (c && strchr("!#$%&'*+.^_`|~", c));
+    return token[c];
 }
 
 static int hexval(unsigned char c)
@@ -67,10 +114,31 @@ static enum hd_h1_verdict refuse(struct hd_h1 *h, struct hd_h1_refusal *ref, int
 static bool method_known(const struct hd_h1 *h)
 {
     for (size_t i = 0; i < sizeof(known_methods) / sizeof(known_methods[0]); i++)
-        if (strlen(known_methods[i]) == h->method_len &&
-            memcmp(known_methods[i], h->method, h->method_len) == 0)
+        /* h->method is zero past method_len (a request's state starts all zero): one 8-byte
+         * comparison */
+        if (known_methods[i].len == h->method_len &&
+            memcmp(known_methods[i].name, h->method, sizeof(known_methods[i].name)) == 0)
             return true;
     return false;
+}
+
+/* A head that may have a body (not both Content-Length and Transfer-Encoding) is complete:
+ * where does the body end? */
+static void head_framed(struct hd_h1 *h, const struct hd_h1_opts *o)
+{
+    if (h->websocket) {
+        h->state = H1_WS; /* frames from here on (a refused upgrade closes) */
+        h->body_left = 0;
+    } else if (h->upgrade) {
+        h->state = H1_PASS; /* another protocol: lws's to frame */
+    } else if (h->te) {
+        h->state = o->chunked ? H1_PASS : H1_DISCARD; /* see hd_h1_opts.chunked */
+    } else if (h->cl > 0) {
+        h->body_left = (uint64_t)h->cl;
+        h->state = H1_BODY;
+    } else {
+        h->state = H1_AWAIT;
+    }
 }
 
 /* The head is complete: where does the body end? */
@@ -81,25 +149,7 @@ static enum hd_h1_verdict head_done(struct hd_h1 *h, const struct hd_h1_opts *o,
         /* RFC 9112 6.3: a request with both is a smuggling attempt or a broken proxy. */
         return refuse(h, ref, 400, HD_ERR_BAD_REQUEST,
                       "a request may not have both Content-Length and Transfer-Encoding");
-    if (h->websocket) {
-        h->state = H1_WS; /* frames from here on (a refused upgrade closes) */
-        h->body_left = 0;
-        return H1_OK;
-    }
-    if (h->upgrade) {
-        h->state = H1_PASS; /* another protocol: lws's to frame */
-        return H1_OK;
-    }
-    if (h->te) {
-        h->state = o->chunked ? H1_PASS : H1_DISCARD; /* see hd_h1_opts.chunked */
-        return H1_OK;
-    }
-    if (h->cl > 0) {
-        h->body_left = (uint64_t)h->cl;
-        h->state = H1_BODY;
-        return H1_OK;
-    }
-    h->state = H1_AWAIT;
+    head_framed(h, o);
     return H1_OK;
 }
 
@@ -130,6 +180,22 @@ static enum hd_h1_verdict header_done(struct hd_h1 *h, struct hd_h1_refusal *ref
     return H1_OK;
 }
 
+/* A header name ended (with its ':', counted): which header is it (name and len, borrowed: all
+ * of it, or the first sizeof(h->name) bytes and its length), and its value follows. */
+static void name_known(struct hd_h1 *h, const char *name, size_t len)
+{
+    h->hdr = T_OTHER;
+    if (len == 14 && strncasecmp(name, "content-length", 14) == 0)
+        h->hdr = T_CL;
+    else if (len == 17 && strncasecmp(name, "transfer-encoding", 17) == 0)
+        h->hdr = T_TE;
+    else if (len == 7 && strncasecmp(name, "upgrade", 7) == 0)
+        h->hdr = T_UPGRADE;
+    h->cl_value = 0;
+    h->cl_digit = h->cl_end = false;
+    h->part = P_VALUE;
+}
+
 static enum hd_h1_verdict name_done(struct hd_h1 *h, const struct hd_h1_opts *o,
                                     struct hd_h1_refusal *ref)
 {
@@ -140,18 +206,7 @@ static enum hd_h1_verdict name_done(struct hd_h1 *h, const struct hd_h1_opts *o,
         snprintf(m, sizeof(m), "more than %u header lines", o->max_headers);
         return refuse(h, ref, 431, HD_ERR_TOO_LARGE, m);
     }
-    h->hdr = T_OTHER;
-    if (h->name_len < sizeof(h->name)) {
-        if (h->name_len == 14 && memcmp(h->name, "content-length", 14) == 0)
-            h->hdr = T_CL;
-        else if (h->name_len == 17 && memcmp(h->name, "transfer-encoding", 17) == 0)
-            h->hdr = T_TE;
-        else if (h->name_len == 7 && memcmp(h->name, "upgrade", 7) == 0)
-            h->hdr = T_UPGRADE;
-    }
-    h->cl_value = 0;
-    h->cl_digit = h->cl_end = false;
-    h->part = P_VALUE;
+    name_known(h, h->name, h->name_len);
     return H1_OK;
 }
 
@@ -318,7 +373,7 @@ static enum hd_h1_verdict head_byte(struct hd_h1 *h, const struct hd_h1_opts *o,
             return refuse(h, ref, 400, HD_ERR_BAD_REQUEST,
                           "a header name with a space, control character or NUL");
         if (h->name_len < sizeof(h->name))
-            h->name[h->name_len] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            h->name[h->name_len] = (char)c;
         if (h->name_len < 255)
             h->name_len++;
         break;
@@ -414,6 +469,22 @@ enum hd_h1_verdict hd_h1_ws_scan(struct hd_h1 *h, const char *p, size_t n, size_
             h->body_left -= take;
             continue;
         }
+        if (h->ws_pos == 0 && n - i >= 2 && (p[i + 1] & 0x80)) {
+            /* A masked frame's whole header in this read (the usual case): taken at once. */
+            unsigned char b1 = (unsigned char)p[i + 1];
+            size_t ext = (b1 & 0x7f) == 126 ? 2 : (b1 & 0x7f) == 127 ? 8 : 0;
+            if (n - i >= 2 + ext + 4) {
+                uint64_t len = ext ? 0 : b1 & 0x7f;
+                for (size_t j = 0; j < ext; j++)
+                    len = len << 8 | (unsigned char)p[i + 2 + j];
+                h->ws_b0 = (uint8_t)p[i];
+                h->ws_b1 = b1;
+                h->ws_need = (uint8_t)(2 + ext + 4);
+                h->body_left = len;
+                i += 2 + ext + 4;
+                continue;
+            }
+        }
         enum hd_h1_verdict v = ws_header_byte(h, (unsigned char)p[i], ref);
         if (v != H1_OK) {
             *ok = i;
@@ -432,46 +503,163 @@ void hd_h1_took_body(struct hd_h1 *h, size_t n)
         h->state = H1_AWAIT;
 }
 
+/* Notes n bytes of a method or header name (token bytes) in buf, as far as it has room. */
+static void note_token(char *buf, size_t size, uint8_t *len, const unsigned char *s, size_t n)
+{
+    if (*len < size)
+        memcpy(buf + *len, s, n < size - *len ? n : size - *len);
+    *len = (uint8_t)(*len + n < 255 ? *len + n : 255);
+}
+
 /*
- * How many bytes at the start of s need nothing but copying (and, in a header name, noting):
- * the ordinary characters of a header name, of a header value that is not tracked, or of the
- * request target outside an escape or a query delimiter. Most of a head is such runs, and taking
- * them a run at a time instead of through head_byte keeps the check to a small part of a request's
- * cost. The run stops before the byte that would pass max_head_bytes, so head_byte still refuses
- * that one.
+ * Reads Content-Length value bytes from s[*k] up to lim as head_byte does (digits, and blanks
+ * around them), stopping at any other byte. False when head_byte must refuse the byte at *k.
  */
-static size_t plain_run(struct hd_h1 *h, const struct hd_h1_opts *o, const char *s, size_t n)
+static bool cl_digits(struct hd_h1 *h, const unsigned char *s, size_t lim, size_t *k)
+{
+    for (; *k < lim; (*k)++) {
+        unsigned char c = s[*k];
+        if (c == ' ' || c == '\t') {
+            if (h->cl_digit)
+                h->cl_end = true;
+        } else if (c >= '0' && c <= '9' && !h->cl_end) {
+            if (h->cl_value > 99999999999999)
+                return false;
+            h->cl_digit = true;
+            h->cl_value = h->cl_value * 10 + (c - '0');
+        } else {
+            break;
+        }
+    }
+    return true;
+}
+
+/*
+ * How many bytes at the start of s need nothing but copying to lws, with the state they leave:
+ * the usual parts of a head, taken a run at a time with one table look-up per byte (a known
+ * method, an origin-form target, the version, header names, Content-Length digits, other
+ * headers' values, the CRLFs and colons between them and the empty line). Whatever else needs
+ * a decision (a '%' escape, an absolute URI, the Upgrade and Transfer-Encoding values, a bare
+ * LF, and every error) stops the run and goes to head_byte, which has the last word on every
+ * refusal: the run only takes what head_byte would take without one. It also stops before the
+ * byte that would pass max_head_bytes, so head_byte refuses that one. tests/fuzz/fuzz_h1frame.c
+ * holds the two paths to the byte-at-a-time original.
+ */
+static size_t plain_run(struct hd_h1 *h, const struct hd_h1_opts *o, const unsigned char *s,
+                        size_t n)
 {
     size_t left = o->max_head_bytes > h->head_len ? o->max_head_bytes - h->head_len : 0;
     size_t lim = n < left ? n : left, k = 0;
-    if (h->part == P_VALUE && h->hdr == T_OTHER) {
-        while (k < lim) {
-            unsigned char c = (unsigned char)s[k];
-            if ((c < 0x20 && c != '\t') || c == 0x7f)
-                break;
+    for (;;) {
+        size_t b = k;
+        switch ((enum part)h->part) {
+        case P_START:
+            if (k == lim || !token[s[k]])
+                goto out;
+            h->part = P_METHOD;
+            /* fall through */
+        case P_METHOD:
+            k = span(token, s, k, lim);
+            note_token(h->method, sizeof(h->method), &h->method_len, s + b, k - b);
+            if (k == lim || s[k] != ' ' || !h->method_len || !method_known(h))
+                goto out; /* head_byte refuses it, or the method goes on in the next read */
             k++;
-        }
-    } else if (h->part == P_NAME) {
-        /* Tracked headers are told by their name at the ':' (name_done): keep copying it. */
-        struct hd_h1 *hw = h;
-        while (k < lim) {
-            unsigned char c = (unsigned char)s[k];
-            if (!tchar(c))
-                break;
-            if (hw->name_len < sizeof(hw->name))
-                hw->name[hw->name_len] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-            if (hw->name_len < 255)
-                hw->name_len++;
+            h->part = P_TARGET0;
+            break;
+        case P_TARGET0:
+            if (k == lim || s[k] != '/')
+                goto out;
             k++;
-        }
-    } else if (h->part == P_TARGET && !h->pct) {
-        while (k < lim) {
-            unsigned char c = (unsigned char)s[k];
-            if (c <= 0x20 || c == 0x7f || c == '%' || c == '?' || c == '&' || c == ';')
+            h->part = P_TARGET;
+            /* fall through */
+        case P_TARGET:
+            if (h->pct)
+                goto out;
+            k = span(target_plain, s, k, lim);
+            if (k == lim)
+                goto out;
+            if (s[k] == ' ') {
+                k++;
+                h->part = P_VERSION;
                 break;
+            }
+            if (s[k] == '?') {
+                if (!h->in_query)
+                    h->params = 1;
+                h->in_query = true;
+                k++;
+                break;
+            }
+            if ((s[k] == '&' || s[k] == ';') && (!h->in_query || h->params < o->max_params)) {
+                h->params += h->in_query;
+                k++;
+                break;
+            }
+            goto out;
+        case P_VERSION:
+            if (h->version_len || lim - k < 10 ||
+                (memcmp(s + k, "HTTP/1.1\r\n", 10) != 0 && memcmp(s + k, "HTTP/1.0\r\n", 10) != 0))
+                goto out;
+            memcpy(h->version, s + k, 8);
+            h->version_len = 8;
+            k += 10;
+            h->part = P_NAME0;
+            /* fall through */
+        case P_NAME0:
+            if (lim - k >= 2 && s[k] == '\r' && s[k + 1] == '\n' && !(h->te && h->cl_seen)) {
+                k += 2; /* the empty line: the head ends */
+                head_framed(h, o);
+                goto out;
+            }
+            if (k == lim || !token[s[k]])
+                goto out; /* a bare LF ends the head, or an error */
+            b = k;
+            h->name_len = 0;
+            h->part = P_NAME;
+            /* fall through */
+        case P_NAME:
+            k = span(token, s, k, lim);
+            if (k < lim && s[k] == ':' && !h->name_len && k > b && h->headers < o->max_headers) {
+                /* the whole name is in this read: no need to keep it */
+                h->headers++;
+                name_known(h, (const char *)s + b, k - b);
+                k++;
+                break;
+            }
+            note_token(h->name, sizeof(h->name), &h->name_len, s + b, k - b);
+            if (k == lim || s[k] != ':' || !h->name_len || h->headers >= o->max_headers)
+                goto out; /* head_byte refuses what name_done would */
             k++;
+            h->headers++;
+            name_known(h, h->name, h->name_len);
+            break;
+        case P_VALUE:
+            if (h->hdr == T_CL) {
+                if (!cl_digits(h, s, lim, &k))
+                    goto out;
+            } else if (h->hdr == T_OTHER) {
+                k = value_span(s, k, lim);
+            } else {
+                goto out;
+            }
+            if (lim - k < 2 || s[k] != '\r' || s[k + 1] != '\n')
+                goto out;
+            if (h->hdr == T_CL) {
+                if (!h->cl_digit || (h->cl_seen && h->cl != h->cl_value))
+                    goto out; /* head_byte refuses it at the LF */
+                h->cl = h->cl_value;
+                h->cl_seen = true;
+                h->hdr = T_OTHER;
+            }
+            k += 2;
+            h->part = P_NAME0; /* header_done */
+            break;
+        default:
+            goto out;
         }
     }
+out:
+    h->head_len += (uint32_t)k;
     return k;
 }
 
@@ -485,12 +673,12 @@ enum hd_h1_verdict hd_h1_feed(struct hd_h1 *h, const struct hd_h1_opts *o, const
     while (i < n && w < cap) {
         switch ((enum hd_h1_state)h->state) {
         case H1_HEAD: {
-            size_t run = plain_run(h, o, in + i, (n - i < cap - w ? n - i : cap - w));
+            size_t run =
+                plain_run(h, o, (const unsigned char *)in + i, (n - i < cap - w ? n - i : cap - w));
             if (run) {
                 memcpy(out + w, in + i, run);
                 w += run;
                 i += run;
-                h->head_len += (uint32_t)run;
                 break;
             }
             enum hd_h1_verdict v = head_byte(h, o, (unsigned char)in[i++], out, &w, cap, ref);

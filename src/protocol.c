@@ -137,10 +137,18 @@ enum field_kind { F_ABSENT, F_STRING, F_INTEGER, F_OTHER };
 
 static const struct canon_member *span_find(const struct fields *f, const char *key)
 {
-    size_t klen = strlen(key);
-    for (size_t i = 0; i < f->n; i++)
-        if (f->m[i].key_len == klen && memcmp(f->m[i].key, key, klen) == 0)
+    /* Compared in line, without strlen and memcmp calls: a command has a handful of short
+     * members, and most differ from the key in their first byte. */
+    for (size_t i = 0; i < f->n; i++) {
+        const char *k = f->m[i].key;
+        size_t n = f->m[i].key_len, j = 1;
+        if (!n || k[0] != key[0])
+            continue;
+        while (j < n && key[j] && k[j] == key[j])
+            j++;
+        if (j == n && !key[j])
             return &f->m[i];
+    }
     return NULL;
 }
 

@@ -75,6 +75,36 @@ static uint32_t receivers_of(struct hd_broker *b, uint64_t seq)
     return m ? m->receivers : 0;
 }
 
+/* Spare pub_ops kept: a few more than the publishes usually in flight at once. */
+#define SPARE_OPS 64
+
+static struct pub_op *op_new(struct hd_broker *b)
+{
+    struct pub_op *op = b->spare_ops;
+    if (op) {
+        b->spare_ops = op->next;
+        b->n_spare_ops--;
+    } else if (!(op = malloc(sizeof(*op)))) {
+        return NULL;
+    }
+    *op = (struct pub_op){.b = b};
+    return op;
+}
+
+/* Frees op, or keeps it for the next publish; its key is freed either way. */
+static void op_release(struct pub_op *op)
+{
+    struct hd_broker *b = op->b;
+    free(op->key);
+    if (b->n_spare_ops >= SPARE_OPS) {
+        free(op);
+        return;
+    }
+    op->next = b->spare_ops;
+    b->spare_ops = op;
+    b->n_spare_ops++;
+}
+
 static void op_succeed(struct pub_op *op, uint32_t receivers)
 {
     struct hd_broker *b = op->b;
@@ -85,8 +115,7 @@ static void op_succeed(struct pub_op *op, uint32_t receivers)
                                                     .time_ms = op->res.time_ms,
                                                     .receivers = receivers});
     op->done(op->arg, NULL, &op->res);
-    free(op->key);
-    free(op);
+    op_release(op);
 }
 
 static void op_fail(struct pub_op *op, int err)
@@ -98,8 +127,7 @@ static void op_fail(struct pub_op *op, int err)
     if (op->key)
         hd_dedupe_abort(b->dedupe, op->key, err);
     op->done(op->arg, &e, NULL);
-    free(op->key);
-    free(op);
+    op_release(op);
 }
 
 static void awaiting_unlink(struct hd_broker *b, struct pub_op *op)
@@ -159,6 +187,12 @@ void hd__broker_publish_free(struct hd_broker *b)
         awaiting_unlink(b, op);
         op_fail(op, -ESHUTDOWN);
     }
+    while (b->spare_ops) {
+        struct pub_op *op = b->spare_ops;
+        b->spare_ops = op->next;
+        free(op);
+    }
+    b->n_spare_ops = 0;
 }
 
 /* ---- admission ---------------------------------------------------------------------------- */
@@ -196,14 +230,12 @@ enum hd_err hd_broker_publish_check(struct hd_broker *b, const struct hd_publish
     return HD_ERR_NONE;
 }
 
-enum hd_err hd_broker_publish_take(struct hd_broker *b, const struct hd_publisher *who, uint32_t n,
-                                   uint32_t *fits, struct hd_error *err)
+/* hd_broker_publish_take with a rate limit set (apart: the usual path without one is short). */
+__attribute__((noinline)) static enum hd_err rate_take(struct hd_broker *b,
+                                                       const struct hd_publisher *who, uint32_t n,
+                                                       uint32_t *fits, struct hd_error *err)
 {
     const struct hd_config *cfg = b->cfg;
-    if (fits)
-        *fits = n;
-    if (!cfg->limits.publish_rate)
-        return HD_ERR_NONE;
     char key[80];
     const char *name = hd_identity_name(who->identity);
     if (who->identity->kind != HD_ID_ANONYMOUS && name) {
@@ -231,6 +263,16 @@ enum hd_err hd_broker_publish_take(struct hd_broker *b, const struct hd_publishe
         err->retry_after = wait;
     }
     return HD_ERR_RATE_LIMITED;
+}
+
+enum hd_err hd_broker_publish_take(struct hd_broker *b, const struct hd_publisher *who, uint32_t n,
+                                   uint32_t *fits, struct hd_error *err)
+{
+    if (fits)
+        *fits = n;
+    if (!b->cfg->limits.publish_rate)
+        return HD_ERR_NONE;
+    return rate_take(b, who, n, fits, err);
 }
 
 static void on_duplicate_done(void *arg, int err, const struct hd_dedupe_answer *a)
@@ -268,10 +310,11 @@ enum hd_err hd_broker_publish_submit(struct hd_broker *b, const struct hd_publis
                                      const struct hd_pub *p, hd_publish_done_fn done, void *arg,
                                      struct hd_error *err)
 {
-    struct pub_op *op = calloc(1, sizeof(*op));
+    struct pub_op *op = op_new(b);
     if (!op)
         return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
-    *op = (struct pub_op){.b = b, .done = done, .arg = arg};
+    op->done = done;
+    op->arg = arg;
     if (p->key && b->cfg->history.dedupe_window_s) {
         op->key = scoped_key(who, p->key);
         struct hd_dedupe_answer a;
@@ -282,15 +325,13 @@ enum hd_err hd_broker_publish_submit(struct hd_broker *b, const struct hd_publis
         if (st != HD_DEDUPE_WAITING)
             free(w);
         if (st < 0) {
-            free(op->key);
-            free(op);
+            op_release(op);
             return hd_error_set(err, HD_ERR_INTERNAL, "out of memory");
         }
         if (st != HD_DEDUPE_NEW) {
             if (st == HD_DEDUPE_WAITING)
                 *w = (struct dup_wait){.done = done, .arg = arg};
-            free(op->key);
-            free(op);
+            op_release(op);
             b->metrics.publish_duplicates++;
             if (st == HD_DEDUPE_DONE) {
                 struct hd_publish_result res = {.seq = a.seq,
@@ -310,8 +351,7 @@ enum hd_err hd_broker_publish_submit(struct hd_broker *b, const struct hd_publis
     if (r) {
         if (op->key)
             hd_dedupe_abort(b->dedupe, op->key, r);
-        free(op->key);
-        free(op);
+        op_release(op);
         b->metrics.publish_rejected++;
         struct hd_error scratch;
         engine_error(err ? err : &scratch, r);

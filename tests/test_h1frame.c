@@ -166,6 +166,92 @@ START_TEST(bad_heads_get_their_status)
 }
 END_TEST
 
+/* Feeds `in` in two pieces, split after `split` bytes (0: whole). */
+static void feed_split(const char *in, size_t n, size_t split, struct result *r)
+{
+    memset(r, 0, sizeof(*r));
+    for (size_t at = 0; at < n;) {
+        size_t piece = at < split && split < n ? split - at : n - at;
+        size_t consumed = 0, out = 0;
+        struct hd_h1_refusal ref;
+        r->v = hd_h1_feed(&r->h, &opts, in + at, piece, r->out + r->out_len,
+                          sizeof(r->out) - r->out_len, &consumed, &out, &ref);
+        if (r->v != H1_OK) {
+            r->status = ref.status;
+            return;
+        }
+        ck_assert_uint_eq(consumed, piece);
+        r->out_len += out;
+        at += piece;
+    }
+}
+
+START_TEST(tracked_headers_in_any_case_at_any_split)
+{
+    /* The usual parts of a head are read in runs (plain_run), the rest a byte at a time: a
+     * read may end anywhere, and header names are matched whatever their case. */
+    static const char post[] = "POST /v1/topics/a?x=1&y=2 HTTP/1.1\r\nHost: h\r\n"
+                               "CONTENT-length:  3 \r\nX-Y: z\r\n\r\nabc";
+    static const char both[] = "POST / HTTP/1.1\r\ncontent-LENGTH: 3\r\n"
+                               "Transfer-ENCODING: chunked\r\n\r\n";
+    static const char two[] = "POST / HTTP/1.1\r\nContent-Length: 3\r\nCONTENT-LENGTH: 4\r\n\r\n";
+    static const char up[] = "GET /v1/ws HTTP/1.1\r\nUPGRADE: WebSocket\r\n\r\n";
+    for (size_t split = 0; split < sizeof(post) - 1; split++) {
+        struct result r;
+        feed_split(S(post), split, &r);
+        ck_assert_int_eq(r.v, H1_OK);
+        ck_assert_int_eq(r.h.state, H1_AWAIT);
+        ck_assert_int_eq(r.h.cl, 3);
+        ck_assert_uint_eq(r.out_len, sizeof(post) - 1);
+        ck_assert(memcmp(r.out, post, r.out_len) == 0);
+    }
+    for (size_t split = 0; split < sizeof(both) - 1; split++) {
+        struct result r;
+        feed_split(S(both), split, &r);
+        ck_assert_int_eq(r.v, H1_REFUSE);
+        ck_assert_int_eq(r.status, 400);
+    }
+    for (size_t split = 0; split < sizeof(two) - 1; split++) {
+        struct result r;
+        feed_split(S(two), split, &r);
+        ck_assert_int_eq(r.v, H1_REFUSE);
+        ck_assert_int_eq(r.status, 400);
+    }
+    for (size_t split = 0; split < sizeof(up) - 1; split++) {
+        struct result r;
+        feed_split(S(up), split, &r);
+        ck_assert_int_eq(r.v, H1_OK);
+        ck_assert_int_eq(r.h.state, H1_WS);
+    }
+}
+END_TEST
+
+START_TEST(value_bytes_are_checked_wherever_they_fall)
+{
+    /* Values are scanned eight bytes at a time: a control character, DEL or NUL is refused
+     * at any offset of a long value, and a tab is a value byte at any offset. */
+    for (size_t at = 0; at < 24; at++) {
+        static const char bad[] = {0x00, 0x01, 0x0b, 0x1f, 0x7f};
+        char req[128];
+        for (size_t b = 0; b < sizeof(bad); b++) {
+            int n = snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nX-Long: %.*sZ%.*s\r\n\r\n",
+                             (int)at, "abcdefghijklmnopqrstuvwxyz", (int)(24 - at),
+                             "abcdefghijklmnopqrstuvwxyz");
+            char *z = strchr(req, 'Z');
+            *z = bad[b];
+            expect_status(req, (size_t)n, 400, HD_ERR_BAD_REQUEST);
+        }
+        int n = snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nX-Long: %.*s\t%.*s\r\n\r\n", (int)at,
+                         "abcdefghijklmnopqrstuvwxyz", (int)(24 - at),
+                         "\x80\xff\x20~bcdefghijklmnopqrstuvwxyz");
+        struct result r;
+        feed(req, (size_t)n, 0, &r);
+        ck_assert_int_eq(r.v, H1_OK);
+        ck_assert_int_eq(r.h.state, H1_AWAIT);
+    }
+}
+END_TEST
+
 START_TEST(absolute_form_becomes_its_path)
 {
     static const struct {
@@ -274,6 +360,8 @@ static Suite *h1frame_suite(void)
     tcase_add_test(tc, answered_starts_the_next_request);
     tcase_add_test(tc, smuggling_constructs_are_refused);
     tcase_add_test(tc, bad_heads_get_their_status);
+    tcase_add_test(tc, tracked_headers_in_any_case_at_any_split);
+    tcase_add_test(tc, value_bytes_are_checked_wherever_they_fall);
     tcase_add_test(tc, absolute_form_becomes_its_path);
     tcase_add_test(tc, upgrades_hand_over_after_the_head);
     tcase_add_test(tc, websocket_frames_must_be_masked);

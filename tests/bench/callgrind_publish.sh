@@ -5,6 +5,8 @@
 # loadgen to 1,000 subscribers on 1,000 topics, and the difference of the two totals divided
 # by E2 - E1 is the cost of one publish (start-up, connections and shutdown cancel out).
 # Usage: tests/bench/callgrind_publish.sh BUILD_DIR [http|ws ...]   (loopback only)
+# KEEP=DIR keeps the callgrind files as DIR/<mode>.<events>.out, for callgrind_annotate (per
+# function: the same difference, e.g. tests/bench/callgrind_diff.py DIR/http.5000.out ...).
 set -euo pipefail
 build=${1:?usage: $0 BUILD_DIR [http|ws ...]}
 shift
@@ -15,6 +17,7 @@ loadgen=$build/tests/bench/loadgen
 E1=${E1:-5000} E2=${E2:-15000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+[ -z "${KEEP:-}" ] || mkdir -p "$KEEP"
 
 run_one() { # mode events -> total Ir
   local mode=$1 events=$2 log=$work/d.log out=$work/cg.out
@@ -33,6 +36,7 @@ run_one() { # mode events -> total Ir
   kill -TERM "$pid"
   wait "$pid" || true
   sed -n 's/^summary: \([0-9]*\).*/\1/p' "$out"
+  [ -z "${KEEP:-}" ] || cp "$out" "$KEEP/$mode.$events.out"
 }
 
 for mode in "${modes[@]}"; do
