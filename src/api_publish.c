@@ -218,6 +218,7 @@ static int publish_one(struct hd_broker *b, const struct hd_http_req *req, const
     *ctx = (struct pub_ctx){.b = b, .in_call = true, .sync_resp = resp, .done = done, .arg = arg};
     snprintf(ctx->topic, sizeof(ctx->topic), "%.*s", HD_TOPIC_MAX, topic);
     struct hd_publisher p = publisher_of(req, who);
+    p.rights_checked = true; /* hd__api_publish_route checked them before the body */
     struct hd_pub pub = {.topic = topic,
                          .event = ev,
                          .data_json = data,
