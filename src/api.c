@@ -230,8 +230,6 @@ static enum route match_route(const char *path, char *var, size_t cap)
         return R_WS;
     if (strcmp(path, "/v1/publish") == 0)
         return R_BATCH;
-    if (hd_asset_route(path))
-        return R_ASSET;
     const char *rest;
     enum route r = R_NONE;
     if (strncmp(path, "/v1/topics/", 11) == 0) {
@@ -256,6 +254,10 @@ static enum route match_route(const char *path, char *var, size_t cap)
         var[vlen] = '\0';
         return r;
     }
+    /* After the topic routes: no embedded asset lives under /v1/topics/, and a publish
+     * should not pay for the asset table's string compares. */
+    if (hd_asset_route(path))
+        return R_ASSET;
     if (strncmp(path, "/v1/events/", 11) == 0) {
         rest = path + 11;
         size_t vlen = strlen(rest);

@@ -209,15 +209,24 @@ static int publish_one(struct hd_broker *b, const struct hd_http_req *req, const
     const char *data = body_data(req, body, len, &dlen, &dump, resp);
     if (!data)
         return HD_HTTP_RESPOND;
-    struct pub_ctx *ctx = calloc(1, sizeof(*ctx));
+    struct pub_ctx *ctx = malloc(sizeof(*ctx));
     if (!ctx) {
         free(dump);
         hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
         return HD_HTTP_RESPOND;
     }
-    *ctx = (struct pub_ctx){.b = b, .in_call = true, .sync_resp = resp, .done = done, .arg = arg};
-    snprintf(ctx->topic, sizeof(ctx->topic), "%.*s", HD_TOPIC_MAX, topic);
+    /* Member by member: a compound literal would zero the topic buffer first. */
+    ctx->b = b;
+    ctx->in_call = true;
+    ctx->completed = false;
+    ctx->sync_resp = resp;
+    ctx->done = done;
+    ctx->arg = arg;
+    size_t tlen = strnlen(topic, HD_TOPIC_MAX); /* the route checked it: at most that */
+    memcpy(ctx->topic, topic, tlen);
+    ctx->topic[tlen] = '\0';
     struct hd_publisher p = publisher_of(req, who);
+    p.rights_checked = true; /* hd__api_publish_route checked them before the body */
     struct hd_pub pub = {.topic = topic,
                          .event = ev,
                          .data_json = data,

@@ -201,6 +201,10 @@ struct hd_publisher {
     uint64_t conn_id;
     const struct hd_peer_addr *peer_addr;
     const char *peer;
+    /* hd_broker_publish_check already passed for this identity, topic and key (an HTTP
+     * publish is checked before its body is read): the rights and the key are not asked
+     * again, the state (draining, readiness, size, queues) is. */
+    bool rights_checked;
 };
 
 /* The answer to a publish (PROTOCOL.md section 3). */

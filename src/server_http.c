@@ -569,7 +569,11 @@ static int write_response(struct http_pss *pss, struct lws *wsi)
     struct hd_http_resp *r = &pss->resp;
     size_t hcap = 2048;
     size_t body_len = pss->head ? 0 : r->body_len;
-    unsigned char *buf = malloc(LWS_PRE + hcap + body_len);
+    /* Most answers (a publish's 202) fit on the stack: lws_write copies what the socket
+     * does not take, so the buffer need not outlive this call. */
+    unsigned char small[LWS_PRE + 2048 + 1024];
+    unsigned char *buf =
+        LWS_PRE + hcap + body_len <= sizeof(small) ? small : malloc(LWS_PRE + hcap + body_len);
     if (!buf)
         return -1;
     unsigned char *start = buf + LWS_PRE, *p = start, *end = start + hcap - 1;
@@ -607,10 +611,12 @@ static int write_response(struct http_pss *pss, struct lws *wsi)
     p += body_len;
     if (lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS) != (int)(p - start))
         goto fail;
-    free(buf);
+    if (buf != small)
+        free(buf);
     return 0;
 fail:
-    free(buf);
+    if (buf != small)
+        free(buf);
     return -1;
 }
 
