@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "herald.h"
 
@@ -151,13 +150,23 @@ struct slow {
     herald_client *c;
     int n;
     int got, disconnects, gaps, bad;
-    double delay_s;
+    /* Set by the publisher once every publish was answered (or it gave up). */
+    pthread_mutex_t mu;
+    pthread_cond_t published;
+    int publishing_done;
 };
 
 static void *consumer(void *arg)
 {
     struct slow *s = arg;
-    usleep((useconds_t)(s->delay_s * 1e6)); /* fall behind on purpose */
+    /* Fall behind on purpose: read nothing until all N events (far more bytes than the
+     * socket buffers and the server's queue hold) were accepted, so the server must have cut
+     * this connection off. A fixed head start instead left it to the machine's speed: a
+     * publisher slowed by load published too little in it and the cut never came. */
+    pthread_mutex_lock(&s->mu);
+    while (!s->publishing_done)
+        pthread_cond_wait(&s->published, &s->mu);
+    pthread_mutex_unlock(&s->mu);
     double deadline = now_s() + 300;
     while (s->got < s->n && now_s() < deadline) {
         herald_event *ev;
@@ -204,7 +213,8 @@ static int run_slow(const char *url, int n, int size)
         herald_options_set_backoff(o, 50, 30000) != 0)
         return fail("options", NULL);
     herald_error e;
-    struct slow s = {.n = n, .delay_s = 1.5};
+    struct slow s = {
+        .n = n, .mu = PTHREAD_MUTEX_INITIALIZER, .published = PTHREAD_COND_INITIALIZER};
     s.c = herald_connect(url, o, &e);
     herald_options_free(o);
     if (!s.c)
@@ -240,6 +250,10 @@ static int run_slow(const char *url, int n, int size)
     }
     free(data);
     free(pad);
+    pthread_mutex_lock(&s.mu);
+    s.publishing_done = 1;
+    pthread_cond_signal(&s.published);
+    pthread_mutex_unlock(&s.mu);
     pthread_join(th, NULL);
     herald_close(pub);
     herald_close(s.c);

@@ -135,14 +135,14 @@ class BackpressureTest(HeraldTestCase):
         n = 300  # about 15 MB to the stalled reader: well past the watermark
 
         def publish_all():
-            statuses, slowest = [], 0.0
-            with d.http() as h:
+            statuses, waits = [], []
+            with d.http(timeout=30) as h:
                 for i in range(n):
                     t = time.monotonic()
                     statuses.append(h.publish("bp", {"i": i, "pad": pad},
                                               content_type="application/json")[0])
-                    slowest = max(slowest, time.monotonic() - t)
-            return statuses, slowest
+                    waits.append(time.monotonic() - t)
+            return statuses, sorted(waits)
 
         loop = asyncio.get_running_loop()
         pub = loop.run_in_executor(None, publish_all)
@@ -150,12 +150,21 @@ class BackpressureTest(HeraldTestCase):
         while len(got) < n:  # the fast reader drains while the publisher runs
             ev = await fast.recv_event(30)
             got.append(ev["data"]["i"])
-        statuses, slowest = await pub
+        statuses, waits = await pub
         self.assertEqual(statuses, [202] * n)
         self.assertEqual(got, list(range(n)))  # every event, in order, once
         self.assertGreater(d.metric("herald_publish_holds_total"), 0,
                            "publishes were never held although queues passed the watermark")
-        self.assertLess(slowest, 2.0, "one publish waited far longer than the hold bound")
+        # Held publishes wait HD_PUBLISH_HOLD_MAX_MS (20 ms) at most. The slowest single one
+        # also carries whatever stall a loaded machine (ASan, parallel tests) puts on that
+        # moment, so the bound is on the 90th percentile (a hold that is not bounded, or
+        # bounded far too high, moves most of the ~220 held publishes), and the maximum
+        # only has to stay under the publish timeout (held until the reader drains:
+        # forever).
+        p90 = waits[int(len(waits) * 0.9)]
+        self.assertLess(p90, 1.0, f"publishes waited far longer than the hold bound: "
+                                  f"90th percentile {p90:.3f} s, slowest {waits[-5:]}")
+        self.assertLess(waits[-1], 10.0, "one publish was held until the stalled reader read")
         self.assertGreater(d.metric("herald_queued_bytes"), 4 * 1024 * 1024)
 
 
