@@ -6,11 +6,15 @@
 #   - acknowledged publishes/s: one subscriber, publishers over HTTP with 64 in flight;
 #   - fan-out: subscribers split over two heraldd nodes (publishers on the first), 16 in flight;
 #     deliveries/s, p99 publish-to-delivery, heraldd CPU per delivery summed over the nodes,
-#     and nats-server CPU per publish summed over the servers.
+#     and nats-server CPU per publish summed over the servers; events per WebSocket write
+#     (herald_deliveries_written_total over herald_ws_writes_total, summed over the nodes);
+#   - the same fan-out at a fixed RATE publishes/s, below saturation: CPU per delivery at
+#     saturation depends on how many events each write carries, at a steady rate less so.
 # Everything listens on loopback; nothing is installed; nats-server comes from scripts/nats-server.
 #
 # usage: tests/bench/cluster.sh [BUILD_DIR]        (default ./build)
-# environment: EVENTS (20000), SUBS (1000), TOPICS (10), OUT (tests/bench/results/cluster.md)
+# environment: EVENTS (20000), SUBS (1000), TOPICS (10), RATE (300), OUT
+#   (tests/bench/results/cluster.md), ENGINES ("local r1 r3": which scenarios run)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,6 +23,8 @@ build=$(realpath -e "${1:-./build}")
 events=${EVENTS:-20000}
 subs=${SUBS:-1000}
 topics=${TOPICS:-10}
+rate=${RATE:-300}
+engines=${ENGINES:-local r1 r3}
 out=${OUT:-$here/results/cluster.md}
 heraldd=$build/heraldd
 loadgen=$build/tests/bench/loadgen
@@ -94,14 +100,43 @@ node_config() { # $1 node name, $2 urls ("" = local engine), $3 replicas
     echo "$f"
 }
 
+# Sums a counter from /metrics over the nodes' ports.
+metric_sum() { # name, port...
+    local name=$1 p total=0 v
+    shift
+    for p in "$@"; do
+        v=$(curl -sf "http://127.0.0.1:$p/metrics" | awk -v n="$name" '$1 == n { print $2 }')
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
 rows=()
-row() { # label, publish json, fanout json
+row() { # label, publish json ("" for none), fanout json, events per write
     local p=$2 f=$3
-    rows+=("| $1 | $(jq -r '.publish_per_s|floor' <<<"$p") | $(jq -r '.deliveries_per_s|floor' <<<"$f") | $(jq -r '.lat_us.p50|floor' <<<"$f") | $(jq -r '.lat_us.p99|floor' <<<"$f") | $(jq -r '.server_cpu_us_per_delivery*100|floor/100' <<<"$f") | $(jq -r 'if .other_cpu_us_per_publish then (.other_cpu_us_per_publish|floor) else "-" end' <<<"$f") | $(jq -r '.missing' <<<"$f") |")
+    rows+=("| $1 | $(if [[ -n $p ]]; then jq -r '.publish_per_s|floor' <<<"$p"; else echo -; fi) | $(jq -r '.publish_per_s|floor' <<<"$f") | $(jq -r '.deliveries_per_s|floor' <<<"$f") | $(jq -r '.lat_us.p50|floor' <<<"$f") | $(jq -r '.lat_us.p99|floor' <<<"$f") | $(jq -r '.server_cpu_us_per_delivery*100|floor/100' <<<"$f") | $4 | $(jq -r 'if .other_cpu_us_per_publish then (.other_cpu_us_per_publish|floor) else "-" end' <<<"$f") | $(jq -r '.missing' <<<"$f") |")
+}
+
+# Runs one fan-out (extra loadgen options in $@ after the label) and adds its row.
+fanout() { # label, loadgen options...
+    local label=$1 fan w0 d0 w1 d1 epw
+    shift
+    w0=$(metric_sum herald_ws_writes_total "${ports[@]}")
+    d0=$(metric_sum herald_deliveries_written_total "${ports[@]}")
+    echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
+    fan=$("$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
+        --subs "$subs" --topics "$topics" --events "$events" --inflight 16 --allow-reorder \
+        --timeout 120 "$@")
+    w1=$(metric_sum herald_ws_writes_total "${ports[@]}")
+    d1=$(metric_sum herald_deliveries_written_total "${ports[@]}")
+    epw=$(awk -v w=$((w1 - w0)) -v d=$((d1 - d0)) 'BEGIN { printf "%.1f", w ? d / w : 0 }')
+    echo "$label fanout: $fan" >>"$tmp/raw.jsonl"
+    row "$label" "$pub" "$fan" "$epw"
+    pub=""
 }
 
 run_scenario() { # label, nats servers (0 = local engine), replicas
-    local label=$1 n=$2 r=$3 urls="" a b pa pb pub fan other=() split=()
+    local label=$1 n=$2 r=$3 urls="" a b pa pb pub other=() split=() ports=()
     if ((n > 0)); then
         start_nats "$n"
         urls=$nats_urls
@@ -109,9 +144,11 @@ run_scenario() { # label, nats servers (0 = local engine), replicas
     fi
     start_node "$(node_config a "$urls" "$r")"
     pa=$node_pid a=$node_port
+    ports=("$a")
     if ((n > 0)); then
         start_node "$(node_config b "$urls" "$r")"
         pb=$node_pid b=$node_port
+        ports+=("$b")
         split=(--sub-port2 "$b")
         servers="$pa,$pb"
     else
@@ -120,21 +157,22 @@ run_scenario() { # label, nats servers (0 = local engine), replicas
     echo "cluster.sh: $label: acknowledged publishes" >&2
     pub=$("$loadgen" --port "$a" --subs 1 --topics 1 --events "$events" --inflight 64 \
         --server-pid "$servers" "${other[@]}" --timeout 120)
-    echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
-    fan=$("$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
-        --subs "$subs" --topics "$topics" --events "$events" --inflight 16 --allow-reorder \
-        --timeout 120)
     echo "$label publish: $pub" >>"$tmp/raw.jsonl"
-    echo "$label fanout: $fan" >>"$tmp/raw.jsonl"
-    row "$label" "$pub" "$fan"
+    fanout "$label"
+    fanout "$label, $rate/s" --rate "$rate"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     pids=()
 }
 
-run_scenario "local engine (one node)" 0 1
-run_scenario "nats, replicas 1 (two nodes)" 1 1
-run_scenario "nats, replicas 3 (two nodes, three servers)" 3 3
+for e in $engines; do
+    case $e in
+    local) run_scenario "local engine (one node)" 0 1 ;;
+    r1) run_scenario "nats, replicas 1 (two nodes)" 1 1 ;;
+    r3) run_scenario "nats, replicas 3 (two nodes, three servers)" 3 3 ;;
+    *) echo "cluster.sh: ENGINES: expected local, r1 or r3, got '$e'" >&2; exit 2 ;;
+    esac
+done
 
 mkdir -p "$(dirname "$out")"
 {
@@ -142,12 +180,13 @@ mkdir -p "$(dirname "$out")"
     echo
     echo "$(date -u +%Y-%m-%d) at $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'),"
     echo "$(nproc) CPUs, $events events of 100 bytes; fan-out: $subs subscribers over $topics topics"
-    echo "(split over the two nodes in cluster mode, publishers on the first), 16 publishes in flight."
+    echo "(split over the two nodes in cluster mode, publishers on the first), 16 publishes in flight,"
+    echo "as fast as acknowledged, then at $rate publishes/s."
     echo "CPU per delivery is summed over the heraldd processes, NATS CPU per publish over the"
     echo "nats-servers. Every process shares the same cores: read the figures as relative."
     echo
-    echo "| engine | acked publishes/s | deliveries/s | p50 µs | p99 µs | heraldd CPU µs/delivery | NATS CPU µs/publish | missing |"
-    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    echo "| engine | acked publishes/s (1 sub) | fan-out publishes/s | deliveries/s | p50 µs | p99 µs | heraldd CPU µs/delivery | events/write | NATS CPU µs/publish | missing |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     printf '%s\n' "${rows[@]}"
     echo
     echo "Raw loadgen output:"
