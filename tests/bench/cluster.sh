@@ -14,7 +14,8 @@
 #
 # usage: tests/bench/cluster.sh [BUILD_DIR]        (default ./build)
 # environment: EVENTS (20000), SUBS (1000), TOPICS (10), RATE (300), OUT
-#   (tests/bench/results/cluster.md), ENGINES ("local r1 r3": which scenarios run)
+#   (tests/bench/results/cluster.md), ENGINES ("local r1 r3": which scenarios run), RUNS (3:
+#   the table shows medians over the runs)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,6 +26,7 @@ subs=${SUBS:-1000}
 topics=${TOPICS:-10}
 rate=${RATE:-300}
 engines=${ENGINES:-local r1 r3}
+runs=${RUNS:-3}
 out=${OUT:-$here/results/cluster.md}
 heraldd=$build/heraldd
 loadgen=$build/tests/bench/loadgen
@@ -111,15 +113,10 @@ metric_sum() { # name, port...
     echo "$total"
 }
 
-rows=()
-row() { # label, publish json ("" for none), fanout json, events per write
-    local p=$2 f=$3
-    rows+=("| $1 | $(if [[ -n $p ]]; then jq -r '.publish_per_s|floor' <<<"$p"; else echo -; fi) | $(jq -r '.publish_per_s|floor' <<<"$f") | $(jq -r '.deliveries_per_s|floor' <<<"$f") | $(jq -r '.lat_us.p50|floor' <<<"$f") | $(jq -r '.lat_us.p99|floor' <<<"$f") | $(jq -r '.server_cpu_us_per_delivery*100|floor/100' <<<"$f") | $4 | $(jq -r 'if .other_cpu_us_per_publish then (.other_cpu_us_per_publish|floor) else "-" end' <<<"$f") | $(jq -r '.missing' <<<"$f") |")
-}
-
-# Runs one fan-out (extra loadgen options in $@ after the label) and adds its row.
+# Runs one fan-out (extra loadgen options in $@ after the label) and records it, with the acked
+# publishes/s of its scenario ($pub, then cleared) and the events per write, in records.jsonl.
 fanout() { # label, loadgen options...
-    local label=$1 fan w0 d0 w1 d1 epw
+    local label=$1 fan w0 d0 w1 d1 epw acked=null
     shift
     w0=$(metric_sum herald_ws_writes_total "${ports[@]}")
     d0=$(metric_sum herald_deliveries_written_total "${ports[@]}")
@@ -129,9 +126,11 @@ fanout() { # label, loadgen options...
         --timeout 120 "$@")
     w1=$(metric_sum herald_ws_writes_total "${ports[@]}")
     d1=$(metric_sum herald_deliveries_written_total "${ports[@]}")
-    epw=$(awk -v w=$((w1 - w0)) -v d=$((d1 - d0)) 'BEGIN { printf "%.1f", w ? d / w : 0 }')
+    epw=$(awk -v w=$((w1 - w0)) -v d=$((d1 - d0)) 'BEGIN { printf "%.2f", w ? d / w : 0 }')
     echo "$label fanout: $fan" >>"$tmp/raw.jsonl"
-    row "$label" "$pub" "$fan" "$epw"
+    [[ -n $pub ]] && acked=$(jq '.publish_per_s' <<<"$pub")
+    jq -c --arg l "$label" --argjson epw "$epw" --argjson acked "$acked" \
+        '. + {label: $l, events_per_write: $epw, acked_per_s: $acked}' <<<"$fan" >>"$tmp/records.jsonl"
     pub=""
 }
 
@@ -165,13 +164,17 @@ run_scenario() { # label, nats servers (0 = local engine), replicas
     pids=()
 }
 
-for e in $engines; do
-    case $e in
-    local) run_scenario "local engine (one node)" 0 1 ;;
-    r1) run_scenario "nats, replicas 1 (two nodes)" 1 1 ;;
-    r3) run_scenario "nats, replicas 3 (two nodes, three servers)" 3 3 ;;
-    *) echo "cluster.sh: ENGINES: expected local, r1 or r3, got '$e'" >&2; exit 2 ;;
-    esac
+# The engines take turns within each run, so a neighbour's load on this shared machine hits
+# them alike; the table shows each figure's median over the runs.
+for ((run = 1; run <= runs; run++)); do
+    for e in $engines; do
+        case $e in
+        local) run_scenario "local engine (one node)" 0 1 ;;
+        r1) run_scenario "nats, replicas 1 (two nodes)" 1 1 ;;
+        r3) run_scenario "nats, replicas 3 (two nodes, three servers)" 3 3 ;;
+        *) echo "cluster.sh: ENGINES: expected local, r1 or r3, got '$e'" >&2; exit 2 ;;
+        esac
+    done
 done
 
 mkdir -p "$(dirname "$out")"
@@ -179,15 +182,29 @@ mkdir -p "$(dirname "$out")"
     echo "# Cluster mode beside the local engine"
     echo
     echo "$(date -u +%Y-%m-%d) at $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'),"
-    echo "$(nproc) CPUs, $events events of 100 bytes; fan-out: $subs subscribers over $topics topics"
+    echo "$(nproc) CPUs, medians of $runs runs (the engines take turns within each run), $events events"
+    echo "of 100 bytes; fan-out: $subs subscribers over $topics topics"
     echo "(split over the two nodes in cluster mode, publishers on the first), 16 publishes in flight,"
     echo "as fast as acknowledged, then at $rate publishes/s."
     echo "CPU per delivery is summed over the heraldd processes, NATS CPU per publish over the"
     echo "nats-servers. Every process shares the same cores: read the figures as relative."
     echo
+    echo "Events/write is herald_deliveries_written_total over herald_ws_writes_total (frames coalesced"
+    echo "into one send). Missing is summed over the runs."
+    echo
     echo "| engine | acked publishes/s (1 sub) | fan-out publishes/s | deliveries/s | p50 µs | p99 µs | heraldd CPU µs/delivery | events/write | NATS CPU µs/publish | missing |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    printf '%s\n' "${rows[@]}"
+    jq -rs '
+        def median: map(select(. != null)) | sort | if length == 0 then null
+            else (if length % 2 == 1 then .[length / 2 | floor]
+                  else (.[length / 2 - 1] + .[length / 2]) / 2 end) end;
+        def f($d): if . == null then "-" elif $d == 0 then floor | tostring
+            else (. * pow(10; $d) | round) / pow(10; $d) | tostring end;
+        (reduce .[] as $r ([]; if any(.[]; . == $r.label) then . else . + [$r.label] end)) as $labels
+        | group_by(.label) as $groups
+        | $labels[] as $l | ($groups[] | select(.[0].label == $l)) as $g
+        | "| \($l) | \($g | map(.acked_per_s) | median | f(0)) | \($g | map(.publish_per_s) | median | f(0)) | \($g | map(.deliveries_per_s) | median | f(0)) | \($g | map(.lat_us.p50) | median | f(0)) | \($g | map(.lat_us.p99) | median | f(0)) | \($g | map(.server_cpu_us_per_delivery) | median | f(2)) | \($g | map(.events_per_write) | median | f(2)) | \($g | map(.other_cpu_us_per_publish) | median | f(0)) | \($g | map(.missing) | add) |"
+    ' "$tmp/records.jsonl"
     echo
     echo "Raw loadgen output:"
     echo
