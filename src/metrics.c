@@ -162,6 +162,10 @@ char *hd_metrics_render(const struct hd_metrics *m, size_t *len)
             "Reads of WebSocket frames made at the end of a loop turn because the socket held "
             "more than one read (a client with several commands in flight).",
             m->ws_reads_ahead);
+    counter(&b, "herald_ws_writes_total",
+            "Writes of queued frames to WebSocket connections, each one or more frames coalesced "
+            "into one send; herald_deliveries_written_total over this is events per write.",
+            m->ws_writes);
     counter(&b, "herald_events_published_total", "Events accepted for publishing.",
             m->events_published);
     counter(&b, "herald_deliveries_written_total",

@@ -50,6 +50,7 @@ struct hd_metrics {
     uint64_t engine_replays;     /* subscriptions and polls answered by an engine replay */
     uint64_t publishes_held;     /* loop turns a publish waited for queues to drain */
     uint64_t ws_reads_ahead;     /* end-of-turn reads of WebSocket frames (server_ws.c) */
+    uint64_t ws_writes;          /* writes of queued WebSocket frames (server_ws.c) */
     /* Cluster engine (engine.type nats), kept by engine_nats_loop.c on the loop thread; rendered
      * only when engine_node is set, labelled with it (a name of A-Z a-z 0-9 _ . : @ -). */
     const char *engine_node;

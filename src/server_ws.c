@@ -249,6 +249,7 @@ static int ws_write_queued(struct ws_pss *pss, struct lws *wsi)
         used += x->len;
         n++;
     }
+    hd_broker_metrics(pss->conn.broker)->ws_writes++;
     if (n >= 2) {
         if (lws_write(wsi, gather + LWS_PRE, used, LWS_WRITE_HTTP) < (int)used)
             return -1;

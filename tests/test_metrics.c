@@ -109,6 +109,7 @@ START_TEST(render_values)
     m.http_requests = 10;
     m.publish_rejected = 11;
     m.publishes_held = 14;
+    m.ws_writes = 15;
     hd_histogram_observe(&m.publish_to_write, 40000);       /* bucket 0 */
     hd_histogram_observe(&m.publish_to_write, 100000);      /* bucket 1, on the bound */
     hd_histogram_observe(&m.publish_to_write, 3000000);     /* <= 5 ms */
@@ -134,6 +135,8 @@ START_TEST(render_values)
     ASSERT_LINE(t, "herald_events_published_total 123456789012");
     ASSERT_LINE(t, "herald_publish_holds_total 14");
     ASSERT_LINE(t, "herald_deliveries_written_total 7");
+    ASSERT_LINE(t, "# TYPE herald_ws_writes_total counter");
+    ASSERT_LINE(t, "herald_ws_writes_total 15");
     ASSERT_LINE(t, "# TYPE herald_events_dropped_total counter");
     ASSERT_LINE(t, "herald_events_dropped_total{reason=\"slow_consumer\"} 5");
     ASSERT_LINE(t, "herald_events_dropped_total{reason=\"disconnect\"} 6");
@@ -214,7 +217,7 @@ START_TEST(render_structure)
             ck_assert_uint_eq(strtoull(strchr(line, ' ') + 1, NULL, 10), inf);
         }
     }
-    ck_assert_int_eq(families, 23);
+    ck_assert_int_eq(families, 24);
     ck_assert_int_eq(buckets, HD_HIST_BUCKETS + 1);
     ck_assert_uint_eq(inf, atomic_load(&m.store_commit.count));
     free(t);

@@ -6,11 +6,16 @@
 #   - acknowledged publishes/s: one subscriber, publishers over HTTP with 64 in flight;
 #   - fan-out: subscribers split over two heraldd nodes (publishers on the first), 16 in flight;
 #     deliveries/s, p99 publish-to-delivery, heraldd CPU per delivery summed over the nodes,
-#     and nats-server CPU per publish summed over the servers.
+#     and nats-server CPU per publish summed over the servers; events per WebSocket write
+#     (herald_deliveries_written_total over herald_ws_writes_total, summed over the nodes);
+#   - the same fan-out at a fixed RATE publishes/s, below saturation: CPU per delivery at
+#     saturation depends on how many events each write carries, at a steady rate less so.
 # Everything listens on loopback; nothing is installed; nats-server comes from scripts/nats-server.
 #
 # usage: tests/bench/cluster.sh [BUILD_DIR]        (default ./build)
-# environment: EVENTS (20000), SUBS (1000), TOPICS (10), OUT (tests/bench/results/cluster.md)
+# environment: EVENTS (20000), SUBS (1000), TOPICS (10), RATE (300), OUT
+#   (tests/bench/results/cluster.md), ENGINES ("local r1 r3": which scenarios run), RUNS (3:
+#   the table shows medians over the runs)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,6 +24,9 @@ build=$(realpath -e "${1:-./build}")
 events=${EVENTS:-20000}
 subs=${SUBS:-1000}
 topics=${TOPICS:-10}
+rate=${RATE:-300}
+engines=${ENGINES:-local r1 r3}
+runs=${RUNS:-3}
 out=${OUT:-$here/results/cluster.md}
 heraldd=$build/heraldd
 loadgen=$build/tests/bench/loadgen
@@ -94,14 +102,40 @@ node_config() { # $1 node name, $2 urls ("" = local engine), $3 replicas
     echo "$f"
 }
 
-rows=()
-row() { # label, publish json, fanout json
-    local p=$2 f=$3
-    rows+=("| $1 | $(jq -r '.publish_per_s|floor' <<<"$p") | $(jq -r '.deliveries_per_s|floor' <<<"$f") | $(jq -r '.lat_us.p50|floor' <<<"$f") | $(jq -r '.lat_us.p99|floor' <<<"$f") | $(jq -r '.server_cpu_us_per_delivery*100|floor/100' <<<"$f") | $(jq -r 'if .other_cpu_us_per_publish then (.other_cpu_us_per_publish|floor) else "-" end' <<<"$f") | $(jq -r '.missing' <<<"$f") |")
+# Sums a counter from /metrics over the nodes' ports.
+metric_sum() { # name, port...
+    local name=$1 p total=0 v
+    shift
+    for p in "$@"; do
+        v=$(curl -sf "http://127.0.0.1:$p/metrics" | awk -v n="$name" '$1 == n { print $2 }')
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# Runs one fan-out (extra loadgen options in $@ after the label) and records it, with the acked
+# publishes/s of its scenario ($pub, then cleared) and the events per write, in records.jsonl.
+fanout() { # label, loadgen options...
+    local label=$1 fan w0 d0 w1 d1 epw acked=null
+    shift
+    w0=$(metric_sum herald_ws_writes_total "${ports[@]}")
+    d0=$(metric_sum herald_deliveries_written_total "${ports[@]}")
+    echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
+    fan=$("$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
+        --subs "$subs" --topics "$topics" --events "$events" --inflight 16 --allow-reorder \
+        --timeout 120 "$@")
+    w1=$(metric_sum herald_ws_writes_total "${ports[@]}")
+    d1=$(metric_sum herald_deliveries_written_total "${ports[@]}")
+    epw=$(awk -v w=$((w1 - w0)) -v d=$((d1 - d0)) 'BEGIN { printf "%.2f", w ? d / w : 0 }')
+    echo "$label fanout: $fan" >>"$tmp/raw.jsonl"
+    [[ -n $pub ]] && acked=$(jq '.publish_per_s' <<<"$pub")
+    jq -c --arg l "$label" --argjson epw "$epw" --argjson acked "$acked" \
+        '. + {label: $l, events_per_write: $epw, acked_per_s: $acked}' <<<"$fan" >>"$tmp/records.jsonl"
+    pub=""
 }
 
 run_scenario() { # label, nats servers (0 = local engine), replicas
-    local label=$1 n=$2 r=$3 urls="" a b pa pb pub fan other=() split=()
+    local label=$1 n=$2 r=$3 urls="" a b pa pb pub other=() split=() ports=()
     if ((n > 0)); then
         start_nats "$n"
         urls=$nats_urls
@@ -109,9 +143,11 @@ run_scenario() { # label, nats servers (0 = local engine), replicas
     fi
     start_node "$(node_config a "$urls" "$r")"
     pa=$node_pid a=$node_port
+    ports=("$a")
     if ((n > 0)); then
         start_node "$(node_config b "$urls" "$r")"
         pb=$node_pid b=$node_port
+        ports+=("$b")
         split=(--sub-port2 "$b")
         servers="$pa,$pb"
     else
@@ -120,35 +156,55 @@ run_scenario() { # label, nats servers (0 = local engine), replicas
     echo "cluster.sh: $label: acknowledged publishes" >&2
     pub=$("$loadgen" --port "$a" --subs 1 --topics 1 --events "$events" --inflight 64 \
         --server-pid "$servers" "${other[@]}" --timeout 120)
-    echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
-    fan=$("$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
-        --subs "$subs" --topics "$topics" --events "$events" --inflight 16 --allow-reorder \
-        --timeout 120)
     echo "$label publish: $pub" >>"$tmp/raw.jsonl"
-    echo "$label fanout: $fan" >>"$tmp/raw.jsonl"
-    row "$label" "$pub" "$fan"
+    fanout "$label"
+    fanout "$label, $rate/s" --rate "$rate"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     pids=()
 }
 
-run_scenario "local engine (one node)" 0 1
-run_scenario "nats, replicas 1 (two nodes)" 1 1
-run_scenario "nats, replicas 3 (two nodes, three servers)" 3 3
+# The engines take turns within each run, so a neighbour's load on this shared machine hits
+# them alike; the table shows each figure's median over the runs.
+for ((run = 1; run <= runs; run++)); do
+    for e in $engines; do
+        case $e in
+        local) run_scenario "local engine (one node)" 0 1 ;;
+        r1) run_scenario "nats, replicas 1 (two nodes)" 1 1 ;;
+        r3) run_scenario "nats, replicas 3 (two nodes, three servers)" 3 3 ;;
+        *) echo "cluster.sh: ENGINES: expected local, r1 or r3, got '$e'" >&2; exit 2 ;;
+        esac
+    done
+done
 
 mkdir -p "$(dirname "$out")"
 {
     echo "# Cluster mode beside the local engine"
     echo
     echo "$(date -u +%Y-%m-%d) at $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'),"
-    echo "$(nproc) CPUs, $events events of 100 bytes; fan-out: $subs subscribers over $topics topics"
-    echo "(split over the two nodes in cluster mode, publishers on the first), 16 publishes in flight."
+    echo "$(nproc) CPUs, medians of $runs runs (the engines take turns within each run), $events events"
+    echo "of 100 bytes; fan-out: $subs subscribers over $topics topics"
+    echo "(split over the two nodes in cluster mode, publishers on the first), 16 publishes in flight,"
+    echo "as fast as acknowledged, then at $rate publishes/s."
     echo "CPU per delivery is summed over the heraldd processes, NATS CPU per publish over the"
     echo "nats-servers. Every process shares the same cores: read the figures as relative."
     echo
-    echo "| engine | acked publishes/s | deliveries/s | p50 µs | p99 µs | heraldd CPU µs/delivery | NATS CPU µs/publish | missing |"
-    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-    printf '%s\n' "${rows[@]}"
+    echo "Events/write is herald_deliveries_written_total over herald_ws_writes_total (frames coalesced"
+    echo "into one send). Missing is summed over the runs."
+    echo
+    echo "| engine | acked publishes/s (1 sub) | fan-out publishes/s | deliveries/s | p50 µs | p99 µs | heraldd CPU µs/delivery | events/write | NATS CPU µs/publish | missing |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    jq -rs '
+        def median: map(select(. != null)) | sort | if length == 0 then null
+            else (if length % 2 == 1 then .[length / 2 | floor]
+                  else (.[length / 2 - 1] + .[length / 2]) / 2 end) end;
+        def f($d): if . == null then "-" elif $d == 0 then floor | tostring
+            else (. * pow(10; $d) | round) / pow(10; $d) | tostring end;
+        (reduce .[] as $r ([]; if any(.[]; . == $r.label) then . else . + [$r.label] end)) as $labels
+        | group_by(.label) as $groups
+        | $labels[] as $l | ($groups[] | select(.[0].label == $l)) as $g
+        | "| \($l) | \($g | map(.acked_per_s) | median | f(0)) | \($g | map(.publish_per_s) | median | f(0)) | \($g | map(.deliveries_per_s) | median | f(0)) | \($g | map(.lat_us.p50) | median | f(0)) | \($g | map(.lat_us.p99) | median | f(0)) | \($g | map(.server_cpu_us_per_delivery) | median | f(2)) | \($g | map(.events_per_write) | median | f(2)) | \($g | map(.other_cpu_us_per_publish) | median | f(0)) | \($g | map(.missing) | add) |"
+    ' "$tmp/records.jsonl"
     echo
     echo "Raw loadgen output:"
     echo

@@ -257,6 +257,30 @@ class RoutingTest(HeraldTestCase):
         self.assertEqual(self.d.metrics()["herald_connections"], base + 2)
 
 
+    @async_test()
+    async def test_metrics_count_websocket_writes(self):
+        a = await WSClient.connect(self.d)
+        await a.subscribe("chat.room1")
+        m = self.d.metrics()
+        writes, written = m.get("herald_ws_writes_total"), m["herald_deliveries_written_total"]
+        self.assertIsNotNone(writes, "no herald_ws_writes_total in /metrics")
+        # One event at a time, each read before the next: one write each.
+        for i in range(3):
+            self.d.publish_ok("chat.room1", f"one {i}")
+            await a.recv_event()
+        m = self.d.metrics()
+        self.assertEqual(m["herald_ws_writes_total"] - writes, 3)
+        self.assertEqual(m["herald_deliveries_written_total"] - written, 3)
+        # A burst may share writes (frames coalesced): never more writes than events.
+        writes, written = m["herald_ws_writes_total"], m["herald_deliveries_written_total"]
+        for i in range(20):
+            self.d.publish_ok("chat.room1", f"burst {i}")
+        await a.recv_events(20)
+        m = self.d.metrics()
+        self.assertEqual(m["herald_deliveries_written_total"] - written, 20)
+        self.assertTrue(1 <= m["herald_ws_writes_total"] - writes <= 20, m)
+
+
 class CorsTest(HeraldTestCase):
     ORIGIN = "http://app.example.com"
 
