@@ -117,6 +117,12 @@ def lws_version():
     return tuple(int(x) for x in m.groups())
 
 
+def sanitized_build():
+    """Whether heraldd was built with ASan and UBSan (HERALD_SANITIZE in the CMake cache)."""
+    with open(os.path.join(build_dir(), "CMakeCache.txt")) as f:
+        return re.search(r"^HERALD_SANITIZE:BOOL=ON$", f.read(), re.M) is not None
+
+
 def raise_nofile_limit():
     # Fan-out tests hold thousands of sockets; the default soft limit of 1024 is too low.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -16,7 +16,8 @@ import signal
 import time
 import unittest
 
-from herald_testlib import DAEMON_SLOW, HeraldTestCase, HTTPClient, WSClient, async_test, run
+from herald_testlib import (DAEMON_SLOW, HeraldTestCase, HTTPClient, WSClient, async_test, run,
+                            sanitized_build)
 from nats_testlib import NatsCluster
 
 T = 30.0 * DAEMON_SLOW
@@ -211,6 +212,11 @@ class ClusterTest(ClusterTestCase):
     # libnats closed; its reconnect then gets one of them back. This test once failed there:
     # heraldd's recv() (the HTTP framing guard) read libnats' sockets too, and a guard left on
     # a reused number threw the server's INFO away, so the connection never came back.
+    # Not in the sanitizer builds: on Debian 13 under ASan the three servers' JetStream took
+    # longer than the test's 300 s to settle after the whole-cluster restart, flapping the
+    # node between ready and not, and left the suite's shared cluster unhealthy for the tests
+    # after it. The -Werror builds on Debian 12 and 13 run it.
+    @unittest.skipIf(sanitized_build(), "whole-cluster restart exceeds its budget under ASan")
     @async_test(timeout=300)
     async def test_all_nats_servers_stopped(self):
         a = self.node("A")
