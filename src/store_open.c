@@ -276,6 +276,19 @@ int hd__store_preload(struct hd_store *st, const struct hd_history_limits *lim, 
     return 0;
 }
 
+/* Ends a loading query: finalizes it and reports a step error or running out of memory.
+ * Returns 0 when the query ran to its end, else -1 with `err` set. */
+static int load_done(struct hd_store *st, sqlite3_stmt *s, int rc, bool oom, char *err,
+                     size_t errlen)
+{
+    if (rc != SQLITE_DONE && !oom)
+        hd__store_open_err(st, rc, err, errlen);
+    sqlite3_finalize(s);
+    if (oom)
+        hd__store_set_err(err, errlen, "out of memory loading the store %s", st->path);
+    return oom || rc != SQLITE_DONE ? -1 : 0;
+}
+
 /* Reads the per-topic boundaries the writer recorded, above the horizon, into st->pruned
  * (after what the preload added). */
 int hd__store_preload_pruned(struct hd_store *st, char *err, size_t errlen)
@@ -295,12 +308,7 @@ int hd__store_preload_pruned(struct hd_store *st, char *err, size_t errlen)
             break;
         }
     }
-    if (rc != SQLITE_DONE && !oom)
-        hd__store_open_err(st, rc, err, errlen);
-    sqlite3_finalize(s);
-    if (oom)
-        hd__store_set_err(err, errlen, "out of memory loading the store %s", st->path);
-    return oom || rc != SQLITE_DONE ? -1 : 0;
+    return load_done(st, s, rc, oom, err, errlen);
 }
 
 /* Reads the idempotency keys still inside the window into st->keys. */
@@ -342,12 +350,7 @@ int hd__store_preload_keys(struct hd_store *st, const struct hd_history_limits *
         k->time_ms = sqlite3_column_int64(s, 2);
         st->nkeys++;
     }
-    if (rc != SQLITE_DONE && !oom)
-        hd__store_open_err(st, rc, err, errlen);
-    sqlite3_finalize(s);
-    if (oom)
-        hd__store_set_err(err, errlen, "out of memory loading the store %s", st->path);
-    return oom || rc != SQLITE_DONE ? -1 : 0;
+    return load_done(st, s, rc, oom, err, errlen);
 }
 
 /*
