@@ -108,6 +108,7 @@ static bool vhost_is_tls(const struct hd_server *s, const struct lws_vhost *vh)
 static void conn_free(struct hd_server *s, struct srv_conn *c)
 {
     if (c) {
+        srv_guard_close(c->fd, c->guard);
         hd_broker_peer_close(s->broker, c->peer);
         free(c);
     }
@@ -135,10 +136,11 @@ static bool is_loopback(const struct sockaddr_storage *ss)
  */
 static int peer_filter(struct hd_server *s, bool tls, const struct lws_filter_network_conn_args *a)
 {
-    srv_guard_open(a->accept_fd, tls);
-    /* lws adopted nothing for the last accepted socket: its count must not stay behind. */
+    /* lws adopted nothing for the last accepted socket: its count must not stay behind.
+     * (Before the new guard: the two may have the same descriptor number.) */
     conn_free(s, s->pending);
     s->pending = NULL;
+    uint64_t guard = srv_guard_open(a->accept_fd, tls);
     struct hd_error err = {0};
     const char *why = "max_connections";
     uint32_t max = s->cfg->limits.max_connections;
@@ -147,6 +149,8 @@ static int peer_filter(struct hd_server *s, bool tls, const struct lws_filter_ne
         hd_error_set(&err, HD_ERR_UNAVAILABLE, "out of memory");
         goto refuse;
     }
+    c->fd = a->accept_fd;
+    c->guard = guard;
     if (s->conns_open >= max) {
         if (!is_loopback(&a->cli_addr) || s->reserve_open >= SRV_RESERVE_CONNS) {
             hd_error_set(&err, HD_ERR_UNAVAILABLE,
@@ -166,6 +170,7 @@ static int peer_filter(struct hd_server *s, bool tls, const struct lws_filter_ne
     why = "per_ip_limit";
 refuse:
     free(c);
+    srv_guard_close(a->accept_fd, guard);
     /* One line a second at most: a flood must not turn into a log flood. */
     uint64_t now_s = hd_now_ns() / 1000000000u;
     s->refused_unlogged++;

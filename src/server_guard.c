@@ -54,12 +54,14 @@ bool srv_lws_decodes_chunked(void)
 #define GUARD_MAX_PARAMS 24
 
 struct guard {
-    bool on; /* a plaintext HTTP connection lws accepted */
+    bool on;        /* a plaintext HTTP connection lws accepted */
+    uint64_t token; /* which one */
     struct hd_h1 h;
 };
 
 static struct guard *guards;
 static size_t n_guards;
+static uint64_t last_token;
 static struct hd_h1_opts opts;
 /* The loop thread, the only one lws reads on. Every other recv() in the process (libnats'
  * threads in cluster mode) goes straight to the socket: a guard left on an fd number that
@@ -91,13 +93,13 @@ static struct guard *guard_of(int fd)
     return fd >= 0 && (size_t)fd < n_guards && guards[fd].on ? &guards[fd] : NULL;
 }
 
-void srv_guard_open(int fd, bool tls)
+uint64_t srv_guard_open(int fd, bool tls)
 {
     if (fd < 0)
-        return;
+        return 0;
     if ((size_t)fd >= n_guards) {
         if (tls)
-            return;
+            return 0;
         size_t n = n_guards ? n_guards : 1024;
         while (n <= (size_t)fd)
             n *= 2;
@@ -105,13 +107,20 @@ void srv_guard_open(int fd, bool tls)
         if (!g) {
             hd_log_warn("out of memory: this connection's HTTP framing is not checked", "fd=%d",
                         fd);
-            return;
+            return 0;
         }
         memset(g + n_guards, 0, (n - n_guards) * sizeof(*g));
         guards = g;
         n_guards = n;
     }
-    guards[fd] = (struct guard){.on = !tls};
+    guards[fd] = (struct guard){.on = !tls, .token = ++last_token};
+    return last_token;
+}
+
+void srv_guard_close(int fd, uint64_t token)
+{
+    if (fd >= 0 && (size_t)fd < n_guards && guards[fd].token == token)
+        guards[fd] = (struct guard){0};
 }
 
 bool srv_guard_pipelined(int fd)

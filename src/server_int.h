@@ -55,6 +55,8 @@ struct ws_pss;
 /* Each accepted TCP connection's record: the wsi's opaque pointer, from accept to destroy. */
 struct srv_conn {
     struct hd_peer *peer; /* counted for limits.max_connections_per_ip, or NULL */
+    int fd;               /* the accepted socket, for its framing guard */
+    uint64_t guard;       /* srv_guard_open's token */
     bool reserve;         /* past limits.max_connections: health and metrics, then close */
 };
 
@@ -231,8 +233,13 @@ unsigned srv_guard_lws_header_bytes(const struct hd_config *cfg);
 /* Whether chunked request bodies reach heraldd (lws 4.3 hands them over raw and
  * server_http.c decodes them; false on 4.1: 411). */
 bool srv_lws_decodes_chunked(void);
-/* A connection was accepted on fd: checked from its first byte unless it is TLS. */
-void srv_guard_open(int fd, bool tls);
+/* A connection was accepted on fd: checked from its first byte unless it is TLS. Returns
+ * the token srv_guard_close wants (0: nothing to close). */
+uint64_t srv_guard_open(int fd, bool tls);
+/* The connection `token` is gone: its descriptor number may now be anyone's (libnats' socket
+ * is read on the loop thread too, and must not be taken for an HTTP connection). A token
+ * from an earlier connection on the same number is ignored. */
+void srv_guard_close(int fd, uint64_t token);
 /* True when the client sent more after its request, before the answer: answer, then close. */
 bool srv_guard_pipelined(int fd);
 /* The request on fd was answered and the connection stays open for the next one. */
