@@ -227,6 +227,10 @@ static void start_stop(struct daemon *d, int signum)
     hd_log_info("stopping", "signal=%s connections=%zu", signum == SIGINT ? "SIGINT" : "SIGTERM",
                 hd_broker_connections(d->broker));
     sd_notify(0, "STOPPING=1");
+    /* Still starting: a networked engine runs the loop while it waits for its stream, so a
+     * signal can come before there is a server to drain. serve() stops instead of serving. */
+    if (!d->server)
+        return;
     hd_server_drain(d->server);
     d->drain_started_ns = uv_hrtime();
     uv_timer_start(&d->drain, on_drain_check, 0, 20);
@@ -352,6 +356,12 @@ static void init_own_handles(struct daemon *d)
  * while lws can still write the answers, then the transport, then our handles. */
 static int serve(struct daemon *d, bool fast_poll)
 {
+    if (d->stopping) {
+        d->engine->ops->stop(d->engine);
+        close_own_handles(d);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        return 0;
+    }
     d->server = hd_server_new(&d->loop, d->broker, &d->cfg);
     if (hd_server_failed(d->server)) {
         hd_server_destroy(d->server);
