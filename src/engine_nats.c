@@ -19,18 +19,23 @@
 #include "natsid.h"
 #include "protocol.h"
 
-/* Waits (bounded) for the first attach: a stream that does not fit stops the daemon.
- * Returns 0, also when the attach is still pending (logged), or -EINVAL with `why` set. */
-static int wait_first_attach(struct nats_engine *e, char *why, size_t why_len)
+static int first_outcome(struct nats_engine *e)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += START_WAIT_MS / 1000;
     pthread_mutex_lock(&e->job_lock);
-    while (e->first_outcome == 0 && pthread_cond_timedwait(&e->job_cond, &e->job_lock, &until) == 0)
-        ;
     int outcome = e->first_outcome;
     pthread_mutex_unlock(&e->job_lock);
+    return outcome;
+}
+
+/* Waits (bounded) for the first attach: a stream that does not fit stops the daemon. The
+ * loop runs meanwhile, since the worker's requests are answered through it. Returns 0, also
+ * when the attach is still pending (logged), or -EINVAL with `why` set. */
+static int wait_first_attach(struct nats_engine *e, char *why, size_t why_len)
+{
+    uint64_t until = hd_now_ns() + (uint64_t)START_WAIT_MS * 1000000;
+    while (first_outcome(e) == 0 && hd_now_ns() < until)
+        ne_pump(e);
+    int outcome = first_outcome(e);
     if (outcome == -EINVAL) {
         snprintf(why, why_len, "%s", e->first_why);
         return -EINVAL;
@@ -53,9 +58,9 @@ static int nats_start(struct hd_engine *base, char *why, size_t why_len)
     }
     e->worker_started = true;
     e->started = true;
-    bool up = natsConnection_Status(e->nc) == NATS_CONN_STATUS_CONNECTED;
+    uv_check_start(&e->turn_check, ne_on_turn);
+    bool up = e->nc != NULL;
     if (up) {
-        atomic_store(&e->connected_flag, true);
         ne_warn_old_server(e);
         e->connected = true; /* the loop is not running yet: set it here, not by an item */
         ne_job_post_once(e, JOB_ATTACH);
@@ -74,7 +79,7 @@ static int nats_publish(struct hd_engine *base, const struct hd_pub *pub, hd_pub
                         void *arg)
 {
     struct nats_engine *e = E(base);
-    char subject[512], msgid[96], tbuf[24];
+    char subject[512], msgid[96], tbuf[24], reply[80];
     natsMsg *m = NULL;
     if (e->stopping || e->draining)
         return -ESHUTDOWN;
@@ -89,7 +94,9 @@ static int nats_publish(struct hd_engine *base, const struct hd_pub *pub, hd_pub
     if (!pub->key)
         snprintf(msgid, sizeof(msgid), "hd-%s-%llu", e->instance,
                  (unsigned long long)++e->msgid_counter);
-    if (natsMsg_Create(&m, subject, NULL, pub->data_json, (int)pub->data_len) != NATS_OK)
+    uint64_t token = ++e->token_counter;
+    snprintf(reply, sizeof(reply), "%s%llu", e->reply_prefix, (unsigned long long)token);
+    if (natsMsg_Create(&m, subject, reply, pub->data_json, (int)pub->data_len) != NATS_OK)
         return -ENOMEM;
     if (natsMsgHeader_Set(m, HDR_MSGID, pub->key ? pub->key : msgid) != NATS_OK ||
         natsMsgHeader_Set(m, HDR_TIME, tbuf) != NATS_OK ||
@@ -99,8 +106,10 @@ static int nats_publish(struct hd_engine *base, const struct hd_pub *pub, hd_pub
         return -ENOMEM;
     }
     struct pub *p = calloc(1, sizeof(*p));
-    if (p)
+    if (p) {
         p->msg = m;
+        p->token = token;
+    }
     if (!p || ne_pubs_put(e, p) < 0) {
         free(p);
         natsMsg_Destroy(m);
@@ -113,7 +122,7 @@ static int nats_publish(struct hd_engine *base, const struct hd_pub *pub, hd_pub
     int rc = ne_send_pub(e, p);
     if (rc < 0) {
         size_t slot;
-        if (ne_pubs_find(e, m, &slot) == p)
+        if (ne_pubs_find(e, token, &slot) == p)
             ne_pubs_del_slot(e, slot);
         natsMsg_Destroy(m);
         free(p);
@@ -201,18 +210,26 @@ static void nats_stop(struct hd_engine *base)
     e->stopped = e->stopping = true;
     while (e->gathers)
         ne_gather_finish(e->gathers, -ESHUTDOWN);
+    /* The loop runs while we wait: acks and the worker's replies are read on it. */
     uint64_t until = hd_now_ns() + (uint64_t)STOP_WAIT_MS * 1000000;
-    ne_drain_inbox(e);
-    while (e->n_pubs > e->n_retrying && hd_now_ns() < until) {
-        struct timespec ts = {.tv_nsec = 2000000};
-        nanosleep(&ts, NULL);
-        ne_drain_inbox(e);
-    }
+    while (e->n_pubs > e->n_retrying && hd_now_ns() < until)
+        ne_pump(e);
+    uv_check_stop(&e->turn_check);
+    uv_idle_stop(&e->turn_more);
     if (e->worker_started) {
         struct job *j = calloc(1, sizeof(*j));
         if (j) {
             j->kind = JOB_STOP;
             ne_job_post(e, j);
+            /* The feed's consumer is deleted on the server first: a retire jumps the queue
+             * too, ahead of the stop. */
+            if (e->feed_sub) {
+                ne_retire_sub(e, e->feed_sub);
+                e->feed_sub = NULL;
+            }
+            until = hd_now_ns() + (uint64_t)STOP_WAIT_MS * 1000000;
+            while (!atomic_load(&e->worker_done) && hd_now_ns() < until)
+                ne_pump(e);
             pthread_join(e->worker, NULL);
             e->worker_started = false;
         }
@@ -224,11 +241,12 @@ static void nats_stop(struct hd_engine *base)
             fail_replay(j->replay);
         else if (j->kind == JOB_DUP_TIME)
             ne_pub_finish(e, j->pub, -ESHUTDOWN, 0, 0, false);
+        else if (j->kind == JOB_RETIRE)
+            natsSubscription_Destroy(j->sub); /* no request now: the server drops it idle */
         free(j);
     }
     e->jobs = e->jobs_tail = NULL;
     if (e->feed_sub) {
-        natsSubscription_Unsubscribe(e->feed_sub);
         natsSubscription_Destroy(e->feed_sub);
         e->feed_sub = NULL;
     }
@@ -236,6 +254,10 @@ static void nats_stop(struct hd_engine *base)
         natsSubscription_Unsubscribe(e->status_sub);
         natsSubscription_Destroy(e->status_sub);
         e->status_sub = NULL;
+    }
+    if (e->ack_sub) {
+        natsSubscription_Destroy(e->ack_sub);
+        e->ack_sub = NULL;
     }
     if (e->nc)
         natsConnection_Close(e->nc);
@@ -247,9 +269,7 @@ static void nats_stop(struct hd_engine *base)
         if (!p)
             continue;
         e->pubs[i] = NULL;
-        if (p->retrying) /* handed back by libnats: ours to free */
-            natsMsg_Destroy(p->msg);
-        p->msg = NULL; /* otherwise libnats still owns it, and frees it with the context */
+        natsMsg_Destroy(p->msg);
         p->ack(p->arg, -ETIMEDOUT, NULL);
         free(p);
     }
@@ -262,6 +282,9 @@ static void nats_stop(struct hd_engine *base)
     uv_close((uv_handle_t *)&e->async, on_handle_closed);
     uv_close((uv_handle_t *)&e->retry_timer, on_handle_closed);
     uv_close((uv_handle_t *)&e->check_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&e->pump_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&e->turn_check, on_handle_closed);
+    uv_close((uv_handle_t *)&e->turn_more, on_handle_closed);
 }
 
 static void nats_destroy(struct hd_engine *base)
@@ -281,11 +304,6 @@ static void nats_destroy(struct hd_engine *base)
     e->opts = NULL;
     if (e->started)
         nats_CloseAndWait(2000); /* libnats' threads are gone: no callback can reach us now */
-    while (e->feed_closure) {
-        struct feed_closure *fc = e->feed_closure;
-        e->feed_closure = fc->older;
-        free(fc);
-    }
     free_config(e);
     /* Posted after stop drained the queue (libnats' disconnect callback as the connection
      * closed): nothing is left to act on it, so it is only freed. */
@@ -382,8 +400,12 @@ struct hd_engine *hd_engine_nats_new(uv_loop_t *loop, const struct hd_config *cf
     uv_async_init(loop, &e->async, ne_on_async);
     uv_timer_init(loop, &e->retry_timer);
     uv_timer_init(loop, &e->check_timer);
+    uv_timer_init(loop, &e->pump_timer);
+    uv_check_init(loop, &e->turn_check);
+    uv_idle_init(loop, &e->turn_more);
     e->async.data = e->retry_timer.data = e->check_timer.data = e;
-    e->handles_open = 3;
+    e->pump_timer.data = e->turn_check.data = e->turn_more.data = e;
+    e->handles_open = 6;
     return &e->base;
 }
 

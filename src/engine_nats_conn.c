@@ -1,10 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The NATS engine's connection (options, reconnects, the server's version) and the callbacks
- * libnats runs on its own threads: they turn what they got into items for the loop and
- * never touch loop-owned state (engine_nats_int.h).
+ * The NATS engine's connection (options, reconnects, the server's version, its I/O on our
+ * loop) and the callbacks libnats runs on its own threads: they turn what they got into items
+ * for the loop and never touch loop-owned state (engine_nats_int.h).
  */
 #include "engine_nats_int.h"
+
+/* libnats' own libuv adapter (it defines its functions: included by this file only). Its
+ * socket reads happen on the loop; attach and interest changes asked for from another thread
+ * (the reconnect thread, the worker's requests) reach the loop through its uv_async. */
+#include <nats/adapters/libuv.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -85,58 +90,6 @@ static int server_version(const char *url, int *major, int *minor, char *text, s
     buf[n] = '\0';
     return hd_natsid_info_version(buf, major, minor, text, cap);
 }
-void ne_on_feed_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
-{
-    struct feed_closure *fc = closure;
-    struct nats_engine *e = fc->e;
-    jsMsgMetaData *meta = NULL;
-    if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) {
-        natsMsg_Destroy(msg);
-        return;
-    }
-    uint64_t seq = meta->Sequence.Stream, pending = meta->NumPending;
-    jsMsgMetaData_Destroy(meta);
-    pthread_mutex_lock(&e->feed_lock);
-    if (fc->gen != e->feed_gen || seq <= e->feed_seq) {
-        pthread_mutex_unlock(&e->feed_lock);
-        natsMsg_Destroy(msg);
-        return;
-    }
-    struct item *it = ne_item_new(IT_FEED);
-    if (!it) {
-        /* Cannot hand it over: leave feed_seq behind so a later attach fetches it again. */
-        pthread_mutex_unlock(&e->feed_lock);
-        natsMsg_Destroy(msg);
-        return;
-    }
-    it->seq = seq;
-    it->gen = fc->gen;
-    it->pending = pending;
-    it->msg = ne_event_of(e, msg, hd_natsid_make(e->feed_base, seq), &it->key);
-    e->feed_seq = seq;
-    ne_post(e, it);
-    pthread_mutex_unlock(&e->feed_lock);
-    natsMsg_Destroy(msg);
-}
-
-static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
-{
-    struct nats_engine *e = closure;
-    struct item *it = ne_item_new(IT_ACK);
-    if (!it)
-        return;     /* the publish times out at destroy; nothing better to do without memory */
-    it->nmsg = msg; /* ownership passes to the loop */
-    if (pa) {
-        it->ok = true;
-        it->seq = pa->Sequence;
-        it->duplicate = pa->Duplicate;
-    } else {
-        it->st = pae ? pae->Err : NATS_ERR;
-        it->jerr = pae ? pae->ErrCode : 0;
-    }
-    ne_post(e, it);
-}
-
 static void on_conn(struct nats_engine *e, bool up)
 {
     atomic_store(&e->connected_flag, up);
@@ -171,17 +124,25 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
     }
 }
 
-void ne_warn_old_server(struct nats_engine *e)
+/* 0 when the server at `url` answers; warns when it is older than 2.10. */
+static int check_server(const char *url)
 {
-    char url[256] = "";
     int major = 0, minor = 0;
     char ver[32] = "";
-    natsConnection_GetConnectedUrl(e->nc, url, sizeof(url));
-    if (server_version(url, &major, &minor, ver, sizeof(ver)) == 0 &&
-        (major < 2 || (major == 2 && minor < 10)))
+    if (server_version(url, &major, &minor, ver, sizeof(ver)) < 0)
+        return -EHOSTUNREACH;
+    if (major < 2 || (major == 2 && minor < 10))
         hd_log_warn("nats-server is older than 2.10: acknowledged events can be lost when a "
                     "stream leader dies; upgrade it",
                     "version=%s", ver);
+    return 0;
+}
+
+void ne_warn_old_server(struct nats_engine *e)
+{
+    char url[256] = "";
+    natsConnection_GetConnectedUrl(e->nc, url, sizeof(url));
+    check_server(url);
 }
 
 int ne_connect(struct nats_engine *e, char *why, size_t why_len)
@@ -191,7 +152,12 @@ int ne_connect(struct nats_engine *e, char *why, size_t why_len)
         snprintf(why, why_len, "cannot initialise libnats");
         return -EIO;
     }
+    natsLibuv_Init();
+    natsLibuv_SetThreadLocalLoop(e->loop); /* this is the loop thread */
     s = natsOptions_Create(&e->opts);
+    if (s == NATS_OK)
+        s = natsOptions_SetEventLoop(e->opts, e->loop, natsLibuv_Attach, natsLibuv_Read,
+                                     natsLibuv_Write, natsLibuv_Detach);
     if (s == NATS_OK)
         s = natsOptions_SetServers(e->opts, (const char **)e->servers, e->n_servers);
     if (s == NATS_OK) {
@@ -210,8 +176,6 @@ int ne_connect(struct nats_engine *e, char *why, size_t why_len)
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(e->opts, 2000);
     if (s == NATS_OK)
-        s = natsOptions_SetRetryOnFailedConnect(e->opts, true, on_connected, e);
-    if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(e->opts, on_disconnected, e);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectedCB(e->opts, on_connected, e);
@@ -226,29 +190,59 @@ int ne_connect(struct nats_engine *e, char *why, size_t why_len)
         snprintf(why, why_len, "NATS options: %s %s", natsStatus_GetText(s), last ? last : "");
         return -EINVAL;
     }
-    /* With RetryOnFailedConnect the connect returns at once when no server answers yet
-     * (NATS_NOT_YET_CONNECTED) and keeps trying in the background. */
-    s = natsConnection_Connect(&e->nc, e->opts);
-    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
-        const char *last = nats_GetLastError(NULL);
-        snprintf(why, why_len, "cannot connect to NATS: %s %s", natsStatus_GetText(s),
-                 last ? last : "");
-        return -EIO;
+    /* Publishes are plain NATS publishes with a reply subject of ours, answered by JetStream
+     * there and read on the loop: libnats' asynchronous JetStream publish would answer on its
+     * own threads and wake a timer thread per publish. */
+    snprintf(e->reply_prefix, sizeof(e->reply_prefix), "_INBOX.hd%s.", e->instance);
+    int rc = ne_connect_try(e);
+    if (rc == -EIO) {
+        snprintf(why, why_len, "NATS JetStream context or subscriptions: out of memory?");
+        return rc;
     }
+    return 0;
+}
+
+/* libnats' libuv adapter must make a connection's first attach on the loop thread, so the
+ * first connection is made here rather than by libnats' reconnect thread (RetryOnFailedConnect
+ * would attach from there and fail); later reconnects are libnats' own. The worker's probe
+ * (JOB_PROBE) says when a server answers, so a server that is down costs the loop nothing. */
+int ne_connect_try(struct nats_engine *e)
+{
+    natsConnection *nc = NULL;
+    natsStatus s = natsConnection_Connect(&nc, e->opts);
+    if (s != NATS_OK) {
+        const char *last = nats_GetLastError(NULL);
+        hd_log_debug("cannot connect to NATS yet", "status=\"%s\" detail=\"%s\"",
+                     natsStatus_GetText(s), last ? last : "");
+        return -EAGAIN;
+    }
+    e->nc = nc;
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 3000; /* JetStream API calls: short, so that attaches retry soon during elections */
-    jo.PublishAsync.MaxPending = MAX_INFLIGHT;
-    jo.PublishAsync.AckHandler = on_ack;
-    jo.PublishAsync.AckHandlerClosure = e;
-    jo.PublishAsync.StallWait = 1; /* never hold the loop: past MaxPending, answer 503 */
     s = natsConnection_JetStream(&e->js, e->nc, &jo);
+    char acks[64];
+    snprintf(acks, sizeof(acks), "%s*", e->reply_prefix);
+    if (s == NATS_OK)
+        s = natsConnection_SubscribeSync(&e->ack_sub, e->nc, acks);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(e->ack_sub, MAX_INFLIGHT * 2, 1 << 30);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&e->status_sub, e->nc, e->status_subject, ne_on_status_request,
                                      e);
     if (s != NATS_OK) {
-        snprintf(why, why_len, "NATS JetStream context: %s", natsStatus_GetText(s));
+        hd_log_error("cannot set up the NATS connection", "status=\"%s\"", natsStatus_GetText(s));
         return -EIO;
     }
+    atomic_store(&e->connected_flag, true); /* after e->js: the worker reads it then */
     return 0;
+}
+
+int ne_probe_servers(struct nats_engine *e)
+{
+    for (int i = 0; i < e->n_servers; i++) {
+        if (check_server(e->servers[i]) == 0)
+            return 0;
+    }
+    return -EHOSTUNREACH;
 }

@@ -2,20 +2,24 @@
 /*
  * Shared by the NATS JetStream engine's files (engine_nats.h is the public side); nobody else
  * includes it. Three kinds of thread meet in the engine:
- * - the loop thread owns all engine state, the publishes in flight and every sink call;
- * - libnats' threads run our callbacks (feed messages, publish acks, connection events,
- *   status requests); they only turn what they got into an item and push it onto the
- *   hand-off queue (handoff.c), waking the loop with uv_async_send;
- * - one worker thread of ours makes every synchronous NATS call (connect, stream info and
- *   creation, consumer creation, replays, message gets), so the loop never waits on the
- *   network (NATS_NOTES: a synchronous call must not run on the loop).
+ * - the loop thread owns all engine state, the publishes in flight and every sink call. It
+ *   also does the connection's I/O: libnats runs on our libuv loop through its libuv adapter,
+ *   so the feed's messages are read, parsed and delivered on this thread with no hand-off;
+ * - libnats' threads run our other callbacks (publish acks, connection events, status
+ *   requests); they only turn what they got into an item and push it onto the hand-off
+ *   queue (handoff.c), waking the loop with uv_async_send;
+ * - one worker thread of ours makes every synchronous NATS call (stream info and creation,
+ *   consumer creation and deletion, replays, message gets): with the connection's I/O on the
+ *   loop, such a call made on the loop would wait for a reply only the loop can read
+ *   (NATS_NOTES: a synchronous call must not run on the loop).
  * The loop drains the queue in order, a bounded batch per wake-up.
  *
- * The feed is one ordered consumer over "<prefix>.>" per attach. Each attach gets a
- * generation number; the feed callback checks-and-pushes under feed_lock, and an attach
- * bumps the generation under the same lock, so a superseded consumer can never interleave
- * its messages with its successor's, and the successor starts right after the last message
- * pushed. Ids are the stream's epoch base plus the sequence (natsid.c).
+ * The feed is one ordered consumer over "<prefix>.>" per attach, read as a synchronous
+ * subscription that the loop empties after each turn's I/O (a uv_check handle). The worker
+ * creates each new consumer from just after the last message the loop took (feed_seq, under
+ * feed_lock) and hands it over in IT_ATTACHED; the loop then stops reading its predecessor
+ * and gives it back to the worker to delete. Anything the two overlap on is a duplicate the
+ * loop drops by sequence. Ids are the stream's epoch base plus the sequence (natsid.c).
  *
  * The files: engine_nats.c (the engine's ops: start, publish, replay, stop; construction),
  * engine_nats_conn.c (the connection and libnats' callbacks), engine_nats_worker.c (the
@@ -56,10 +60,9 @@
 #define STATUS_SUBJECT_FMT "_herald.%s.status" /* outside the stream's "<prefix>.>" */
 
 enum item_kind {
-    IT_FEED,       /* a stream message, already turned into an event (or skipped) */
-    IT_ACK,        /* a publish ack or failure */
     IT_CONN,       /* connected / disconnected / closed */
-    IT_ATTACHED,   /* the worker attached the feed to the stream */
+    IT_REACHABLE,  /* not connected yet, and a server answers: connect now */
+    IT_ATTACHED,   /* the worker attached the feed to the stream: a new consumer in `sub` */
     IT_DETACHED,   /* an attach failed half-way (no consumer): attach again */
     IT_FATAL,      /* the stream does not fit: stay unready */
     IT_CHECKED,    /* periodic stream info */
@@ -74,20 +77,13 @@ struct pub;
 struct item {
     struct hd_handoff_node node; /* first */
     enum item_kind kind;
-    /* IT_FEED */
-    uint64_t seq, gen;
-    struct hd_msg *msg; /* NULL: not a Herald event (skipped, but the sequence counts) */
-    char *key;
-    uint64_t pending; /* consumer's NumPending after this message */
-    /* IT_ACK */
-    natsMsg *nmsg;
-    bool ok, duplicate;
-    natsStatus st;
-    jsErrCode jerr;
+    /* IT_DUP_TIME */
+    uint64_t seq;
     /* IT_CONN */
     bool up;
     /* IT_ATTACHED / IT_CHECKED */
     uint64_t base, first_seq, last_seq, start_seq;
+    natsSubscription *sub; /* IT_ATTACHED: the feed's new consumer, owned by the item */
     bool present;
     /* IT_DUP_TIME */
     struct pub *pub;
@@ -100,9 +96,12 @@ struct item {
     struct hd_status_counts counts;
 };
 
-/* A publish in flight, keyed in `pubs` by its natsMsg (the ack handler hands it back). */
+/* A publish in flight, keyed in `pubs` by its token: JetStream answers to the reply subject
+ * <reply_prefix><token>, whichever attempt it answers. */
 struct pub {
-    natsMsg *msg; /* owned while not handed to libnats */
+    uint64_t token;
+    natsMsg *msg;       /* owned; its reply subject carries the token */
+    uint64_t ack_by_ns; /* the current attempt's answer is overdue after this */
     hd_pub_ack_fn ack;
     void *arg;
     int64_t time_ms;
@@ -113,7 +112,7 @@ struct pub {
     struct pub *next_retry;
 };
 
-enum job_kind { JOB_ATTACH, JOB_CHECK, JOB_DUP_TIME, JOB_REPLAY, JOB_STOP };
+enum job_kind { JOB_ATTACH, JOB_CHECK, JOB_PROBE, JOB_DUP_TIME, JOB_REPLAY, JOB_RETIRE, JOB_STOP };
 
 struct job {
     struct job *next;
@@ -121,6 +120,7 @@ struct job {
     struct pub *pub;
     uint64_t seq;
     struct replay *replay;
+    natsSubscription *sub; /* JOB_RETIRE: a superseded feed consumer to delete (owned) */
 };
 
 struct replay {
@@ -148,17 +148,14 @@ struct gather {
     bool finished;
 };
 
-struct feed_closure {
-    struct nats_engine *e;
-    uint64_t gen;
-    struct feed_closure *older; /* retired ones, freed at destroy */
-};
-
 struct nats_engine {
     struct hd_engine base;
     uv_loop_t *loop;
     uv_async_t async;
     uv_timer_t retry_timer, check_timer;
+    uv_check_t turn_check; /* takes acks and the feed after each turn's I/O */
+    uv_idle_t turn_more;   /* keeps the loop from sleeping while a drained batch left more */
+    uv_timer_t pump_timer; /* bounds each turn ne_pump runs */
     int handles_open;
     struct hd_handoff inbox;
 
@@ -176,20 +173,23 @@ struct nats_engine {
     natsOptions *opts;
     natsConnection *nc;
     jsCtx *js;
-    natsSubscription *feed_sub, *status_sub;
-    struct feed_closure *feed_closure;
+    natsSubscription *feed_sub; /* the loop's; the worker creates and deletes them */
+    natsSubscription *ack_sub;  /* publish answers: <reply_prefix>*, read by the loop */
+    natsSubscription *status_sub;
+    char reply_prefix[48];
 
-    /* Shared with the feed callback, under feed_lock. */
+    /* Where the feed stands, for the worker's next attach: under feed_lock. */
     pthread_mutex_t feed_lock;
-    uint64_t feed_gen, feed_base, feed_seq, feed_start;
+    uint64_t feed_base, feed_seq, feed_start;
 
     /* Worker. */
     pthread_t worker;
     bool worker_started;
+    atomic_bool worker_done; /* set as the worker returns, so stop() can run the loop till then */
     pthread_mutex_t job_lock;
     pthread_cond_t job_cond;
     struct job *jobs, *jobs_tail;
-    bool attach_queued, check_queued;
+    bool attach_queued, check_queued, probe_queued;
     /* start() waits for the first attach outcome. */
     int first_outcome; /* 0 pending, 1 attached, -errno */
     char first_why[256];
@@ -204,7 +204,7 @@ struct nats_engine {
     uint64_t start_seq; /* where the current feed started */
     uint64_t recover_until;
     uint64_t stream_last_seq;
-    uint64_t msgid_counter;
+    uint64_t msgid_counter, token_counter;
     struct pub **pubs; /* open addressing by natsMsg pointer */
     size_t pubs_cap, n_pubs;
     struct pub *retry_head;
@@ -221,18 +221,26 @@ static inline struct nats_engine *E(struct hd_engine *e)
 
 /* engine_nats_conn.c: the connection and libnats' callbacks */
 
-/* Makes the options, the connection (retrying in the background when no server answers
- * yet), the JetStream context and the status subscription. Returns 0, or -EINVAL/-EIO
- * with a sentence in `why`. */
+/* Makes the options and tries a first connection (ne_connect_try). Returns 0, also when no
+ * server answers yet, or -EINVAL/-EIO with a sentence in `why`. Loop thread. */
 int ne_connect(struct nats_engine *e, char *why, size_t why_len);
+/* Connects (libnats reconnects by itself from then on) and makes the JetStream context and
+ * the acknowledgement and status subscriptions. 0, -EAGAIN (no server answered) or -EIO.
+ * Loop thread: libnats' libuv adapter attaches a new connection only there. */
+int ne_connect_try(struct nats_engine *e);
+/* 0 when some server answers with its INFO line (bounded: 2 s each), else -EHOSTUNREACH.
+ * Worker thread. */
+int ne_probe_servers(struct nats_engine *e);
 /* Logs a warning when the server connected to is older than 2.10 (bounded: 2 s). */
 void ne_warn_old_server(struct nats_engine *e);
 /* Pushes `it` (taken) onto the hand-off queue and wakes the loop. Any thread. */
 void ne_post(struct nats_engine *e, struct item *it);
 /* A zeroed item of `kind` (the caller owns it), or NULL when out of memory (logged). */
 struct item *ne_item_new(enum item_kind kind);
-/* The feed consumer's message callback; closure is its struct feed_closure. */
-void ne_on_feed_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+/* Runs the loop for one turn (waking at least every 50 ms): start() and stop() wait this way
+ * for what only the loop can read, since the connection's I/O is on it. Loop thread, outside
+ * any loop callback. */
+void ne_pump(struct nats_engine *e);
 
 /* engine_nats_worker.c: the worker thread */
 
@@ -249,9 +257,9 @@ struct hd_msg *ne_event_of(struct nats_engine *e, natsMsg *m, uint64_t id, char 
 
 /* engine_nats_loop.c: the loop side (loop thread only) */
 
-/* The table of publishes in flight, keyed by natsMsg pointer. put: 0 or -ENOMEM. */
+/* The table of publishes in flight, keyed by token. put: 0 or -ENOMEM. */
 int ne_pubs_put(struct nats_engine *e, struct pub *p);
-struct pub *ne_pubs_find(struct nats_engine *e, const natsMsg *m, size_t *slot);
+struct pub *ne_pubs_find(struct nats_engine *e, uint64_t token, size_t *slot);
 void ne_pubs_del_slot(struct nats_engine *e, size_t s);
 /* Sends `p` (its message stays ours until libnats takes it). 0, -EAGAIN or -EIO. */
 int ne_send_pub(struct nats_engine *e, struct pub *p);
@@ -266,6 +274,12 @@ void ne_item_free(struct item *it);
 void ne_drain_inbox(struct nats_engine *e);
 void ne_on_async(uv_async_t *a);
 void ne_on_check_timer(uv_timer_t *t);
+/* Gives a superseded feed consumer (taken) to the worker to delete; destroys it here when the
+ * worker is gone or memory is (no deletion then: the server drops an idle one itself). */
+void ne_retire_sub(struct nats_engine *e, natsSubscription *sub);
+/* After each turn's I/O: takes the publish answers and feed messages libnats read (bounded
+ * batches) into the publishes in flight and the sink. */
+void ne_on_turn(uv_check_t *c);
 
 /* engine_nats_status.c: delivery status across nodes */
 

@@ -7,6 +7,7 @@
 #include "engine_nats_int.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,11 +16,11 @@
 #include "metrics.h"
 #include "natsid.h"
 
-/* Publishes in flight: a pointer-keyed open-addressing table. */
+/* Publishes in flight: an open-addressing table keyed by reply token. */
 
-static size_t slot_of(const struct nats_engine *e, const natsMsg *m)
+static size_t slot_of(const struct nats_engine *e, uint64_t token)
 {
-    uintptr_t h = (uintptr_t)m;
+    uint64_t h = token;
     h ^= h >> 17;
     h *= 0x9E3779B97F4A7C15ULL;
     return (size_t)(h >> 20) & (e->pubs_cap - 1);
@@ -37,7 +38,7 @@ static int pubs_grow(struct nats_engine *e)
     for (size_t i = 0; i < old_cap; i++) {
         if (!old[i])
             continue;
-        size_t s = slot_of(e, old[i]->msg);
+        size_t s = slot_of(e, old[i]->token);
         while (e->pubs[s])
             s = (s + 1) & (cap - 1);
         e->pubs[s] = old[i];
@@ -50,7 +51,7 @@ int ne_pubs_put(struct nats_engine *e, struct pub *p)
 {
     if ((e->n_pubs + 1) * 2 > e->pubs_cap && pubs_grow(e) < 0)
         return -ENOMEM;
-    size_t s = slot_of(e, p->msg);
+    size_t s = slot_of(e, p->token);
     while (e->pubs[s])
         s = (s + 1) & (e->pubs_cap - 1);
     e->pubs[s] = p;
@@ -58,12 +59,12 @@ int ne_pubs_put(struct nats_engine *e, struct pub *p)
     return 0;
 }
 
-struct pub *ne_pubs_find(struct nats_engine *e, const natsMsg *m, size_t *slot)
+struct pub *ne_pubs_find(struct nats_engine *e, uint64_t token, size_t *slot)
 {
     if (!e->pubs_cap)
         return NULL;
-    for (size_t s = slot_of(e, m); e->pubs[s]; s = (s + 1) & (e->pubs_cap - 1)) {
-        if (e->pubs[s]->msg == m) {
+    for (size_t s = slot_of(e, token); e->pubs[s]; s = (s + 1) & (e->pubs_cap - 1)) {
+        if (e->pubs[s]->token == token) {
             *slot = s;
             return e->pubs[s];
         }
@@ -78,7 +79,7 @@ void ne_pubs_del_slot(struct nats_engine *e, size_t s)
     e->pubs[s] = NULL;
     e->n_pubs--;
     for (size_t j = (s + 1) & mask; e->pubs[j]; j = (j + 1) & mask) {
-        size_t home = slot_of(e, e->pubs[j]->msg);
+        size_t home = slot_of(e, e->pubs[j]->token);
         /* Move j back to s when its home is not in the (s, j] range. */
         if ((j > s && (home <= s || home > j)) || (j < s && home <= s && home > j)) {
             e->pubs[s] = e->pubs[j];
@@ -118,10 +119,9 @@ void ne_pub_finish(struct nats_engine *e, struct pub *p, int err, uint64_t seq, 
                    bool duplicate)
 {
     size_t slot;
-    if (ne_pubs_find(e, p->msg, &slot) == p)
+    if (ne_pubs_find(e, p->token, &slot) == p)
         ne_pubs_del_slot(e, slot);
-    if (p->msg)
-        natsMsg_Destroy(p->msg);
+    natsMsg_Destroy(p->msg);
     struct hd_pub_ack a = {.seq = seq, .time_ms = time_ms, .duplicate = duplicate};
     p->ack(p->arg, err, err == 0 ? &a : NULL);
     free(p);
@@ -130,18 +130,41 @@ void ne_pub_finish(struct nats_engine *e, struct pub *p, int err, uint64_t seq, 
 
 int ne_send_pub(struct nats_engine *e, struct pub *p)
 {
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = ACK_WAIT_MS;
-    natsMsg *m = p->msg;
     p->attempts++;
-    natsStatus s = js_PublishMsgAsync(e->js, &m, &po);
+    p->ack_by_ns = hd_now_ns() + (uint64_t)ACK_WAIT_MS * 1000000;
+    natsStatus s = natsConnection_PublishMsg(e->nc, p->msg);
     if (s == NATS_OK)
         return 0;
     return s == NATS_TIMEOUT ? -EAGAIN : -EIO;
 }
 
-static bool retriable(const struct item *it)
+/* What JetStream answered to a publish. */
+struct ack {
+    bool ok, duplicate;
+    uint64_t seq;
+    natsStatus st; /* when not ok */
+    int jerr;      /* JetStream's error code, when it gave one */
+};
+
+/* Reads a publish's answer: {"stream":..,"seq":N[,"duplicate":true]} or {"error":{"code":..,
+ * "err_code":..}}. */
+static void parse_ack(natsMsg *m, struct ack *a)
+{
+    *a = (struct ack){.st = NATS_ERR};
+    int len = natsMsg_GetDataLength(m);
+    json_t *j = len > 0 ? json_loadb(natsMsg_GetData(m), (size_t)len, 0, NULL) : NULL;
+    json_t *err = json_object_get(j, "error"), *seq = json_object_get(j, "seq");
+    if (err) {
+        a->jerr = (int)json_integer_value(json_object_get(err, "err_code"));
+    } else if (json_is_integer(seq) && json_integer_value(seq) > 0) {
+        a->ok = true;
+        a->seq = (uint64_t)json_integer_value(seq);
+        a->duplicate = json_is_true(json_object_get(j, "duplicate"));
+    }
+    json_decref(j);
+}
+
+static bool retriable(const struct ack *it)
 {
     switch (it->st) {
     case NATS_TIMEOUT:
@@ -160,13 +183,25 @@ static bool retriable(const struct item *it)
 
 static void on_retry_timer(uv_timer_t *t);
 
-static void handle_ack(struct nats_engine *e, struct item *it)
+/* Takes `p` off the retry list (an answer to an earlier attempt came after all). */
+static void retry_unlink(struct nats_engine *e, struct pub *p)
 {
-    size_t slot;
-    struct pub *p = ne_pubs_find(e, it->nmsg, &slot);
-    if (!p) {
-        natsMsg_Destroy(it->nmsg); /* cannot happen: every message we send is in the table */
-        return;
+    for (struct pub **pp = &e->retry_head; *pp; pp = &(*pp)->next_retry) {
+        if (*pp == p) {
+            *pp = p->next_retry;
+            e->n_retrying--;
+            p->retrying = false;
+            return;
+        }
+    }
+}
+
+static void handle_ack(struct nats_engine *e, struct pub *p, const struct ack *it)
+{
+    if (p->retrying) {
+        if (!it->ok)
+            return; /* already waiting to be sent again */
+        retry_unlink(e, p);
     }
     if (it->ok && it->duplicate) {
         /* The first publish with this key holds the id; its time is in its header. */
@@ -231,43 +266,171 @@ static void on_retry_timer(uv_timer_t *t)
         uv_timer_stop(t);
 }
 
-static void handle_feed(struct nats_engine *e, struct item *it)
+/* One stream message at `seq` (NULL msg: not a Herald event, but its sequence counts) with
+ * `pending` more behind it in the consumer. msg and key are borrowed. */
+static void handle_feed(struct nats_engine *e, uint64_t seq, uint64_t pending, struct hd_msg *msg,
+                        const char *key)
 {
-    switch (hd_natsid_follow(e->last_seq, e->start_seq, it->seq)) {
+    switch (hd_natsid_follow(e->last_seq, e->start_seq, seq)) {
     case HD_FOLLOW_DUP:
         return;
     case HD_FOLLOW_GAP:
         hd_log_warn("the stream no longer holds events this node missed",
                     "from_seq=%llu to_seq=%llu", (unsigned long long)e->last_seq + 1,
-                    (unsigned long long)it->seq - 1);
+                    (unsigned long long)seq - 1);
         if (e->base.sink.gap)
-            e->base.sink.gap(e->base.sink.broker, hd_natsid_make(e->ep_base, it->seq));
+            e->base.sink.gap(e->base.sink.broker, hd_natsid_make(e->ep_base, seq));
         break;
     case HD_FOLLOW_NEXT:
         break;
     }
-    e->last_seq = it->seq;
-    if (it->msg) {
-        if (e->recovering && it->seq <= e->recover_until) {
+    e->last_seq = seq;
+    /* The worker's next attach starts after it; an older epoch's sequence must not count. */
+    pthread_mutex_lock(&e->feed_lock);
+    if (e->feed_base == e->ep_base)
+        e->feed_seq = seq;
+    pthread_mutex_unlock(&e->feed_lock);
+    if (msg) {
+        if (e->recovering && seq <= e->recover_until) {
             if (e->base.sink.recovered)
-                e->base.sink.recovered(e->base.sink.broker, it->msg, it->key);
+                e->base.sink.recovered(e->base.sink.broker, msg, key);
         } else if (e->base.sink.deliver) {
-            e->base.sink.deliver(e->base.sink.broker, it->msg, it->key);
+            e->base.sink.deliver(e->base.sink.broker, msg, key);
         }
     }
-    if (e->recovering && it->seq >= e->recover_until) {
+    if (e->recovering && seq >= e->recover_until) {
         e->recovering = false;
         hd_log_info("recovered history from the stream", "last_seq=%llu",
                     (unsigned long long)e->last_seq);
         maybe_ready(e);
     }
-    if (e->stream_last_seq < it->seq + it->pending)
-        e->stream_last_seq = it->seq + it->pending;
+    if (e->stream_last_seq < seq + pending)
+        e->stream_last_seq = seq + pending;
     ne_update_gauges(e);
+}
+
+void ne_retire_sub(struct nats_engine *e, natsSubscription *sub)
+{
+    struct job *j =
+        e->worker_started && !atomic_load(&e->worker_done) ? calloc(1, sizeof(*j)) : NULL;
+    if (!j) {
+        natsSubscription_Destroy(sub);
+        return;
+    }
+    *j = (struct job){.kind = JOB_RETIRE, .sub = sub};
+    ne_job_post(e, j);
+}
+
+static void ne_on_turn_more(uv_idle_t *h)
+{
+    (void)h; /* an active idle handle is what keeps the loop's poll from waiting */
+}
+
+/* Acks read this turn, a bounded batch. Returns true when more are waiting. */
+static bool drain_acks(struct nats_engine *e)
+{
+    int waiting = 0;
+    if (!e->ack_sub || natsSubscription_GetPending(e->ack_sub, &waiting, NULL) != NATS_OK ||
+        waiting == 0)
+        return false;
+    size_t plen = strlen(e->reply_prefix);
+    for (int i = 0; i < DRAIN_BATCH && e->ack_sub; i++) {
+        natsMsg *m = NULL;
+        natsStatus st = natsSubscription_NextMsg(&m, e->ack_sub, 0);
+        /* libnats consumes a no-responders answer (no stream leader) and says so without the
+         * message, so we cannot tell whose it was: that publish times out and is retried. */
+        if (st == NATS_NO_RESPONDERS || st == NATS_SLOW_CONSUMER)
+            continue;
+        if (st != NATS_OK)
+            return false;
+        const char *subj = natsMsg_GetSubject(m);
+        uint64_t token = 0;
+        size_t slot;
+        struct pub *p = NULL;
+        if (strncmp(subj, e->reply_prefix, plen) == 0 &&
+            hd_natsid_parse_u64(subj + plen, &token) == 0)
+            p = ne_pubs_find(e, token, &slot);
+        /* None: a later answer to a publish already answered (a retry's duplicate). */
+        if (p && !p->awaiting_time) {
+            struct ack a;
+            parse_ack(m, &a);
+            handle_ack(e, p, &a);
+        }
+        natsMsg_Destroy(m);
+    }
+    return e->ack_sub && natsSubscription_GetPending(e->ack_sub, &waiting, NULL) == NATS_OK &&
+           waiting > 0;
+}
+
+/* Feed messages read this turn, a bounded batch. Returns true when more are waiting. */
+static bool drain_feed(struct nats_engine *e)
+{
+    int waiting = 0;
+    if (!e->feed_sub || natsSubscription_GetPending(e->feed_sub, &waiting, NULL) != NATS_OK ||
+        waiting == 0)
+        return false;
+    for (int i = 0; i < DRAIN_BATCH && e->feed_sub; i++) {
+        natsMsg *m = NULL;
+        jsMsgMetaData *meta = NULL;
+        natsStatus st = natsSubscription_NextMsg(&m, e->feed_sub, 0);
+        /* Notices, each given once: the message stays queued (a consumer reset by libnats
+         * or an overflow is repaired by sequence, handle_feed). */
+        if (st == NATS_SLOW_CONSUMER || st == NATS_MISMATCH)
+            continue;
+        if (st != NATS_OK)
+            return false;
+        if (natsMsg_GetMetaData(&meta, m) != NATS_OK) {
+            natsMsg_Destroy(m);
+            continue;
+        }
+        uint64_t seq = meta->Sequence.Stream, pending = meta->NumPending;
+        jsMsgMetaData_Destroy(meta);
+        if (seq > e->last_seq) { /* else a duplicate: not worth decoding */
+            char *key = NULL;
+            struct hd_msg *ev = ne_event_of(e, m, hd_natsid_make(e->ep_base, seq), &key);
+            handle_feed(e, seq, pending, ev, key);
+            hd_msg_unref(ev);
+            free(key);
+        }
+        natsMsg_Destroy(m);
+    }
+    return e->feed_sub && natsSubscription_GetPending(e->feed_sub, &waiting, NULL) == NATS_OK &&
+           waiting > 0;
+}
+
+void ne_on_turn(uv_check_t *c)
+{
+    struct nats_engine *e = c->data;
+    bool more = drain_acks(e);
+    more = drain_feed(e) || more;
+    /* More than a batch: come back after the next turn's I/O without sleeping in between. */
+    if (more)
+        uv_idle_start(&e->turn_more, ne_on_turn_more);
+    else
+        uv_idle_stop(&e->turn_more);
+}
+
+/* Publishes whose answer is overdue are treated as timed out (and so retried): the answer may
+ * have been lost with a server. Scanned from the check timer: the table is small and the
+ * wait long. */
+static void expire_acks(struct nats_engine *e)
+{
+    uint64_t now = hd_now_ns();
+    for (size_t i = 0; i < e->pubs_cap; i++) {
+        struct pub *p = e->pubs[i];
+        if (p && !p->retrying && !p->awaiting_time && now >= p->ack_by_ns)
+            handle_ack(e, p, &(struct ack){.st = NATS_TIMEOUT});
+    }
 }
 
 static void handle_attached(struct nats_engine *e, struct item *it)
 {
+    if (e->stopping)
+        return; /* ne_item_free destroys the consumer */
+    if (e->feed_sub)
+        ne_retire_sub(e, e->feed_sub);
+    e->feed_sub = it->sub;
+    it->sub = NULL;
     enum hd_epoch_change ch =
         hd_natsid_epoch_change(e->ep_base, hd_natsid_make(e->ep_base, e->last_seq), it->base);
     e->attached = true;
@@ -328,15 +491,18 @@ static void handle_checked(struct nats_engine *e, struct item *it)
     ne_update_gauges(e);
 }
 
+/* The first connection, made after start: what libnats' connected callback would report. */
+static void connected_late(struct nats_engine *e)
+{
+    hd_log_info("connected to NATS", "node=%s", e->node);
+    e->connected = true;
+    ne_job_post_once(e, JOB_ATTACH);
+    maybe_ready(e);
+}
+
 void ne_handle_item(struct nats_engine *e, struct item *it)
 {
     switch (it->kind) {
-    case IT_FEED:
-        handle_feed(e, it);
-        break;
-    case IT_ACK:
-        handle_ack(e, it);
-        break;
     case IT_CONN:
         if (e->connected != it->up)
             hd_log_info(it->up ? "connected to NATS" : "lost NATS", "node=%s", e->node);
@@ -347,6 +513,10 @@ void ne_handle_item(struct nats_engine *e, struct item *it)
             ne_job_post_once(e, JOB_ATTACH);
         }
         maybe_ready(e);
+        break;
+    case IT_REACHABLE:
+        if (!e->nc && !e->stopping && ne_connect_try(e) == 0)
+            connected_late(e);
         break;
     case IT_ATTACHED:
         handle_attached(e, it);
@@ -391,9 +561,8 @@ void ne_handle_item(struct nats_engine *e, struct item *it)
 
 void ne_item_free(struct item *it)
 {
-    if (it->kind == IT_FEED)
-        hd_msg_unref(it->msg);
-    free(it->key);
+    if (it->kind == IT_ATTACHED && it->sub)
+        natsSubscription_Destroy(it->sub);
     free(it->reply);
     free(it);
 }
@@ -413,9 +582,24 @@ void ne_on_async(uv_async_t *a)
         uv_async_send(&e->async); /* the rest on the next turn, after I/O */
 }
 
+static void on_pump_timer(uv_timer_t *t)
+{
+    (void)t; /* only ends the turn's wait */
+}
+
+void ne_pump(struct nats_engine *e)
+{
+    uv_timer_start(&e->pump_timer, on_pump_timer, 50, 0);
+    uv_run(e->loop, UV_RUN_ONCE);
+}
+
 void ne_on_check_timer(uv_timer_t *t)
 {
     struct nats_engine *e = t->data;
+    if (e->n_pubs > e->n_retrying)
+        expire_acks(e);
+    if (!e->nc && !e->stopping)
+        ne_job_post_once(e, JOB_PROBE);
     if (e->connected && !e->stopping)
         ne_job_post_once(e, e->attached ? JOB_CHECK : JOB_ATTACH);
 }

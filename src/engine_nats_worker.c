@@ -23,7 +23,7 @@
 void ne_job_post(struct nats_engine *e, struct job *j)
 {
     pthread_mutex_lock(&e->job_lock);
-    if (j->kind == JOB_STOP) { /* jumps the queue */
+    if (j->kind == JOB_STOP || j->kind == JOB_RETIRE) { /* jump the queue */
         j->next = e->jobs;
         e->jobs = j;
         if (!e->jobs_tail)
@@ -43,7 +43,9 @@ void ne_job_post(struct nats_engine *e, struct job *j)
 /* Posts a job of a kind that must not queue twice (attach, check). */
 void ne_job_post_once(struct nats_engine *e, enum job_kind kind)
 {
-    bool *flag = kind == JOB_ATTACH ? &e->attach_queued : &e->check_queued;
+    bool *flag = kind == JOB_ATTACH  ? &e->attach_queued
+                 : kind == JOB_PROBE ? &e->probe_queued
+                                     : &e->check_queued;
     pthread_mutex_lock(&e->job_lock);
     bool already = *flag;
     *flag = true;
@@ -178,13 +180,37 @@ static int stream_ensure(struct nats_engine *e, jsStreamInfo **out, char *why, s
     *out = si;
     return 0;
 }
+/* A new ordered consumer over the whole stream from `start`, read synchronously by the loop.
+ * Returns it, or NULL having logged why. Worker thread. */
+static natsSubscription *feed_subscribe(struct nats_engine *e, uint64_t start)
+{
+    char subject[160];
+    snprintf(subject, sizeof(subject), "%s.>", e->prefix);
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = e->stream;
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverByStartSequence;
+    so.Config.OptStartSeq = start;
+    /* Heartbeats every second: a consumer lost with its server is noticed in ~3 s. */
+    so.Config.Heartbeat = (int64_t)FEED_HEARTBEAT_MS * 1000000;
+    jsErrCode jerr = 0;
+    natsSubscription *sub = NULL;
+    natsStatus s = js_SubscribeSync(&sub, e->js, subject, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        log_nats_error("cannot create the stream consumer; retrying", s, jerr);
+        return NULL;
+    }
+    /* Room for a catch-up burst: libnats drops (slow consumer) past its pending limits. */
+    natsSubscription_SetPendingLimits(sub, 1 << 20, 1 << 30);
+    return sub;
+}
+
 /*
  * Attaches the feed: stream info (creating the stream when missing), then a new ordered
- * consumer from just after the last message pushed, or from the recovery point on the first
- * attach or a new epoch. Worker thread.
+ * consumer from just after the last message the loop took, or from the recovery point on the
+ * first attach or a new epoch, handed to the loop in IT_ATTACHED. Worker thread.
  */
-static void feed_subscribe(struct nats_engine *e, uint64_t gen, uint64_t start);
-
 static void do_attach(struct nats_engine *e)
 {
     char why[400] = "";
@@ -211,11 +237,8 @@ static void do_attach(struct nats_engine *e)
     uint64_t first = si->State.FirstSeq, last = si->State.LastSeq, start;
     jsStreamInfo_Destroy(si);
 
-    /* Retire the old consumer; its callbacks are fenced off by the generation. */
     pthread_mutex_lock(&e->feed_lock);
-    e->feed_gen++;
-    bool same = e->feed_base == base;
-    if (same) {
+    if (e->feed_base == base) {
         start = e->feed_seq ? e->feed_seq + 1 : e->feed_start;
     } else {
         start = last + 1 > RECOVER_MAX ? last + 1 - RECOVER_MAX : 1;
@@ -225,51 +248,11 @@ static void do_attach(struct nats_engine *e)
         e->feed_seq = 0;
         e->feed_start = start;
     }
-    uint64_t gen = e->feed_gen;
-    struct item *it = ne_item_new(IT_ATTACHED);
-    if (it) {
-        *it = (struct item){.kind = IT_ATTACHED,
-                            .base = base,
-                            .first_seq = first,
-                            .last_seq = last,
-                            .start_seq = start,
-                            .gen = gen,
-                            .present = same};
-        ne_post(e, it); /* under the lock: before any message of the new generation */
-    }
     pthread_mutex_unlock(&e->feed_lock);
-    feed_subscribe(e, gen, start);
-}
-
-/* Replaces the feed's consumer with a new ordered one of generation `gen` from `start`.
- * Worker thread; a failure is posted as IT_DETACHED (attach again). */
-static void feed_subscribe(struct nats_engine *e, uint64_t gen, uint64_t start)
-{
-    if (e->feed_sub) {
-        natsSubscription_Unsubscribe(e->feed_sub);
-        natsSubscription_Destroy(e->feed_sub);
-        e->feed_sub = NULL;
-    }
-    struct feed_closure *fc = calloc(1, sizeof(*fc));
-    if (!fc)
-        return;
-    *fc = (struct feed_closure){.e = e, .gen = gen};
-    char subject[160];
-    snprintf(subject, sizeof(subject), "%s.>", e->prefix);
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = e->stream;
-    so.Ordered = true;
-    so.Config.DeliverPolicy = js_DeliverByStartSequence;
-    so.Config.OptStartSeq = start;
-    /* Heartbeats every second: a consumer lost with its server is noticed in ~3 s. */
-    so.Config.Heartbeat = (int64_t)FEED_HEARTBEAT_MS * 1000000;
-    jsErrCode jerr = 0;
-    natsSubscription *sub = NULL;
-    natsStatus s = js_Subscribe(&sub, e->js, subject, ne_on_feed_msg, fc, NULL, &so, &jerr);
-    if (s != NATS_OK) {
-        log_nats_error("cannot create the stream consumer; retrying", s, jerr);
-        free(fc);
+    natsSubscription *sub = feed_subscribe(e, start);
+    struct item *it = sub ? ne_item_new(IT_ATTACHED) : NULL;
+    if (!it) {
+        natsSubscription_Destroy(sub);
         first_outcome(e, -EAGAIN, "cannot create the stream consumer");
         /* Not attached after all: the loop goes unready and its check timer tries again. */
         struct item *d = ne_item_new(IT_DETACHED);
@@ -277,13 +260,13 @@ static void feed_subscribe(struct nats_engine *e, uint64_t gen, uint64_t start)
             ne_post(e, d);
         return;
     }
-    /* Room for a catch-up burst: libnats drops (slow consumer) past its pending limits. */
-    natsSubscription_SetPendingLimits(sub, 1 << 20, 1 << 30);
-    e->feed_sub = sub;
-    /* A callback of a retired consumer may still be running with its closure: libnats has
-     * no barrier for that, so retired closures (a few bytes per reattach) live until destroy. */
-    fc->older = e->feed_closure;
-    e->feed_closure = fc;
+    *it = (struct item){.kind = IT_ATTACHED,
+                        .base = base,
+                        .first_seq = first,
+                        .last_seq = last,
+                        .start_seq = start,
+                        .sub = sub};
+    ne_post(e, it);
     first_outcome(e, 1, NULL);
 }
 
@@ -522,6 +505,8 @@ void *ne_worker_main(void *arg)
             e->attach_queued = false;
         if (j->kind == JOB_CHECK)
             e->check_queued = false;
+        if (j->kind == JOB_PROBE)
+            e->probe_queued = false;
         pthread_mutex_unlock(&e->job_lock);
         enum job_kind kind = j->kind;
         switch (kind) {
@@ -531,17 +516,31 @@ void *ne_worker_main(void *arg)
         case JOB_CHECK:
             do_check(e);
             break;
+        case JOB_PROBE:
+            if (ne_probe_servers(e) == 0) {
+                struct item *it = ne_item_new(IT_REACHABLE);
+                if (it)
+                    ne_post(e, it);
+            }
+            break;
         case JOB_DUP_TIME:
             do_dup_time(e, j->pub, j->seq);
             break;
         case JOB_REPLAY:
             do_replay(e, j->replay);
             break;
+        case JOB_RETIRE:
+            /* Unsubscribing deletes its consumer on the server: a request, so here. */
+            natsSubscription_Unsubscribe(j->sub);
+            natsSubscription_Destroy(j->sub);
+            break;
         case JOB_STOP:
             break;
         }
         free(j);
-        if (kind == JOB_STOP)
+        if (kind == JOB_STOP) {
+            atomic_store(&e->worker_done, true);
             return NULL;
+        }
     }
 }

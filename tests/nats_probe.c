@@ -125,12 +125,6 @@ static int lookup(void *arg, uint64_t id, struct hd_status_counts *out)
     return 0;
 }
 
-static void on_close_all(uv_handle_t *h, void *arg)
-{
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
 static void command(char *cmd)
 {
     char a[256] = "", b[256] = "", c[256] = "";
@@ -179,9 +173,9 @@ static void command(char *cmd)
                (long long)metrics.engine_publishes_pending,
                (unsigned long long)metrics.engine_replays);
     } else if (strcmp(a, "quit") == 0) {
+        /* The engine stops outside any callback: it runs the loop itself while it waits. */
         quitting = true;
-        engine->ops->stop(engine);
-        uv_walk(&loop, on_close_all, NULL); /* main destroys the engine once the loop is done */
+        uv_stop(&loop);
     }
     fflush(stdout);
 }
@@ -256,6 +250,11 @@ int main(int argc, char **argv)
     uv_pipe_init(&loop, &in, 0);
     uv_pipe_open(&in, 0);
     uv_read_start((uv_stream_t *)&in, on_alloc, on_read);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    engine->ops->stop(engine);
+    /* Only our pipe: libnats' adapter closes its own handles, in its own order. */
+    if (!uv_is_closing((uv_handle_t *)&in))
+        uv_close((uv_handle_t *)&in, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     engine->ops->destroy(engine);
     uv_run(&loop, UV_RUN_DEFAULT);
