@@ -87,6 +87,14 @@ start_nats() {
         nats_pids+="${nats_pids:+,}$!"
         nats_urls+="${nats_urls:+,}nats://127.0.0.1:${ports[$i]}"
     done
+    # Listening before the nodes start: a node's start-up is not what is measured.
+    for ((i = 0; i < n; i++)); do
+        local t
+        for ((t = 0; t < 100; t++)); do
+            (exec 3<>"/dev/tcp/127.0.0.1/${ports[$i]}") 2>/dev/null && break
+            sleep 0.1
+        done
+    done
 }
 
 node_config() { # $1 node name, $2 urls ("" = local engine), $3 replicas
