@@ -106,6 +106,9 @@ static void wr_jesc(struct wr *w, const char *s, size_t len)
     size_t run = 0; /* start of the pending run of bytes that need no escaping */
 
     for (size_t i = 0; i < len;) {
+        i += hd__json_plain_span(u + i, len - i);
+        if (i == len)
+            break;
         unsigned c = u[i];
         size_t n = 1;
         if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7f) {
