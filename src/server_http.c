@@ -522,7 +522,8 @@ static int http_body_complete(struct hd_server *s, struct http_pss *pss)
         hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, msg);
         return http_respond(s, pss);
     }
-    struct http_pending *p = calloc(1, sizeof(*p));
+    /* malloc, not calloc: glibc's calloc passes by the per-thread cache that free fills. */
+    struct http_pending *p = malloc(sizeof(*p));
     if (!p) {
         hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         return http_respond(s, pss);
