@@ -663,8 +663,6 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
     struct hd_server *s = lws_context_user(lws_get_context(wsi));
     struct http_pss *pss = user;
     int r;
-    if (srv_peer_lifecycle(s, wsi, reason, user, &r))
-        return r;
     switch (reason) {
     case LWS_CALLBACK_HTTP:
         if (!pss)
@@ -691,6 +689,10 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
             http_reset(pss);
         return 0;
     default:
+        /* Asked here, not before the switch: it handles none of the reasons above, and a
+         * request passes this callback eight times. */
+        if (srv_peer_lifecycle(s, wsi, reason, user, &r))
+            return r;
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
 }
