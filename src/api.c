@@ -184,11 +184,13 @@ const struct hd_identity *hd__api_who(struct hd_broker *b, const struct hd_http_
 {
     if (resp->who)
         return resp->who;
-    struct hd_identity *id = calloc(1, sizeof(*id));
+    /* malloc, not calloc: glibc's calloc passes by the per-thread cache that free fills. */
+    struct hd_identity *id = malloc(sizeof(*id));
     if (!id) {
         hd_api_error(resp, HD_ERR_INTERNAL, "out of memory");
         return NULL;
     }
+    *id = (struct hd_identity){0};
     if (hd_api_authenticate(b, req, id, &resp->credential, resp)) {
         free(id);
         return NULL;

@@ -53,7 +53,7 @@ static bool wr_reserve(struct wr *w, size_t more)
     return true;
 }
 
-static void wr_mem(struct wr *w, const void *s, size_t len)
+static void wr_mem_slow(struct wr *w, const void *s, size_t len)
 {
     if (w->grow) {
         if (!wr_reserve(w, len))
@@ -66,6 +66,19 @@ static void wr_mem(struct wr *w, const void *s, size_t len)
     w->n += len;
 }
 
+/* What fits (with the NUL after it) is copied here, inline, in either mode: an encoder writes
+ * a dozen short pieces, and a call that checks the mode and the room for each cost more than
+ * the copy. */
+static inline void wr_mem(struct wr *w, const void *s, size_t len)
+{
+    if (w->n < w->cap && len < w->cap - w->n) {
+        memcpy(w->p + w->n, s, len);
+        w->n += len;
+        return;
+    }
+    wr_mem_slow(w, s, len);
+}
+
 #define wr_lit(w, s) wr_mem((w), (s), sizeof(s) - 1)
 
 static void wr_str(struct wr *w, const char *s)
@@ -73,26 +86,53 @@ static void wr_str(struct wr *w, const char *s)
     wr_mem(w, s, strlen(s));
 }
 
+/* The decimal digits of v at the end of buf, two per division (a millisecond time has 13,
+ * and each event's is written three times); returns where they start. */
+static size_t fmt_u64(char buf[24], uint64_t v)
+{
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930"
+                                "31323334353637383940414243444546474849505152535455565758596061"
+                                "62636465666768697071727374757677787980818283848586878889909192"
+                                "93949596979899";
+    size_t i = 24;
+    while (v >= 100) {
+        unsigned d = (unsigned)(v % 100) * 2;
+        v /= 100;
+        buf[--i] = pairs[d + 1];
+        buf[--i] = pairs[d];
+    }
+    if (v >= 10) {
+        buf[--i] = pairs[v * 2 + 1];
+        buf[--i] = pairs[v * 2];
+    } else {
+        buf[--i] = (char)('0' + v);
+    }
+    return i;
+}
+
+/* v as text at the end of buf (with its '-'); returns where it starts. */
+static size_t fmt_i64(char buf[24], int64_t v)
+{
+    if (v >= 0)
+        return fmt_u64(buf, (uint64_t)v);
+    /* Negate in unsigned arithmetic: -INT64_MIN overflows int64_t. */
+    size_t i = fmt_u64(buf, (uint64_t)0 - (uint64_t)v);
+    buf[--i] = '-';
+    return i;
+}
+
 static void wr_u64(struct wr *w, uint64_t v)
 {
     char buf[24];
-    size_t i = sizeof(buf);
-    do {
-        buf[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    size_t i = fmt_u64(buf, v);
     wr_mem(w, buf + i, sizeof(buf) - i);
 }
 
 static void wr_i64(struct wr *w, int64_t v)
 {
-    if (v < 0) {
-        wr_lit(w, "-");
-        /* Negate in unsigned arithmetic: -INT64_MIN overflows int64_t. */
-        wr_u64(w, (uint64_t)0 - (uint64_t)v);
-    } else {
-        wr_u64(w, (uint64_t)v);
-    }
+    char buf[24];
+    size_t i = fmt_i64(buf, v);
+    wr_mem(w, buf + i, sizeof(buf) - i);
 }
 
 /*
@@ -106,6 +146,9 @@ static void wr_jesc(struct wr *w, const char *s, size_t len)
     size_t run = 0; /* start of the pending run of bytes that need no escaping */
 
     for (size_t i = 0; i < len;) {
+        i += hd__json_plain_span(u + i, len - i);
+        if (i == len)
+            break;
         unsigned c = u[i];
         size_t n = 1;
         if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7f) {
@@ -354,36 +397,65 @@ char *hd_encode_publish_reply(const char *event_id, const char *topic, int64_t t
 size_t hd_encode_event(char *out, size_t cap, const char *topic, const char *event_id,
                        int64_t time_ms, const char *event, const char *data_json, size_t data_len)
 {
-    struct wr w = {.p = out, .cap = out ? cap : 0};
-    wr_lit(&w, "{\"type\":\"event\",\"topic\":\"");
-    wr_str(&w, topic);
-    wr_lit(&w, "\",\"id\":\"");
-    wr_str(&w, event_id);
-    wr_lit(&w, "\",\"time\":");
-    wr_i64(&w, time_ms);
-    wr_lit(&w, ",\"event\":\"");
-    wr_str(&w, event);
-    wr_lit(&w, "\",\"data\":");
-    if (data_json && data_len)
-        wr_mem(&w, data_json, data_len);
-    else
-        wr_lit(&w, "null");
+    static const char head[] = "{\"type\":\"event\",\"topic\":\"", id_key[] = "\",\"id\":\"",
+                      time_key[] = "\",\"time\":", event_key[] = ",\"event\":\"",
+                      data_key[] = "\",\"data\":";
+    char tbuf[24];
+    size_t ti = fmt_i64(tbuf, time_ms), tl = sizeof(tbuf) - ti;
+    size_t topic_len = strlen(topic), id_len = strlen(event_id), event_len = strlen(event);
+    if (!data_json || !data_len) {
+        data_json = "null";
+        data_len = 4;
+    }
+    /* Each sizeof counts a NUL: five of them, less the one byte of the closing brace. */
+    size_t need = sizeof(head) + sizeof(id_key) + sizeof(time_key) + sizeof(event_key) +
+                  sizeof(data_key) - 5 + 1 + topic_len + id_len + tl + event_len + data_len;
+    /* The caller measures (out NULL) and then writes: the measure is arithmetic, not a
+     * second pass over the pieces. */
+    if (!out || !cap)
+        return need;
+    struct wr w = {.p = out, .cap = cap};
+    wr_mem(&w, head, sizeof(head) - 1);
+    wr_mem(&w, topic, topic_len);
+    wr_mem(&w, id_key, sizeof(id_key) - 1);
+    wr_mem(&w, event_id, id_len);
+    wr_mem(&w, time_key, sizeof(time_key) - 1);
+    wr_mem(&w, tbuf + ti, tl);
+    wr_mem(&w, event_key, sizeof(event_key) - 1);
+    wr_mem(&w, event, event_len);
+    wr_mem(&w, data_key, sizeof(data_key) - 1);
+    wr_mem(&w, data_json, data_len);
     wr_lit(&w, "}");
-    if (w.cap)
-        out[w.n < w.cap ? w.n : w.cap - 1] = '\0';
+    out[w.n < w.cap ? w.n : w.cap - 1] = '\0';
     return w.n;
 }
 
 /* ---- event ids ------------------------------------------------------------------------ */
 
-/* Writes the 16 lowercase hex digits of `seq` and a NUL into `out`. */
+/* The 8 lowercase hex digits of v into out (no NUL), in a word: the nibbles spread one to a
+ * byte (the least significant in the lowest), made digits together, stored most significant
+ * first. */
+static void hex8(uint32_t v, char *out)
+{
+    const uint64_t ones = 0x0101010101010101u;
+    uint64_t x = v;
+    x = (x | x << 16) & 0x0000ffff0000ffffu;
+    x = (x | x << 8) & 0x00ff00ff00ff00ffu;
+    x = (x | x << 4) & 0x0f0f0f0f0f0f0f0fu;
+    /* 10-15 reach bit 4 when 6 is added: those bytes go on from '9' + 1 to 'a' */
+    x += '0' * ones + (((x + 6 * ones) >> 4) & ones) * ('a' - '0' - 10);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
+    memcpy(out, &x, 8);
+}
+
+/* Writes the 16 lowercase hex digits of `seq` and a NUL into `out`: a word at a time, as a
+ * publish writes its id twice. */
 void hd_event_id_format(uint64_t seq, char out[HD_EVENT_ID_LEN + 1])
 {
-    static const char hex[] = "0123456789abcdef";
-    for (int i = HD_EVENT_ID_LEN - 1; i >= 0; i--) {
-        out[i] = hex[seq & 15];
-        seq >>= 4;
-    }
+    hex8((uint32_t)(seq >> 32), out);
+    hex8((uint32_t)seq, out + 8);
     out[HD_EVENT_ID_LEN] = '\0';
 }
 

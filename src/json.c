@@ -65,6 +65,9 @@ static bool canon_string(const unsigned char **pp, const unsigned char *end)
 {
     const unsigned char *p = *pp + 1;
     while (p < end) {
+        p += hd__json_plain_span(p, (size_t)(end - p));
+        if (p == end)
+            break;
         unsigned c = *p;
         if (c == '"') {
             *pp = p + 1;

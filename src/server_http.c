@@ -522,7 +522,8 @@ static int http_body_complete(struct hd_server *s, struct http_pss *pss)
         hd_api_error(&pss->resp, HD_ERR_TOO_LARGE, msg);
         return http_respond(s, pss);
     }
-    struct http_pending *p = calloc(1, sizeof(*p));
+    /* malloc, not calloc: glibc's calloc passes by the per-thread cache that free fills. */
+    struct http_pending *p = malloc(sizeof(*p));
     if (!p) {
         hd_api_error(&pss->resp, HD_ERR_INTERNAL, "out of memory");
         return http_respond(s, pss);
@@ -662,8 +663,6 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
     struct hd_server *s = lws_context_user(lws_get_context(wsi));
     struct http_pss *pss = user;
     int r;
-    if (srv_peer_lifecycle(s, wsi, reason, user, &r))
-        return r;
     switch (reason) {
     case LWS_CALLBACK_HTTP:
         if (!pss)
@@ -690,6 +689,10 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
             http_reset(pss);
         return 0;
     default:
+        /* Asked here, not before the switch: it handles none of the reasons above, and a
+         * request passes this callback eight times. */
+        if (srv_peer_lifecycle(s, wsi, reason, user, &r))
+            return r;
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
 }
