@@ -326,83 +326,70 @@ static void ne_on_turn_more(uv_idle_t *h)
     (void)h; /* an active idle handle is what keeps the loop's poll from waiting */
 }
 
-/* Acks read this turn, a bounded batch. Returns true when more are waiting. */
-static bool drain_acks(struct nats_engine *e)
+/* One publish answer: to <reply_prefix><token>. */
+static void take_ack(struct nats_engine *e, natsMsg *m)
 {
-    int waiting = 0;
-    if (!e->ack_sub || natsSubscription_GetPending(e->ack_sub, &waiting, NULL) != NATS_OK ||
-        waiting == 0)
-        return false;
-    size_t plen = strlen(e->reply_prefix);
-    for (int i = 0; i < DRAIN_BATCH && e->ack_sub; i++) {
-        natsMsg *m = NULL;
-        natsStatus st = natsSubscription_NextMsg(&m, e->ack_sub, 0);
-        /* libnats consumes a no-responders answer (no stream leader) and says so without the
-         * message, so we cannot tell whose it was: that publish times out and is retried. */
-        if (st == NATS_NO_RESPONDERS || st == NATS_SLOW_CONSUMER)
-            continue;
-        if (st != NATS_OK)
-            return false;
-        const char *subj = natsMsg_GetSubject(m);
-        uint64_t token = 0;
-        size_t slot;
-        struct pub *p = NULL;
-        if (strncmp(subj, e->reply_prefix, plen) == 0 &&
-            hd_natsid_parse_u64(subj + plen, &token) == 0)
-            p = ne_pubs_find(e, token, &slot);
-        /* None: a later answer to a publish already answered (a retry's duplicate). */
-        if (p && !p->awaiting_time) {
-            struct ack a;
-            parse_ack(m, &a);
-            handle_ack(e, p, &a);
-        }
-        natsMsg_Destroy(m);
+    size_t plen = strlen(e->reply_prefix), slot;
+    const char *subj = natsMsg_GetSubject(m);
+    uint64_t token = 0;
+    struct pub *p = NULL;
+    if (strncmp(subj, e->reply_prefix, plen) == 0 && hd_natsid_parse_u64(subj + plen, &token) == 0)
+        p = ne_pubs_find(e, token, &slot);
+    /* None: a later answer to a publish already answered (a retry's duplicate). */
+    if (p && !p->awaiting_time) {
+        struct ack a;
+        parse_ack(m, &a);
+        handle_ack(e, p, &a);
     }
-    return e->ack_sub && natsSubscription_GetPending(e->ack_sub, &waiting, NULL) == NATS_OK &&
-           waiting > 0;
 }
 
-/* Feed messages read this turn, a bounded batch. Returns true when more are waiting. */
-static bool drain_feed(struct nats_engine *e)
+/* One stream message from the feed's consumer. */
+static void take_feed(struct nats_engine *e, natsMsg *m)
+{
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, m) != NATS_OK)
+        return;
+    uint64_t seq = meta->Sequence.Stream, pending = meta->NumPending;
+    jsMsgMetaData_Destroy(meta);
+    if (seq <= e->last_seq)
+        return; /* a duplicate: not worth decoding */
+    char *key = NULL;
+    struct hd_msg *ev = ne_event_of(e, m, hd_natsid_make(e->ep_base, seq), &key);
+    handle_feed(e, seq, pending, ev, key);
+    hd_msg_unref(ev);
+    free(key);
+}
+
+/* Takes what libnats queued on *sub this turn, a bounded batch. Returns true when more are
+ * waiting. */
+static bool drain(struct nats_engine *e, natsSubscription *const *sub,
+                  void (*take)(struct nats_engine *, natsMsg *))
 {
     int waiting = 0;
-    if (!e->feed_sub || natsSubscription_GetPending(e->feed_sub, &waiting, NULL) != NATS_OK ||
-        waiting == 0)
+    if (!*sub || natsSubscription_GetPending(*sub, &waiting, NULL) != NATS_OK || waiting == 0)
         return false;
-    for (int i = 0; i < DRAIN_BATCH && e->feed_sub; i++) {
+    for (int i = 0; i < DRAIN_BATCH && *sub; i++) {
         natsMsg *m = NULL;
-        jsMsgMetaData *meta = NULL;
-        natsStatus st = natsSubscription_NextMsg(&m, e->feed_sub, 0);
-        /* Notices, each given once: the message stays queued (a consumer reset by libnats
-         * or an overflow is repaired by sequence, handle_feed). */
-        if (st == NATS_SLOW_CONSUMER || st == NATS_MISMATCH)
+        natsStatus st = natsSubscription_NextMsg(&m, *sub, 0);
+        /* Notices, each given once. A no-responders answer (no stream leader) is consumed
+         * without the message, so we cannot tell whose it was: that publish times out and is
+         * retried. Past a slow-consumer drop or a consumer reset by libnats the messages stay
+         * queued, and the feed repairs itself by sequence (handle_feed). */
+        if (st == NATS_NO_RESPONDERS || st == NATS_SLOW_CONSUMER || st == NATS_MISMATCH)
             continue;
         if (st != NATS_OK)
             return false;
-        if (natsMsg_GetMetaData(&meta, m) != NATS_OK) {
-            natsMsg_Destroy(m);
-            continue;
-        }
-        uint64_t seq = meta->Sequence.Stream, pending = meta->NumPending;
-        jsMsgMetaData_Destroy(meta);
-        if (seq > e->last_seq) { /* else a duplicate: not worth decoding */
-            char *key = NULL;
-            struct hd_msg *ev = ne_event_of(e, m, hd_natsid_make(e->ep_base, seq), &key);
-            handle_feed(e, seq, pending, ev, key);
-            hd_msg_unref(ev);
-            free(key);
-        }
+        take(e, m);
         natsMsg_Destroy(m);
     }
-    return e->feed_sub && natsSubscription_GetPending(e->feed_sub, &waiting, NULL) == NATS_OK &&
-           waiting > 0;
+    return *sub && natsSubscription_GetPending(*sub, &waiting, NULL) == NATS_OK && waiting > 0;
 }
 
 void ne_on_turn(uv_check_t *c)
 {
     struct nats_engine *e = c->data;
-    bool more = drain_acks(e);
-    more = drain_feed(e) || more;
+    bool more = drain(e, &e->ack_sub, take_ack);
+    more = drain(e, &e->feed_sub, take_feed) || more;
     /* More than a batch: come back after the next turn's I/O without sleeping in between. */
     if (more)
         uv_idle_start(&e->turn_more, ne_on_turn_more);

@@ -251,20 +251,26 @@ class EngineNatsTest(unittest.TestCase):
             return next(s for s in self.cluster.servers if s is not leader)
         self.storm_with_kill(follower)
 
+    def refused_until_servers_return(self, a, topic):
+        """With every server down: a publish is refused; the servers start again and five
+        publishes are acknowledged. Returns their acks."""
+        a.send(f"pub 1 {topic}")
+        refused = a.expect(lambda m: "publish_refused" in m, what="a refused publish")
+        self.assertEqual(refused["publish_refused"], -11)  # -EAGAIN: the broker answers 503
+        for s in self.cluster.servers:
+            s.start()
+        a.wait_ready(True, timeout=60 * SLOW)
+        acks, _ = a.publish(5, topic)
+        self.assertTrue(all(err == 0 for *_, err in acks), acks)
+        return acks
+
     def test_all_servers_down_then_back(self):
         a = self.probe("a")
         acks, _ = a.publish(20, "keep.me")
         for s in self.cluster.servers:
             s.kill()
         a.wait_ready(False)
-        a.send("pub 1 keep.me")
-        refused = a.expect(lambda m: "publish_refused" in m, what="a refused publish")
-        self.assertEqual(refused["publish_refused"], -11)  # -EAGAIN: the broker answers 503
-        for s in self.cluster.servers:
-            s.start()
-        a.wait_ready(True, timeout=60 * SLOW)
-        more, _ = a.publish(5, "keep.me")
-        self.assertTrue(all(err == 0 for *_, err in more))
+        more = self.refused_until_servers_return(a, "keep.me")
         ids = [i for _, i, _, _ in acks + more]
         a.wait_until(lambda q: set(ids) <= set(q.delivered), what="feed resumed")
         # A node starting now recovers everything published before the stop.
@@ -281,14 +287,7 @@ class EngineNatsTest(unittest.TestCase):
         a = Probe(self.cluster.urls, node="a")
         self.probes.append(a)
         a.expect(lambda m: m.get("started"), what="start without NATS")
-        a.send("pub 1 early.x")
-        refused = a.expect(lambda m: "publish_refused" in m, what="a refused publish")
-        self.assertEqual(refused["publish_refused"], -11)  # -EAGAIN: the broker answers 503
-        for s in self.cluster.servers:
-            s.start()
-        a.wait_ready(True, timeout=60 * SLOW)
-        acks, _ = a.publish(5, "early.x")
-        self.assertTrue(all(err == 0 for *_, err in acks), acks)
+        acks = self.refused_until_servers_return(a, "early.x")
         ids = [i for _, i, _, _ in acks]
         a.wait_until(lambda q: set(ids) <= set(q.delivered), what="the feed")
 
