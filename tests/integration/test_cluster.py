@@ -23,6 +23,7 @@ T = 30.0 * DAEMON_SLOW
 
 class ClusterTestCase(HeraldTestCase):
     cluster = None
+    ready_timeout = T  # for node(): how long a starting node may take to attach
 
     @classmethod
     def setUpClass(cls):
@@ -55,7 +56,8 @@ class ClusterTestCase(HeraldTestCase):
         for k, v in extra.items():
             cfg.setdefault(k, {}).update(v)
         d = self.start_daemon(cfg)
-        self.assertTrue(d.wait_for_log("cluster engine ready", T), f"{name} never ready")
+        self.assertTrue(d.wait_for_log("cluster engine ready", self.ready_timeout),
+                        f"{name} never ready")
         return d
 
     async def publish_when_ready(self, d, topic, body, timeout=60 * DAEMON_SLOW):

@@ -29,6 +29,7 @@ SETTLE = 120.0 * SAN  # seconds before DAEMON_SLOW (nats_testlib applies its own
 class ClusterRestartTest(test_cluster.ClusterTestCase):
     """Its cluster (started by ClusterTestCase.setUpClass) is stopped and thrown away after
     the one test."""
+    ready_timeout = T
 
     def tearDown(self):
         # Nothing to bring back: tearDownClass discards this cluster, whatever state it is in.
