@@ -169,12 +169,19 @@ class EngineNatsTest(unittest.TestCase):
         self.cluster.reset_stream()
 
     def tearDown(self):
+        # Every probe is stopped even when one fails, so none answers in the next test.
+        failures = []
         for p in self.probes:
-            p.close()
+            try:
+                p.close()
+            except AssertionError as e:
+                failures.append(e)
         for s in self.cluster.servers:
             if not s.running():
                 s.start()
         self.cluster.wait_jetstream()
+        if failures:
+            raise failures[0]
 
     def probe(self, node, **kw):
         p = Probe(self.cluster.urls, node=node, **kw)
