@@ -62,8 +62,7 @@ static int nats_start(struct hd_engine *base, char *why, size_t why_len)
     bool up = e->nc != NULL;
     if (up) {
         ne_warn_old_server(e);
-        e->connected = true; /* the loop is not running yet: set it here, not by an item */
-        ne_job_post_once(e, JOB_ATTACH);
+        ne_set_connected(e, true);
         rc = wait_first_attach(e, why, why_len);
         if (rc < 0)
             return rc;

@@ -199,11 +199,7 @@ int ne_connect(struct nats_engine *e, char *why, size_t why_len)
      * there and read on the loop: libnats' asynchronous JetStream publish would answer on its
      * own threads and wake a timer thread per publish. */
     snprintf(e->reply_prefix, sizeof(e->reply_prefix), "_INBOX.hd%s.", e->instance);
-    int rc = ne_connect_try(e);
-    if (rc == -EIO) {
-        snprintf(why, why_len, "NATS JetStream context or subscriptions: out of memory?");
-        return rc;
-    }
+    ne_connect_try(e); /* not connected: the worker's probe says when to try again */
     return 0;
 }
 
@@ -237,6 +233,14 @@ int ne_connect_try(struct nats_engine *e)
                                      e);
     if (s != NATS_OK) {
         hd_log_error("cannot set up the NATS connection", "status=\"%s\"", natsStatus_GetText(s));
+        /* As if never connected: the next probe tries again from scratch. */
+        natsSubscription_Destroy(e->ack_sub);
+        natsSubscription_Destroy(e->status_sub);
+        jsCtx_Destroy(e->js);
+        natsConnection_Destroy(e->nc);
+        e->ack_sub = e->status_sub = NULL;
+        e->js = NULL;
+        e->nc = NULL;
         return -EIO;
     }
     atomic_store(&e->connected_flag, true); /* after e->js: the worker reads it then */

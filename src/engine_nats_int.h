@@ -77,15 +77,14 @@ struct pub;
 struct item {
     struct hd_handoff_node node; /* first */
     enum item_kind kind;
-    /* IT_DUP_TIME */
-    uint64_t seq;
     /* IT_CONN */
     bool up;
     /* IT_ATTACHED / IT_CHECKED */
     uint64_t base, first_seq, last_seq, start_seq;
     natsSubscription *sub; /* IT_ATTACHED: the feed's new consumer, owned by the item */
-    bool present;
+    bool present;          /* IT_CHECKED: the stream exists */
     /* IT_DUP_TIME */
+    uint64_t seq;
     struct pub *pub;
     int64_t time_ms;
     /* IT_REPLAY */
@@ -221,8 +220,8 @@ static inline struct nats_engine *E(struct hd_engine *e)
 
 /* engine_nats_conn.c: the connection and libnats' callbacks */
 
-/* Makes the options and tries a first connection (ne_connect_try). Returns 0, also when no
- * server answers yet, or -EINVAL/-EIO with a sentence in `why`. Loop thread. */
+/* Makes the options and tries a first connection (ne_connect_try). Returns 0, also when there
+ * is none yet, or -EINVAL/-EIO (libnats or its options) with a sentence in `why`. Loop thread. */
 int ne_connect(struct nats_engine *e, char *why, size_t why_len);
 /* Connects (libnats reconnects by itself from then on) and makes the JetStream context and
  * the acknowledgement and status subscriptions. 0, -EAGAIN (no server answered) or -EIO.
@@ -277,6 +276,9 @@ void ne_on_check_timer(uv_timer_t *t);
 /* Gives a superseded feed consumer (taken) to the worker to delete; destroys it here when the
  * worker is gone or memory is (no deletion then: the server drops an idle one itself). */
 void ne_retire_sub(struct nats_engine *e, natsSubscription *sub);
+/* The connection is up or down (libnats' callbacks, or our own first connection): attach
+ * when up, and readiness follows. */
+void ne_set_connected(struct nats_engine *e, bool up);
 /* After each turn's I/O: takes the publish answers and feed messages libnats read (bounded
  * batches) into the publishes in flight and the sink. */
 void ne_on_turn(uv_check_t *c);

@@ -478,12 +478,15 @@ static void handle_checked(struct nats_engine *e, struct item *it)
     ne_update_gauges(e);
 }
 
-/* The first connection, made after start: what libnats' connected callback would report. */
-static void connected_late(struct nats_engine *e)
+void ne_set_connected(struct nats_engine *e, bool up)
 {
-    hd_log_info("connected to NATS", "node=%s", e->node);
-    e->connected = true;
-    ne_job_post_once(e, JOB_ATTACH);
+    if (e->connected != up)
+        hd_log_info(up ? "connected to NATS" : "lost NATS", "node=%s", e->node);
+    e->connected = up;
+    if (!up)
+        e->attached = false;
+    else if (!e->stopping)
+        ne_job_post_once(e, JOB_ATTACH);
     maybe_ready(e);
 }
 
@@ -491,19 +494,11 @@ void ne_handle_item(struct nats_engine *e, struct item *it)
 {
     switch (it->kind) {
     case IT_CONN:
-        if (e->connected != it->up)
-            hd_log_info(it->up ? "connected to NATS" : "lost NATS", "node=%s", e->node);
-        e->connected = it->up;
-        if (!it->up) {
-            e->attached = false;
-        } else if (!e->stopping) {
-            ne_job_post_once(e, JOB_ATTACH);
-        }
-        maybe_ready(e);
+        ne_set_connected(e, it->up);
         break;
-    case IT_REACHABLE:
+    case IT_REACHABLE: /* the first connection, made after start */
         if (!e->nc && !e->stopping && ne_connect_try(e) == 0)
-            connected_late(e);
+            ne_set_connected(e, true);
         break;
     case IT_ATTACHED:
         handle_attached(e, it);

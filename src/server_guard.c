@@ -63,9 +63,9 @@ static struct guard *guards;
 static size_t n_guards;
 static uint64_t last_token;
 static struct hd_h1_opts opts;
-/* The loop thread, the only one lws reads on. Every other recv() in the process (libnats'
- * threads in cluster mode) goes straight to the socket: a guard left on an fd number that
- * NATS reuses would eat its replies, and `guards` is not safe to read off the loop. */
+/* The loop thread, the only one lws reads on. Every other thread's recv() goes straight to the
+ * socket: `guards` is not safe to read off the loop. (libnats' socket is read on the loop in
+ * cluster mode; it is never guarded because a guard ends with its connection.) */
 static pthread_t loop_thread;
 static atomic_bool loop_thread_set;
 
