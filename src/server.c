@@ -136,10 +136,7 @@ static bool is_loopback(const struct sockaddr_storage *ss)
  */
 static int peer_filter(struct hd_server *s, bool tls, const struct lws_filter_network_conn_args *a)
 {
-    /* lws adopted nothing for the last accepted socket: its count must not stay behind.
-     * (Before the new guard: the two may have the same descriptor number.) */
-    conn_free(s, s->pending);
-    s->pending = NULL;
+    srv_peer_unadopted(s); /* before the new guard: the two may share a descriptor number */
     uint64_t guard = srv_guard_open(a->accept_fd, tls);
     struct hd_error err = {0};
     const char *why = "max_connections";
@@ -201,6 +198,16 @@ int srv_peer_accept(struct hd_server *s, bool tls, int fd, const struct sockaddr
     return peer_filter(s, tls, &a);
 }
 
+/* lws adopts a socket its filter let through in the same call (ops-listen.c, adopt.c), so a
+ * pending connection still here after that call, or at the turn's end, was dropped: its count
+ * and its guard go now, before anything else (libnats' next socket, say) gets that descriptor
+ * number and has its reads taken for HTTP. */
+void srv_peer_unadopted(struct hd_server *s)
+{
+    conn_free(s, s->pending);
+    s->pending = NULL;
+}
+
 bool srv_peer_lifecycle(struct hd_server *s, struct lws *wsi, enum lws_callback_reasons reason,
                         void *user, int *ret)
 {
@@ -254,6 +261,8 @@ static void hold_timer_cb(uv_timer_t *t)
 static void on_turn_end(uv_check_t *h)
 {
     struct hd_server *s = h->data;
+    if (s->pending)
+        srv_peer_unadopted(s);
     srv_ws_read_more(s);
     srv_ws_flush_all(s);
     uint64_t now = hd_now_ns();

@@ -151,10 +151,11 @@ static void on_listen_ready(uv_poll_t *h, int status, int events)
         }
         lws_sock_file_fd_type d = {.sockfd = fd};
         int type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP | (ls->tls ? LWS_ADOPT_ALLOW_SSL : 0);
-        /* On failure lws has closed fd; the counted connection is released by the next
-         * accept (as for a socket lws's own listener drops). */
-        if (!lws_adopt_descriptor_vhost(ls->vh, (lws_adoption_type)type, d, NULL, NULL))
+        /* On failure lws has closed fd. */
+        if (!lws_adopt_descriptor_vhost(ls->vh, (lws_adoption_type)type, d, NULL, NULL)) {
             hd_log_debug("lws did not adopt an accepted connection", "fd=%d", fd);
+            srv_peer_unadopted(ls->s);
+        }
     }
 }
 

@@ -65,7 +65,8 @@ static uint64_t last_token;
 static struct hd_h1_opts opts;
 /* The loop thread, the only one lws reads on. Every other thread's recv() goes straight to the
  * socket: `guards` is not safe to read off the loop. (libnats' socket is read on the loop in
- * cluster mode; it is never guarded because a guard ends with its connection.) */
+ * cluster mode; it is never guarded because a guard ends with its connection, or with the
+ * turn lws declined to adopt it in: srv_peer_unadopted.) */
 static pthread_t loop_thread;
 static atomic_bool loop_thread_set;
 

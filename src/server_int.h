@@ -210,6 +210,9 @@ void srv_ws_resume(struct hd_server *s, uint64_t now_ns);
  * listener). 0: hand fd to lws; -1: refused (answered if plaintext), the caller closes fd. */
 int srv_peer_accept(struct hd_server *s, bool tls, int fd, const struct sockaddr_storage *addr,
                     socklen_t len);
+/* The connection srv_peer_accept (or lws's filter) let through last was not adopted by lws:
+ * releases its count and its HTTP guard. */
+void srv_peer_unadopted(struct hd_server *s);
 
 /* server_activation.c: listening sockets passed by systemd (sd_listen_fds) */
 /* How many sockets were passed (read once; LISTEN_FDS is then unset). */
