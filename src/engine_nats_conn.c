@@ -199,16 +199,31 @@ int ne_connect(struct nats_engine *e, char *why, size_t why_len)
      * there and read on the loop: libnats' asynchronous JetStream publish would answer on its
      * own threads and wake a timer thread per publish. */
     snprintf(e->reply_prefix, sizeof(e->reply_prefix), "_INBOX.hd%s.", e->instance);
-    ne_connect_try(e); /* not connected: the worker's probe says when to try again */
+    ne_connect_try(e, -1); /* not connected: the worker's probe says when to try again */
     return 0;
 }
 
 /* libnats' libuv adapter must make a connection's first attach on the loop thread, so the
  * first connection is made here rather than by libnats' reconnect thread (RetryOnFailedConnect
  * would attach from there and fail); later reconnects are libnats' own. The worker's probe
- * (JOB_PROBE) says when a server answers, so a server that is down costs the loop nothing. */
-int ne_connect_try(struct nats_engine *e)
+ * (JOB_PROBE) says when and which server answers, so a server that is down costs the loop
+ * nothing. */
+int ne_connect_try(struct nats_engine *e, int first)
 {
+    /* natsConnection_Connect blocks the loop while it tries the servers: the one the probe
+     * heard goes first, so a server that swallows connections (a dead host, a firewall)
+     * costs the loop nothing. Without a probe (at start) libnats' random order stands. */
+    if (first >= 0 && first < e->n_servers) {
+        const char **order = malloc((size_t)e->n_servers * sizeof(*order));
+        if (!order)
+            return -EAGAIN; /* the next probe tries again */
+        for (int i = 0; i < e->n_servers; i++)
+            order[i] = e->servers[(first + i) % e->n_servers];
+        natsStatus s = natsOptions_SetServers(e->opts, order, e->n_servers);
+        free(order);
+        if (s != NATS_OK || natsOptions_SetNoRandomize(e->opts, true) != NATS_OK)
+            return -EAGAIN;
+    }
     natsConnection *nc = NULL;
     natsStatus s = natsConnection_Connect(&nc, e->opts);
     if (s != NATS_OK) {
@@ -251,7 +266,7 @@ int ne_probe_servers(struct nats_engine *e)
 {
     for (int i = 0; i < e->n_servers; i++) {
         if (check_server(e->servers[i]) == 0)
-            return 0;
+            return i;
     }
     return -EHOSTUNREACH;
 }

@@ -61,7 +61,7 @@
 
 enum item_kind {
     IT_CONN,       /* connected / disconnected / closed */
-    IT_REACHABLE,  /* not connected yet, and a server answers: connect now */
+    IT_REACHABLE,  /* not connected yet, and server `server` answers: connect now */
     IT_ATTACHED,   /* the worker attached the feed to the stream: a new consumer in `sub` */
     IT_DETACHED,   /* an attach failed half-way (no consumer): attach again */
     IT_FATAL,      /* the stream does not fit: stay unready */
@@ -79,6 +79,8 @@ struct item {
     enum item_kind kind;
     /* IT_CONN */
     bool up;
+    /* IT_REACHABLE: an index in e->servers */
+    int server;
     /* IT_ATTACHED / IT_CHECKED */
     uint64_t base, first_seq, last_seq, start_seq;
     natsSubscription *sub; /* IT_ATTACHED: the feed's new consumer, owned by the item */
@@ -224,11 +226,12 @@ static inline struct nats_engine *E(struct hd_engine *e)
  * is none yet, or -EINVAL/-EIO (libnats or its options) with a sentence in `why`. Loop thread. */
 int ne_connect(struct nats_engine *e, char *why, size_t why_len);
 /* Connects (libnats reconnects by itself from then on) and makes the JetStream context and
- * the acknowledgement and status subscriptions. 0, -EAGAIN (no server answered) or -EIO.
- * Loop thread: libnats' libuv adapter attaches a new connection only there. */
-int ne_connect_try(struct nats_engine *e);
-/* 0 when some server answers with its INFO line (bounded: 2 s each), else -EHOSTUNREACH.
- * Worker thread. */
+ * the acknowledgement and status subscriptions, trying e->servers[first] first (-1: in
+ * libnats' random order). 0, -EAGAIN (no server answered) or -EIO. Loop thread: libnats'
+ * libuv adapter attaches a new connection only there. */
+int ne_connect_try(struct nats_engine *e, int first);
+/* The index of the first server in e->servers that answers with its INFO line (bounded: 2 s
+ * each), else -EHOSTUNREACH. Worker thread. */
 int ne_probe_servers(struct nats_engine *e);
 /* Logs a warning when the server connected to is older than 2.10 (bounded: 2 s). */
 void ne_warn_old_server(struct nats_engine *e);

@@ -497,7 +497,7 @@ void ne_handle_item(struct nats_engine *e, struct item *it)
         ne_set_connected(e, it->up);
         break;
     case IT_REACHABLE: /* the first connection, made after start */
-        if (!e->nc && !e->stopping && ne_connect_try(e) == 0)
+        if (!e->nc && !e->stopping && ne_connect_try(e, it->server) == 0)
             ne_set_connected(e, true);
         break;
     case IT_ATTACHED:

@@ -516,13 +516,15 @@ void *ne_worker_main(void *arg)
         case JOB_CHECK:
             do_check(e);
             break;
-        case JOB_PROBE:
-            if (ne_probe_servers(e) == 0) {
-                struct item *it = ne_item_new(IT_REACHABLE);
-                if (it)
-                    ne_post(e, it);
+        case JOB_PROBE: {
+            int server = ne_probe_servers(e);
+            struct item *it = server >= 0 ? ne_item_new(IT_REACHABLE) : NULL;
+            if (it) {
+                it->server = server;
+                ne_post(e, it);
             }
             break;
+        }
         case JOB_DUP_TIME:
             do_dup_time(e, j->pub, j->seq);
             break;

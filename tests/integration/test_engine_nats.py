@@ -13,6 +13,7 @@ import re
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -55,7 +56,9 @@ class Probe:
         self.expect_exit = 0
         self.ready = None
         self.log = []
+        self.metrics_at = []  # when each "metrics" answer arrived (the loop answers them)
         self.lock = threading.Lock()
+        self.send_lock = threading.Lock()
         self.threads = [threading.Thread(target=self._read, daemon=True),
                         threading.Thread(target=self._read_err, daemon=True)]
         for t in self.threads:
@@ -79,6 +82,8 @@ class Probe:
                     self.ack_times[msg["ack"]] = msg.get("time")
                 elif "ready" in msg:
                     self.ready = msg["ready"]
+                elif "connected" in msg:
+                    self.metrics_at.append(time.monotonic())
             self.lines.put(msg)
 
     def _read_err(self):
@@ -86,8 +91,9 @@ class Probe:
             self.log.append(line)
 
     def send(self, cmd):
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
+        with self.send_lock:
+            self.proc.stdin.write(cmd + "\n")
+            self.proc.stdin.flush()
 
     def expect(self, pred, timeout=TIMEOUT, what="a line"):
         deadline = time.monotonic() + timeout
@@ -297,6 +303,52 @@ class EngineNatsTest(unittest.TestCase):
         acks = self.refused_until_servers_return(a, "early.x")
         ids = [i for _, i, _, _ in acks]
         a.wait_until(lambda q: set(ids) <= set(q.delivered), what="the feed")
+
+    def test_a_server_that_swallows_connections_does_not_stall_the_loop(self):
+        # A listener whose accept queue is full drops every SYN, as a dead host or a firewall
+        # does: connecting to it takes libnats' whole connect timeout (2 s). The engine
+        # connects on its loop (libuv adapter), so it must go first to the server its probe
+        # heard answer, not to one in libnats' random order.
+        holes, fills = [], []
+        for _ in range(2):
+            h = socket.socket()
+            h.bind(("127.0.0.1", 0))
+            h.listen(0)
+            f = socket.create_connection(h.getsockname())  # fills the queue of one
+            holes.append(h)
+            fills.append(f)
+        try:
+            for s in self.cluster.servers:
+                s.kill()
+            live = self.cluster.servers[0]
+            urls = ",".join([f"nats://127.0.0.1:{h.getsockname()[1]}" for h in holes]
+                            + [live.url])
+            a = Probe(urls, node="a")
+            self.probes.append(a)
+            a.expect(lambda m: m.get("started"), timeout=TIMEOUT + 10, what="start without NATS")
+            # The loop answers "metrics" within milliseconds unless something blocks it.
+            stop = threading.Event()
+            def ask():
+                while not stop.is_set():
+                    a.send("metrics")
+                    stop.wait(0.05)
+            asker = threading.Thread(target=ask, daemon=True)
+            asker.start()
+            try:
+                for s in self.cluster.servers:
+                    s.start()
+                a.wait_ready(True, timeout=60 * SLOW)
+            finally:
+                stop.set()
+                asker.join()
+            with a.lock:
+                at = list(a.metrics_at)
+            self.assertGreater(len(at), 2, "the loop answered no metrics")
+            stall = max(later - t for t, later in zip(at, at[1:]))
+            self.assertLess(stall, 1.5 * SLOW, "the loop stalled while connecting")
+        finally:
+            for x in fills + holes:
+                x.close()
 
     def test_recreated_stream_is_a_new_epoch(self):
         a = self.probe("a")
