@@ -15,7 +15,9 @@
 # usage: tests/bench/cluster.sh [BUILD_DIR]        (default ./build)
 # environment: EVENTS (20000), SUBS (1000), TOPICS (10), RATE (300), OUT
 #   (tests/bench/results/cluster.md), ENGINES ("local r1 r3": which scenarios run), RUNS (3:
-#   the table shows medians over the runs)
+#   the table shows medians over the runs), PIN ("": no pinning; "A:B" runs every heraldd on
+#   CPUs A and loadgen and the nats-servers on CPUs B, taskset lists such as 0 or 0-1: the
+#   nodes then get the same cores whichever engine runs, and stop competing with the load)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +30,12 @@ rate=${RATE:-300}
 engines=${ENGINES:-local r1 r3}
 runs=${RUNS:-3}
 out=${OUT:-$here/results/cluster.md}
+pin=${PIN:-}
+pin_node=() pin_other=()
+if [[ -n $pin ]]; then
+    [[ $pin =~ ^[0-9,-]+:[0-9,-]+$ ]] || { echo "cluster.sh: PIN: expected A:B (CPU lists), got '$pin'" >&2; exit 2; }
+    pin_node=(taskset -c "${pin%%:*}") pin_other=(taskset -c "${pin##*:}")
+fi
 heraldd=$build/heraldd
 loadgen=$build/tests/bench/loadgen
 [[ -x $heraldd && -x $loadgen ]] || { echo "cluster.sh: build heraldd and loadgen first" >&2; exit 2; }
@@ -53,7 +61,7 @@ print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 # node_port. (Not in a command substitution: the subshell would wait for heraldd's end.)
 start_node() {
     local log=$tmp/heraldd.$RANDOM.log i port=""
-    "$heraldd" -c "$1" --listen 127.0.0.1:0 >/dev/null 2>"$log" &
+    "${pin_node[@]}" "$heraldd" -c "$1" --listen 127.0.0.1:0 >/dev/null 2>"$log" &
     node_pid=$!
     pids+=("$node_pid")
     for ((i = 0; i < 600; i++)); do
@@ -82,7 +90,7 @@ start_nats() {
             args+=(--cluster_name bench --cluster "nats://127.0.0.1:${ports[$((n + i))]}"
                    --routes "$routes")
         fi
-        "$nats" "${args[@]}" >/dev/null 2>"$tmp/nats-$n-$i.log" &
+        "${pin_other[@]}" "$nats" "${args[@]}" >/dev/null 2>"$tmp/nats-$n-$i.log" &
         pids+=($!)
         nats_pids+="${nats_pids:+,}$!"
         nats_urls+="${nats_urls:+,}nats://127.0.0.1:${ports[$i]}"
@@ -129,7 +137,7 @@ fanout() { # label, loadgen options...
     w0=$(metric_sum herald_ws_writes_total "${ports[@]}")
     d0=$(metric_sum herald_deliveries_written_total "${ports[@]}")
     echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
-    fan=$("$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
+    fan=$("${pin_other[@]}" "$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
         --subs "$subs" --topics "$topics" --events "$events" --inflight 16 --allow-reorder \
         --timeout 120 "$@")
     w1=$(metric_sum herald_ws_writes_total "${ports[@]}")
@@ -162,7 +170,7 @@ run_scenario() { # label, nats servers (0 = local engine), replicas
         servers="$pa"
     fi
     echo "cluster.sh: $label: acknowledged publishes" >&2
-    pub=$("$loadgen" --port "$a" --subs 1 --topics 1 --events "$events" --inflight 64 \
+    pub=$("${pin_other[@]}" "$loadgen" --port "$a" --subs 1 --topics 1 --events "$events" --inflight 64 \
         --server-pid "$servers" "${other[@]}" --timeout 120)
     echo "$label publish: $pub" >>"$tmp/raw.jsonl"
     fanout "$label"
@@ -195,7 +203,12 @@ mkdir -p "$(dirname "$out")"
     echo "(split over the two nodes in cluster mode, publishers on the first), 16 publishes in flight,"
     echo "as fast as acknowledged, then at $rate publishes/s."
     echo "CPU per delivery is summed over the heraldd processes, NATS CPU per publish over the"
-    echo "nats-servers. Every process shares the same cores: read the figures as relative."
+    if [[ -n $pin ]]; then
+        echo "nats-servers. Pinned (PIN=$pin): every heraldd on CPUs ${pin%%:*}, loadgen and the nats-servers on"
+        echo "CPUs ${pin##*:}."
+    else
+        echo "nats-servers. Every process shares the same cores: read the figures as relative."
+    fi
     echo
     echo "Events/write is herald_deliveries_written_total over herald_ws_writes_total (frames coalesced"
     echo "into one send). Missing is summed over the runs."
