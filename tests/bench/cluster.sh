@@ -9,12 +9,15 @@
 #     and nats-server CPU per publish summed over the servers; events per WebSocket write
 #     (herald_deliveries_written_total over herald_ws_writes_total, summed over the nodes);
 #   - the same fan-out at a fixed RATE publishes/s, below saturation: CPU per delivery at
-#     saturation depends on how many events each write carries, at a steady rate less so.
+#     saturation depends on how many events each write carries, at a steady rate less so;
+#   - a control for that fixed rate without NATS ("pair"): two local-engine nodes with half the
+#     subscribers each, each fed by a loadgen of its own at RATE, so that every node wakes for
+#     every event as in cluster mode. What cluster mode costs beyond it is NATS's share.
 # Everything listens on loopback; nothing is installed; nats-server comes from scripts/nats-server.
 #
 # usage: tests/bench/cluster.sh [BUILD_DIR]        (default ./build)
 # environment: EVENTS (20000), SUBS (1000), TOPICS (10), RATE (300), OUT
-#   (tests/bench/results/cluster.md), ENGINES ("local r1 r3": which scenarios run), RUNS (3:
+#   (tests/bench/results/cluster.md), ENGINES ("local pair r1 r3": which scenarios run), RUNS (3:
 #   the table shows medians over the runs), PIN ("": no pinning; "A:B" runs every heraldd on
 #   CPUs A and loadgen and the nats-servers on CPUs B, taskset lists such as 0 or 0-1: the
 #   nodes then get the same cores whichever engine runs, and stop competing with the load)
@@ -27,7 +30,7 @@ events=${EVENTS:-20000}
 subs=${SUBS:-1000}
 topics=${TOPICS:-10}
 rate=${RATE:-300}
-engines=${ENGINES:-local r1 r3}
+engines=${ENGINES:-local pair r1 r3}
 runs=${RUNS:-3}
 out=${OUT:-$here/results/cluster.md}
 pin=${PIN:-}
@@ -180,15 +183,55 @@ run_scenario() { # label, nats servers (0 = local engine), replicas
     pids=()
 }
 
+# The fixed-rate control: two local-engine nodes, no NATS, half the subscribers and a loadgen
+# of its own each (publishing RATE/s: half the deliveries per event, as for a cluster node).
+run_pair() {
+    local label="two local nodes, no NATS, $rate/s each" a b pa pb w0 d0 w1 d1 epw lp fan
+    local ports=()
+    start_node "$(node_config a "" 1)"
+    pa=$node_pid a=$node_port
+    start_node "$(node_config b "" 1)"
+    pb=$node_pid b=$node_port
+    ports=("$a" "$b")
+    w0=$(metric_sum herald_ws_writes_total "${ports[@]}")
+    d0=$(metric_sum herald_deliveries_written_total "${ports[@]}")
+    echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
+    local common=(--subs $((subs / 2)) --topics "$topics" --events "$events" --inflight 16
+                  --allow-reorder --timeout 120 --rate "$rate")
+    "${pin_other[@]}" "$loadgen" --port "$a" --server-pid "$pa" "${common[@]}" >"$tmp/pair-a.json" &
+    lp=$!
+    "${pin_other[@]}" "$loadgen" --port "$b" --server-pid "$pb" "${common[@]}" >"$tmp/pair-b.json"
+    wait "$lp"
+    w1=$(metric_sum herald_ws_writes_total "${ports[@]}")
+    d1=$(metric_sum herald_deliveries_written_total "${ports[@]}")
+    epw=$(awk -v w=$((w1 - w0)) -v d=$((d1 - d0)) 'BEGIN { printf "%.2f", w ? d / w : 0 }')
+    echo "$label fanout (node a): $(cat "$tmp/pair-a.json")" >>"$tmp/raw.jsonl"
+    echo "$label fanout (node b): $(cat "$tmp/pair-b.json")" >>"$tmp/raw.jsonl"
+    # Summed over the two, CPU per delivery over both nodes; latencies: the worse node's.
+    fan=$(jq -cs '{deliveries_per_s: (map(.deliveries_per_s) | add),
+                   publish_per_s: (map(.publish_per_s) | add),
+                   lat_us: {p50: (map(.lat_us.p50) | max), p99: (map(.lat_us.p99) | max)},
+                   server_cpu_us_per_delivery:
+                     ((map(.server_cpu_s) | add) / (map(.delivered) | add) * 1000000),
+                   other_cpu_us_per_publish: null, missing: (map(.missing) | add)}' \
+        "$tmp/pair-a.json" "$tmp/pair-b.json")
+    jq -c --arg l "$label" --argjson epw "$epw" \
+        '. + {label: $l, events_per_write: $epw, acked_per_s: null}' <<<"$fan" >>"$tmp/records.jsonl"
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
+}
+
 # The engines take turns within each run, so a neighbour's load on this shared machine hits
 # them alike; the table shows each figure's median over the runs.
 for ((run = 1; run <= runs; run++)); do
     for e in $engines; do
         case $e in
         local) run_scenario "local engine (one node)" 0 1 ;;
+        pair) run_pair ;;
         r1) run_scenario "nats, replicas 1 (two nodes)" 1 1 ;;
         r3) run_scenario "nats, replicas 3 (two nodes, three servers)" 3 3 ;;
-        *) echo "cluster.sh: ENGINES: expected local, r1 or r3, got '$e'" >&2; exit 2 ;;
+        *) echo "cluster.sh: ENGINES: expected local, pair, r1 or r3, got '$e'" >&2; exit 2 ;;
         esac
     done
 done
@@ -201,11 +244,13 @@ mkdir -p "$(dirname "$out")"
     echo "$(nproc) CPUs, medians of $runs runs (the engines take turns within each run), $events events"
     echo "of 100 bytes; fan-out: $subs subscribers over $topics topics"
     echo "(split over the two nodes in cluster mode, publishers on the first), 16 publishes in flight,"
-    echo "as fast as acknowledged, then at $rate publishes/s."
+    echo "as fast as acknowledged, then at $rate publishes/s. The control \"two local nodes, no NATS\": two"
+    echo "local-engine nodes with $((subs / 2)) subscribers each, each fed by a loadgen of its own at $rate/s"
+    echo "(figures summed over the two; latencies the worse node's)."
     echo "CPU per delivery is summed over the heraldd processes, NATS CPU per publish over the"
     if [[ -n $pin ]]; then
-        echo "nats-servers. Pinned (PIN=$pin): every heraldd on CPUs ${pin%%:*}, loadgen and the nats-servers on"
-        echo "CPUs ${pin##*:}."
+        echo "nats-servers. Pinned (PIN=$pin): every heraldd on CPU list ${pin%%:*}, loadgen and the nats-servers"
+        echo "on CPU list ${pin##*:}."
     else
         echo "nats-servers. Every process shares the same cores: read the figures as relative."
     fi
