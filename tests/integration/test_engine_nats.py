@@ -227,6 +227,9 @@ class EngineNatsTest(unittest.TestCase):
 
     def storm_with_kill(self, pick_victim):
         a, b = self.probe("a"), self.probe("b")
+        # The kill is the test, not a stream still forming: its replicas must have a quorum
+        # first (after the suite's whole-cluster restarts a slow follower may take a while).
+        self.cluster.wait_stream_quorum()
         victim = pick_victim()
         total, batch, killed = 20000, 1000, False
         acked = []
@@ -241,7 +244,8 @@ class EngineNatsTest(unittest.TestCase):
             acked = [i for _, i, _, err in a.acks if err == 0]
             errors = collections.Counter(err for *_, err in a.acks if err)
         self.assertGreater(len(acked), total * 0.9,
-                           f"{done}, errors {dict(errors)}, log: {''.join(a.log[-20:])}")
+                           f"{done}, errors {dict(errors)}, log: {''.join(a.log[-20:])}\n"
+                           f"{self.cluster.tails()}")
         # Every acknowledged event reaches the other node exactly once, in order.
         want = set(acked)
         b.wait_until(lambda q: want <= set(q.delivered), timeout=120 * SLOW,
