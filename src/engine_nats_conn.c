@@ -214,6 +214,7 @@ int ne_connect_try(struct nats_engine *e, int first)
      * heard goes first, so a server that swallows connections (a dead host, a firewall)
      * costs the loop nothing. Without a probe (at start) libnats' random order stands. */
     if (first >= 0 && first < e->n_servers) {
+        /* A rotated copy: the worker's next probe may be reading e->servers meanwhile. */
         const char **order = malloc((size_t)e->n_servers * sizeof(*order));
         if (!order)
             return -EAGAIN; /* the next probe tries again */
