@@ -46,9 +46,13 @@ command -v jq >/dev/null || { echo "cluster.sh: needs jq (apt-get install -y jq)
 nats=$("$repo/scripts/nats-server")
 tmp=$(mktemp -d /tmp/herald-cluster-bench.XXXXXX)
 pids=()
-cleanup() {
+stop_all() { # every process this script started, and waits for them
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    pids=()
+}
+cleanup() {
+    stop_all
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -132,24 +136,35 @@ metric_sum() { # name, port...
     echo "$total"
 }
 
+# The nodes' WebSocket writes and deliveries so far (over the caller's $ports), for record.
+write_counts() {
+    echo "$(metric_sum herald_ws_writes_total "${ports[@]}")" \
+        "$(metric_sum herald_deliveries_written_total "${ports[@]}")"
+}
+
+# Appends a fan-out's figures to records.jsonl with its label, its scenario's acked publishes/s
+# and the events per write since write_counts gave w0 and d0.
+record() { # label, loadgen json, acked publishes/s (or null), w0, d0
+    local w1 d1 epw
+    read -r w1 d1 <<<"$(write_counts)"
+    epw=$(awk -v w=$((w1 - $4)) -v d=$((d1 - $5)) 'BEGIN { printf "%.2f", w ? d / w : 0 }')
+    jq -c --arg l "$1" --argjson epw "$epw" --argjson acked "$3" \
+        '. + {label: $l, events_per_write: $epw, acked_per_s: $acked}' <<<"$2" >>"$tmp/records.jsonl"
+}
+
 # Runs one fan-out (extra loadgen options in $@ after the label) and records it, with the acked
-# publishes/s of its scenario ($pub, then cleared) and the events per write, in records.jsonl.
+# publishes/s of its scenario ($pub, then cleared).
 fanout() { # label, loadgen options...
-    local label=$1 fan w0 d0 w1 d1 epw acked=null
+    local label=$1 fan w0 d0 acked=null
     shift
-    w0=$(metric_sum herald_ws_writes_total "${ports[@]}")
-    d0=$(metric_sum herald_deliveries_written_total "${ports[@]}")
+    read -r w0 d0 <<<"$(write_counts)"
     echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
     fan=$("${pin_other[@]}" "$loadgen" --port "$a" "${split[@]}" --server-pid "$servers" "${other[@]}" \
         --subs "$subs" --topics "$topics" --events "$events" --inflight 16 --allow-reorder \
         --timeout 120 "$@")
-    w1=$(metric_sum herald_ws_writes_total "${ports[@]}")
-    d1=$(metric_sum herald_deliveries_written_total "${ports[@]}")
-    epw=$(awk -v w=$((w1 - w0)) -v d=$((d1 - d0)) 'BEGIN { printf "%.2f", w ? d / w : 0 }')
     echo "$label fanout: $fan" >>"$tmp/raw.jsonl"
     [[ -n $pub ]] && acked=$(jq '.publish_per_s' <<<"$pub")
-    jq -c --arg l "$label" --argjson epw "$epw" --argjson acked "$acked" \
-        '. + {label: $l, events_per_write: $epw, acked_per_s: $acked}' <<<"$fan" >>"$tmp/records.jsonl"
+    record "$label" "$fan" "$acked" "$w0" "$d0"
     pub=""
 }
 
@@ -178,23 +193,20 @@ run_scenario() { # label, nats servers (0 = local engine), replicas
     echo "$label publish: $pub" >>"$tmp/raw.jsonl"
     fanout "$label"
     fanout "$label, $rate/s" --rate "$rate"
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=()
+    stop_all
 }
 
 # The fixed-rate control: two local-engine nodes, no NATS, half the subscribers and a loadgen
 # of its own each (publishing RATE/s: half the deliveries per event, as for a cluster node).
 run_pair() {
-    local label="two local nodes, no NATS, $rate/s each" a b pa pb w0 d0 w1 d1 epw lp fan
+    local label="two local nodes, no NATS, $rate/s each" a b pa pb w0 d0 lp fan
     local ports=()
     start_node "$(node_config a "" 1)"
     pa=$node_pid a=$node_port
     start_node "$(node_config b "" 1)"
     pb=$node_pid b=$node_port
     ports=("$a" "$b")
-    w0=$(metric_sum herald_ws_writes_total "${ports[@]}")
-    d0=$(metric_sum herald_deliveries_written_total "${ports[@]}")
+    read -r w0 d0 <<<"$(write_counts)"
     echo "cluster.sh: $label: fan-out to $subs subscribers" >&2
     local common=(--subs $((subs / 2)) --topics "$topics" --events "$events" --inflight 16
                   --allow-reorder --timeout 120 --rate "$rate")
@@ -202,9 +214,6 @@ run_pair() {
     lp=$!
     "${pin_other[@]}" "$loadgen" --port "$b" --server-pid "$pb" "${common[@]}" >"$tmp/pair-b.json"
     wait "$lp"
-    w1=$(metric_sum herald_ws_writes_total "${ports[@]}")
-    d1=$(metric_sum herald_deliveries_written_total "${ports[@]}")
-    epw=$(awk -v w=$((w1 - w0)) -v d=$((d1 - d0)) 'BEGIN { printf "%.2f", w ? d / w : 0 }')
     echo "$label fanout (node a): $(cat "$tmp/pair-a.json")" >>"$tmp/raw.jsonl"
     echo "$label fanout (node b): $(cat "$tmp/pair-b.json")" >>"$tmp/raw.jsonl"
     # Summed over the two, CPU per delivery over both nodes; latencies: the worse node's.
@@ -215,11 +224,8 @@ run_pair() {
                      ((map(.server_cpu_s) | add) / (map(.delivered) | add) * 1000000),
                    other_cpu_us_per_publish: null, missing: (map(.missing) | add)}' \
         "$tmp/pair-a.json" "$tmp/pair-b.json")
-    jq -c --arg l "$label" --argjson epw "$epw" \
-        '. + {label: $l, events_per_write: $epw, acked_per_s: null}' <<<"$fan" >>"$tmp/records.jsonl"
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=()
+    record "$label" "$fan" null "$w0" "$d0"
+    stop_all
 }
 
 # The engines take turns within each run, so a neighbour's load on this shared machine hits
